@@ -1,0 +1,248 @@
+"""The clone engine: directory clone, then per-file clone, then copy.
+
+Pytest-free. ``clone_tree`` makes ``dst`` an exact, independent replica of ``src`` by the
+cheapest means the filesystem pair allows; ``remove_tree`` deletes a clone by the fastest.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import os
+import shutil
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from ..errors import CloneError, CowEnvWarning
+from ..fs import fs_type
+from . import _platform
+from ._base import UMASK, cannot_clone
+from ._portable import copy_file, link_file, rmtree
+from ._walk import Tree, walk_tree
+
+__all__ = ["CloneResult", "LinkMode", "Tree", "clone_tree", "remove_tree", "walk_tree"]
+
+FileOp = Callable[[str, str, int, int, int, int], None]
+
+
+class LinkMode(str, enum.Enum):
+    """How a clone gets its files. ``auto`` never picks ``hardlink`` (it is not isolated)."""
+
+    AUTO = "auto"
+    SNAPSHOT = "snapshot"
+    CLONE = "clone"
+    HARDLINK = "hardlink"
+    COPY = "copy"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class CloneResult:
+    """What :func:`clone_tree` did."""
+
+    src: str
+    dst: str
+    strategy: str  # "snapshot" | "clonefile" | "clone" | "hardlink" | "copy"
+    files: int
+    bytes: int
+    seconds: float
+    fallback_reason: Optional[str] = None
+
+
+# Per (source device, destination device) pair: the per-file strategy that works, and why.
+# A device pair is a cache key only; whether the pair can clone is learnt by trying.
+_decisions: dict[tuple[int, int], tuple[str, Optional[str]]] = {}
+_warned: set[tuple[int, int]] = set()
+_lock = threading.Lock()
+
+
+def forget_decisions() -> None:
+    """Forget cached fallback decisions and warnings (tests and remounts)."""
+    with _lock:
+        _decisions.clear()
+        _warned.clear()
+
+
+def _describe(exc: OSError) -> str:
+    name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+    return f"{name}: {exc.strerror or exc}"
+
+
+def _safe_fstype(path: str) -> str:
+    try:
+        return fs_type(path)
+    except OSError:
+        return "unknown filesystem"
+
+
+def clone_tree(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    mode: LinkMode | str = LinkMode.AUTO,
+    *,
+    tree: Optional[Tree] = None,
+) -> CloneResult:
+    """Make the new directory ``dst`` a replica of ``src``.
+
+    ``tree`` is ``src``'s walk, when the caller keeps one (templates do). Raises
+    :class:`CloneError` when an explicit mode is impossible here or the filesystem fails;
+    a partly made ``dst`` is removed first.
+    """
+    src, dst, mode = os.fspath(src), os.fspath(dst), LinkMode(mode)
+    start = time.perf_counter()
+    if os.path.lexists(dst):
+        raise CloneError(f"cannot clone to {dst}: it already exists")
+    try:
+        strategy, reason, tree = _clone(src, dst, mode, tree)
+    except BaseException as exc:
+        if os.path.lexists(dst):
+            remove_tree(dst)
+        if isinstance(exc, OSError):
+            raise _clone_error(src, dst, mode, exc) from exc
+        raise
+    files, nbytes = (tree.nfiles, tree.nbytes) if tree else (0, 0)
+    return CloneResult(
+        src, dst, strategy, files, nbytes, time.perf_counter() - start, reason
+    )
+
+
+def _clone_error(src: str, dst: str, mode: LinkMode, exc: OSError) -> CloneError:
+    parent = os.path.dirname(os.path.abspath(dst))
+    where = f"{_safe_fstype(parent)} at {parent}"
+    msg = f"cannot clone {src} to {dst} ({where}, mode {mode.value}): {_describe(exc)}"
+    if exc.errno == errno.ENOSPC:
+        free = shutil.disk_usage(parent).free
+        msg += f"; {free / 2**20:.1f} MiB free there. Free space or choose another --cowenv-dir."
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        msg += "; check the permissions of the cache directory (--cowenv-dir)."
+    return CloneError(msg)
+
+
+def _clone(
+    src: str, dst: str, mode: LinkMode, tree: Optional[Tree]
+) -> tuple[str, Optional[str], Optional[Tree]]:
+    backend = _platform.BACKEND
+    reason: Optional[str] = None
+    if mode in (LinkMode.AUTO, LinkMode.SNAPSHOT) and backend.dir_strategy:
+        if mode is LinkMode.SNAPSHOT and not backend.is_dir_clonable(src):
+            raise CloneError(
+                f"cannot {backend.dir_strategy} {src}: it is not a {_safe_fstype(src)} "
+                "subvolume (only templates built on btrfs are); use link mode auto or clone"
+            )
+        if mode is LinkMode.SNAPSHOT or backend.is_dir_clonable(src):
+            try:
+                backend.clone_dir(src, dst)
+                return backend.dir_strategy, None, tree
+            except OSError as exc:
+                if mode is LinkMode.SNAPSHOT or not cannot_clone(exc):
+                    raise
+                # The seed (uv#3547): a refused directory clone falls back to file by file.
+                reason = f"{backend.dir_strategy} refused ({_describe(exc)})"
+                if os.path.lexists(dst):
+                    remove_tree(dst)
+    if tree is None:
+        tree = walk_tree(src)
+    if mode is LinkMode.COPY:
+        _per_file(tree, dst, copy_file)
+        return "copy", reason, tree
+    if mode is LinkMode.HARDLINK:
+        _per_file(tree, dst, link_file)
+        return "hardlink", reason, tree
+    return (*_clone_files(tree, dst, mode, reason), tree)
+
+
+def _clone_files(
+    tree: Tree, dst: str, mode: LinkMode, reason: Optional[str]
+) -> tuple[str, Optional[str]]:
+    parent = os.path.dirname(os.path.abspath(dst)) or "."
+    key = (os.stat(tree.root).st_dev, os.stat(parent).st_dev)
+    with _lock:
+        decided = _decisions.get(key)
+    if decided and decided[0] == "copy" and mode is LinkMode.AUTO:
+        _per_file(tree, dst, copy_file)
+        return "copy", decided[1]
+    fell_back: list[str] = []
+
+    def clone_or_copy(src: str, target: str, m: int, at: int, mt: int, size: int) -> None:
+        if fell_back:
+            copy_file(src, target, m, at, mt, size)
+            return
+        try:
+            _platform.BACKEND.clone_file(src, target, m, at, mt, size)
+        except OSError as exc:
+            if mode is not LinkMode.AUTO or not cannot_clone(exc):
+                raise
+            fell_back.append(_describe(exc))
+            if os.path.lexists(target):
+                os.unlink(target)
+            copy_file(src, target, m, at, mt, size)
+
+    try:
+        _per_file(tree, dst, clone_or_copy)
+    except OSError as exc:
+        if mode is LinkMode.CLONE and cannot_clone(exc):
+            where = f"{_safe_fstype(tree.root)} at {tree.root} → {_safe_fstype(parent)} at {parent}"
+            raise CloneError(
+                f"cannot clone {tree.root} file by file ({where}): {_describe(exc)}. "
+                "Put --cowenv-dir on btrfs, XFS (reflink=1), APFS or ReFS, "
+                "or use link mode auto/copy."
+            ) from exc
+        raise
+    if not fell_back:
+        with _lock:
+            _decisions.setdefault(key, ("clone", reason))
+        return "clone", reason
+    why = fell_back[0]
+    with _lock:
+        _decisions[key] = ("copy", why)
+        first = key not in _warned
+        _warned.add(key)
+    if first:
+        warnings.warn(
+            CowEnvWarning(
+                f"pytest-cowenv: {_safe_fstype(parent)} at {parent} cannot clone files from "
+                f"{_safe_fstype(tree.root)} ({why}); environments are copied instead: slower "
+                "and full disk use. Put --cowenv-dir on btrfs, XFS (reflink=1), APFS or ReFS."
+            ),
+            stacklevel=4,
+        )
+    return "copy", why
+
+
+def _per_file(tree: Tree, dst: str, file_op: FileOp) -> None:
+    src = tree.root
+    root_mode = tree.root_entry[1]
+    os.mkdir(dst, root_mode & 0o777)
+    for rel, mode, _at, _mt, _size in tree.dirs:
+        os.mkdir(dst + rel, mode & 0o777)
+    for rel, mode, at, mt, size in tree.files:
+        file_op(src + rel, dst + rel, mode, at, mt, size)
+    for rel, target, at, mt in tree.links:
+        os.symlink(target, dst + rel)
+        if os.utime in os.supports_follow_symlinks:
+            os.utime(dst + rel, ns=(at, mt), follow_symlinks=False)
+    # Directory times last, deepest first: creating children bumps a directory's mtime.
+    for rel, mode, at, mt, _size in reversed(tree.dirs):
+        _finish_dir(dst + rel, mode, at, mt)
+    _finish_dir(dst, root_mode, tree.root_entry[2], tree.root_entry[3])
+
+
+def _finish_dir(path: str, mode: int, atime_ns: int, mtime_ns: int) -> None:
+    if mode & UMASK or mode & 0o7000:
+        os.chmod(path, mode & 0o7777)
+    os.utime(path, ns=(atime_ns, mtime_ns))
+
+
+def remove_tree(path: str | os.PathLike[str]) -> None:
+    """Delete a clone as fast as the filesystem allows (btrfs: destroy the snapshot)."""
+    path = os.fspath(path)
+    if os.path.islink(path) or not os.path.isdir(path):
+        os.unlink(path)
+        return
+    if not _platform.BACKEND.remove_dir_fast(path):
+        rmtree(path)

@@ -1,0 +1,74 @@
+"""Operations every platform has: plain copies, hard links and recursive deletion."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import sys
+from typing import Any, Callable
+
+from ._base import CREATE_FLAGS, READ_FLAGS, UTIME_FD, finish_file
+
+_CHUNK = 1 << 30
+
+
+def copy_file(src: str, dst: str, mode: int, atime_ns: int, mtime_ns: int, size: int) -> None:
+    """Copy ``src`` to the new file ``dst`` byte for byte, then set mode and times."""
+    sfd = os.open(src, READ_FLAGS)
+    try:
+        dfd = os.open(dst, CREATE_FLAGS, mode & 0o777)
+        try:
+            _copy_data(sfd, dfd, size)
+            finish_file(dfd, dst, mode, atime_ns, mtime_ns)
+        finally:
+            os.close(dfd)
+    finally:
+        os.close(sfd)
+    if not UTIME_FD:  # pragma: no cover - Windows
+        os.utime(dst, ns=(atime_ns, mtime_ns))
+
+
+def _copy_data(sfd: int, dfd: int, size: int) -> None:
+    if sys.platform.startswith("linux"):
+        # sendfile copies in the kernel and, unlike copy_file_range, never reflinks: a copy
+        # stays a copy, so "copy" mode means what it says on every filesystem.
+        offset = 0
+        while True:
+            sent = os.sendfile(dfd, sfd, offset, _CHUNK)
+            if sent == 0:
+                return
+            offset += sent
+    while True:  # pragma: no cover - non-Linux
+        chunk = os.read(sfd, 1 << 20)
+        if not chunk:
+            return
+        os.write(dfd, chunk)
+
+
+def link_file(src: str, dst: str, mode: int, atime_ns: int, mtime_ns: int, size: int) -> None:
+    """Hard-link ``dst`` to ``src``: shares the inode, so writes go through to the template."""
+    os.link(src, dst, follow_symlinks=False)
+
+
+def _make_writable_and_retry(func: Callable[..., Any], path: str, _exc: object) -> None:
+    """rmtree error handler: a read-only directory blocks unlinking its entries."""
+    parent = os.path.dirname(path)
+    try:
+        os.chmod(parent, stat.S_IMODE(os.lstat(parent).st_mode) | stat.S_IWUSR | stat.S_IXUSR)
+        if not os.path.islink(path) and os.path.isdir(path):
+            os.chmod(path, stat.S_IMODE(os.lstat(path).st_mode) | stat.S_IRWXU)
+    except OSError:
+        pass
+    if func in (os.unlink, os.remove, os.rmdir):
+        func(path)
+    else:  # listing or opening the directory failed: retry the whole subtree, now readable
+        rmtree(path)
+
+
+def rmtree(path: str) -> None:
+    """Delete a tree, coping with read-only files and directories; never follows symlinks."""
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=_make_writable_and_retry)
+    else:
+        shutil.rmtree(path, onerror=_make_writable_and_retry)

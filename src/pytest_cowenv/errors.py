@@ -1,0 +1,54 @@
+"""The error hierarchy: every failure we raise on purpose is a :class:`CowEnvError`.
+
+Messages name the path, the filesystem and the fix, so that a user never needs a traceback.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Sequence
+
+
+class CowEnvError(Exception):
+    """Base class of every error pytest-cowenv raises on purpose."""
+
+
+class CloneError(CowEnvError):
+    """A tree could not be cloned, or an explicit link mode is impossible here."""
+
+
+class TemplateBuildError(CowEnvError):
+    """A template environment could not be built (installer output is in the message)."""
+
+
+class SpecError(CowEnvError):
+    """A requirement, marker keyword or interpreter request is invalid."""
+
+
+class CacheDirError(CowEnvError):
+    """The cache directory is missing, unsafe or unusable."""
+
+
+class LockTimeoutError(CowEnvError):
+    """Another process held a template lock for longer than we may wait."""
+
+
+class CommandError(CowEnvError, subprocess.CalledProcessError):
+    """A command run inside an environment exited non-zero."""
+
+    def __init__(
+        self, cmd: Sequence[str], returncode: int, stdout: str, stderr: str
+    ) -> None:
+        subprocess.CalledProcessError.__init__(self, returncode, list(cmd), stdout, stderr)
+
+    def __str__(self) -> str:
+        command = " ".join(str(part) for part in self.cmd)
+        return (
+            f"command {command!r} exited with {self.returncode}\n"
+            f"--- stdout ---\n{self.stdout or ''}"
+            f"--- stderr ---\n{self.stderr or ''}"
+        )
+
+
+class CowEnvWarning(UserWarning):
+    """Emitted once per filesystem pair when ``auto`` falls back to plain copies."""

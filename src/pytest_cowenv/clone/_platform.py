@@ -6,16 +6,15 @@ import sys
 
 from ._base import Backend
 
-BACKEND: Backend
 if sys.platform == "darwin":  # pragma: no cover - macOS
     from ._darwin import DarwinBackend
 
-    BACKEND = DarwinBackend()
+    BACKEND: Backend = DarwinBackend()
 elif sys.platform == "win32":  # pragma: no cover - Windows
     from ._windows import WindowsBackend
 
-    BACKEND = WindowsBackend()
+    BACKEND: Backend = WindowsBackend()
 else:
     from ._linux import LinuxBackend
 
-    BACKEND = LinuxBackend()
+    BACKEND: Backend = LinuxBackend()

@@ -1,0 +1,191 @@
+"""Put distributions into an environment: uv when present, else the outer pip, else installer.
+
+Nothing here needs pip *inside* the environment: templates are lean by default.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Optional
+
+from .errors import TemplateBuildError
+
+# Variables of the outer environment that must never steer a child interpreter.
+LEAKY_VARS = (
+    "PYTHONPATH",
+    "PYTHONHOME",
+    "VIRTUAL_ENV",
+    "CONDA_PREFIX",
+    "PYTHONSTARTUP",
+    "PYTHONUSERBASE",
+    "__PYVENV_LAUNCHER__",
+    "UV_PYTHON",
+    "PIP_PYTHON",
+)
+
+
+@dataclass(frozen=True)
+class IndexOptions:
+    """Where installers look for distributions."""
+
+    find_links: tuple[str, ...] = ()
+    index_url: Optional[str] = None
+    offline: bool = False
+
+
+@cache
+def uv_binary() -> Optional[str]:
+    """The uv executable to use as an accelerator, if any (``PYTEST_COWENV_NO_UV=1`` opts out)."""
+    if os.environ.get("PYTEST_COWENV_NO_UV"):
+        return None
+    found = shutil.which("uv")
+    if found:
+        return found
+    try:
+        from uv import find_uv_bin  # type: ignore[import-not-found, unused-ignore]
+
+        return str(find_uv_bin())
+    except Exception:
+        return None
+
+
+@cache
+def installer_identity() -> str:
+    """Which installer templates are built with, for the cache key (``uv 0.5.1`` / ``pip 24``)."""
+    uv = uv_binary()
+    if uv:
+        out = subprocess.run([uv, "--version"], capture_output=True, text=True, check=False)
+        return out.stdout.strip() or "uv"
+    try:
+        from importlib.metadata import version
+
+        return f"pip {version('pip')}"
+    except Exception:
+        return "pip (missing)"
+
+
+def clean_env(extra: Optional[dict[str, str]] = None) -> dict[str, str]:
+    """The outer environment minus the variables that would leak into a child interpreter."""
+    env = {k: v for k, v in os.environ.items() if k not in LEAKY_VARS}
+    env.update(extra or {})
+    return env
+
+
+def _index_args(index: IndexOptions, *, uv: bool) -> list[str]:
+    args: list[str] = []
+    for link in index.find_links:
+        args += ["--find-links", link]
+    if index.offline:
+        args.append("--no-index")
+        if uv:
+            args.append("--offline")
+    elif index.index_url:
+        args += ["--index-url", index.index_url]
+    return args
+
+
+def install_command(python: Path, items: Sequence[str], index: IndexOptions) -> list[str]:
+    """The command that installs ``items`` (requirements or local wheels) into ``python``'s env."""
+    uv = uv_binary()
+    if uv:
+        return [
+            uv,
+            "pip",
+            "install",
+            "--python",
+            str(python),
+            "--link-mode=copy",
+            "--quiet",
+            *_index_args(index, uv=True),
+            *items,
+        ]
+    return [
+        sys.executable,
+        "-m",
+        "pip",
+        "--python",
+        str(python),
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--no-input",
+        "--no-warn-script-location",
+        *_index_args(index, uv=False),
+        *items,
+    ]
+
+
+def run_installer(cmd: Sequence[str], what: str) -> None:
+    """Run an installer command; failure becomes a TemplateBuildError with its last lines."""
+    proc = subprocess.run(
+        list(cmd),
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise TemplateBuildError(
+            failure_message(what, cmd, proc.returncode, proc.stderr + proc.stdout)
+        )
+
+
+def failure_message(what: str, cmd: Sequence[str], code: int, output: str) -> str:
+    """First line names the culprit (the short summary keeps only it); then the tool's words."""
+    lines = [ln for ln in output.strip().splitlines() if ln.strip()]
+    culprit = next(
+        (ln.strip() for ln in reversed(lines) if "error" in ln.lower()),
+        lines[-1].strip() if lines else f"exit code {code}",
+    )
+    tail = "\n".join(lines[-30:])
+    return f"{what}: {culprit}\ncommand: {' '.join(str(c) for c in cmd)} (exit code {code})\n{tail}"
+
+
+def build_wheel(project: Path, out_dir: Path) -> Path:
+    """Build a wheel of a local project from a private copy (the source tree stays clean)."""
+    work = out_dir / f"src-{project.name}"
+    ignore = shutil.ignore_patterns(
+        ".git",
+        ".hg",
+        "build",
+        "dist",
+        "*.egg-info",
+        "__pycache__",
+        ".tox",
+        ".nox",
+        ".venv",
+        "venv",
+        ".mypy_cache",
+        ".pytest_cache",
+    )
+    shutil.copytree(project, work, ignore=ignore, symlinks=True)
+    wheels = out_dir / f"wheels-{project.name}"
+    uv = uv_binary()
+    if uv:
+        cmd = [uv, "build", "--wheel", "--quiet", "--out-dir", str(wheels), str(work)]
+    else:
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "--wheel-dir",
+            str(wheels),
+            str(work),
+        ]
+    run_installer(cmd, f"{project}: building a wheel failed")
+    built = sorted(wheels.glob("*.whl"))
+    if not built:
+        raise TemplateBuildError(f"{project}: the build produced no wheel in {wheels}")
+    return built[0]

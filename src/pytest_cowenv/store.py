@@ -1,0 +1,89 @@
+"""The cache directory: where it is, whether it is safe, and how it is laid out."""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+from pathlib import Path
+from typing import Optional, Union
+
+from .errors import CacheDirError
+
+ENV_DIR = "PYTEST_COWENV_DIR"
+
+
+def default_root() -> Path:
+    """The user cache directory for pytest-cowenv on this platform."""
+    if sys.platform == "darwin":  # pragma: no cover - macOS
+        return Path.home() / "Library" / "Caches" / "pytest-cowenv"
+    if sys.platform == "win32":  # pragma: no cover - Windows
+        base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
+        return Path(base) / "pytest-cowenv" / "Cache"
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "pytest-cowenv"
+
+
+class Layout:
+    """Folders under the cache root. Clones live beside templates: same filesystem."""
+
+    def __init__(self, root: Union[str, os.PathLike[str]]) -> None:
+        self.root = Path(root).absolute()
+        self.templates = self.root / "templates"
+        self.clones = self.root / "clones"
+        self.tmp = self.root / "tmp"
+
+    def template(self, key: str) -> Path:
+        return self.templates / key
+
+    def meta(self, key: str) -> Path:
+        return self.templates / f"{key}.json"
+
+    def lock(self, key: str) -> Path:
+        return self.templates / f"{key}.lock"
+
+    def in_use(self, key: str) -> Path:
+        return self.templates / f"{key}.inuse"
+
+
+def prepare_root(root: Optional[Union[str, os.PathLike[str]]]) -> Layout:
+    """Create (if needed) and vet the cache root; refuse one that others could poison."""
+    path = Path(root).expanduser() if root else default_root()
+    if root and not path.parent.is_dir():
+        raise CacheDirError(
+            f"cache dir {path}: its parent {path.parent} does not exist (create it, or pick "
+            "another --cowenv-dir)"
+        )
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise CacheDirError(f"cache dir {path}: cannot create it ({exc.strerror})") from None
+    check_safe(path)
+    layout = Layout(path)
+    try:
+        for sub in (layout.templates, layout.clones, layout.tmp):
+            sub.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise CacheDirError(
+            f"cache dir {path}: not writable ({exc.strerror}); pick another --cowenv-dir"
+        ) from None
+    if not os.access(layout.templates, os.W_OK | os.X_OK):
+        raise CacheDirError(f"cache dir {path}: not writable; pick another --cowenv-dir")
+    return layout
+
+
+def check_safe(path: Path) -> None:
+    """A cache owned by someone else, or writable by all without the sticky bit, is refused."""
+    if not hasattr(os, "getuid"):  # pragma: no cover - Windows relies on ACLs
+        return
+    st = path.stat()
+    if st.st_uid != os.getuid():
+        raise CacheDirError(
+            f"cache dir {path} belongs to uid {st.st_uid}, not to you (uid {os.getuid()}): "
+            "a shared cache could be poisoned; use a directory of your own"
+        )
+    if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
+        raise CacheDirError(
+            f"cache dir {path} is writable by everyone without the sticky bit: "
+            f"run `chmod o-w {path}` or use another directory"
+        )

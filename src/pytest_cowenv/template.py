@@ -1,0 +1,364 @@
+"""Templates: build each environment spec once, cache it by content, share it safely.
+
+spec → key → (lock) → build in a private temp dir → relocate → compile → rename into place →
+write the metadata last, as the mark of completion.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Optional
+
+from . import __version__
+from ._install import build_wheel, clean_env, install_command, installer_identity, run_installer
+from ._relocate import relocate
+from .clone import Tree, remove_tree, walk_tree
+from .clone import _platform as clone_platform
+from .errors import LockTimeoutError, TemplateBuildError
+from .spec import FORMAT_VERSION, TemplateSpec, find_interpreter
+from .store import Layout
+
+DEFAULT_LOCK_TIMEOUT = float(os.environ.get("PYTEST_COWENV_LOCK_TIMEOUT", "900"))
+
+
+@dataclass
+class Template:
+    """A complete template environment on disk."""
+
+    key: str
+    path: Path
+    spec: TemplateSpec
+    meta: dict[str, Any]
+    tree: Tree
+    built_now: bool = False
+
+    @property
+    def requirements(self) -> tuple[str, ...]:
+        return self.spec.requirements + self.spec.local
+
+    @property
+    def resolved(self) -> dict[str, str]:
+        """Installed distributions: canonical name → version."""
+        return dict(self.meta.get("resolved", {}))
+
+    @property
+    def build_seconds(self) -> float:
+        return float(self.meta.get("build_seconds", 0.0))
+
+    def __repr__(self) -> str:
+        return f"<Template {self.key} {self.spec.describe()}>"
+
+
+@dataclass
+class TemplateCache:
+    """Finds or builds templates under one cache root. Thread-safe; one per process."""
+
+    layout: Layout
+    rebuild_before: float = 0.0  # templates created before this time are rebuilt
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT
+    _ready: dict[str, Template] = field(default_factory=dict)
+    _failed: dict[str, TemplateBuildError] = field(default_factory=dict)
+    _keys: dict[TemplateSpec, str] = field(default_factory=dict)
+    _in_use: dict[str, IO[bytes]] = field(default_factory=dict)
+    _mutex: threading.Lock = field(default_factory=threading.Lock)
+    built: list[Template] = field(default_factory=list)
+    reused: list[Template] = field(default_factory=list)
+
+    def key(self, spec: TemplateSpec) -> str:
+        with self._mutex:
+            key = self._keys.get(spec)
+        if key is None:
+            key = spec.key()
+            with self._mutex:
+                self._keys[spec] = key
+        return key
+
+    def get(self, spec: TemplateSpec) -> Template:
+        """The template for ``spec``, built if needed. A failed build is not retried."""
+        key = self.key(spec)
+        with self._mutex:
+            if key in self._ready:
+                return self._ready[key]
+            if key in self._failed:
+                raise self._failed[key]
+        try:
+            template = self._get_or_build(spec, key)
+        except TemplateBuildError as exc:
+            with self._mutex:
+                self._failed[key] = exc
+            raise
+        with self._mutex:
+            self._ready[key] = template
+            (self.built if template.built_now else self.reused).append(template)
+        return template
+
+    def forget(self, key: str) -> None:
+        """Drop the in-memory template (after a rebuild elsewhere, or in tests)."""
+        with self._mutex:
+            self._ready.pop(key, None)
+            self._failed.pop(key, None)
+
+    # -- finding -------------------------------------------------------------------------
+
+    def _get_or_build(self, spec: TemplateSpec, key: str) -> Template:
+        found = self._load(spec, key)
+        if found is not None:
+            return self._mark_used(found)
+        with self._locked(key):
+            found = self._load(spec, key)  # another process may have built it meanwhile
+            if found is not None:
+                return self._mark_used(found)
+            self._discard(key)
+            return self._mark_used(self._build(spec, key))
+
+    def _load(self, spec: TemplateSpec, key: str) -> Optional[Template]:
+        """A valid template, or None (absent, half-made, damaged, stale or interpreter gone)."""
+        meta_path, tree_path = self.layout.meta(key), self.layout.template(key)
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
+            return None
+        if meta.get("key") != key or float(meta.get("created", 0)) < self.rebuild_before:
+            return None
+        try:
+            interp = find_interpreter(spec.python)
+            if meta.get("interpreter") != interp.fingerprint():
+                return None
+            tree = walk_tree(tree_path)
+        except (OSError, ValueError):
+            return None
+        if tree.listing() != meta.get("manifest"):
+            return None
+        return Template(key, tree_path, spec, meta, tree)
+
+    def _mark_used(self, template: Template) -> Template:
+        """Hold a shared lock that tells `prune` this template is in use; touch last-used."""
+        with contextlib.suppress(OSError):
+            os.utime(self.layout.meta(template.key))
+        if template.key not in self._in_use:
+            self._in_use[template.key] = hold_in_use(self.layout.in_use(template.key))
+        return template
+
+    # -- building ------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self, key: str) -> Iterator[None]:
+        import filelock
+
+        lock_path = self.layout.lock(key)
+        owner = lock_path.with_suffix(".owner")
+        lock = filelock.FileLock(str(lock_path), timeout=self.lock_timeout)
+        try:
+            lock.acquire()
+        except filelock.Timeout:
+            try:
+                holder = owner.read_text(encoding="utf-8").strip()
+            except OSError:
+                holder = "unknown process"
+            raise LockTimeoutError(
+                f"template {key}: lock {lock_path} held by {holder} for more than "
+                f"{self.lock_timeout:.0f} s; if that process is gone, delete the lock file"
+            ) from None
+        try:
+            owner.write_text(
+                f"pid {os.getpid()} on {socket.gethostname()} since "
+                f"{time.strftime('%Y-%m-%d %H:%M:%S')} ({' '.join(sys.argv[:3])})\n",
+                encoding="utf-8",
+            )
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                owner.unlink()
+            lock.release()
+
+    def _discard(self, key: str) -> None:
+        """Remove whatever an earlier, failed or killed build left under ``key``."""
+        with contextlib.suppress(FileNotFoundError):
+            self.layout.meta(key).unlink()
+        path = self.layout.template(key)
+        if os.path.lexists(path):
+            clone_platform.BACKEND.set_readonly(str(path), False)
+            remove_tree(path)
+
+    def _build(self, spec: TemplateSpec, key: str) -> Template:
+        start = time.perf_counter()
+        work = self.layout.tmp / f"{key}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+        work.mkdir(parents=True)
+        env = work / "env"
+        try:
+            build_env(spec, env, work)
+            tree = walk_tree(env)
+            final = self.layout.template(key)
+            os.rename(env, final)
+            clone_platform.BACKEND.set_readonly(str(final), True)
+            tree = walk_tree(final)
+            meta = {
+                "format": FORMAT_VERSION,
+                "key": key,
+                "spec": spec.as_dict(),
+                "describe": spec.describe(),
+                "interpreter": find_interpreter(spec.python).fingerprint(),
+                "installer": installer_identity(),
+                "resolved": installed_distributions(final),
+                "build_seconds": round(time.perf_counter() - start, 3),
+                "created": time.time(),
+                "plugin_version": __version__,
+                "files": tree.nfiles,
+                "bytes": tree.nbytes,
+                "manifest": tree.listing(),
+            }
+            write_atomically(self.layout.meta(key), json.dumps(meta, indent=1))
+        except OSError as exc:
+            raise TemplateBuildError(
+                f"{spec.describe()}: building the template failed: {exc}"
+                + _space_hint(self.layout.root, exc)
+            ) from None
+        finally:
+            _remove_quietly(work)
+        return Template(key, final, spec, meta, tree, built_now=True)
+
+
+def _space_hint(root: Path, exc: OSError) -> str:
+    import errno
+
+    if exc.errno != errno.ENOSPC:
+        return ""
+    from .fs import fs_type
+
+    free = shutil.disk_usage(root).free / 2**20
+    return f" ({fs_type(root)} at {root} has {free:.1f} MiB free; free space or move --cowenv-dir)"
+
+
+def _remove_quietly(path: Path) -> None:
+    if os.path.lexists(path):
+        for sub in path.iterdir() if path.is_dir() else ():
+            clone_platform.BACKEND.set_readonly(str(sub), False)
+        with contextlib.suppress(OSError):
+            remove_tree(path)
+
+
+def build_env(spec: TemplateSpec, env: Path, work: Path) -> None:
+    """Create, fill, relocate and byte-compile the environment ``env`` (a new path)."""
+    interp = find_interpreter(spec.python)
+    clone_platform.BACKEND.make_template_dir(str(env))
+    seed = ["--seeder", "app-data", "--no-setuptools", "--no-wheel"] if spec.pip else ["--no-seed"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "virtualenv",
+        "--quiet",
+        "--no-periodic-update",
+        "--activators",
+        "bash",
+        "--python",
+        interp.executable,
+        *seed,
+        str(env),
+    ]
+    run_installer(cmd, f"{spec.describe()}: creating the base environment failed")
+    python = env / "bin" / "python"
+    items = list(spec.requirements)
+    for local in map(Path, spec.local):
+        items.append(str(build_wheel(local, work) if local.is_dir() else local))
+    if items:
+        run_installer(
+            install_command(python, items, spec.index), f"{spec.describe()}: installing failed"
+        )
+    relocate(env, env)
+    compile_env(env, spec)
+
+
+def compile_env(env: Path, spec: TemplateSpec) -> None:
+    """Byte-compile site-packages with hashes that stay valid in a clone, whatever its mtimes."""
+    python = env / "bin" / "python"
+    site = site_packages(env)
+    cmd = [
+        str(python),
+        "-m",
+        "compileall",
+        "-q",
+        "-j",
+        "0",
+        "--invalidation-mode",
+        "unchecked-hash",
+        str(site),
+    ]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, env=clean_env(), stdin=subprocess.DEVNULL, check=False
+    )
+    if proc.returncode not in (0, 1):  # 1: a file that does not compile (tests, py2 leftovers)
+        raise TemplateBuildError(f"{spec.describe()}: byte-compiling failed: {proc.stderr[-2000:]}")
+
+
+def site_packages(env: Path) -> Path:
+    """The ``site-packages`` directory of the environment at ``env``."""
+    if sys.platform == "win32":  # pragma: no cover - Windows
+        return env / "Lib" / "site-packages"
+    found = sorted((env / "lib").glob("python*/site-packages"))
+    if not found:
+        raise TemplateBuildError(f"{env}: no lib/python*/site-packages")
+    return found[0]
+
+
+def installed_distributions(env: Path) -> dict[str, str]:
+    """Canonical name → version, read from the ``.dist-info`` folder names (no subprocess)."""
+    from packaging.utils import canonicalize_name
+
+    found: dict[str, str] = {}
+    for info in site_packages(env).glob("*.dist-info"):
+        name, _, version = info.name[: -len(".dist-info")].partition("-")
+        found[canonicalize_name(name)] = version
+    return dict(sorted(found.items()))
+
+
+def write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def hold_in_use(path: Path) -> IO[bytes]:
+    """Open ``path`` with a shared lock held until the process ends (or the file is closed)."""
+    f = open(path, "ab")  # noqa: SIM115 - held open on purpose
+    try:
+        import fcntl
+
+        fcntl.flock(f.fileno(), fcntl.LOCK_SH)
+    except ImportError:  # pragma: no cover - Windows: prune relies on age only
+        pass
+    return f
+
+
+def is_in_use(path: Path) -> bool:
+    """True if some process holds ``path``'s shared in-use lock."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return False
+    try:
+        with open(path, "ab") as f:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    except OSError:
+        return False
+    return False

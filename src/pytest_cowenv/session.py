@@ -1,0 +1,295 @@
+"""One process's use of pytest-cowenv: settings, the template cache, clones, statistics.
+
+Pytest-free: the plugin drives it, and so can any other harness.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import statistics
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from ._install import IndexOptions
+from .clone import LinkMode, clone_tree, remove_tree
+from .env import CowEnv
+from .spec import TemplateSpec
+from .store import Layout, prepare_root
+from .template import TemplateCache
+
+KEEP_VALUES = ("none", "failed", "all")
+_RUN_DIR = re.compile(r"^run-(\d+)-(\d+)-[0-9a-f]+$")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the command line, environment and ini decided (markers may override)."""
+
+    root: Optional[str] = None
+    link_mode: LinkMode = LinkMode.AUTO
+    keep: str = "none"
+    rebuild_before: float = 0.0
+    index: IndexOptions = field(default_factory=IndexOptions)
+    pip: bool = False
+    requirements: tuple[str, ...] = ()
+    pool: int = 2
+
+
+@dataclass
+class Stats:
+    """What this process did; merged across xdist workers for the summary."""
+
+    clones: int = 0
+    clone_ms: list[float] = field(default_factory=list)
+    remove_ms: list[float] = field(default_factory=list)
+    strategies: Counter[str] = field(default_factory=Counter)
+    shared_bytes: int = 0  # logical bytes of clones that share the template's blocks
+    copied_bytes: int = 0  # bytes actually copied (copy strategy)
+    built: dict[str, float] = field(default_factory=dict)  # description -> seconds
+    reused: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "clones": self.clones,
+            "clone_ms": self.clone_ms,
+            "remove_ms": self.remove_ms,
+            "strategies": dict(self.strategies),
+            "shared_bytes": self.shared_bytes,
+            "copied_bytes": self.copied_bytes,
+            "built": self.built,
+            "reused": self.reused,
+            "kept": self.kept,
+        }
+
+    def merge(self, other: dict[str, Any]) -> None:
+        self.clones += other["clones"]
+        self.clone_ms += other["clone_ms"]
+        self.remove_ms += other["remove_ms"]
+        self.strategies.update(other["strategies"])
+        self.shared_bytes += other["shared_bytes"]
+        self.copied_bytes += other["copied_bytes"]
+        self.built.update(other["built"])
+        self.reused += [r for r in other["reused"] if r not in self.reused]
+        self.kept += other["kept"]
+
+    def summary_lines(self) -> list[str]:
+        lines = []
+        if self.built:
+            built = ", ".join(f"{d} ({s:.1f} s)" for d, s in self.built.items())
+            lines.append(f"templates built: {len(self.built)}: {built}")
+        reused = [r for r in self.reused if r not in self.built]
+        if reused:
+            lines.append(f"templates reused: {len(reused)}: {', '.join(reused)}")
+        if self.clones:
+            strategies = ", ".join(f"{k} {v}" for k, v in sorted(self.strategies.items()))
+            lines.append(f"clones: {self.clones} ({strategies})")
+            lines.append(
+                f"clone ms: median {_pct(self.clone_ms, 50):.1f}, "
+                f"p95 {_pct(self.clone_ms, 95):.1f}; remove ms: median "
+                f"{_pct(self.remove_ms, 50):.1f}, p95 {_pct(self.remove_ms, 95):.1f}"
+            )
+            total = self.shared_bytes + self.copied_bytes
+            lines.append(
+                f"disk: clones copied {_mib(self.copied_bytes)} where copies would take "
+                f"{_mib(total)} ({_mib(self.shared_bytes)} shared with templates)"
+            )
+        lines += [f"kept clone: {k}" for k in self.kept]
+        return lines
+
+
+def _pct(values: list[float], pct: int) -> float:
+    if not values:
+        return 0.0
+    if len(values) == 1:
+        return values[0]
+    return (
+        statistics.quantiles(values, n=100, method="inclusive")[pct - 1]
+        if pct != 50
+        else statistics.median(values)
+    )
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def process_start_ticks(pid: int) -> Optional[int]:
+    """The start time of ``pid`` in clock ticks (Linux), to tell a live pid from a reused one."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return int(data.rsplit(b")", 1)[1].split()[19])
+
+
+def _alive(pid: int, ticks: int) -> bool:
+    if os.path.isdir("/proc/self"):
+        return process_start_ticks(pid) == ticks
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class CowEnvSession:
+    """Makes and removes this process's clones; lazily creates the cache on first use."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.stats = Stats()
+        self._layout: Optional[Layout] = None
+        self._cache: Optional[TemplateCache] = None
+        self._run_dir: Optional[Path] = None
+        self._lock = threading.Lock()
+        self._seq = 0
+
+    @property
+    def layout(self) -> Layout:
+        if self._layout is None:
+            self._layout = prepare_root(self.settings.root)
+            self.clean_stale()
+        return self._layout
+
+    @property
+    def cache(self) -> TemplateCache:
+        if self._cache is None:
+            self._cache = TemplateCache(self.layout, rebuild_before=self.settings.rebuild_before)
+        return self._cache
+
+    @property
+    def run_dir(self) -> Path:
+        """This process's clone folder: ``clones/run-<pid>-<start ticks>-<random>``."""
+        with self._lock:
+            if self._run_dir is None:
+                pid = os.getpid()
+                ticks = process_start_ticks(pid) or 0
+                path = self.layout.clones / f"run-{pid}-{ticks}-{uuid.uuid4().hex[:6]}"
+                path.mkdir()
+                self._run_dir = path
+            return self._run_dir
+
+    def spec(
+        self,
+        requirements: Any = (),
+        *,
+        python: Optional[str] = None,
+        project: Any = None,
+        pip: Optional[bool] = None,
+        base_dir: Any = None,
+    ) -> TemplateSpec:
+        s = self.settings
+        return TemplateSpec.create(
+            requirements,
+            python=python,
+            project=project,
+            pip=s.pip if pip is None else pip,
+            index=s.index,
+            base_dir=base_dir,
+        )
+
+    def acquire(
+        self, spec: TemplateSpec, name: str = "env", link_mode: Optional[LinkMode] = None
+    ) -> CowEnv:
+        """A fresh private clone of ``spec``'s template (built first if needed)."""
+        template = self.cache.get(spec)
+        with self._lock:
+            self._seq += 1
+            seq = self._seq
+            if template.built_now:
+                self.stats.built.setdefault(spec.describe(), template.build_seconds)
+            elif spec.describe() not in self.stats.reused:
+                self.stats.reused.append(spec.describe())
+        dst = self.run_dir / f"{_safe_name(name)}-{seq}"
+        result = clone_tree(
+            template.path, dst, link_mode or self.settings.link_mode, tree=template.tree
+        )
+        env = CowEnv(dst, template, result.strategy, self.settings.index)
+        env.clone_seconds = result.seconds
+        with self._lock:
+            self.stats.clones += 1
+            self.stats.clone_ms.append(result.seconds * 1000)
+            self.stats.strategies[result.strategy] += 1
+            if result.strategy == "copy":
+                self.stats.copied_bytes += result.bytes
+            else:
+                self.stats.shared_bytes += template.tree.nbytes
+        return env
+
+    def release(self, env: CowEnv, keep: bool = False) -> Optional[Path]:
+        """Remove a clone, or move it to ``kept/`` and return where it went."""
+        if keep:
+            kept = self.layout.root / "kept" / f"{env.path.name}-{uuid.uuid4().hex[:6]}"
+            kept.parent.mkdir(exist_ok=True)
+            os.rename(env.path, kept)
+            with self._lock:
+                self.stats.kept.append(str(kept))
+            return kept
+        start = time.perf_counter()
+        if os.path.lexists(env.path):
+            remove_tree(env.path)
+        with self._lock:
+            self.stats.remove_ms.append((time.perf_counter() - start) * 1000)
+        return None
+
+    def close(self) -> None:
+        """Remove whatever clones this process still has (after a crash of a test, Ctrl-C)."""
+        if self._run_dir is not None and self._run_dir.exists():
+            for child in self._run_dir.iterdir():
+                with contextlib.suppress(OSError):
+                    remove_tree(child)
+            with contextlib.suppress(OSError):
+                self._run_dir.rmdir()
+
+    def clean_stale(self) -> list[Path]:
+        """Remove run folders and build leftovers of processes that are gone."""
+        layout = self.layout if self._layout is None else self._layout
+        removed = []
+        for folder in (layout.clones, layout.tmp):
+            for child in sorted(folder.iterdir()) if folder.is_dir() else ():
+                if _is_stale(child):
+                    from .clone import _platform
+
+                    with contextlib.suppress(OSError):
+                        for sub in child.iterdir() if child.is_dir() else ():
+                            _platform.BACKEND.set_readonly(str(sub), False)
+                        remove_tree(child)
+                        removed.append(child)
+        return removed
+
+
+def _is_stale(path: Path) -> bool:
+    m = _RUN_DIR.match(path.name)
+    if m:
+        return not _alive(int(m.group(1)), int(m.group(2)))
+    parts = path.name.split(".")  # build dirs: <key>.<pid>.<random>
+    if len(parts) == 3 and parts[1].isdigit():
+        pid = int(parts[1])
+        ticks = process_start_ticks(pid)
+        if os.path.isdir("/proc/self"):
+            return ticks is None or path.stat().st_mtime < time.time() - _uptime_of(ticks)
+        return not _alive(pid, 0)
+    return False
+
+
+def _uptime_of(ticks: int) -> float:
+    """Seconds since a process that started at ``ticks`` began (Linux)."""
+    hz = os.sysconf("SC_CLK_TCK")
+    with open("/proc/uptime", encoding="ascii") as f:
+        uptime = float(f.read().split()[0])
+    return uptime - ticks / hz
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.]+", "_", name)[-60:].strip("_") or "env"

@@ -7,7 +7,6 @@ paths share a filesystem: every btrfs subvolume has its own device number.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 import sys
@@ -54,8 +53,8 @@ class FsInfo:
 
 
 class _StatfsBuf(ctypes.Structure):
-    # struct statfs on 64-bit Linux; we only read f_type, the first field.
-    _fields_ = [("f_type", ctypes.c_long), ("_rest", ctypes.c_byte * 112)]
+    # struct statfs (120 bytes on 64-bit Linux, room to spare); we read only f_type, first.
+    _fields_ = [("f_type", ctypes.c_long), ("_rest", ctypes.c_byte * 248)]
 
 
 _libc: Optional[ctypes.CDLL] = None
@@ -64,25 +63,28 @@ _libc: Optional[ctypes.CDLL] = None
 def _statfs_magic(path: str) -> int:
     global _libc
     if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        # The C library is already loaded into the process: CDLL(None) finds statfs there,
+        # while ctypes.util.find_library would spawn ldconfig (tens of ms on the first call).
+        _libc = ctypes.CDLL(None, use_errno=True)
     buf = _StatfsBuf()
     if _libc.statfs(os.fsencode(path), ctypes.byref(buf)) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), path)
-    return buf.f_type & 0xFFFFFFFF
+    return int(buf.f_type) & 0xFFFFFFFF
 
 
 def fs_type(path: str | os.PathLike[str]) -> str:
     """Name of the filesystem holding ``path`` (``btrfs``, ``xfs``, ``ext4``, ``tmpfs``, …)."""
     path = os.fspath(path)
-    if sys.platform.startswith("linux"):
-        magic = _statfs_magic(path)
-        return _MAGIC_NAMES.get(magic, hex(magic))
     if sys.platform == "darwin":
         return _darwin_fstype(path)
-    if sys.platform == "win32":
+    elif sys.platform == "win32":
         return _windows_fstype(path)
-    return "unknown"
+    elif sys.platform.startswith("linux"):
+        magic = _statfs_magic(path)
+        return _MAGIC_NAMES.get(magic, hex(magic))
+    else:  # pragma: no cover - other Unixes lay out struct statfs differently
+        return "unknown"
 
 
 def _darwin_fstype(path: str) -> str:  # pragma: no cover - macOS only

@@ -14,19 +14,16 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 from ..errors import CloneError, CowEnvWarning
 from ..fs import fs_type
 from . import _platform
-from ._base import UMASK, cannot_clone
-from ._portable import copy_file, link_file, rmtree
+from ._base import DIR_FD, DIR_FLAGS, UMASK, FileAtOp, FileOp, cannot_clone
+from ._portable import copy_file, copy_file_at, link_file, link_file_at, rmtree
 from ._walk import Tree, walk_tree
 
 __all__ = ["CloneResult", "LinkMode", "Tree", "clone_tree", "remove_tree", "walk_tree"]
-
-FileOp = Callable[[str, str, int, int, int, int], None]
-
 
 class LinkMode(str, enum.Enum):
     """How a clone gets its files. ``auto`` never picks ``hardlink`` (it is not isolated)."""
@@ -130,10 +127,7 @@ def _clone(
     reason: Optional[str] = None
     if mode in (LinkMode.AUTO, LinkMode.SNAPSHOT) and backend.dir_strategy:
         if mode is LinkMode.SNAPSHOT and not backend.is_dir_clonable(src):
-            raise CloneError(
-                f"cannot {backend.dir_strategy} {src}: it is not a {_safe_fstype(src)} "
-                "subvolume (only templates built on btrfs are); use link mode auto or clone"
-            )
+            raise CloneError(_no_snapshot_reason(src, backend.dir_strategy))
         if mode is LinkMode.SNAPSHOT or backend.is_dir_clonable(src):
             try:
                 backend.clone_dir(src, dst)
@@ -148,12 +142,22 @@ def _clone(
     if tree is None:
         tree = walk_tree(src)
     if mode is LinkMode.COPY:
-        _per_file(tree, dst, copy_file)
+        _per_file(tree, dst, _COPY)
         return "copy", reason, tree
     if mode is LinkMode.HARDLINK:
-        _per_file(tree, dst, link_file)
+        _per_file(tree, dst, _HARDLINK)
         return "hardlink", reason, tree
     return (*_clone_files(tree, dst, mode, reason), tree)
+
+
+def _no_snapshot_reason(src: str, strategy: str) -> str:
+    fstype = _safe_fstype(src)
+    why = (
+        "it is a plain directory, not a subvolume (templates built by pytest-cowenv on btrfs are)"
+        if fstype == "btrfs"
+        else f"{fstype} has no subvolume snapshots (only btrfs does)"
+    )
+    return f"cannot {strategy} {src} ({fstype}): {why}; use link mode auto or clone"
 
 
 def _clone_files(
@@ -164,40 +168,29 @@ def _clone_files(
     with _lock:
         decided = _decisions.get(key)
     if decided and decided[0] == "copy" and mode is LinkMode.AUTO:
-        _per_file(tree, dst, copy_file)
+        _per_file(tree, dst, _COPY)
         return "copy", decided[1]
-    fell_back: list[str] = []
-
-    def clone_or_copy(src: str, target: str, m: int, at: int, mt: int, size: int) -> None:
-        if fell_back:
-            copy_file(src, target, m, at, mt, size)
-            return
-        try:
-            _platform.BACKEND.clone_file(src, target, m, at, mt, size)
-        except OSError as exc:
-            if mode is not LinkMode.AUTO or not cannot_clone(exc):
-                raise
-            fell_back.append(_describe(exc))
-            if os.path.lexists(target):
-                os.unlink(target)
-            copy_file(src, target, m, at, mt, size)
-
     try:
-        _per_file(tree, dst, clone_or_copy)
+        _per_file(tree, dst, _clone_ops())
     except OSError as exc:
-        if mode is LinkMode.CLONE and cannot_clone(exc):
-            where = f"{_safe_fstype(tree.root)} at {tree.root} → {_safe_fstype(parent)} at {parent}"
+        if not cannot_clone(exc):
+            raise
+        where = f"{_safe_fstype(tree.root)} at {tree.root} → {_safe_fstype(parent)} at {parent}"
+        if mode is LinkMode.CLONE:
             raise CloneError(
                 f"cannot clone {tree.root} file by file ({where}): {_describe(exc)}. "
                 "Put --cowenv-dir on btrfs, XFS (reflink=1), APFS or ReFS, "
                 "or use link mode auto/copy."
             ) from exc
-        raise
-    if not fell_back:
+        # A filesystem pair that cannot clone refuses the first file with data: start over
+        # as a copy rather than mixing clones and copies in one tree.
+        why = _describe(exc)
+        remove_tree(dst)
+        _per_file(tree, dst, _COPY)
+    else:
         with _lock:
             _decisions.setdefault(key, ("clone", reason))
         return "clone", reason
-    why = fell_back[0]
     with _lock:
         _decisions[key] = ("copy", why)
         first = key not in _warned
@@ -214,14 +207,38 @@ def _clone_files(
     return "copy", why
 
 
-def _per_file(tree: Tree, dst: str, file_op: FileOp) -> None:
+@dataclass(frozen=True)
+class _FileOps:
+    """One way to make a file: by path, and (faster, where the OS has ``dir_fd``) by name
+    relative to open source and destination directories, which spares the kernel a full
+    path lookup per file."""
+
+    by_path: FileOp
+    at: Optional[FileAtOp] = None
+
+
+_COPY = _FileOps(copy_file, copy_file_at)
+_HARDLINK = _FileOps(link_file, link_file_at)
+
+
+def _clone_ops() -> _FileOps:
+    backend = _platform.BACKEND
+    return _FileOps(backend.clone_file, getattr(backend, "clone_file_at", None))
+
+
+def _per_file(tree: Tree, dst: str, ops: _FileOps) -> None:
     src = tree.root
     root_mode = tree.root_entry[1]
-    os.mkdir(dst, root_mode & 0o777)
+    # Directories are made owner-writable so that their children can be created, even in
+    # a template whose directories are read-only; _finish_dir restores the exact mode.
+    os.mkdir(dst, (root_mode & 0o777) | 0o700)
     for rel, mode, _at, _mt, _size in tree.dirs:
-        os.mkdir(dst + rel, mode & 0o777)
-    for rel, mode, at, mt, size in tree.files:
-        file_op(src + rel, dst + rel, mode, at, mt, size)
+        os.mkdir(dst + rel, (mode & 0o777) | 0o700)
+    if ops.at is not None and DIR_FD:
+        _files_at(src, dst, tree, ops.at)
+    else:
+        for rel, mode, at, mt, size in tree.files:
+            ops.by_path(src + rel, dst + rel, mode, at, mt, size)
     for rel, target, at, mt in tree.links:
         os.symlink(target, dst + rel)
         if os.utime in os.supports_follow_symlinks:
@@ -232,8 +249,22 @@ def _per_file(tree: Tree, dst: str, file_op: FileOp) -> None:
     _finish_dir(dst, root_mode, tree.root_entry[2], tree.root_entry[3])
 
 
+def _files_at(src: str, dst: str, tree: Tree, file_at: FileAtOp) -> None:
+    for rel_dir, files in tree.files_by_dir:
+        sdir = os.open(src + rel_dir, DIR_FLAGS)
+        try:
+            ddir = os.open(dst + rel_dir, DIR_FLAGS)
+            try:
+                for name, mode, at, mt, size in files:
+                    file_at(sdir, ddir, name, mode, at, mt, size)
+            finally:
+                os.close(ddir)
+        finally:
+            os.close(sdir)
+
+
 def _finish_dir(path: str, mode: int, atime_ns: int, mtime_ns: int) -> None:
-    if mode & UMASK or mode & 0o7000:
+    if ((mode | 0o700) & 0o777 & ~UMASK) != mode & 0o7777:
         os.chmod(path, mode & 0o7777)
     os.utime(path, ns=(atime_ns, mtime_ns))
 

@@ -7,7 +7,7 @@ import fcntl
 import os
 import struct
 
-from ._base import CREATE_FLAGS, O_CLOEXEC, O_DIRECTORY, READ_FLAGS, finish_file
+from ._base import CREATE_FLAGS, DIR_FLAGS, READ_FLAGS, finish_file
 from ._portable import rmtree
 
 FICLONE = 0x40049409  # fcntl.FICLONE exists only from Python 3.12
@@ -21,7 +21,6 @@ BTRFS_SUBVOLUME_INO = 256
 _VOL_ARGS_SIZE = 4096
 _V2_NAME_OFFSET = 56  # after "=qQQ32s": fd, transid, flags, union
 _V1_NAME_OFFSET = 8  # after the int64 fd
-_DIR_FLAGS = os.O_RDONLY | O_DIRECTORY | O_CLOEXEC
 
 
 def _vol_args(name: str, offset: int, fd: int = 0) -> bytearray:
@@ -34,9 +33,13 @@ def _vol_args(name: str, offset: int, fd: int = 0) -> bytearray:
     return args
 
 
+def _v1_args(path: str) -> bytearray:
+    return _vol_args(os.path.basename(os.path.abspath(path)), _V1_NAME_OFFSET)
+
+
 def _on_parent(path: str, request: int, args: bytearray) -> None:
-    parent, name = os.path.split(os.path.abspath(path))
-    pfd = os.open(parent or ".", _DIR_FLAGS)
+    parent = os.path.dirname(os.path.abspath(path))
+    pfd = os.open(parent or ".", DIR_FLAGS)
     try:
         fcntl.ioctl(pfd, request, args)
     finally:
@@ -50,8 +53,20 @@ def _is_subvolume(path: str) -> bool:
         return False
 
 
+def _clone_into(
+    sfd: int, dfd: int, dst: str, mode: int, atime_ns: int, mtime_ns: int, size: int
+) -> None:
+    """Share ``sfd``'s extents with the new, empty ``dfd``, then give it mode and times."""
+    try:
+        if size:  # an empty file has no extents to share
+            fcntl.ioctl(dfd, FICLONE, sfd)
+        finish_file(dfd, dst, mode, atime_ns, mtime_ns)
+    finally:
+        os.close(dfd)
+
+
 class LinuxBackend:
-    dir_strategy = "snapshot"
+    dir_strategy: str | None = "snapshot"
 
     def can_snapshot(self, path: str, fstype: str) -> bool:
         return fstype == "btrfs"
@@ -62,9 +77,9 @@ class LinuxBackend:
         return is_subvolume(src)
 
     def clone_dir(self, src: str, dst: str) -> None:
-        sfd = os.open(src, _DIR_FLAGS)
+        sfd = os.open(src, DIR_FLAGS)
         try:
-            args = _vol_args(os.path.basename(dst), _V2_NAME_OFFSET, sfd)
+            args = _vol_args(os.path.basename(os.path.abspath(dst)), _V2_NAME_OFFSET, sfd)
             _on_parent(dst, BTRFS_IOC_SNAP_CREATE_V2, args)
         finally:
             os.close(sfd)
@@ -74,13 +89,20 @@ class LinuxBackend:
     ) -> None:
         sfd = os.open(src, READ_FLAGS)
         try:
-            dfd = os.open(dst, CREATE_FLAGS, mode & 0o777)
-            try:
-                if size:  # an empty file has no extents to share
-                    fcntl.ioctl(dfd, FICLONE, sfd)
-                finish_file(dfd, dst, mode, atime_ns, mtime_ns)
-            finally:
-                os.close(dfd)
+            _clone_into(sfd, os.open(dst, CREATE_FLAGS, mode & 0o777), dst, mode, atime_ns,
+                        mtime_ns, size)
+        finally:
+            os.close(sfd)
+
+    def clone_file_at(
+        self, src_dir: int, dst_dir: int, name: str, mode: int, atime_ns: int, mtime_ns: int,
+        size: int,
+    ) -> None:
+        # Per file: open, open(O_EXCL), FICLONE, [fchmod], futimens, close, close.
+        sfd = os.open(name, READ_FLAGS, dir_fd=src_dir)
+        try:
+            dfd = os.open(name, CREATE_FLAGS, mode & 0o777, dir_fd=dst_dir)
+            _clone_into(sfd, dfd, name, mode, atime_ns, mtime_ns, size)
         finally:
             os.close(sfd)
 
@@ -99,7 +121,7 @@ class LinuxBackend:
         if not self.is_dir_clonable(path):
             return False
         try:
-            _on_parent(path, BTRFS_IOC_SNAP_DESTROY, _vol_args(os.path.basename(path), _V1_NAME_OFFSET))
+            _on_parent(path, BTRFS_IOC_SNAP_DESTROY, _v1_args(path))
             return True
         except OSError as exc:
             if exc.errno not in (errno.EPERM, errno.EACCES, errno.EROFS):
@@ -111,7 +133,7 @@ class LinuxBackend:
 
     def make_template_dir(self, path: str) -> bool:
         try:
-            _on_parent(path, BTRFS_IOC_SUBVOL_CREATE, _vol_args(os.path.basename(path), _V1_NAME_OFFSET))
+            _on_parent(path, BTRFS_IOC_SUBVOL_CREATE, _v1_args(path))
             return True
         except OSError as exc:
             if exc.errno in (errno.ENOTTY, errno.EOPNOTSUPP, errno.EINVAL, errno.EPERM):
@@ -122,7 +144,7 @@ class LinuxBackend:
     def set_readonly(self, path: str, readonly: bool) -> bool:
         if not _is_subvolume(path):
             return False
-        fd = os.open(path, _DIR_FLAGS)
+        fd = os.open(path, DIR_FLAGS)
         try:
             buf = bytearray(8)
             try:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 import stat
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 # (relative path with a leading separator, mode, atime_ns, mtime_ns, size)
 Entry = tuple[str, int, int, int, int]
 # (relative path, link target, atime_ns, mtime_ns)
 Link = tuple[str, str, int, int]
+# (name, mode, atime_ns, mtime_ns, size): an Entry inside its directory
+Named = tuple[str, int, int, int, int]
 
 
 @dataclass
@@ -30,6 +33,16 @@ class Tree:
     @property
     def nfiles(self) -> int:
         return len(self.files) + len(self.links)
+
+    @cached_property
+    def files_by_dir(self) -> list[tuple[str, list[Named]]]:
+        """The files grouped by directory (relative path, "" for the root), so that a clone
+        can open each directory once and create its files by name."""
+        groups: dict[str, list[Named]] = {}
+        for rel, mode, atime_ns, mtime_ns, size in self.files:
+            parent, _, name = rel.rpartition(os.sep)
+            groups.setdefault(parent, []).append((name, mode, atime_ns, mtime_ns, size))
+        return list(groups.items())
 
     def listing(self) -> dict[str, Any]:
         """A JSON-able description of the tree's content, to detect later damage."""

@@ -254,19 +254,9 @@ class CowEnvSession:
 
     def clean_stale(self) -> list[Path]:
         """Remove run folders and build leftovers of processes that are gone."""
-        layout = self.layout if self._layout is None else self._layout
-        removed = []
-        for folder in (layout.clones, layout.tmp):
-            for child in sorted(folder.iterdir()) if folder.is_dir() else ():
-                if _is_stale(child):
-                    from .clone import _platform
+        from .maintenance import clean_stale
 
-                    with contextlib.suppress(OSError):
-                        for sub in child.iterdir() if child.is_dir() else ():
-                            _platform.BACKEND.set_readonly(str(sub), False)
-                        remove_tree(child)
-                        removed.append(child)
-        return removed
+        return clean_stale(self.layout if self._layout is None else self._layout)
 
 
 def _is_stale(path: Path) -> bool:

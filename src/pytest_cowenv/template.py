@@ -113,6 +113,10 @@ class TemplateCache:
     # -- finding -------------------------------------------------------------------------
 
     def _get_or_build(self, spec: TemplateSpec, key: str) -> Template:
+        # Claim the template before looking at it: `prune` removes only what nobody claims,
+        # so a template found valid here cannot vanish before it is cloned.
+        if key not in self._in_use:
+            self._in_use[key] = hold_in_use(self.layout.in_use(key))
         found = self._load(spec, key)
         if found is not None:
             return self._mark_used(found)
@@ -146,11 +150,9 @@ class TemplateCache:
         return Template(key, tree_path, spec, meta, tree)
 
     def _mark_used(self, template: Template) -> Template:
-        """Hold a shared lock that tells `prune` this template is in use; touch last-used."""
+        """Touch last-used (the in-use lock is already held: see `_get_or_build`)."""
         with contextlib.suppress(OSError):
             os.utime(self.layout.meta(template.key))
-        if template.key not in self._in_use:
-            self._in_use[template.key] = hold_in_use(self.layout.in_use(template.key))
         return template
 
     # -- building ------------------------------------------------------------------------
@@ -336,14 +338,16 @@ def write_atomically(path: Path, text: str) -> None:
 
 def hold_in_use(path: Path) -> IO[bytes]:
     """Open ``path`` with a shared lock held until the process ends (or the file is closed)."""
-    f = open(path, "ab")  # noqa: SIM115 - held open on purpose
     try:
         import fcntl
-
-        fcntl.flock(f.fileno(), fcntl.LOCK_SH)
     except ImportError:  # pragma: no cover - Windows: prune relies on age only
-        pass
-    return f
+        return open(path, "ab")
+    while True:
+        f = open(path, "ab")  # noqa: SIM115 - held open on purpose
+        fcntl.flock(f.fileno(), fcntl.LOCK_SH)
+        if os.fstat(f.fileno()).st_nlink:
+            return f
+        f.close()  # `prune` removed the template and unlinked this file while we waited
 
 
 def is_in_use(path: Path) -> bool:

@@ -1,0 +1,487 @@
+"""Cache upkeep: list templates, prune old ones, clean what dead processes left behind.
+
+Pytest-free; the command line (``cli.py``) and the session call it. Removal respects the two
+locks beside each template: the build lock (a builder is at work) and the shared in-use lock
+that every process using the template holds (see ``template.hold_in_use``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from .clone import _platform, remove_tree
+from .session import _is_stale, process_start_ticks
+from .store import Layout, check_safe
+
+DAY = 86400.0
+PRUNE_LOCK_TIMEOUT = 2.0  # seconds to wait for a template's build lock before skipping it
+_SIDE_FILES = (".json", ".lock", ".inuse", ".owner")
+
+
+@dataclass(frozen=True)
+class TemplateInfo:
+    """A complete template as ``list`` shows it."""
+
+    key: str
+    path: str
+    describe: str
+    resolved: dict[str, str]
+    files: int
+    bytes: int  # apparent size: the sum of file sizes
+    disk_bytes: int  # allocated blocks (extents shared with clones are counted in full)
+    exclusive_bytes: Optional[int]  # btrfs only: data no clone or snapshot shares
+    shared_bytes: Optional[int]  # btrfs only: data shared with clones or other subvolumes
+    build_seconds: float
+    created: float
+    last_used: float  # mtime of the metadata, touched whenever a run uses the template
+    in_use: bool
+    installer: str
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """Something under the cache that is not a complete template."""
+
+    path: str
+    kind: str  # "incomplete template" | "orphan metadata" | "build dir" | "stale run" | "kept"
+    note: str
+
+
+@dataclass(frozen=True)
+class Item:
+    """One thing ``prune`` or ``clean`` removed or left alone."""
+
+    path: str
+    what: str
+    bytes: int = 0
+    reason: str = ""  # why it was skipped
+
+
+@dataclass
+class Report:
+    removed: list[Item] = field(default_factory=list)
+    skipped: list[Item] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return {
+            "removed": [asdict(i) for i in self.removed],
+            "skipped": [asdict(i) for i in self.skipped],
+        }
+
+
+def open_layout(root: Path) -> Optional[Layout]:
+    """The layout of an existing cache (vetted, never created), or None if there is none."""
+    if not root.is_dir():
+        return None
+    check_safe(root)
+    return Layout(root)
+
+
+# -- reading -------------------------------------------------------------------------------
+
+
+def template_keys(layout: Layout) -> list[str]:
+    """Every key with a directory, metadata or lock files under ``templates/``."""
+    keys = set()
+    for entry in _children(layout.templates):
+        name = entry.name
+        if name.startswith("."):
+            continue  # metadata being written, probes
+        if entry.is_dir(follow_symlinks=False):
+            keys.add(name)
+        else:
+            stem, ext = os.path.splitext(name)
+            if ext in _SIDE_FILES:
+                keys.add(stem)
+    return sorted(keys)
+
+
+def read_meta(layout: Layout, key: str) -> Optional[dict[str, Any]]:
+    try:
+        meta = json.loads(layout.meta(key).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) and meta.get("key") == key else None
+
+
+def list_templates(layout: Layout) -> tuple[list[TemplateInfo], list[Leftover]]:
+    """Complete templates (oldest use first) and leftovers of every other kind."""
+    templates: list[TemplateInfo] = []
+    leftovers: list[Leftover] = []
+    for key in template_keys(layout):
+        meta, path = read_meta(layout, key), layout.template(key)
+        has_dir = path.is_dir()
+        if meta is not None and has_dir:
+            templates.append(_info(layout, key, meta))
+        elif has_dir:
+            leftovers.append(Leftover(str(path), "incomplete template", _orphan_note(layout, key)))
+        elif layout.meta(key).exists():
+            note = "metadata without its environment; " + _orphan_note(layout, key)
+            leftovers.append(Leftover(str(layout.meta(key)), "orphan metadata", note))
+    templates = _with_btrfs_usage(templates)
+    for child in _children(layout.tmp):
+        alive = not _stale(Path(child.path))
+        note = "a build in progress" if alive else "left by a process that is gone"
+        leftovers.append(Leftover(child.path, "build dir", note))
+    for child in _children(layout.clones):
+        if _stale(Path(child.path)):
+            leftovers.append(Leftover(child.path, "stale run", "clones of a process that is gone"))
+    for child in _children(layout.root / "kept"):
+        leftovers.append(Leftover(child.path, "kept", "kept by --cowenv-keep"))
+    templates.sort(key=lambda t: t.last_used)
+    return templates, leftovers
+
+
+def _info(layout: Layout, key: str, meta: dict[str, Any]) -> TemplateInfo:
+    path = layout.template(key)
+    return TemplateInfo(
+        key=key,
+        path=str(path),
+        describe=str(meta.get("describe", "?")),
+        resolved=dict(meta.get("resolved", {})),
+        files=int(meta.get("files", 0)),
+        bytes=int(meta.get("bytes", 0)),
+        disk_bytes=allocated_bytes(path),
+        exclusive_bytes=None,
+        shared_bytes=None,
+        build_seconds=float(meta.get("build_seconds", 0.0)),
+        created=float(meta.get("created", 0.0)),
+        last_used=_mtime(layout.meta(key)),
+        in_use=is_held(layout.in_use(key)),
+        installer=str(meta.get("installer", "")),
+    )
+
+
+def _orphan_note(layout: Layout, key: str) -> str:
+    if is_held(layout.lock(key)):
+        return f"being built by {_owner(layout, key)}"
+    return "no build running; `clean` removes it"
+
+
+def _owner(layout: Layout, key: str) -> str:
+    try:
+        return layout.lock(key).with_suffix(".owner").read_text(encoding="utf-8").strip()
+    except OSError:
+        return "another process"
+
+
+def allocated_bytes(path: Path) -> int:
+    """Bytes of blocks allocated to the files under ``path`` (apparent size where unknown)."""
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                st = os.lstat(os.path.join(dirpath, name))
+                blocks = getattr(st, "st_blocks", None)
+                total += blocks * 512 if blocks is not None else st.st_size
+    return total
+
+
+def btrfs_usage(paths: list[str]) -> dict[str, tuple[int, int]]:
+    """``path -> (exclusive, shared)`` bytes from ``btrfs filesystem du``; {} if unmeasurable."""
+    tool = shutil.which("btrfs")
+    if not paths or tool is None:
+        return {}
+    try:
+        proc = subprocess.run(
+            [tool, "filesystem", "du", "-s", "--raw", *paths],
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=120,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    found = {}
+    for line in proc.stdout.splitlines()[1:]:  # after the "Total Exclusive ..." header
+        parts = line.split(None, 3)
+        if len(parts) == 4 and parts[0].isdigit() and parts[1].isdigit():
+            total, exclusive = int(parts[0]), int(parts[1])
+            found[os.path.normpath(parts[3])] = (exclusive, total - exclusive)
+    return found
+
+
+def _with_btrfs_usage(templates: list[TemplateInfo]) -> list[TemplateInfo]:
+    from dataclasses import replace
+
+    from .fs import fs_type
+
+    def on_btrfs(path: str) -> bool:
+        try:
+            return fs_type(path) == "btrfs"
+        except OSError:
+            return False
+
+    usage = btrfs_usage([t.path for t in templates if on_btrfs(t.path)])
+    out = []
+    for t in templates:
+        measured = usage.get(os.path.normpath(t.path))
+        if measured is not None:
+            t = replace(t, exclusive_bytes=measured[0], shared_bytes=measured[1])
+        out.append(t)
+    return out
+
+
+# -- locks ---------------------------------------------------------------------------------
+
+
+def is_held(path: Path) -> bool:
+    """True if some process holds a lock on ``path``; never creates the file."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no advisory locks to look at
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops our lock, if we got it
+    return False
+
+
+@contextlib.contextmanager
+def _unclaimed(path: Path) -> Iterator[bool]:
+    """Hold ``path`` exclusively while nobody holds it shared: users wait until we are done.
+
+    Yields False (holding nothing) if a process has it: the template is in use.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: prune relies on age only
+        yield True
+        return
+    with open(path, "ab") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+
+
+def lock_holders(path: Path) -> list[int]:
+    """Pids holding a lock on ``path``, from ``/proc/locks`` (Linux; [] elsewhere)."""
+    try:
+        st = os.stat(path)
+        with open("/proc/locks", encoding="ascii") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    # Match the inode only: btrfs reports another device number there than stat() does.
+    # Then confirm that the process has this very file open.
+    pids = set()
+    for line in lines:
+        parts = line.split()
+        if "->" in parts or len(parts) < 6 or not parts[4].isdigit():
+            continue  # waiters, and lines of a format we do not know
+        if parts[5].rsplit(":", 1)[-1] == str(st.st_ino) and _has_open(int(parts[4]), st):
+            pids.add(int(parts[4]))
+    return sorted(pids)
+
+
+def _has_open(pid: int, st: os.stat_result) -> bool:
+    fd_dir = f"/proc/{pid}/fd"
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(fd_dir):
+            with contextlib.suppress(OSError):
+                if os.path.samestat(os.stat(os.path.join(fd_dir, fd)), st):
+                    return True
+    return False
+
+
+def _in_use_reason(layout: Layout, key: str) -> str:
+    pids = lock_holders(layout.in_use(key))
+    return "in use by " + (", ".join(f"pid {p}" for p in pids) if pids else "another process")
+
+
+# -- removing ------------------------------------------------------------------------------
+
+
+def remove_template(
+    layout: Layout,
+    key: str,
+    *,
+    lock_timeout: float = PRUNE_LOCK_TIMEOUT,
+    still_wanted: Optional[Callable[[], Optional[str]]] = None,
+) -> Optional[str]:
+    """Remove ``key``'s template and its side files; return why not, or None once removed.
+
+    Skips a template that a process is building (build lock) or using (in-use lock). Both
+    locks are held during the removal, so a builder or user arriving meanwhile waits and
+    then finds no template. ``still_wanted`` is asked again under the locks.
+    """
+    import filelock
+
+    lock = filelock.FileLock(str(layout.lock(key)), timeout=lock_timeout)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        return f"being built by {_owner(layout, key)}"
+    try:
+        with _unclaimed(layout.in_use(key)) as free:
+            if not free:
+                return _in_use_reason(layout, key)
+            reason = still_wanted() if still_wanted else None
+            if reason:
+                return reason
+            _delete(layout, key)
+            return None
+    finally:
+        lock.release()
+
+
+def _delete(layout: Layout, key: str) -> None:
+    # Metadata first: once it is gone no reader trusts the tree, even half removed.
+    with contextlib.suppress(FileNotFoundError):
+        layout.meta(key).unlink()
+    path = layout.template(key)
+    if os.path.lexists(path):
+        _platform.BACKEND.set_readonly(str(path), False)
+        remove_tree(path)
+    # Lock files last, while still held: waiters notice the unlinked file and lock anew.
+    for side in (layout.lock(key).with_suffix(".owner"), layout.in_use(key), layout.lock(key)):
+        with contextlib.suppress(FileNotFoundError):
+            side.unlink()
+
+
+def prune(
+    layout: Layout,
+    *,
+    older_than_days: float = 30.0,
+    everything: bool = False,
+    lock_timeout: float = PRUNE_LOCK_TIMEOUT,
+) -> Report:
+    """Remove templates unused for ``older_than_days`` (or all): never one in use."""
+    report = Report()
+    cutoff = time.time() - older_than_days * DAY
+
+    def too_recent(key: str) -> Optional[str]:
+        last = last_used(layout, key)
+        if everything or last < cutoff:
+            return None
+        return f"used {(time.time() - last) / DAY:.1f} days ago"
+
+    for key in template_keys(layout):
+        path = layout.template(key)
+        if not path.is_dir() and not layout.meta(key).exists():
+            continue  # lock files only: `clean` handles those
+        if too_recent(key):
+            continue
+        meta = read_meta(layout, key)
+        what = f"template {meta['describe'] if meta else '(incomplete)'}"
+        size = allocated_bytes(path)
+        reason = remove_template(
+            layout, key, lock_timeout=lock_timeout, still_wanted=functools.partial(too_recent, key)
+        )
+        if reason is None:
+            report.removed.append(Item(str(path), what, size))
+        else:
+            report.skipped.append(Item(str(path), what, size, reason))
+    return report
+
+
+def last_used(layout: Layout, key: str) -> float:
+    """When a run last used ``key`` (its metadata's mtime; the tree's for a half-made one)."""
+    return _mtime(layout.meta(key)) or _mtime(layout.template(key))
+
+
+def clean_stale(layout: Layout) -> list[Path]:
+    """Remove run folders and build leftovers of processes that are gone."""
+    removed = []
+    for folder in (layout.clones, layout.tmp):
+        for child in sorted(Path(e.path) for e in _children(folder)):
+            if _stale(child):
+                with contextlib.suppress(OSError):
+                    for sub in child.iterdir() if child.is_dir() else ():
+                        _platform.BACKEND.set_readonly(str(sub), False)
+                    remove_tree(child)
+                    removed.append(child)
+    return removed
+
+
+def clean(layout: Layout, *, kept: bool = False) -> Report:
+    """Remove leftovers: stale clones and build dirs, orphan template parts, kept clones."""
+    report = Report()
+    for path in clean_stale(layout):
+        what = "stale clones" if path.parent == layout.clones else "build leftover"
+        report.removed.append(Item(str(path), what))
+    for key in template_keys(layout):
+        path = layout.template(key)
+        if path.is_dir() and read_meta(layout, key) is not None:
+            continue  # a complete template: `prune` decides about those
+        what = "incomplete template" if path.is_dir() else "orphan template files"
+        # A free build lock means no builder: whatever is there will never be completed.
+        reason = remove_template(layout, key, lock_timeout=0)
+        item = Item(str(path if path.is_dir() else layout.meta(key)), what, reason=reason or "")
+        (report.skipped if reason else report.removed).append(item)
+    for entry in _children(layout.templates):
+        if entry.name.startswith(".") and entry.name.endswith(".tmp") and _dead_writer(entry.name):
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+                report.removed.append(Item(entry.path, "unfinished metadata"))
+    if kept:
+        for entry in _children(layout.root / "kept"):
+            with contextlib.suppress(OSError):
+                _platform.BACKEND.set_readonly(entry.path, False)
+                remove_tree(entry.path)
+                report.removed.append(Item(entry.path, "kept clone"))
+    return report
+
+
+def _dead_writer(name: str) -> bool:
+    """For ``.<key>.json.<pid>.tmp`` (see ``write_atomically``): has its writer gone?"""
+    parts = name.split(".")
+    return len(parts) >= 3 and parts[-2].isdigit() and _pid_gone(int(parts[-2]))
+
+
+def _pid_gone(pid: int) -> bool:
+    if os.path.isdir("/proc/self"):
+        return process_start_ticks(pid) is None
+    try:  # pragma: no cover - no /proc
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _stale(path: Path) -> bool:
+    """Whether ``path`` (under ``clones/`` or ``tmp/``) belongs to a process that is gone."""
+    try:
+        return _is_stale(path)
+    except OSError:  # removed meanwhile by its owner
+        return False
+
+
+def _children(folder: Path) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(folder) as it:
+            return sorted(it, key=lambda e: e.name)
+    except OSError:
+        return []
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0

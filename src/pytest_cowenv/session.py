@@ -227,10 +227,14 @@ class CowEnvSession:
                 self.stats.shared_bytes += template.tree.nbytes
         return env
 
+    def kept_path(self, env: CowEnv) -> Path:
+        """Where :meth:`release` moves a kept clone (known before the test ends, for reports)."""
+        return self.layout.root / "kept" / f"{env.path.parent.name}-{env.path.name}"
+
     def release(self, env: CowEnv, keep: bool = False) -> Optional[Path]:
-        """Remove a clone, or move it to ``kept/`` and return where it went."""
+        """Remove a clone, or move it to :meth:`kept_path` and return where it went."""
         if keep:
-            kept = self.layout.root / "kept" / f"{env.path.name}-{uuid.uuid4().hex[:6]}"
+            kept = self.kept_path(env)
             kept.parent.mkdir(exist_ok=True)
             os.rename(env.path, kept)
             with self._lock:

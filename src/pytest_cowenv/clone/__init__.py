@@ -14,14 +14,16 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 from ..errors import CloneError, CowEnvWarning
 from ..fs import fs_type
 from . import _platform
 from ._base import DIR_FD, DIR_FLAGS, UMASK, FileAtOp, FileOp, cannot_clone
 from ._portable import copy_file, copy_file_at, link_file, link_file_at, rmtree
-from ._walk import Tree, walk_tree
+from ._walk import Named, Tree, walk_tree
+
+Pause = Callable[[], None]
 
 __all__ = ["CloneResult", "LinkMode", "Tree", "clone_tree", "remove_tree", "walk_tree"]
 
@@ -83,20 +85,25 @@ def clone_tree(
     mode: LinkMode | str = LinkMode.AUTO,
     *,
     tree: Optional[Tree] = None,
+    pause: Optional[Pause] = None,
 ) -> CloneResult:
     """Make the new directory ``dst`` a replica of ``src``.
 
-    ``tree`` is ``src``'s walk, when the caller keeps one (templates do). Raises
+    ``tree`` is ``src``'s walk, when the caller keeps one (templates do). ``pause`` is called
+    between directories of a file-by-file clone: a background caller raises in it to stop. Raises
     :class:`CloneError` when an explicit mode is impossible here or the filesystem fails;
     a partly made ``dst`` is removed first.
     """
     src, dst, mode = os.fspath(src), os.fspath(dst), LinkMode(mode)
     start = time.perf_counter()
+    exists = CloneError(f"cannot clone to {dst}: it already exists")
     if os.path.lexists(dst):
-        raise CloneError(f"cannot clone to {dst}: it already exists")
+        raise exists
     try:
-        strategy, reason, tree = _clone(src, dst, mode, tree)
+        strategy, reason, tree = _clone(src, dst, mode, tree, pause)
     except BaseException as exc:
+        if isinstance(exc, FileExistsError) and exc.filename in (None, dst):
+            raise exists from exc  # made meanwhile by someone else: not ours to remove
         if os.path.lexists(dst):
             remove_tree(dst)
         if isinstance(exc, OSError):
@@ -121,7 +128,7 @@ def _clone_error(src: str, dst: str, mode: LinkMode, exc: OSError) -> CloneError
 
 
 def _clone(
-    src: str, dst: str, mode: LinkMode, tree: Optional[Tree]
+    src: str, dst: str, mode: LinkMode, tree: Optional[Tree], pause: Optional[Pause]
 ) -> tuple[str, Optional[str], Optional[Tree]]:
     backend = _platform.BACKEND
     reason: Optional[str] = None
@@ -133,8 +140,15 @@ def _clone(
                 backend.clone_dir(src, dst)
                 return backend.dir_strategy, None, tree
             except OSError as exc:
-                if mode is LinkMode.SNAPSHOT or not cannot_clone(exc):
+                if not cannot_clone(exc):
                     raise
+                if mode is LinkMode.SNAPSHOT:
+                    parent = os.path.dirname(os.path.abspath(dst))
+                    raise CloneError(
+                        f"cannot {backend.dir_strategy} {src} ({_safe_fstype(src)}) to {dst} "
+                        f"({_safe_fstype(parent)} at {parent}): {_describe(exc)}; a snapshot "
+                        "stays on the template's filesystem: use link mode auto or clone"
+                    ) from exc
                 # The seed (uv#3547): a refused directory clone falls back to file by file.
                 reason = f"{backend.dir_strategy} refused ({_describe(exc)})"
                 if os.path.lexists(dst):
@@ -142,12 +156,12 @@ def _clone(
     if tree is None:
         tree = walk_tree(src)
     if mode is LinkMode.COPY:
-        _per_file(tree, dst, _COPY)
+        _per_file(tree, dst, _COPY, pause)
         return "copy", reason, tree
     if mode is LinkMode.HARDLINK:
-        _per_file(tree, dst, _HARDLINK)
+        _per_file(tree, dst, _HARDLINK, pause)
         return "hardlink", reason, tree
-    return (*_clone_files(tree, dst, mode, reason), tree)
+    return (*_clone_files(tree, dst, mode, reason, pause), tree)
 
 
 def _no_snapshot_reason(src: str, strategy: str) -> str:
@@ -161,17 +175,17 @@ def _no_snapshot_reason(src: str, strategy: str) -> str:
 
 
 def _clone_files(
-    tree: Tree, dst: str, mode: LinkMode, reason: Optional[str]
+    tree: Tree, dst: str, mode: LinkMode, reason: Optional[str], pause: Optional[Pause]
 ) -> tuple[str, Optional[str]]:
     parent = os.path.dirname(os.path.abspath(dst)) or "."
     key = (os.stat(tree.root).st_dev, os.stat(parent).st_dev)
     with _lock:
         decided = _decisions.get(key)
     if decided and decided[0] == "copy" and mode is LinkMode.AUTO:
-        _per_file(tree, dst, _COPY)
+        _per_file(tree, dst, _COPY, pause)
         return "copy", decided[1]
     try:
-        _per_file(tree, dst, _clone_ops())
+        _per_file(tree, dst, _clone_ops(), pause)
     except OSError as exc:
         if not cannot_clone(exc):
             raise
@@ -186,7 +200,7 @@ def _clone_files(
         # as a copy rather than mixing clones and copies in one tree.
         why = _describe(exc)
         remove_tree(dst)
-        _per_file(tree, dst, _COPY)
+        _per_file(tree, dst, _COPY, pause)
     else:
         with _lock:
             _decisions.setdefault(key, ("clone", reason))
@@ -226,7 +240,7 @@ def _clone_ops() -> _FileOps:
     return _FileOps(backend.clone_file, getattr(backend, "clone_file_at", None))
 
 
-def _per_file(tree: Tree, dst: str, ops: _FileOps) -> None:
+def _per_file(tree: Tree, dst: str, ops: _FileOps, pause: Optional[Pause]) -> None:
     src = tree.root
     root_mode = tree.root_entry[1]
     # Directories are made owner-writable so that their children can be created, even in
@@ -234,11 +248,16 @@ def _per_file(tree: Tree, dst: str, ops: _FileOps) -> None:
     os.mkdir(dst, (root_mode & 0o777) | 0o700)
     for rel, mode, _at, _mt, _size in tree.dirs:
         os.mkdir(dst + rel, (mode & 0o777) | 0o700)
-    if ops.at is not None and DIR_FD:
-        _files_at(src, dst, tree, ops.at)
-    else:
-        for rel, mode, at, mt, size in tree.files:
-            ops.by_path(src + rel, dst + rel, mode, at, mt, size)
+    file_at = ops.at if DIR_FD else None
+    for rel_dir, files in tree.files_by_dir:
+        if pause is not None:
+            pause()
+        if file_at is not None:
+            _files_at(src + rel_dir, dst + rel_dir, files, file_at)
+        else:
+            for name, mode, at, mt, size in files:
+                rel = f"{rel_dir}{os.sep}{name}"
+                ops.by_path(src + rel, dst + rel, mode, at, mt, size)
     for rel, target, at, mt in tree.links:
         os.symlink(target, dst + rel)
         if os.utime in os.supports_follow_symlinks:
@@ -249,18 +268,17 @@ def _per_file(tree: Tree, dst: str, ops: _FileOps) -> None:
     _finish_dir(dst, root_mode, tree.root_entry[2], tree.root_entry[3])
 
 
-def _files_at(src: str, dst: str, tree: Tree, file_at: FileAtOp) -> None:
-    for rel_dir, files in tree.files_by_dir:
-        sdir = os.open(src + rel_dir, DIR_FLAGS)
+def _files_at(src_dir: str, dst_dir: str, files: list[Named], file_at: FileAtOp) -> None:
+    sdir = os.open(src_dir, DIR_FLAGS)
+    try:
+        ddir = os.open(dst_dir, DIR_FLAGS)
         try:
-            ddir = os.open(dst + rel_dir, DIR_FLAGS)
-            try:
-                for name, mode, at, mt, size in files:
-                    file_at(sdir, ddir, name, mode, at, mt, size)
-            finally:
-                os.close(ddir)
+            for name, mode, at, mt, size in files:
+                file_at(sdir, ddir, name, mode, at, mt, size)
         finally:
-            os.close(sdir)
+            os.close(ddir)
+    finally:
+        os.close(sdir)
 
 
 def _finish_dir(path: str, mode: int, atime_ns: int, mtime_ns: int) -> None:

@@ -1,0 +1,95 @@
+"""Fixtures of the reliability suite: real filesystems, an offline wheelhouse, inner runs.
+
+Every inner pytest run is a real process with ``--cowenv-dir`` on a real filesystem (from
+``scripts/cowfs.sh``), offline (``--cowenv-find-links`` + ``--cowenv-offline``) and with the
+machine's pip configuration cleared, so that what it proves does not depend on the network.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Callable
+
+import pytest
+from _reliability import OUTER_VARS
+
+from _wheels import standard_wheelhouse
+
+FS_VARS = {
+    "btrfs": "COWENV_TEST_BTRFS",
+    "xfs": "COWENV_TEST_XFS",
+    "ext4": "COWENV_TEST_EXT4",
+    "tmpfs": "COWENV_TEST_TMPFS",
+    "small": "COWENV_TEST_SMALL",
+    "smallbtrfs": "COWENV_TEST_SMALL_BTRFS",
+}
+FS_KINDS = {"small": "ext4", "smallbtrfs": "btrfs"}
+
+
+def mount_of(name: str) -> Path:
+    """The mount point of the real filesystem ``name``, or skip saying why it is missing."""
+    from pytest_cowenv.fs import fs_type
+
+    var = FS_VARS[name]
+    root = os.environ.get(var)
+    if not root or not os.path.isdir(root):
+        pytest.skip(f'needs {var} (mount it: eval "$(bash scripts/cowfs.sh up)")')
+    kind = FS_KINDS.get(name, name)
+    if fs_type(root) != kind:
+        pytest.skip(f"{var}={root} is {fs_type(root)}, not {kind}")
+    return Path(root)
+
+
+@pytest.fixture
+def real_dir(request: pytest.FixtureRequest) -> Iterator[Callable[[str], Path]]:
+    """``real_dir("btrfs")``: a fresh directory on that real filesystem, removed afterwards
+    (templates and clones inside included)."""
+    made: list[Path] = []
+
+    def make(name: str) -> Path:
+        prefix = f"rel-{request.node.name[:50]}-".replace(os.sep, "_")
+        path = Path(tempfile.mkdtemp(prefix=prefix, dir=mount_of(name)))
+        made.append(path)
+        return path
+
+    yield make
+    for path in made:
+        _remove(path)
+
+
+def _remove(path: Path) -> None:
+    from pytest_cowenv.clone import _platform, remove_tree
+
+    if not path.exists():
+        return
+    # Templates on btrfs are read-only subvolumes: clear the flag before deleting inside.
+    for template in path.glob("**/templates/*"):
+        if template.is_dir():
+            _platform.BACKEND.set_readonly(str(template), False)
+    for sub in path.rglob("*"):
+        if sub.is_dir() and not sub.is_symlink():
+            os.chmod(sub, 0o700)
+    remove_tree(path)
+
+
+@pytest.fixture(scope="session")
+def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """alpha 1.0/2.0 (console script ``alpha``), beta (needs alpha), gamma: offline."""
+    return standard_wheelhouse(tmp_path_factory.mktemp("wheelhouse"))
+
+
+@pytest.fixture
+def offline(wheelhouse: Path) -> list[str]:
+    """The options that make an inner run build templates from the wheelhouse only."""
+    return ["--cowenv-find-links", str(wheelhouse), "--cowenv-offline"]
+
+
+@pytest.fixture(autouse=True)
+def _inner_runs_are_clean(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pytester's runs inherit os.environ: give them the same clean slate as spawn_pytest."""
+    for name in OUTER_VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)

@@ -6,6 +6,7 @@ Pytest-free: the plugin drives it, and so can any other harness.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import statistics
@@ -20,9 +21,11 @@ from typing import Any, Optional
 from ._install import IndexOptions
 from .clone import LinkMode, clone_tree, remove_tree
 from .env import CowEnv
+from .errors import CowEnvError
+from .pool import ClonePool
 from .spec import TemplateSpec
 from .store import Layout, prepare_root
-from .template import TemplateCache
+from .template import Template, TemplateCache
 
 KEEP_VALUES = ("none", "failed", "all")
 _RUN_DIR = re.compile(r"^run-(\d+)-(\d+)-[0-9a-f]+$")
@@ -55,6 +58,9 @@ class Stats:
     built: dict[str, float] = field(default_factory=dict)  # description -> seconds
     reused: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
+    pool_hits: int = 0  # clones taken ready from the pool
+    pool_misses: int = 0  # clones made while the test waited, with the pool on
+    wait_ms: list[float] = field(default_factory=list)  # what each acquire waited for its clone
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -67,6 +73,9 @@ class Stats:
             "built": self.built,
             "reused": self.reused,
             "kept": self.kept,
+            "pool_hits": self.pool_hits,
+            "pool_misses": self.pool_misses,
+            "wait_ms": self.wait_ms,
         }
 
     def merge(self, other: dict[str, Any]) -> None:
@@ -79,6 +88,9 @@ class Stats:
         self.built.update(other["built"])
         self.reused += [r for r in other["reused"] if r not in self.reused]
         self.kept += other["kept"]
+        self.pool_hits += other.get("pool_hits", 0)
+        self.pool_misses += other.get("pool_misses", 0)
+        self.wait_ms += other.get("wait_ms", [])
 
     def summary_lines(self) -> list[str]:
         lines = []
@@ -93,8 +105,18 @@ class Stats:
             lines.append(f"clones: {self.clones} ({strategies})")
             lines.append(
                 f"clone ms: median {_pct(self.clone_ms, 50):.1f}, "
-                f"p95 {_pct(self.clone_ms, 95):.1f}; remove ms: median "
-                f"{_pct(self.remove_ms, 50):.1f}, p95 {_pct(self.remove_ms, 95):.1f}"
+                f"p95 {_pct(self.clone_ms, 95):.1f} (making one, in the test or ahead)"
+            )
+            if self.pool_hits or self.pool_misses:
+                lines.append(
+                    f"pool: {self.pool_hits} hits, {self.pool_misses} misses "
+                    "(cloned while the test waited)"
+                )
+            # What the tests themselves waited: with the pool, a take and a rename to trash.
+            lines.append(
+                f"test wait ms: for a clone median {_pct(self.wait_ms, 50):.2f}, "
+                f"p95 {_pct(self.wait_ms, 95):.2f}; for its removal median "
+                f"{_pct(self.remove_ms, 50):.2f}, p95 {_pct(self.remove_ms, 95):.2f}"
             )
             total = self.shared_bytes + self.copied_bytes
             lines.append(
@@ -154,6 +176,10 @@ class CowEnvSession:
         self._run_dir: Optional[Path] = None
         self._lock = threading.Lock()
         self._seq = 0
+        self._pool: Optional[ClonePool] = None
+        self._uses: Counter[tuple[str, LinkMode]] = Counter()
+        self._expected: set[tuple[TemplateSpec, LinkMode]] = set()
+        self._key_locks: dict[str, threading.Lock] = {}
 
     @property
     def layout(self) -> Layout:
@@ -180,6 +206,17 @@ class CowEnvSession:
                 self._run_dir = path
             return self._run_dir
 
+    @property
+    def pool(self) -> Optional[ClonePool]:
+        """The clone-ahead pool (None when ``Settings.pool`` is 0), started on first need."""
+        if self.settings.pool <= 0:
+            return None
+        run_dir = self.run_dir
+        with self._lock:
+            if self._pool is None:
+                self._pool = ClonePool(run_dir, self.settings.pool)
+            return self._pool
+
     def spec(
         self,
         requirements: Any = (),
@@ -202,30 +239,91 @@ class CowEnvSession:
     def acquire(
         self, spec: TemplateSpec, name: str = "env", link_mode: Optional[LinkMode] = None
     ) -> CowEnv:
-        """A fresh private clone of ``spec``'s template (built first if needed)."""
-        template = self.cache.get(spec)
+        """A fresh private clone of ``spec``'s template (built first if needed): a ready one
+        from the pool when there is one, else made now."""
+        template = self._template(spec)
+        mode = link_mode or self.settings.link_mode
         with self._lock:
             self._seq += 1
             seq = self._seq
+            self._uses[(template.key, mode)] += 1
+            pooled = self._uses[(template.key, mode)] >= 2 or (spec, mode) in self._expected
             if template.built_now:
                 self.stats.built.setdefault(spec.describe(), template.build_seconds)
             elif spec.describe() not in self.stats.reused:
                 self.stats.reused.append(spec.describe())
         dst = self.run_dir / f"{_safe_name(name)}-{seq}"
-        result = clone_tree(
-            template.path, dst, link_mode or self.settings.link_mode, tree=template.tree
-        )
+        pool = self.pool
+        start = time.perf_counter()
+        made = pool.take(template, mode) if pool else None
+        if made is not None:
+            result = made[1]
+            try:
+                os.rename(made[0], dst)
+            except OSError:  # never expected (same folder tree); a fresh clone is still right
+                with contextlib.suppress(OSError):
+                    remove_tree(made[0])
+                made = None
+        if made is None:
+            result = clone_tree(template.path, dst, mode, tree=template.tree)
+        waited = (time.perf_counter() - start) * 1000
+        if pool and pooled:
+            pool.start(template, mode)  # from the second use on, or when collection said so
         env = CowEnv(dst, template, result.strategy, self.settings.index)
         env.clone_seconds = result.seconds
         with self._lock:
             self.stats.clones += 1
             self.stats.clone_ms.append(result.seconds * 1000)
+            self.stats.wait_ms.append(waited)
+            if pool:
+                if made is None:
+                    self.stats.pool_misses += 1
+                else:
+                    self.stats.pool_hits += 1
             self.stats.strategies[result.strategy] += 1
             if result.strategy == "copy":
                 self.stats.copied_bytes += result.bytes
             else:
                 self.stats.shared_bytes += template.tree.nbytes
         return env
+
+    def expect(self, spec: TemplateSpec, link_mode: Optional[LinkMode], tests: int) -> None:
+        """Collection says ``tests`` tests will use ``spec``: from two on, pool it from its
+        first use, and if its template is already built, load it and fill its pool now, in
+        the background. A template not built yet is not built here: that stays the first
+        test's job (so a run that is deselected or stopped early never pays for it)."""
+        mode = link_mode or self.settings.link_mode
+        if tests < 2 or self.settings.pool <= 0:
+            return
+        with self._lock:
+            if (spec, mode) in self._expected:
+                return
+            self._expected.add((spec, mode))
+        pool = self.pool
+        if pool is not None:
+            pool.prime(lambda: self._built_template(spec, mode))
+
+    def _built_template(
+        self, spec: TemplateSpec, mode: LinkMode
+    ) -> Optional[tuple[Template, LinkMode]]:
+        """``spec``'s template if it is built and fresh (for the pool thread), else None."""
+        try:
+            key = self.cache.key(spec)
+            meta = json.loads(self.layout.meta(key).read_text(encoding="utf-8"))
+            if float(meta.get("created", 0)) < self.settings.rebuild_before:
+                return None
+            return self._template(spec), mode
+        except (OSError, ValueError, AttributeError, CowEnvError):
+            return None  # the first test meets (and reports) whatever is wrong
+
+    def _template(self, spec: TemplateSpec) -> Template:
+        """``cache.get``, one caller per key at a time: the pool thread and a test asking for
+        the same template must get the same object (a different one means "rebuilt")."""
+        key = self.cache.key(spec)
+        with self._lock:
+            lock = self._key_locks.setdefault(key, threading.Lock())
+        with lock:
+            return self.cache.get(spec)
 
     def kept_path(self, env: CowEnv) -> Path:
         """Where :meth:`release` moves a kept clone (known before the test ends, for reports)."""
@@ -242,15 +340,25 @@ class CowEnvSession:
             return kept
         start = time.perf_counter()
         if os.path.lexists(env.path):
-            remove_tree(env.path)
+            if self._pool is not None:
+                self._pool.discard(env.path)  # a rename now; the pool thread deletes it
+            else:
+                remove_tree(env.path)
         with self._lock:
             self.stats.remove_ms.append((time.perf_counter() - start) * 1000)
         return None
 
     def close(self) -> None:
-        """Remove whatever clones this process still has (after a crash of a test, Ctrl-C)."""
+        """Stop the pool thread, then remove whatever clones this process still has: unused
+        pool clones, the trash, and clones of tests that crashed or were interrupted."""
+        busy: set[str] = set()
+        if self._pool is not None and not self._pool.close():
+            # The thread did not stop in time: leave its folders to the next run's clean-up.
+            busy = {self._pool.ready_dir.name, self._pool.trash_dir.name}
         if self._run_dir is not None and self._run_dir.exists():
             for child in self._run_dir.iterdir():
+                if child.name in busy:
+                    continue
                 with contextlib.suppress(OSError):
                     remove_tree(child)
             with contextlib.suppress(OSError):

@@ -1,0 +1,286 @@
+"""Clones made ahead and removed behind, by one background thread per process.
+
+A test then takes a ready clone (one ``rename``) instead of waiting for :func:`clone_tree`,
+and gives its clone back with one ``rename`` into the trash, which the same thread empties.
+Pytest-free; :class:`~pytest_cowenv.session.CowEnvSession` drives it.
+
+Correctness rules: a ready clone is complete (made under a temporary name, renamed when
+done), comes from the template object the caller holds now (a rebuilt template drops its
+pool), and leaves the pool exactly once (a deque popped under the lock). A clone that fails
+in the background is simply not there: the test clones synchronously and meets the same
+error itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Optional
+
+from .clone import CloneResult, LinkMode, clone_tree, remove_tree
+
+if TYPE_CHECKING:
+    from .template import Template
+
+# A background job that may find a template worth pooling (see ClonePool.prime).
+Primer = Callable[[], Optional[tuple["Template", LinkMode]]]
+Made = tuple[Path, CloneResult]
+
+CLOSE_TIMEOUT = 10.0  # seconds `close` waits for the thread; it stops between directories
+WARM_SUFFIXES = (".pyc", ".so", ".pth")  # what an import reads from site-packages
+_WARM_CHUNK = 1 << 20
+
+
+class _Stopped(Exception):
+    """Raised inside a background clone when the pool closes: abandon it (it is removed)."""
+
+
+@dataclass
+class _Slot:
+    """The ready clones of one template in one link mode."""
+
+    template: Template
+    mode: LinkMode
+    ready: deque[Made] = field(default_factory=deque)
+    making: bool = False
+    failed: bool = False  # the last background clone failed: wait for a test to succeed
+
+
+class ClonePool:
+    """Keeps ``size`` ready clones per started template and empties the trash, in one thread.
+
+    ``run_dir`` is the process's clone folder; the pool uses ``pool/`` and ``trash/`` in it,
+    so a crash leaves them where the next run's stale clean-up looks.
+    """
+
+    def __init__(self, run_dir: Path, size: int, *, warm: bool = False) -> None:
+        self.size = size
+        self.warm = warm
+        self.ready_dir = run_dir / "pool"
+        self.trash_dir = run_dir / "trash"
+        self.ready_dir.mkdir(exist_ok=True)
+        self.trash_dir.mkdir(exist_ok=True)
+        # Beyond this many clones awaiting deletion, `discard` deletes in the caller: the
+        # thread is falling behind (CPU-bound tests starve it), and copies cost real disk.
+        self.trash_limit = 2 * size + 2
+        self._slots: dict[tuple[str, LinkMode], _Slot] = {}
+        self._trash: deque[Path] = deque()
+        self._primers: deque[Primer] = deque()
+        self._warm_lists: dict[str, tuple[Template, list[str]]] = {}
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._names = itertools.count()
+        self._thread: Optional[threading.Thread] = None
+        self.errors: list[str] = []  # background failures, for the summary
+
+    # -- the test's side -----------------------------------------------------------------
+
+    def take(self, template: Template, mode: LinkMode) -> Optional[Made]:
+        """A ready clone of ``template`` (the caller now owns it), or None."""
+        with self._cond:
+            slot = self._slots.get((template.key, mode))
+            if slot is None:
+                return None
+            if slot.template is not template:  # rebuilt or forgotten: never serve the old one
+                self._drop(slot)
+                return None
+            made = slot.ready.popleft() if slot.ready else None
+            self._cond.notify()
+            return made
+
+    def start(self, template: Template, mode: LinkMode) -> None:
+        """Keep ``size`` clones of ``template`` ready from now on (idempotent)."""
+        with self._cond:
+            slot = self._slots.get((template.key, mode))
+            if slot is not None and slot.template is template:
+                slot.failed = False  # a test just cloned it: worth trying again
+                return
+            if slot is not None:
+                self._drop(slot)
+            self._slots[(template.key, mode)] = _Slot(template, mode)
+            self._wake()
+
+    def prime(self, primer: Primer) -> None:
+        """Run ``primer`` in the thread; if it returns a template, start its pool."""
+        with self._cond:
+            self._primers.append(primer)
+            self._wake()
+
+    def forget(self, key: str) -> None:
+        """Drop the pools of template ``key`` (it is being rebuilt)."""
+        with self._cond:
+            for slot in [s for (k, _m), s in self._slots.items() if k == key]:
+                self._drop(slot)
+
+    def discard(self, path: Path) -> None:
+        """Hand a used clone over for deletion: a rename now, the deletion later."""
+        with self._cond:
+            backlog = len(self._trash)
+            closed = self._stop.is_set()
+        if backlog >= self.trash_limit or closed:
+            remove_tree(path)
+            return
+        target = self.trash_dir / f"{path.name}.{next(self._names)}"
+        os.rename(path, target)
+        with self._cond:
+            self._trash.append(target)
+            self._wake()
+
+    def close(self, timeout: float = CLOSE_TIMEOUT) -> bool:
+        """Stop the thread (it abandons a clone between directories), then remove the ready
+        clones and the trash. False if the thread did not stop in time: then nothing is
+        removed under its feet, and the next run's stale clean-up takes what is left."""
+        with self._cond:
+            self._stop.set()
+            self._cond.notify_all()
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+            if thread.is_alive():
+                return False
+        with self._cond:
+            leftovers = [p for s in self._slots.values() for p, _r in s.ready]
+            leftovers += self._trash
+            self._slots.clear()
+            self._trash.clear()
+        for path in leftovers:
+            with contextlib.suppress(OSError):
+                remove_tree(path)
+        for folder in (self.ready_dir, self.trash_dir):
+            for child in _children(folder):  # anything a failed rename left
+                with contextlib.suppress(OSError):
+                    remove_tree(child)
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        return True
+
+    # -- the thread's side ---------------------------------------------------------------
+
+    def _wake(self) -> None:
+        """Start the thread on first need, and tell it there is work (lock held)."""
+        if self._thread is None and not self._stop.is_set():
+            # A daemon thread: Ctrl-C, SIGTERM or a crash never wait for it.
+            self._thread = threading.Thread(target=self._run, name="cowenv-pool", daemon=True)
+            self._thread.start()
+        self._cond.notify()
+
+    def _drop(self, slot: _Slot) -> None:
+        """Forget a slot and trash its ready clones (lock held)."""
+        if self._slots.get((slot.template.key, slot.mode)) is slot:
+            del self._slots[(slot.template.key, slot.mode)]
+        while slot.ready:
+            self._trash.append(slot.ready.popleft()[0])
+        self._cond.notify()
+
+    def _next_job(self) -> Optional[Callable[[], None]]:
+        """What to do next, most urgent first (lock held)."""
+        if len(self._trash) > self.size:
+            return self._delete_one
+        if self._primers:
+            primer = self._primers.popleft()
+            return lambda: self._run_primer(primer)
+        for slot in self._slots.values():
+            if not slot.making and not slot.failed and len(slot.ready) < self.size:
+                slot.making = True
+                return lambda: self._make(slot)
+        if self._trash:
+            return self._delete_one
+        return None
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    if self._stop.is_set():
+                        return
+                    job = self._next_job()
+                    if job is not None:
+                        break
+                    self._cond.wait()
+            try:
+                job()
+            except _Stopped:
+                return
+            except Exception as exc:  # never die silently: the session reports it
+                self.errors.append(f"{type(exc).__name__}: {exc}")
+
+    def _run_primer(self, primer: Primer) -> None:
+        found = primer()
+        if found is not None:
+            self.start(*found)
+
+    def _make(self, slot: _Slot) -> None:
+        name = next(self._names)
+        making = self.ready_dir / f".making-{name}"
+        ready = self.ready_dir / f"{slot.template.key[:12]}-{name}"
+        try:
+            result = clone_tree(
+                slot.template.path, making, slot.mode, tree=slot.template.tree, pause=self._pause
+            )
+            if self.warm:
+                self._warm(making, slot.template)
+            os.rename(making, ready)
+        except Exception as exc:
+            if os.path.lexists(making):  # clone_tree removes its own; a failed warm or rename
+                with contextlib.suppress(OSError):
+                    remove_tree(making)
+            with self._cond:
+                slot.making = False
+                if isinstance(exc, _Stopped):
+                    raise
+                # No retry loop on a persistent failure (ENOSPC...): the next test clones
+                # synchronously, meets the same error with the usual message, and only a
+                # success there restarts the pool.
+                slot.failed = True
+                self.errors.append(str(exc))
+            return
+        with self._cond:
+            slot.making = False
+            if self._slots.get((slot.template.key, slot.mode)) is slot:
+                slot.ready.append((ready, result))
+                return
+            self._trash.append(ready)  # the template was rebuilt meanwhile
+
+    def _delete_one(self) -> None:
+        with self._cond:
+            if not self._trash:
+                return
+            path = self._trash.popleft()
+        remove_tree(path)
+
+    def _pause(self) -> None:
+        """Called by the clone engine between directories: stop promptly when closing."""
+        if self._stop.is_set():
+            raise _Stopped
+
+    def _warm(self, clone: Path, template: Template) -> None:
+        """Read the files an import touches, so the test finds them in the page cache: it is
+        per inode, and a clone's inodes are new even where their blocks are shared."""
+        known = self._warm_lists.get(template.key)
+        if known is None or known[0] is not template:
+            rels = [rel for rel, *_ in template.tree.files if rel.endswith(WARM_SUFFIXES)]
+            known = self._warm_lists[template.key] = (template, rels)
+        rels = known[1]
+        buf = bytearray(_WARM_CHUNK)
+        root = os.fspath(clone)
+        for i, rel in enumerate(rels):
+            if i % 64 == 0:
+                self._pause()
+            try:
+                with open(root + rel, "rb", buffering=0) as f:
+                    while f.readinto(buf) == _WARM_CHUNK:
+                        pass
+            except OSError:
+                continue  # warming is an optimisation: a missing file is the test's business
+
+
+def _children(folder: Path) -> list[Path]:
+    try:
+        return [Path(e.path) for e in os.scandir(folder)]
+    except OSError:
+        return []

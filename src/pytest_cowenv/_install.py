@@ -31,6 +31,33 @@ LEAKY_VARS = (
 )
 
 
+# What never belongs to a project's sources: VCS data and caches (anywhere in the tree), and
+# build outputs and tool folders at its top level only (a package may well be called `build`).
+_SKIP_ANYWHERE = {".git", ".hg", ".svn", "__pycache__"}
+_SKIP_AT_TOP = {
+    "build",
+    "dist",
+    ".tox",
+    ".nox",
+    ".venv",
+    "venv",
+    ".mypy_cache",
+    ".pytest_cache",
+    ".ruff_cache",
+}
+
+
+def project_skips(rel_dir: str, name: str) -> bool:
+    """Whether ``name`` inside ``rel_dir`` (relative to a project root, "" for the root) is a
+    build output, cache or VCS folder: left out of the cache key and of the private copy that
+    the wheel is built from."""
+    return (
+        name in _SKIP_ANYWHERE
+        or name.endswith((".egg-info", ".pyc", ".pyo"))
+        or (rel_dir in ("", ".") and name in _SKIP_AT_TOP)
+    )
+
+
 @dataclass(frozen=True)
 class IndexOptions:
     """Where installers look for distributions."""
@@ -117,6 +144,9 @@ def install_command(python: Path, items: Sequence[str], index: IndexOptions) -> 
         "--disable-pip-version-check",
         "--no-input",
         "--no-warn-script-location",
+        # Templates are byte-compiled afterwards, in a mode that survives cloning; a clone
+        # compiles on import what it installs itself, like uv does.
+        "--no-compile",
         *_index_args(index, uv=False),
         *items,
     ]
@@ -149,37 +179,37 @@ def failure_message(what: str, cmd: Sequence[str], code: int, output: str) -> st
     return f"{what}: {culprit}\ncommand: {' '.join(str(c) for c in cmd)} (exit code {code})\n{tail}"
 
 
-def build_wheel(project: Path, out_dir: Path) -> Path:
-    """Build a wheel of a local project from a private copy (the source tree stays clean)."""
+def build_wheel(project: Path, out_dir: Path, python: str, index: IndexOptions) -> Path:
+    """Build a wheel of a local project from a private copy (the source tree stays clean).
+
+    The build backend is fetched with the spec's own index options (offline stays offline)
+    and runs on the template's interpreter, so a wheel with extension modules fits it.
+    """
     work = out_dir / f"src-{project.name}"
-    ignore = shutil.ignore_patterns(
-        ".git",
-        ".hg",
-        "build",
-        "dist",
-        "*.egg-info",
-        "__pycache__",
-        ".tox",
-        ".nox",
-        ".venv",
-        "venv",
-        ".mypy_cache",
-        ".pytest_cache",
-    )
+
+    def ignore(directory: str, names: list[str]) -> set[str]:
+        rel = os.path.relpath(directory, project)
+        return {name for name in names if project_skips(rel, name)}
+
     shutil.copytree(project, work, ignore=ignore, symlinks=True)
     wheels = out_dir / f"wheels-{project.name}"
     uv = uv_binary()
     if uv:
-        cmd = [uv, "build", "--wheel", "--quiet", "--out-dir", str(wheels), str(work)]
+        cmd = [uv, "build", "--wheel", "--quiet", "--python", python, "--out-dir", str(wheels)]
+        cmd += [*_index_args(index, uv=True), str(work)]
     else:
         cmd = [
             sys.executable,
             "-m",
             "pip",
+            "--python",
+            python,
             "wheel",
             "--quiet",
             "--no-deps",
             "--disable-pip-version-check",
+            "--no-input",
+            *_index_args(index, uv=False),
             "--wheel-dir",
             str(wheels),
             str(work),

@@ -5,8 +5,15 @@ Done once, in the template, so that every clone works wherever it lives.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import os
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Optional
 
 # The shell reads line 2 as `exec <python beside this script> <script> <args>`; Python reads
 # lines 2-3 as one string literal and goes on with the entry-point code below them.
@@ -30,7 +37,7 @@ elif [ -n "${ZSH_VERSION:-}" ]; then
 else
     _cowenv_here="$0"
 fi
-VIRTUAL_ENV="$(cd "$(dirname -- "$_cowenv_here")/.." && pwd)"
+VIRTUAL_ENV="$(CDPATH= cd -- "$(dirname -- "$_cowenv_here")/.." && pwd)"
 unset _cowenv_here
 VIRTUAL_ENV_PROMPT="$(basename -- "$VIRTUAL_ENV")"
 export VIRTUAL_ENV VIRTUAL_ENV_PROMPT
@@ -54,18 +61,16 @@ def relocate(env: Path, built_at: Path) -> int:
     for script in sorted(bin_dir.iterdir()):
         if script.is_symlink() or not script.is_file():
             continue
-        if script.name.startswith("activate") or script.name.startswith("deactivate"):
+        if script.name.startswith(("activate", "deactivate")):
             script.unlink()  # replaced by our one relocatable activate below
             changed += 1
             continue
-        with open(script, "rb") as f:
-            head = f.readline()
-            if not (head.startswith(b"#!") and needle in head):
-                continue
-            rest = f.read()
-        st = script.stat()
-        script.write_bytes(LAUNCHER_HEAD.encode() + rest)
-        os.chmod(script, st.st_mode & 0o7777)
+        body = launcher_body(script.read_bytes(), needle)
+        if body is None:
+            continue
+        mode = script.stat().st_mode & 0o7777
+        script.write_bytes(LAUNCHER_HEAD.encode() + body)
+        os.chmod(script, mode)
         changed += 1
     (bin_dir / "activate").write_text(ACTIVATE, encoding="utf-8")
     cfg = env / "pyvenv.cfg"
@@ -75,3 +80,55 @@ def relocate(env: Path, built_at: Path) -> int:
         cfg.write_text("".join(kept), encoding="utf-8")
         changed += 1
     return changed
+
+
+def launcher_body(script: bytes, needle: bytes) -> Optional[bytes]:
+    """The code after the launcher lines of a script whose launcher names ``needle``, else None.
+
+    Installers write ``#!<env>/bin/python`` or, for a path too long or with spaces for a
+    shebang, a three-line ``/bin/sh`` trampoline that execs ``<env>/bin/python``.
+    """
+    lines = script.split(b"\n", 3)
+    if lines[0].startswith(b"#!") and needle in lines[0]:
+        return script.partition(b"\n")[2]
+    trampoline = (
+        len(lines) == 4
+        and lines[0].rstrip() == b"#!/bin/sh"
+        and lines[1].startswith(b"'''exec'")
+        and needle in lines[1]
+        and lines[2].rstrip() == b"' '''"
+    )
+    return lines[3] if trampoline else None
+
+
+def point_at_sources(site: Path, origins: Mapping[Path, Path]) -> int:
+    """Make ``direct_url.json`` of distributions installed from temporary wheels (``origins``:
+    wheel → the project directory it was built from) name that project, not the build dir."""
+    by_wheel = {os.path.realpath(wheel): project for wheel, project in origins.items()}
+    changed = 0
+    for record_file in site.glob("*.dist-info/direct_url.json"):
+        try:
+            url = json.loads(record_file.read_text(encoding="utf-8"))["url"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        parsed = urllib.parse.urlsplit(url)
+        if parsed.scheme != "file":
+            continue
+        project = by_wheel.get(os.path.realpath(urllib.request.url2pathname(parsed.path)))
+        if project is None:
+            continue
+        text = json.dumps({"url": project.as_uri(), "dir_info": {}})
+        record_file.write_text(text, encoding="utf-8")
+        _update_record(record_file, text.encode())
+        changed += 1
+    return changed
+
+
+def _update_record(path: Path, data: bytes) -> None:
+    """Give ``path``'s line in its distribution's RECORD the new hash and size."""
+    record = path.parent / "RECORD"
+    rel = f"{path.parent.name}/{path.name}"
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+    lines = record.read_text(encoding="utf-8").splitlines()
+    new = [f"{rel},sha256={digest},{len(data)}" if ln.split(",")[0] == rel else ln for ln in lines]
+    record.write_text("\n".join(new) + "\n", encoding="utf-8")

@@ -16,25 +16,11 @@ from typing import Any, Optional, Union
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-from ._install import IndexOptions, installer_identity
+from ._install import IndexOptions, installer_identity, project_skips
 from .errors import SpecError
 
 FORMAT_VERSION = 1
 _LOCAL_SUFFIXES = (".whl", ".tar.gz", ".zip", ".tar.bz2")
-_SKIP_IN_HASH = {
-    ".git",
-    ".hg",
-    "build",
-    "dist",
-    "__pycache__",
-    ".tox",
-    ".nox",
-    ".venv",
-    "venv",
-    ".mypy_cache",
-    ".pytest_cache",
-    ".ruff_cache",
-}
 
 
 @dataclass(frozen=True)
@@ -89,8 +75,11 @@ class TemplateSpec:
                 reqs.add(normalise_requirement(text))
         if project is not None:
             local.add(str(_existing(base / os.fspath(project), os.fspath(project))))
-        if python is not None and not isinstance(python, str):
-            raise SpecError(f"python={python!r}: give a version like '3.12' or a path")
+        if python is not None:
+            if not isinstance(python, str) or not python.strip():
+                raise SpecError(f"python={python!r}: give a version like '3.12' or a path")
+            python = python.strip()
+            find_interpreter(python)  # fail now, with the culprit named, not at build time
         return cls(
             tuple(sorted(reqs)), tuple(sorted(local)), python, index or IndexOptions(), bool(pip)
         )
@@ -165,19 +154,18 @@ def content_hash(path: Path) -> str:
                 h.update(chunk)
         return h.hexdigest()
     for dirpath, dirnames, filenames in os.walk(path):
-        dirnames[:] = sorted(
-            d for d in dirnames if d not in _SKIP_IN_HASH and not d.endswith(".egg-info")
-        )
+        rel_dir = os.path.relpath(dirpath, path)
+        dirnames[:] = sorted(d for d in dirnames if not project_skips(rel_dir, d))
         for name in sorted(filenames):
-            if name.endswith((".pyc", ".pyo")):
+            if project_skips(rel_dir, name):
                 continue
             full = os.path.join(dirpath, name)
             h.update(os.path.relpath(full, path).encode() + b"\0")
             if os.path.islink(full):
-                h.update(os.readlink(full).encode())
+                h.update(b"->" + os.readlink(full).encode())
             else:
                 with open(full, "rb") as f:
-                    h.update(f.read())
+                    h.update(hashlib.sha256(f.read()).digest())
     return h.hexdigest()
 
 

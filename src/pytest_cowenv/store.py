@@ -32,6 +32,7 @@ class Layout:
         self.templates = self.root / "templates"
         self.clones = self.root / "clones"
         self.tmp = self.root / "tmp"
+        self.bytecode = self.root / "pyc"  # compiled sources shared by templates (_bytecode)
 
     def template(self, key: str) -> Path:
         return self.templates / key
@@ -61,8 +62,10 @@ def prepare_root(root: Optional[Union[str, os.PathLike[str]]]) -> Layout:
     check_safe(path)
     layout = Layout(path)
     try:
-        for sub in (layout.templates, layout.clones, layout.tmp):
+        for sub in (layout.templates, layout.clones, layout.tmp, layout.bytecode):
             sub.mkdir(exist_ok=True)
+            # In a shared (sticky) root, someone else could have made these first.
+            check_safe(sub)
     except OSError as exc:
         raise CacheDirError(
             f"cache dir {path}: not writable ({exc.strerror}); pick another --cowenv-dir"

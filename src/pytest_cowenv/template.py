@@ -7,6 +7,7 @@ write the metadata last, as the mark of completion.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -22,8 +23,15 @@ from pathlib import Path
 from typing import IO, Any, Optional
 
 from . import __version__
-from ._install import build_wheel, clean_env, install_command, installer_identity, run_installer
-from ._relocate import relocate
+from ._install import (
+    build_wheel,
+    clean_env,
+    failure_message,
+    install_command,
+    installer_identity,
+    run_installer,
+)
+from ._relocate import point_at_sources, relocate
 from .clone import Tree, remove_tree, walk_tree
 from .clone import _platform as clone_platform
 from .errors import LockTimeoutError, TemplateBuildError
@@ -72,6 +80,7 @@ class TemplateCache:
     _failed: dict[str, TemplateBuildError] = field(default_factory=dict)
     _keys: dict[TemplateSpec, str] = field(default_factory=dict)
     _in_use: dict[str, IO[bytes]] = field(default_factory=dict)
+    _key_locks: dict[str, threading.Lock] = field(default_factory=dict)
     _mutex: threading.Lock = field(default_factory=threading.Lock)
     built: list[Template] = field(default_factory=list)
     reused: list[Template] = field(default_factory=list)
@@ -89,20 +98,23 @@ class TemplateCache:
         """The template for ``spec``, built if needed. A failed build is not retried."""
         key = self.key(spec)
         with self._mutex:
-            if key in self._ready:
-                return self._ready[key]
-            if key in self._failed:
-                raise self._failed[key]
-        try:
-            template = self._get_or_build(spec, key)
-        except TemplateBuildError as exc:
+            key_lock = self._key_locks.setdefault(key, threading.Lock())
+        with key_lock:  # threads asking for one key wait for the first, then share its answer
             with self._mutex:
-                self._failed[key] = exc
-            raise
-        with self._mutex:
-            self._ready[key] = template
-            (self.built if template.built_now else self.reused).append(template)
-        return template
+                if key in self._ready:
+                    return self._ready[key]
+                if key in self._failed:
+                    raise self._failed[key]
+            try:
+                template = self._get_or_build(spec, key)
+            except TemplateBuildError as exc:
+                with self._mutex:
+                    self._failed[key] = exc
+                raise
+            with self._mutex:
+                self._ready[key] = template
+                (self.built if template.built_now else self.reused).append(template)
+            return template
 
     def forget(self, key: str) -> None:
         """Drop the in-memory template (after a rebuild elsewhere, or in tests)."""
@@ -130,22 +142,19 @@ class TemplateCache:
     def _load(self, spec: TemplateSpec, key: str) -> Optional[Template]:
         """A valid template, or None (absent, half-made, damaged, stale or interpreter gone)."""
         meta_path, tree_path = self.layout.meta(key), self.layout.template(key)
+        interp = find_interpreter(spec.python)  # SpecError is the user's to read
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
-            return None
-        if meta.get("key") != key or float(meta.get("created", 0)) < self.rebuild_before:
-            return None
-        try:
-            interp = find_interpreter(spec.python)
+            if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
+                return None
+            if meta.get("key") != key or float(meta["created"]) < self.rebuild_before:
+                return None
             if meta.get("interpreter") != interp.fingerprint():
                 return None
             tree = walk_tree(tree_path)
-        except (OSError, ValueError):
-            return None
-        if tree.listing() != meta.get("manifest"):
+            if tree.listing() != meta.get("manifest"):
+                return None
+        except (OSError, ValueError, TypeError, KeyError):
             return None
         return Template(key, tree_path, spec, meta, tree)
 
@@ -188,26 +197,31 @@ class TemplateCache:
             lock.release()
 
     def _discard(self, key: str) -> None:
-        """Remove whatever an earlier, failed or killed build left under ``key``."""
+        """Remove whatever earlier, failed or killed builds left under ``key`` (lock held)."""
         with contextlib.suppress(FileNotFoundError):
             self.layout.meta(key).unlink()
         path = self.layout.template(key)
         if os.path.lexists(path):
             clone_platform.BACKEND.set_readonly(str(path), False)
             remove_tree(path)
+        # Every builder of `key` holds its lock: build dirs of `key` now belong to dead ones.
+        for leftover in self.layout.tmp.glob(f"{key}.*"):
+            _remove_quietly(leftover)
 
     def _build(self, spec: TemplateSpec, key: str) -> Template:
         start = time.perf_counter()
+        phases: dict[str, float] = {}
         work = self.layout.tmp / f"{key}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
         work.mkdir(parents=True)
-        env = work / "env"
+        env, final = work / "env", self.layout.template(key)
+        done = False
         try:
-            build_env(spec, env, work)
-            tree = walk_tree(env)
-            final = self.layout.template(key)
-            os.rename(env, final)
-            clone_platform.BACKEND.set_readonly(str(final), True)
-            tree = walk_tree(final)
+            compiled = build_env(spec, env, work, self.layout.bytecode, phases)
+            with timed(phases, "publish"):
+                os.rename(env, final)
+                clone_platform.BACKEND.set_readonly(str(final), True)
+            with timed(phases, "walk"):
+                tree = walk_tree(final)
             meta = {
                 "format": FORMAT_VERSION,
                 "key": key,
@@ -217,6 +231,8 @@ class TemplateCache:
                 "installer": installer_identity(),
                 "resolved": installed_distributions(final),
                 "build_seconds": round(time.perf_counter() - start, 3),
+                "phases": {name: round(secs, 3) for name, secs in phases.items()},
+                "bytecode": compiled,
                 "created": time.time(),
                 "plugin_version": __version__,
                 "files": tree.nfiles,
@@ -224,25 +240,55 @@ class TemplateCache:
                 "manifest": tree.listing(),
             }
             write_atomically(self.layout.meta(key), json.dumps(meta, indent=1))
+            done = True
         except OSError as exc:
             raise TemplateBuildError(
                 f"{spec.describe()}: building the template failed: {exc}"
-                + _space_hint(self.layout.root, exc)
+                + _space_hint(self.layout.root, exc.errno)
             ) from None
+        except TemplateBuildError as exc:
+            raise _with_space_hint(exc, self.layout.root) from None
         finally:
             _remove_quietly(work)
+            if not done:
+                with contextlib.suppress(OSError):
+                    self._discard(key)
         return Template(key, final, spec, meta, tree, built_now=True)
 
 
-def _space_hint(root: Path, exc: OSError) -> str:
-    import errno
+def timed(phases: dict[str, float], name: str) -> contextlib.AbstractContextManager[None]:
+    """Add the seconds spent in the ``with`` block to ``phases[name]``."""
 
-    if exc.errno != errno.ENOSPC:
+    @contextlib.contextmanager
+    def timer() -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            phases[name] = phases.get(name, 0.0) + time.perf_counter() - start
+
+    return timer()
+
+
+def _with_space_hint(exc: TemplateBuildError, root: Path) -> TemplateBuildError:
+    """An installer that ran out of space says so in its own words: add where and how much."""
+    text = str(exc)
+    if not any(sign in text for sign in ("No space left", "os error 28", "Errno 28", "ENOSPC")):
+        return exc
+    first, _, rest = text.partition("\n")
+    return TemplateBuildError(first + _space_hint(root, errno.ENOSPC) + "\n" + rest)
+
+
+def _space_hint(root: Path, code: Optional[int]) -> str:
+    if code != errno.ENOSPC:
         return ""
     from .fs import fs_type
 
     free = shutil.disk_usage(root).free / 2**20
-    return f" ({fs_type(root)} at {root} has {free:.1f} MiB free; free space or move --cowenv-dir)"
+    return (
+        f" (no space left: {fs_type(root)} at {root} has {free:.1f} MiB free;"
+        " free space or move --cowenv-dir)"
+    )
 
 
 def _remove_quietly(path: Path) -> None:
@@ -253,57 +299,78 @@ def _remove_quietly(path: Path) -> None:
             remove_tree(path)
 
 
-def build_env(spec: TemplateSpec, env: Path, work: Path) -> None:
-    """Create, fill, relocate and byte-compile the environment ``env`` (a new path)."""
+def build_env(
+    spec: TemplateSpec, env: Path, work: Path, bytecode: Path, phases: dict[str, float]
+) -> dict[str, int]:
+    """Create, fill, relocate and byte-compile the environment ``env`` (a new path).
+
+    Returns the byte-compiling counts; adds each phase's seconds to ``phases``.
+    """
     interp = find_interpreter(spec.python)
-    clone_platform.BACKEND.make_template_dir(str(env))
-    seed = ["--seeder", "app-data", "--no-setuptools", "--no-wheel"] if spec.pip else ["--no-seed"]
-    cmd = [
-        sys.executable,
-        "-m",
-        "virtualenv",
-        "--quiet",
-        "--no-periodic-update",
-        "--activators",
-        "bash",
-        "--python",
-        interp.executable,
-        *seed,
-        str(env),
-    ]
-    run_installer(cmd, f"{spec.describe()}: creating the base environment failed")
+    with timed(phases, "venv"):
+        clone_platform.BACKEND.make_template_dir(str(env))
+        create_base_env(env, interp.executable, pip=spec.pip, what=spec.describe())
     python = env / "bin" / "python"
     items = list(spec.requirements)
+    origins: dict[Path, Path] = {}
     for local in map(Path, spec.local):
-        items.append(str(build_wheel(local, work) if local.is_dir() else local))
+        if local.is_dir():
+            with timed(phases, "wheels"):
+                wheel = build_wheel(local, work, interp.executable, spec.index)
+            origins[wheel] = local
+            items.append(str(wheel))
+        else:
+            items.append(str(local))
     if items:
-        run_installer(
-            install_command(python, items, spec.index), f"{spec.describe()}: installing failed"
-        )
-    relocate(env, env)
-    compile_env(env, spec)
+        with timed(phases, "install"):
+            run_installer(
+                install_command(python, items, spec.index), f"{spec.describe()}: installing failed"
+            )
+    with timed(phases, "relocate"):
+        relocate(env, env)
+        point_at_sources(site_packages(env), origins)
+    with timed(phases, "compile"):
+        return compile_env(env, spec, bytecode)
 
 
-def compile_env(env: Path, spec: TemplateSpec) -> None:
-    """Byte-compile site-packages with hashes that stay valid in a clone, whatever its mtimes."""
-    python = env / "bin" / "python"
-    site = site_packages(env)
-    cmd = [
-        str(python),
-        "-m",
-        "compileall",
-        "-q",
-        "-j",
-        "0",
-        "--invalidation-mode",
-        "unchecked-hash",
-        str(site),
-    ]
+# virtualenv keeps process-wide state (its app-data, interpreter cache): one build at a time.
+_VIRTUALENV = threading.Lock()
+
+
+def create_base_env(env: Path, python: str, *, pip: bool, what: str) -> None:
+    """A bare virtual environment at ``env`` (pip seeded only if asked), made in-process:
+    a ``python -m virtualenv`` would spend more time starting than creating."""
+    from virtualenv import cli_run
+
+    seed = ["--seeder", "app-data", "--no-setuptools", "--no-wheel"] if pip else ["--no-seed"]
+    args = ["--quiet", "--no-periodic-update", "--activators", "bash", "--python", python]
+    try:
+        with _VIRTUALENV:
+            cli_run([*args, *seed, str(env)], setup_logging=False, env=clean_env())
+    except (Exception, SystemExit) as exc:  # virtualenv reports with plain exceptions
+        raise TemplateBuildError(
+            f"{what}: creating the base environment with {python} failed: {exc}"
+        ) from None
+
+
+def compile_env(env: Path, spec: TemplateSpec, bytecode: Path) -> dict[str, int]:
+    """Byte-compile site-packages with the environment's own interpreter (see _bytecode)."""
+    script = Path(__file__).with_name("_bytecode.py")
+    cmd = [str(env / "bin" / "python"), "-I", str(script), str(site_packages(env)), str(bytecode)]
     proc = subprocess.run(
         cmd, capture_output=True, text=True, env=clean_env(), stdin=subprocess.DEVNULL, check=False
     )
-    if proc.returncode not in (0, 1):  # 1: a file that does not compile (tests, py2 leftovers)
-        raise TemplateBuildError(f"{spec.describe()}: byte-compiling failed: {proc.stderr[-2000:]}")
+    if proc.returncode != 0:
+        raise TemplateBuildError(
+            failure_message(
+                f"{spec.describe()}: byte-compiling failed",
+                cmd,
+                proc.returncode,
+                proc.stderr + proc.stdout,
+            )
+        )
+    counts: dict[str, int] = json.loads(proc.stdout.splitlines()[-1])
+    return counts
 
 
 def site_packages(env: Path) -> Path:
@@ -329,11 +396,16 @@ def installed_distributions(env: Path) -> dict[str, str]:
 
 def write_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def hold_in_use(path: Path) -> IO[bytes]:

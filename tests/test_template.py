@@ -1,0 +1,589 @@
+"""Templates: built once per spec, reused across caches and processes, never used half-made.
+
+Every build here is offline, from the tiny wheels of ``_wheels.py``; caches live on the real
+btrfs mount when there is one (templates are read-only subvolumes there), else in tmp_path.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from _wheels import make_wheel, standard_wheelhouse
+from conftest import real_fs_problem
+from pytest_cowenv import (
+    CacheDirError,
+    LockTimeoutError,
+    TemplateBuildError,
+    TemplateCache,
+    TemplateSpec,
+    clone_tree,
+)
+from pytest_cowenv import template as template_module
+from pytest_cowenv._install import IndexOptions, installer_identity, uv_binary
+from pytest_cowenv.clone import _platform, remove_tree, walk_tree
+from pytest_cowenv.store import Layout, prepare_root
+
+# -- fixtures ------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _offline_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This machine's pip config and find-links must not help (or slow) an offline build."""
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    monkeypatch.delenv("PIP_FIND_LINKS", raising=False)
+    monkeypatch.delenv("PYTHONDONTWRITEBYTECODE", raising=False)
+
+
+def _use_route(route: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if route == "pip":
+        monkeypatch.setenv("PYTEST_COWENV_NO_UV", "1")
+    else:
+        monkeypatch.delenv("PYTEST_COWENV_NO_UV", raising=False)
+    uv_binary.cache_clear()
+    installer_identity.cache_clear()
+    if route == "uv" and uv_binary() is None:
+        pytest.skip("uv is not installed")
+
+
+@pytest.fixture(params=["uv", "pip"])
+def route(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Each installer in turn: uv, and the outer pip (``PYTEST_COWENV_NO_UV=1``)."""
+    _use_route(request.param, monkeypatch)
+    yield request.param
+    uv_binary.cache_clear()
+    installer_identity.cache_clear()
+
+
+def unprotect(root: Path) -> None:
+    """Clear the read-only flag of every template under ``root``, so that it can be removed."""
+    templates = root / "templates"
+    if templates.is_dir():
+        for child in templates.iterdir():
+            if child.is_dir():
+                _platform.BACKEND.set_readonly(str(child), False)
+
+
+@pytest.fixture
+def root(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
+    """A cache root: on btrfs when mounted (subvolumes, read-only templates), else tmp_path."""
+    base = request.getfixturevalue("btrfs_dir") if real_fs_problem("btrfs") is None else tmp_path
+    yield base / "cache"
+    unprotect(base / "cache")
+
+
+@pytest.fixture(scope="module")
+def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return standard_wheelhouse(tmp_path_factory.mktemp("wheelhouse"))
+
+
+def offline(wheelhouse: Path) -> IndexOptions:
+    return IndexOptions(find_links=(str(wheelhouse),), offline=True)
+
+
+def make_spec(wheelhouse: Path, *requirements: str, **kwargs: Any) -> TemplateSpec:
+    return TemplateSpec.create(list(requirements), index=offline(wheelhouse), **kwargs)
+
+
+def new_cache(root: Path, **kwargs: Any) -> TemplateCache:
+    return TemplateCache(prepare_root(root), **kwargs)
+
+
+def leftovers(layout: Layout) -> list[str]:
+    return sorted(p.name for p in layout.tmp.iterdir())
+
+
+def is_checked_hash_pyc(path: Path) -> bool:
+    return path.read_bytes()[4:8] == (0b11).to_bytes(4, "little")
+
+
+# -- reuse -----------------------------------------------------------------------------------
+
+
+def test_built_template_is_complete(root: Path, wheelhouse: Path, route: str) -> None:
+    cache = new_cache(root)
+    template = cache.get(make_spec(wheelhouse, "beta", "gamma"))
+    assert template.built_now
+    assert template.resolved == {"alpha": "2.0", "beta": "1.0", "gamma": "0.5"}
+    meta = json.loads(cache.layout.meta(template.key).read_text())
+    assert meta["installer"].split()[0] == route
+    assert set(meta["phases"]) >= {"venv", "install", "relocate", "compile", "walk"}
+    assert meta["files"] == template.tree.nfiles
+    site = next(template.path.glob("lib/python*/site-packages"))
+    sources = list(site.rglob("*.py"))
+    assert sources
+    for source in sources:  # every module has a pyc that stays valid in a clone
+        import importlib.util
+
+        assert is_checked_hash_pyc(Path(importlib.util.cache_from_source(str(source))))
+    assert leftovers(cache.layout) == []
+    if _platform.BACKEND.set_readonly(str(template.path), True):  # a btrfs subvolume
+        with pytest.raises(OSError, match="Read-only file system"):
+            (template.path / "intruder").write_text("x")
+
+
+def test_second_cache_builds_nothing_and_one_change_builds_one(
+    root: Path, wheelhouse: Path
+) -> None:
+    first = new_cache(root)
+    first.get(make_spec(wheelhouse, "alpha", "gamma"))
+    assert len(first.built) == 1
+
+    second = new_cache(root)
+    again = second.get(make_spec(wheelhouse, "gamma", "ALPHA"))
+    assert not again.built_now
+    assert (second.built, second.reused) == ([], [again])
+    assert second.get(make_spec(wheelhouse, "alpha", "gamma")) is again
+
+    changed = second.get(make_spec(wheelhouse, "alpha==1.0", "gamma"))
+    assert changed.built_now and changed.resolved["alpha"] == "1.0"
+    assert len(second.built) == 1
+
+
+def test_bytecode_is_shared_between_templates(root: Path, wheelhouse: Path) -> None:
+    cache = new_cache(root)
+    first = cache.get(make_spec(wheelhouse, "alpha"))
+    second = cache.get(make_spec(wheelhouse, "alpha", "gamma"))
+    assert first.meta["bytecode"] == {"reused": 0, "compiled": 2, "failed": 0}
+    # alpha's two modules come from the store; only gamma's is compiled.
+    assert second.meta["bytecode"] == {"reused": 2, "compiled": 1, "failed": 0}
+
+
+def test_a_module_edited_in_a_clone_is_what_imports(root: Path, wheelhouse: Path) -> None:
+    """Hash-checked pycs: a clone that changes a source never runs the template's old code."""
+    template = new_cache(root).get(make_spec(wheelhouse, "alpha"))
+    clone = root / "clones" / "edited"
+    clone_tree(template.path, clone)
+    init = next(clone.glob("lib/python*/site-packages/alpha/__init__.py"))
+    init.write_text("VERSION = 'edited in the clone'\n")
+    out = subprocess.run(
+        [str(clone / "bin" / "python"), "-c", "import alpha; print(alpha.VERSION)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == "edited in the clone"
+    remove_tree(clone)
+
+
+def test_threads_asking_at_once_build_once(root: Path, wheelhouse: Path) -> None:
+    cache = new_cache(root)
+    spec = make_spec(wheelhouse, "alpha")
+    got: list[Any] = []
+    threads = [threading.Thread(target=lambda: got.append(cache.get(spec))) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(got) == 3 and len({id(t) for t in got}) == 1
+    assert len(cache.built) == 1
+
+
+# -- processes -------------------------------------------------------------------------------
+
+GET_SCRIPT = """
+import json, sys, time
+from pytest_cowenv import TemplateCache, TemplateSpec
+from pytest_cowenv._install import IndexOptions
+from pytest_cowenv.store import prepare_root
+root, wheelhouse, start_at, *reqs = sys.argv[1:]
+spec = TemplateSpec.create(reqs, index=IndexOptions(find_links=(wheelhouse,), offline=True))
+cache = TemplateCache(prepare_root(root))
+key = cache.key(spec)
+time.sleep(max(0.0, float(start_at) - time.time()))
+print(json.dumps([key, cache.get(spec).built_now]), flush=True)
+"""
+
+
+def test_two_processes_on_a_cold_cache_build_once(root: Path, wheelhouse: Path) -> None:
+    start_at = str(time.time() + 2.0)  # both past their imports, then asking together
+    argv = [sys.executable, "-c", GET_SCRIPT, str(root), str(wheelhouse), start_at, "beta"]
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [json.loads(p.communicate(timeout=120)[0]) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    assert results[0][0] == results[1][0]
+    assert sorted(built for _key, built in results) == [False, True]
+
+
+def _group_processes(pgid: int) -> list[str]:
+    """Command lines of the live processes of process group ``pgid``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            fields = stat.rpartition(")")[2].split()
+            state, group = fields[0], int(fields[2])
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
+        except (OSError, ValueError):
+            continue
+        if group == pgid and state != "Z":
+            found.append(cmdline.decode(errors="replace"))
+    return found
+
+
+@pytest.fixture(scope="module")
+def many_wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Enough small wheels that installing them takes a moment: time to kill the builder."""
+    directory = tmp_path_factory.mktemp("many")
+    for i in range(60):
+        name = f"many{i:02d}"
+        modules = {f"{name}/m{j}.py": f"X = {j}\n" for j in range(10)}
+        make_wheel(directory, name, modules={f"{name}/__init__.py": "", **modules})
+    return directory
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the installer through /proc")
+def test_builder_killed_mid_install_leaves_nothing_usable(
+    root: Path, many_wheels: Path, route: str
+) -> None:
+    names = [f"many{i:02d}" for i in range(60 if route == "uv" else 6)]
+    argv = [sys.executable, "-c", GET_SCRIPT, str(root), str(many_wheels), "0", *names]
+    builder = subprocess.Popen(argv, stdout=subprocess.DEVNULL, start_new_session=True)
+    installer = "uv pip install" if route == "uv" else "pip --python"
+    deadline = time.monotonic() + 60
+    while not any(installer in cmd for cmd in _group_processes(builder.pid)):
+        assert builder.poll() is None, "the build ended before its installer was seen"
+        assert time.monotonic() < deadline, "no installer started within 60 s"
+        time.sleep(0.005)
+    os.killpg(builder.pid, signal.SIGKILL)
+    builder.wait()
+    while _group_processes(builder.pid):  # the installer dies with its group
+        time.sleep(0.01)
+
+    spec = TemplateSpec.create(names, index=offline(many_wheels))
+    cache = new_cache(root)
+    key = cache.key(spec)
+    assert [name.split(".")[0] for name in leftovers(cache.layout)] == [key]
+    assert not cache.layout.meta(key).exists()
+    assert cache._load(spec, key) is None
+
+    template = cache.get(spec)
+    assert template.built_now
+    assert leftovers(cache.layout) == []
+    assert len(template.resolved) == len(names)
+
+
+LOCK_SCRIPT = """
+import sys, time
+from pytest_cowenv import TemplateCache
+from pytest_cowenv.store import prepare_root
+with TemplateCache(prepare_root(sys.argv[1]))._locked(sys.argv[2]):
+    print("locked", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_lock_held_too_long_names_its_holder(root: Path, wheelhouse: Path) -> None:
+    spec = make_spec(wheelhouse, "alpha")
+    key = spec.key()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", LOCK_SCRIPT, str(root), key], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        cache = new_cache(root, lock_timeout=0.3)
+        start = time.monotonic()
+        with pytest.raises(LockTimeoutError, match=rf"held by pid {holder.pid} on "):
+            cache.get(spec)
+        assert time.monotonic() - start < 10
+    finally:
+        holder.kill()
+        holder.wait()
+    assert new_cache(root).get(spec).built_now  # the lock died with its holder
+
+
+# -- damage, staleness, rebuild ---------------------------------------------------------------
+
+
+def _garbage(meta: Path, template: Path) -> None:
+    meta.write_text("{not json at all")
+
+
+def _truncated(meta: Path, template: Path) -> None:
+    text = meta.read_text()
+    meta.write_text(text[: len(text) // 2])
+
+
+def _wrong_types(meta: Path, template: Path) -> None:
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "created": [1]}))
+
+
+def _no_metadata(meta: Path, template: Path) -> None:
+    meta.unlink()  # as if killed between the rename and the metadata
+
+
+def _file_deleted(meta: Path, template: Path) -> None:
+    _platform.BACKEND.set_readonly(str(template), False)
+    next(template.glob("lib/python*/site-packages/alpha/cli.py")).unlink()
+
+
+def _file_changed(meta: Path, template: Path) -> None:
+    _platform.BACKEND.set_readonly(str(template), False)
+    next(template.glob("lib/python*/site-packages/alpha/cli.py")).write_text("broken(\n")
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [_garbage, _truncated, _wrong_types, _no_metadata, _file_deleted, _file_changed],
+    ids=lambda f: f.__name__.strip("_"),
+)
+def test_damaged_template_is_rebuilt(root: Path, wheelhouse: Path, damage: Any) -> None:
+    spec = make_spec(wheelhouse, "alpha")
+    first = new_cache(root).get(spec)
+    damage(new_cache(root).layout.meta(first.key), first.path)
+
+    again = new_cache(root).get(spec)
+    assert again.built_now
+    assert (
+        next(again.path.glob("lib/python*/site-packages/alpha/cli.py"))
+        .read_text()
+        .startswith("import alpha")
+    )
+    assert not new_cache(root).get(spec).built_now
+
+
+def test_rebuild_before_forces_exactly_one_rebuild(root: Path, wheelhouse: Path) -> None:
+    spec = make_spec(wheelhouse, "alpha")
+    new_cache(root).get(spec)
+    asked_at = time.time()  # --cowenv-rebuild: every worker of the run gets the same time
+    assert new_cache(root, rebuild_before=asked_at).get(spec).built_now
+    assert not new_cache(root, rebuild_before=asked_at).get(spec).built_now
+
+
+def test_changed_interpreter_is_detected(root: Path, wheelhouse: Path) -> None:
+    spec = make_spec(wheelhouse, "alpha")
+    first = new_cache(root).get(spec)
+    meta_path = new_cache(root).layout.meta(first.key)
+    meta = json.loads(meta_path.read_text())
+    meta["interpreter"][2] += 1  # the base executable's mtime: reinstalled in place
+    meta_path.write_text(json.dumps(meta))
+    assert new_cache(root).get(spec).built_now
+
+
+# -- the cache root --------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid") or os.getuid() != 0, reason="chown needs root")
+def test_root_owned_by_someone_else_is_refused(tmp_path: Path) -> None:
+    cache = tmp_path / "theirs"
+    cache.mkdir()
+    os.chown(cache, 4242, 4242)
+    with pytest.raises(CacheDirError, match="belongs to uid 4242"):
+        prepare_root(cache)
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid") or os.getuid() != 0, reason="chown needs root")
+def test_subfolder_made_by_someone_else_in_a_shared_root_is_refused(tmp_path: Path) -> None:
+    cache = tmp_path / "shared"
+    cache.mkdir()
+    cache.chmod(0o1777)
+    (cache / "templates").mkdir()
+    os.chown(cache / "templates", 4242, 4242)
+    with pytest.raises(CacheDirError, match="templates belongs to uid 4242"):
+        prepare_root(cache)
+
+
+def test_world_writable_root_without_sticky_bit_is_refused(tmp_path: Path) -> None:
+    cache = tmp_path / "open"
+    cache.mkdir()
+    cache.chmod(0o777)
+    with pytest.raises(CacheDirError, match="writable by everyone without the sticky bit"):
+        prepare_root(cache)
+
+
+def test_world_writable_root_with_sticky_bit_is_accepted(tmp_path: Path) -> None:
+    cache = tmp_path / "sticky"
+    cache.mkdir()
+    cache.chmod(0o1777)
+    assert prepare_root(cache).templates.is_dir()
+
+
+# -- failures --------------------------------------------------------------------------------
+
+
+def test_unresolvable_requirement_fails_once_naming_it(
+    root: Path, wheelhouse: Path, route: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    builds: list[TemplateSpec] = []
+    real_build_env = template_module.build_env
+
+    def counting_build_env(spec: TemplateSpec, *args: Any) -> Any:
+        builds.append(spec)
+        return real_build_env(spec, *args)
+
+    monkeypatch.setattr(template_module, "build_env", counting_build_env)
+    cache = new_cache(root)
+    spec = make_spec(wheelhouse, "no-such-package>=1")
+    with pytest.raises(TemplateBuildError) as first:
+        cache.get(spec)
+    assert str(first.value).splitlines()[0].startswith("no-such-package>=1: installing failed")
+    with pytest.raises(TemplateBuildError) as second:
+        cache.get(spec)
+    assert second.value is first.value
+    assert len(builds) == 1
+    assert leftovers(cache.layout) == []
+    assert not cache.layout.template(spec.key()).exists()
+
+
+def _big_wheel(directory: Path, size: int) -> Path:
+    """A wheel holding one file of ``size`` random (incompressible) bytes, stored as is."""
+    name, version = "bigdata", "1.0"
+    info = f"{name}-{version}.dist-info"
+    small = {
+        f"{name}/__init__.py": b"",
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+        f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\n"
+        b"Tag: py3-none-any\n",
+    }
+    path = directory / f"{name}-{version}-py3-none-any.whl"
+    record = []
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        digest = hashlib.sha256()
+        with zf.open(f"{name}/blob.bin", "w", force_zip64=True) as blob:
+            for _ in range(size >> 20):
+                chunk = os.urandom(1 << 20)
+                digest.update(chunk)
+                blob.write(chunk)
+        b64 = base64.urlsafe_b64encode(digest.digest()).rstrip(b"=").decode()
+        record.append(f"{name}/blob.bin,sha256={b64},{size}")
+        for arcname, data in small.items():
+            zf.writestr(arcname, data)
+            b64 = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            record.append(f"{arcname},sha256={b64},{len(data)}")
+        record.append(f"{info}/RECORD,,")
+        zf.writestr(f"{info}/RECORD", "\n".join(record) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def big_wheel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    directory = tmp_path_factory.mktemp("big")
+    yield _big_wheel(directory, 200 << 20)
+    shutil.rmtree(directory)
+
+
+@pytest.mark.skipif(
+    real_fs_problem("ext4") is not None or not os.environ.get("COWENV_TEST_SMALL"),
+    reason="needs COWENV_TEST_SMALL, the 160 MiB ext4 of scripts/cowfs.sh",
+)
+def test_disk_full_fails_clearly_and_gives_the_space_back(
+    tmp_path: Path, big_wheel: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """uv's words; pip's ("[Errno 28] No space left on device") get the same hint."""
+    monkeypatch.setenv("UV_CACHE_DIR", str(tmp_path / "uv-cache"))  # 200 MB: not the user's
+    small = Path(os.environ["COWENV_TEST_SMALL"]) / f"full-{os.getpid()}"
+    try:
+        layout = prepare_root(small)
+        free_before = shutil.disk_usage(small).free
+        spec = TemplateSpec.create([str(big_wheel)], index=IndexOptions(offline=True))
+        with pytest.raises(TemplateBuildError) as failed:
+            TemplateCache(layout).get(spec)
+        first_line = str(failed.value).splitlines()[0]
+        assert first_line.startswith("bigdata-1.0-py3-none-any.whl: installing failed")
+        assert "no space left" in first_line and "MiB free" in first_line, first_line
+        assert leftovers(layout) == []
+        # Only the side files of locks may stay; no tree, no metadata.
+        kept = {p.suffix for p in layout.templates.iterdir()}
+        assert kept <= {".lock", ".inuse"}, sorted(layout.templates.iterdir())
+        assert shutil.disk_usage(small).free >= free_before - (4 << 20)
+    finally:
+        shutil.rmtree(small, ignore_errors=True)
+        shutil.rmtree(tmp_path / "uv-cache", ignore_errors=True)
+
+
+# -- local projects --------------------------------------------------------------------------
+
+BACKEND = '''
+"""A PEP 517 backend in 20 lines: zips src/ into a wheel. No network, no setuptools."""
+import base64, hashlib, os, zipfile
+
+def _b64(data):
+    return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    files = {}
+    for dirpath, _dirs, names in os.walk("src"):
+        for name in names:
+            path = os.path.join(dirpath, name)
+            with open(path, "rb") as f:
+                files[os.path.relpath(path, "src")] = f.read()
+    info = "proj-0.1.dist-info"
+    files[info + "/METADATA"] = b"Metadata-Version: 2.1\\nName: proj\\nVersion: 0.1\\n"
+    files[info + "/WHEEL"] = b"Wheel-Version: 1.0\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n"
+    record = [f"{k},sha256={_b64(v)},{len(v)}" for k, v in files.items()] + [info + "/RECORD,,"]
+    files[info + "/RECORD"] = "\\n".join(record).encode()
+    name = "proj-0.1-py3-none-any.whl"
+    with zipfile.ZipFile(os.path.join(wheel_directory, name), "w") as zf:
+        for arcname, data in files.items():
+            zf.writestr(arcname, data)
+    return name
+'''
+
+PYPROJECT = """
+[build-system]
+requires = []
+build-backend = "backend"
+backend-path = ["."]
+
+[project]
+name = "proj"
+version = "0.1"
+"""
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    path = tmp_path / "proj"
+    (path / "src" / "proj").mkdir(parents=True)
+    (path / "pyproject.toml").write_text(PYPROJECT)
+    (path / "backend.py").write_text(textwrap.dedent(BACKEND))
+    (path / "src" / "proj" / "__init__.py").write_text("import alpha\nANSWER = 42\n")
+    return path
+
+
+def test_local_project_is_built_from_a_copy_and_installed(
+    root: Path, wheelhouse: Path, project: Path, route: str
+) -> None:
+    before = walk_tree(project).listing()
+    spec = make_spec(wheelhouse, "alpha", project=project)
+    cache = new_cache(root)
+    template = cache.get(spec)
+    assert template.resolved == {"alpha": "2.0", "proj": "0.1"}
+    assert walk_tree(project).listing() == before  # no build/, no egg-info, no __pycache__
+    direct_url = next(template.path.glob("lib/python*/site-packages/proj-0.1.dist-info"))
+    assert json.loads((direct_url / "direct_url.json").read_text()) == {
+        "url": project.as_uri(),
+        "dir_info": {},
+    }
+    out = subprocess.run(
+        [str(template.path / "bin" / "python"), "-c", "import proj; print(proj.ANSWER)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == "42"
+    if route == "pip":
+        return  # the slow route has shown the build; the key does not depend on it
+
+    (project / "src" / "proj" / "__init__.py").write_text("import alpha\nANSWER = 43\n")
+    changed = make_spec(wheelhouse, "alpha", project=project)
+    assert changed.key() != template.key
+    rebuilt = new_cache(root).get(changed)  # (one cache keeps a spec's key for its lifetime)
+    assert rebuilt.built_now and rebuilt.key != template.key

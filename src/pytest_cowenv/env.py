@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from ._install import IndexOptions, clean_env, install_command, run_installer
+from ._relocate import relocate
 from .errors import CommandError, CowEnvError, TemplateBuildError
 
 if TYPE_CHECKING:
@@ -22,22 +23,20 @@ if TYPE_CHECKING:
 
 StrPath = Union[str, "os.PathLike[str]"]
 
-# pytest's own variables that would make the inner run behave like the outer one.
-_PYTEST_VARS = (
-    "PYTEST_ADDOPTS",
-    "PYTEST_PLUGINS",
-    "PYTEST_CURRENT_TEST",
-    "PYTEST_XDIST_WORKER",
-    "PYTEST_XDIST_WORKER_COUNT",
-    "PYTEST_XDIST_TESTRUNUID",
-    "PYTEST_DEBUG",
-    "PYTEST_DISABLE_PLUGIN_AUTOLOAD",
-    "PYTEST_VERSION",
-)
+# Variables that would make an inner pytest behave like the outer one, or colour its output
+# (which parseoutcomes() could not read). Every ``PYTEST_*`` variable goes too.
+_OUTER_PYTEST_VARS = ("PY_COLORS", "FORCE_COLOR")
 
 
 class CowEnv:
-    """A private virtual environment: a copy-on-write clone of ``template`` at ``path``."""
+    """A private virtual environment: a copy-on-write clone of ``template`` at ``path``.
+
+    Attributes: ``path`` (the environment's root, a :class:`~pathlib.Path`), ``template``
+    (the :class:`~pytest_cowenv.Template` it was cloned from: ``key``, ``requirements``,
+    ``resolved`` versions, ``build_seconds``), ``strategy`` (how it was cloned:
+    ``"snapshot"``, ``"clonefile"``, ``"clone"``, ``"hardlink"`` or ``"copy"``),
+    ``clone_seconds``, and ``keep`` (set it to keep this clone after the test).
+    """
 
     def __init__(self, path: Path, template: Template, strategy: str, index: IndexOptions) -> None:
         self.path = path
@@ -52,25 +51,32 @@ class CowEnv:
 
     @property
     def bin_dir(self) -> Path:
+        """The directory of the environment's executables (``bin``, ``Scripts`` on Windows)."""
         return self.path / ("Scripts" if sys.platform == "win32" else "bin")
 
     @property
     def python(self) -> Path:
+        """The environment's Python interpreter."""
         return self.bin_dir / ("python.exe" if sys.platform == "win32" else "python")
 
     @property
     def site_packages(self) -> Path:
+        """The environment's ``site-packages`` directory."""
         from .template import site_packages
 
         return site_packages(self.path)
 
     @property
     def env(self) -> dict[str, str]:
-        """Environment variables for a subprocess in this env: its ``bin`` first on PATH,
-        ``VIRTUAL_ENV`` set, and no ``PYTHONPATH``/``PYTHONHOME``/outer venv leaking in."""
+        """Environment variables for a subprocess in this env: its ``bin`` first on ``PATH``,
+        ``VIRTUAL_ENV`` set to it, and no ``PYTHONPATH``, ``PYTHONHOME``, user site or outer
+        virtual environment (variable or ``bin`` on ``PATH``) leaking in. A fresh dict."""
+        outer_venv = os.environ.get("VIRTUAL_ENV")
+        outer_bin = os.path.join(outer_venv, self.bin_dir.name) if outer_venv else None
         env = clean_env()
+        path = [p for p in env.get("PATH", os.defpath).split(os.pathsep) if p != outer_bin]
         env["VIRTUAL_ENV"] = str(self.path)
-        env["PATH"] = os.pathsep.join([str(self.bin_dir), env.get("PATH", os.defpath)])
+        env["PATH"] = os.pathsep.join([str(self.bin_dir), *path])
         env["PYTHONNOUSERSITE"] = "1"
         return env
 
@@ -92,10 +98,13 @@ class CowEnv:
         input: Optional[str] = None,
         timeout: Optional[float] = None,
     ) -> subprocess.CompletedProcess[str]:
-        """Run ``cmd`` in this environment (commands resolve in its ``bin`` first).
+        """Run ``cmd`` in this environment and return the :class:`subprocess.CompletedProcess`
+        (``stdout`` and ``stderr`` captured as text).
 
-        Returns the completed process (text output captured). With ``check`` (the default),
-        a non-zero exit raises :class:`CommandError` holding the command, code and output.
+        The command is looked up in the environment's ``bin`` first, then on ``PATH``; the
+        process gets :attr:`env` updated with ``env``. With ``check`` (the default) a non-zero
+        exit raises :class:`~pytest_cowenv.CommandError`, whose message holds the command, the
+        exit code, stdout and stderr.
         """
         if not cmd:
             raise CowEnvError("run() needs a command")
@@ -122,15 +131,21 @@ class CowEnv:
         return proc
 
     def install(self, *items: StrPath) -> None:
-        """Install requirements, local wheels or projects into this clone only.
+        """Install requirements, local wheels or project directories into this clone only.
 
-        Local wheels whose dependencies are already present are unpacked in-process by
-        ``installer``; everything else goes through uv or the outer pip (``--python``).
+        Local wheels that are new to the clone and whose dependencies it already has are
+        unpacked in-process (by ``installer``: milliseconds); everything else goes through
+        uv, or the outer pip with ``--python``, using the run's index options. Relative
+        paths are taken from the current directory. Raises :class:`CowEnvError` with the
+        installer's output when it fails.
         """
         if not items:
             return
+        from .template import installed_distributions
+
         texts = [os.fspath(i) for i in items]
-        if all(_self_contained_wheel(t, self.template.resolved) for t in texts):
+        installed = installed_distributions(self.path)
+        if all(_self_contained_wheel(t, installed) for t in texts):
             for wheel in texts:
                 self._install_wheel(Path(wheel))
         else:
@@ -141,9 +156,13 @@ class CowEnv:
                 )
             except TemplateBuildError as exc:
                 raise CowEnvError(str(exc)) from None
+        # New console scripts name this clone's python: make them relocatable like the
+        # template's, so that a clone kept (moved) after the test still runs them.
+        relocate(self.path, self.path)
         # New entries bump the directory's mtime, but only as finely as the filesystem keeps it;
         # importlib's directory cache must see the change within this same second.
-        os.utime(self.site_packages, ns=(time.time_ns(), time.time_ns()))
+        now = time.time_ns()
+        os.utime(self.site_packages, ns=(now, now))
 
     def _install_wheel(self, wheel: Path) -> None:
         from installer import install
@@ -171,29 +190,50 @@ class CowEnv:
             ) from None
 
     def runpytest(
-        self, *args: StrPath, cwd: Optional[StrPath] = None, timeout: Optional[float] = None
+        self,
+        *args: StrPath,
+        cwd: Optional[StrPath] = None,
+        env: Optional[Mapping[str, str]] = None,
+        timeout: Optional[float] = None,
     ) -> pytest.RunResult:
-        """Run the environment's own pytest (only its installed plugins) in a subprocess.
+        """Run this environment's own pytest in a subprocess: a clean room.
 
-        Returns a :class:`pytest.RunResult` (``ret``, ``outlines``, ``errlines``,
-        ``parseoutcomes()``, ``assert_outcomes()``).
+        Only what is installed in the environment loads (its plugins, not the outer run's);
+        no ``PYTEST_*`` variable (``PYTEST_ADDOPTS``, ``PYTEST_PLUGINS``, …) of the outer run
+        leaks in, and neither does the current directory on ``sys.path``. ``cwd`` (default:
+        the current directory) decides which ini file and ``conftest.py`` files it finds;
+        ``env`` adds variables. Returns a :class:`pytest.RunResult` (``ret``, ``outlines``,
+        ``errlines``, ``parseoutcomes()``, ``assert_outcomes()``). Raises
+        :class:`CowEnvError` if pytest is not installed in the environment.
         """
         import pytest
 
         if not (self.site_packages / "_pytest").is_dir():
             raise CowEnvError(
                 f"pytest is not installed in this environment ({self.template.spec.describe()});"
-                " add 'pytest' to the cowenv marker's requirements"
+                " add 'pytest' to the cowenv marker's requirements or install() it"
             )
-        env = {k: v for k, v in self.env.items() if k not in _PYTEST_VARS}
-        argv = [str(self.python), "-m", "pytest", *(os.fspath(a) for a in args)]
+        full_env = {
+            k: v
+            for k, v in self.env.items()
+            if not k.startswith("PYTEST_") and k not in _OUTER_PYTEST_VARS
+        }
+        full_env.update(env or {})
+        # The console script puts its own bin dir on sys.path; `python -m pytest` would add
+        # the current directory, and with it any source tree that happens to be there.
+        script = self.bin_dir / "pytest"
+        if script.is_file() and sys.platform != "win32":
+            argv = [str(script)]
+        else:
+            argv = [str(self.python), "-m", "pytest"]
+        argv += [os.fspath(a) for a in args]
         start = time.perf_counter()
         proc = subprocess.run(
             argv,
             capture_output=True,
             text=True,
             cwd=cwd,
-            env=env,
+            env=full_env,
             timeout=timeout,
             stdin=subprocess.DEVNULL,
         )
@@ -206,12 +246,15 @@ class CowEnv:
 
 
 def _self_contained_wheel(item: str, installed: Mapping[str, Any]) -> bool:
-    """A local wheel whose unconditional dependencies are already installed."""
+    """A local wheel that is new to the environment and whose unconditional dependencies
+    are already installed: safe to unpack without a resolver (nothing to upgrade)."""
     if not item.endswith(".whl") or not os.path.isfile(item):
         return False
     from packaging.requirements import InvalidRequirement, Requirement
     from packaging.utils import canonicalize_name
 
+    if canonicalize_name(os.path.basename(item).split("-")[0]) in installed:
+        return False
     try:
         with zipfile.ZipFile(item) as zf:
             meta_name = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))

@@ -1,17 +1,22 @@
-"""pytest glue: options, marker, fixtures, report. Everything else lives in the core."""
+"""pytest glue: options, marker, fixtures, report. Everything else lives in the core.
+
+Loading this module must stay cheap (a run that never asks for an environment pays for it):
+it imports nothing of the core at module level, and the core is imported by the first fixture.
+"""
 
 from __future__ import annotations
 
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import pytest
 
 if TYPE_CHECKING:
     from .env import CowEnv
-    from .session import CowEnvSession, Settings
+    from .session import CowEnvSession
 
 LINK_MODES = ("auto", "snapshot", "clone", "hardlink", "copy")
 KEEP_VALUES = ("none", "failed", "all")
@@ -19,11 +24,50 @@ MARKER_KEYWORDS = ("python", "project", "link_mode", "pip")
 MARKER_DOC = (
     "cowenv(*requirements, python=None, project=False, link_mode=None, pip=False): "
     "give the `cowenv` fixture a private copy-on-write virtual environment with these "
-    "requirements (PEP 508 strings, local wheels or project directories)."
+    "requirements (PEP 508 strings, local wheels or project directories; paths are relative "
+    "to the test file). python: version or path of the interpreter; project: True for the "
+    "project at rootdir or a directory; link_mode: auto|snapshot|clone|hardlink|copy; pip: "
+    "seed pip into the environment."
 )
+DEFAULT_POOL = 2
 
+
+@dataclass(frozen=True)
+class Options:
+    """What the command line, environment variables and ini decided: plain values, so that
+    ``pytest_configure`` imports nothing heavy. :meth:`settings` makes the core's form."""
+
+    root: Optional[str] = None
+    link_mode: str = "auto"
+    keep: str = "none"
+    rebuild_before: float = 0.0
+    find_links: tuple[str, ...] = ()
+    index_url: Optional[str] = None
+    offline: bool = False
+    pip: bool = False
+    requirements: tuple[str, ...] = ()
+    pool: int = DEFAULT_POOL
+
+    def settings(self) -> Any:
+        from ._install import IndexOptions
+        from .clone import LinkMode
+        from .session import Settings
+
+        return Settings(
+            root=self.root,
+            link_mode=LinkMode(self.link_mode),
+            keep=self.keep,
+            rebuild_before=self.rebuild_before,
+            index=IndexOptions(self.find_links, self.index_url, self.offline),
+            pip=self.pip,
+            requirements=self.requirements,
+            pool=self.pool,
+        )
+
+
+options_key = pytest.StashKey[Options]()
 session_key = pytest.StashKey["CowEnvSession"]()
-settings_key = pytest.StashKey["Settings"]()
+failed_specs_key = pytest.StashKey[dict[Any, str]]()
 envs_key = pytest.StashKey[list["CowEnv"]]()
 
 
@@ -31,11 +75,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("cowenv", "copy-on-write virtual environments (pytest-cowenv)")
 
     def option(name: str, help: str, ini_type: Optional[str] = None, **kw: Any) -> None:
-        group.addoption(
-            f"--cowenv-{name}", dest=f"cowenv_{name.replace('-', '_')}", help=help, **kw
-        )
+        dest = f"cowenv_{name.replace('-', '_')}"
+        group.addoption(f"--cowenv-{name}", dest=dest, help=help, **kw)
         if ini_type != "none":
-            parser.addini(f"cowenv_{name.replace('-', '_')}", help, type=ini_type)  # type: ignore[arg-type]
+            parser.addini(dest, help, type=ini_type)  # type: ignore[arg-type]
 
     option(
         "dir",
@@ -50,12 +93,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="MODE",
     )
     option(
-        "keep", f"keep clones after tests: {'|'.join(KEEP_VALUES)} (default none)", metavar="WHICH"
+        "keep",
+        f"keep clones after tests: {'|'.join(KEEP_VALUES)} (env PYTEST_COWENV_KEEP; "
+        "default none); kept paths are printed in the test's report",
+        metavar="WHICH",
     )
     option(
         "pool",
         "clones made ahead per template in use; 0 turns the pool off "
-        "(env PYTEST_COWENV_POOL; default 2)",
+        f"(env PYTEST_COWENV_POOL; default {DEFAULT_POOL})",
         metavar="N",
     )
     option(
@@ -75,7 +121,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     option(
         "rebuild",
-        "rebuild every template this run uses",
+        "rebuild every template this run uses (once per run, shared by xdist workers)",
         ini_type="none",
         action="store_true",
         default=False,
@@ -90,78 +136,80 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-def _pick(config: pytest.Config, name: str, env_var: Optional[str] = None) -> Any:
-    """CLI > environment variable > ini."""
+def _pick(config: pytest.Config, name: str, env_var: Optional[str] = None) -> tuple[Any, str]:
+    """The value of an option and where it came from: CLI > environment variable > ini."""
     value = config.getoption(f"cowenv_{name}")
-    if value is None and env_var:
-        value = os.environ.get(env_var) or None
-    if value is None:
-        value = config.getini(f"cowenv_{name}") or None
-    return value
+    if value is not None:
+        return value, f"--cowenv-{name.replace('_', '-')}"
+    if env_var and os.environ.get(env_var):
+        return os.environ[env_var], env_var
+    return config.getini(f"cowenv_{name}") or None, f"ini cowenv_{name}"
 
 
-def _choice(value: Optional[str], allowed: tuple[str, ...], what: str, default: str) -> str:
+def _choice(picked: tuple[Any, str], allowed: tuple[str, ...], default: str) -> str:
+    value, where = picked
     if value is None:
         return default
     if value not in allowed:
-        raise pytest.UsageError(f"{what}: {value!r} is not one of {', '.join(allowed)}")
-    return value
+        raise pytest.UsageError(f"{where}: {value!r} is not one of {', '.join(allowed)}")
+    return str(value)
 
 
-def make_settings(config: pytest.Config) -> Settings:
-    from ._install import IndexOptions
-    from .clone import LinkMode
-    from .session import Settings
+def _path(config: pytest.Config, value: str, where: str) -> str:
+    """Ini paths are relative to the ini file; others to the current directory."""
+    path = os.path.expanduser(value)
+    if where.startswith("ini") and config.inipath is not None:
+        path = os.path.join(config.inipath.parent, path)
+    return os.path.abspath(path)
 
-    mode = _choice(
-        _pick(config, "link_mode", "PYTEST_COWENV_LINK_MODE"),
-        LINK_MODES,
-        "--cowenv-link-mode",
-        "auto",
-    )
-    keep = _choice(
-        _pick(config, "keep", "PYTEST_COWENV_KEEP"), KEEP_VALUES, "--cowenv-keep", "none"
-    )
-    pool_raw = _pick(config, "pool", "PYTEST_COWENV_POOL")
+
+def make_options(config: pytest.Config) -> Options:
+    """Read and validate every option; a bad value is a :class:`pytest.UsageError`."""
+    mode = _choice(_pick(config, "link_mode", "PYTEST_COWENV_LINK_MODE"), LINK_MODES, "auto")
+    keep = _choice(_pick(config, "keep", "PYTEST_COWENV_KEEP"), KEEP_VALUES, "none")
+    pool_raw, where = _pick(config, "pool", "PYTEST_COWENV_POOL")
     try:
-        pool = 2 if pool_raw is None else int(pool_raw)
+        pool = DEFAULT_POOL if pool_raw is None else int(pool_raw)
         if pool < 0:
             raise ValueError
     except ValueError:
-        raise pytest.UsageError(f"--cowenv-pool: {pool_raw!r} is not a whole number ≥ 0") from None
-    root = _pick(config, "dir", "PYTEST_COWENV_DIR")
-    if root:
-        root = os.path.abspath(os.path.expanduser(str(root)))
-        if not os.path.isdir(os.path.dirname(root)):
-            raise pytest.UsageError(
-                f"--cowenv-dir: the parent of {root} does not exist; create it or pick another"
-            )
-    links = config.getoption("cowenv_find_links") or config.getini("cowenv_find_links") or []
+        raise pytest.UsageError(f"{where}: {pool_raw!r} is not a whole number ≥ 0") from None
+    root_raw, where = _pick(config, "dir", "PYTEST_COWENV_DIR")
+    root = _path(config, str(root_raw), where) if root_raw else None
+    if root and not os.path.isdir(os.path.dirname(root)):
+        raise pytest.UsageError(
+            f"{where}: the parent of {root} does not exist; create it or pick another directory"
+        )
+    links = config.getoption("cowenv_find_links")
+    if links:
+        find_links = tuple(_path(config, str(p), "cli") for p in links)
+    else:
+        find_links = tuple(_path(config, str(p), "ini") for p in config.getini("cowenv_find_links"))
     offline = config.getoption("cowenv_offline")
     if offline is None:
         offline = config.getini("cowenv_offline")
-    index = IndexOptions(
-        tuple(os.path.abspath(str(p)) for p in links), _pick(config, "index_url"), bool(offline)
-    )
-    rebuild_before = time.time() if config.getoption("cowenv_rebuild") else 0.0
     workerinput = getattr(config, "workerinput", None)
     if workerinput and "cowenv_rebuild_before" in workerinput:
-        rebuild_before = workerinput["cowenv_rebuild_before"]
-    return Settings(
-        root,
-        LinkMode(mode),
-        keep,
-        rebuild_before,
-        index,
-        bool(config.getini("cowenv_pip")),
-        tuple(config.getini("cowenv_requirements")),
-        pool,
+        rebuild_before = float(workerinput["cowenv_rebuild_before"])  # the controller's start
+    else:
+        rebuild_before = time.time() if config.getoption("cowenv_rebuild") else 0.0
+    return Options(
+        root=root,
+        link_mode=mode,
+        keep=keep,
+        rebuild_before=rebuild_before,
+        find_links=find_links,
+        index_url=_pick(config, "index_url")[0],
+        offline=bool(offline),
+        pip=bool(config.getini("cowenv_pip")),
+        requirements=tuple(config.getini("cowenv_requirements")),
+        pool=pool,
     )
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER_DOC)
-    config.stash[settings_key] = make_settings(config)
+    config.stash[options_key] = make_options(config)
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(_XdistHooks(), "cowenv-xdist")
 
@@ -170,14 +218,15 @@ def _session(config: pytest.Config) -> CowEnvSession:
     if session_key not in config.stash:
         from .session import CowEnvSession
 
-        config.stash[session_key] = CowEnvSession(config.stash[settings_key])
+        config.stash[session_key] = CowEnvSession(config.stash[options_key].settings())
     return config.stash[session_key]
 
 
 def pytest_report_header(config: pytest.Config) -> str:
     from .report import header_line
 
-    return header_line(config.stash[settings_key])
+    opts = config.stash[options_key]
+    return header_line(opts.root, opts.link_mode, opts.pool)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -189,7 +238,7 @@ class _XdistHooks:
     """Registered only when xdist is present: share the run start, gather worker stats."""
 
     def pytest_configure_node(self, node: Any) -> None:
-        node.workerinput["cowenv_rebuild_before"] = node.config.stash[settings_key].rebuild_before
+        node.workerinput["cowenv_rebuild_before"] = node.config.stash[options_key].rebuild_before
 
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
         data = getattr(node, "workeroutput", {}).get("cowenv_stats")
@@ -204,7 +253,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    if session_key not in config.stash:
+    if session_key not in config.stash or hasattr(config, "workerinput"):
         return
     lines = config.stash[session_key].stats.summary_lines()
     if lines:
@@ -216,63 +265,89 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     report = yield
-    envs = item.stash.get(envs_key, None)
-    if envs and report.when == "call":
-        keep = item.config.stash[settings_key].keep
-        if keep == "all" or (keep == "failed" and report.failed):
-            for env in envs:
-                env.keep = True
-            report.sections.append(("cowenv", "\n".join(f"clone kept at {e.path}" for e in envs)))
+    envs = item.stash.get(envs_key, [])
+    keep = item.config.stash[options_key].keep
+    if not envs or keep == "none" or report.when == "teardown":
+        return report
+    if report.failed or (keep == "all" and report.when == "call"):
+        session = _session(item.config)
+        for env in envs:
+            env.keep = True
+        kept = "".join(f"clone kept at {session.kept_path(env)}\n" for env in envs)
+        report.sections.append(("cowenv", kept))
     return report
+
+
+def _check_options(options: dict[str, Any]) -> None:
+    from .errors import SpecError
+
+    unknown = sorted(set(options) - set(MARKER_KEYWORDS))
+    if unknown:
+        raise SpecError(
+            f"cowenv: unknown keyword {', '.join(unknown)}; allowed: {', '.join(MARKER_KEYWORDS)}"
+        )
+    project = options.get("project")
+    if project is not None and not isinstance(project, (bool, str, os.PathLike)):
+        raise SpecError(f"project={project!r}: give True, False or a directory")
+    mode = options.get("link_mode")
+    if mode is not None and mode not in LINK_MODES:
+        raise SpecError(f"link_mode={mode!r} is not one of {', '.join(LINK_MODES)}")
+    pip = options.get("pip")
+    if pip is not None and not isinstance(pip, bool):
+        raise SpecError(f"pip={pip!r}: give True or False")
 
 
 def _acquire(
     request: pytest.FixtureRequest, requirements: tuple[Any, ...], options: dict[str, Any]
 ) -> CowEnv:
+    """A clone for this test, or a one-line failure (no traceback) that names the culprit."""
     from .clone import LinkMode
-    from .errors import CowEnvError
+    from .errors import CowEnvError, SpecError, TemplateBuildError
 
     session = _session(request.config)
-    unknown = sorted(set(options) - set(MARKER_KEYWORDS))
-    problem: Optional[str] = None
-    if unknown:
-        problem = (
-            f"cowenv: unknown keyword {', '.join(unknown)}; allowed: {', '.join(MARKER_KEYWORDS)}"
+    failed = request.config.stash.setdefault(failed_specs_key, {})
+    problem: str
+    try:
+        _check_options(options)
+        project = options.get("project")
+        project = request.config.rootpath if project is True else (project or None)
+        spec = session.spec(
+            requirements or session.settings.requirements,
+            python=options.get("python"),
+            project=project,
+            pip=options.get("pip"),
+            base_dir=request.path.parent,
         )
-    else:
-        try:
-            project = options.get("project")
-            if project is True:
-                project = request.config.rootpath
-            elif project is False:
-                project = None
-            mode = options.get("link_mode")
-            if mode is not None and mode not in LINK_MODES:
-                raise CowEnvError(f"link_mode={mode!r} is not one of {', '.join(LINK_MODES)}")
-            spec = session.spec(
-                requirements or session.settings.requirements,
-                python=options.get("python"),
-                project=project,
-                pip=options.get("pip"),
-                base_dir=request.path.parent,
-            )
-            env = session.acquire(spec, request.node.name, LinkMode(mode) if mode else None)
-            request.node.stash.setdefault(envs_key, []).append(env)
-            return env
-        except CowEnvError as exc:
-            problem = str(exc)
+        if spec in failed:  # a spec that could not be built is not tried again in this run
+            problem = failed[spec]
+        else:
+            try:
+                mode = options.get("link_mode")
+                env = session.acquire(spec, request.node.name, LinkMode(mode) if mode else None)
+            except (SpecError, TemplateBuildError) as exc:
+                failed[spec] = problem = str(exc)
+            else:
+                request.node.stash.setdefault(envs_key, []).append(env)
+                return env
+    except CowEnvError as exc:
+        problem = str(exc)
     pytest.fail(problem, pytrace=False)  # outside `except`: no chained internal frames
 
 
 def _release(request: pytest.FixtureRequest, env: CowEnv) -> None:
-    session = _session(request.config)
-    session.release(env, keep=env.keep)
+    _session(request.config).release(env, keep=env.keep)
 
 
 @pytest.fixture
 def cowenv(request: pytest.FixtureRequest) -> Iterator[CowEnv]:
-    """A private virtual environment, cloned from the template of the closest ``cowenv``
-    marker (else ini ``cowenv_requirements``). Removed after the test."""
+    """A private virtual environment for this test (a :class:`~pytest_cowenv.CowEnv`).
+
+    Its spec comes from the closest ``@pytest.mark.cowenv(*requirements, python=None,
+    project=False, link_mode=None, pip=False)`` marker (function, then class, then module
+    ``pytestmark``); when that gives no requirements, from the ini option
+    ``cowenv_requirements``. The template is built once and cached across runs; the test
+    gets a copy-on-write clone, removed at teardown (see ``--cowenv-keep``).
+    """
     marker = request.node.get_closest_marker("cowenv")
     args, kwargs = (marker.args, dict(marker.kwargs)) if marker else ((), {})
     env = _acquire(request, args, kwargs)
@@ -282,8 +357,9 @@ def cowenv(request: pytest.FixtureRequest) -> Iterator[CowEnv]:
 
 @pytest.fixture
 def cowenv_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., CowEnv]]:
-    """``cowenv_factory(*requirements, python=…, project=…, link_mode=…, pip=…)`` returns a
-    fresh private clone per call; all are removed after the test."""
+    """``cowenv_factory(*requirements, python=None, project=False, link_mode=None, pip=False)``
+    returns a fresh private clone per call (same arguments as the ``cowenv`` marker; with no
+    requirements, ini ``cowenv_requirements``). All are removed after the test."""
     made: list[CowEnv] = []
 
     def factory(*requirements: Any, **options: Any) -> CowEnv:

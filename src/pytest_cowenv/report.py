@@ -1,31 +1,78 @@
-"""Text for the terminal: the header line (what ``auto`` will do here, and why)."""
+"""Text for the terminal: the header line (what ``auto`` will do here, and why).
+
+The header is printed by every run, also one that never uses an environment, so it must
+cost about nothing: a full filesystem probe (ctypes, the clone engine, a test clone) runs
+once per cache directory and its answer is remembered in that directory (created here if
+needed, as its first use would).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+from typing import Optional
 
-from .session import Settings
-from .store import default_root
+PROBE_MEMO = "fs-probe.json"
+_MEMO_FORMAT = 1
 
 
-def header_line(settings: Settings) -> str:
-    root = settings.root or str(default_root())
+def header_line(root: Optional[str], link_mode: str = "auto", pool: int = 0) -> str:
+    """``cowenv: dir=…, fs=…, strategy=…`` for the cache root (default: the user cache dir),
+    with the reason when ``auto`` falls back to copies."""
+    if root is None:
+        from .store import default_root
+
+        root = str(default_root())
+    # Made now rather than at first use, so that its probe can be remembered in it.
+    with contextlib.suppress(OSError):
+        os.makedirs(root, mode=0o700, exist_ok=True)
     probe_at = root
-    while not os.path.isdir(probe_at):  # the cache may not exist yet: describe where it will be
+    while not os.path.isdir(probe_at):  # cannot be made: describe the place it would be in
         parent = os.path.dirname(probe_at)
         if parent == probe_at:
             break
         probe_at = parent
+    try:
+        fstype, best, reason = probe_summary(probe_at, remember=probe_at == root)
+    except OSError as exc:
+        return f"cowenv: dir={root}, unusable ({exc.strerror or exc})"
+    strategy, why = link_mode, ""
+    if link_mode == "auto":
+        strategy = best
+        if best == "copy":
+            why = f" ({fstype} cannot clone: {reason or 'no reflink support'})"
+    pool_text = f"pool={pool}" if pool else "pool=off"
+    return f"cowenv: dir={root}, fs={fstype}, strategy={strategy}{why}, {pool_text}"
+
+
+def probe_summary(path: str, remember: bool = False) -> tuple[str, str, str]:
+    """``(filesystem type, strategy auto picks, why files cannot be cloned)`` at ``path``.
+
+    With ``remember``, the answer is kept in ``path/fs-probe.json`` for as long as ``path``
+    stays on the same device.
+    """
+    dev = os.stat(path).st_dev
+    memo = os.path.join(path, PROBE_MEMO)
+    try:
+        with open(memo, encoding="utf-8") as f:
+            data = json.load(f)
+        if data["format"] == _MEMO_FORMAT and data["st_dev"] == dev:
+            return str(data["fstype"]), str(data["strategy"]), str(data["reason"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
     from .fs import probe
 
-    try:
-        info = probe(probe_at)
-    except OSError as exc:
-        return f"cowenv: dir={root}, unusable ({exc.strerror})"
-    mode = settings.link_mode.value
-    strategy = info.best_strategy if mode == "auto" else mode
-    why = ""
-    if mode == "auto" and strategy == "copy":
-        why = f" ({info.fstype} cannot clone: {info.reason})"
-    pool = f"pool={settings.pool}" if settings.pool else "pool=off"
-    return f"cowenv: dir={root}, fs={info.fstype}, strategy={strategy}{why}, {pool}"
+    info = probe(path)
+    answer = (info.fstype, info.best_strategy, info.reason)
+    if remember:
+        data = {"format": _MEMO_FORMAT, "st_dev": dev, "fstype": answer[0]}
+        data.update(strategy=answer[1], reason=answer[2])
+        tmp = f"{memo}.{os.getpid()}.tmp"
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(data, f)
+            os.replace(tmp, memo)
+        except OSError:  # a read-only cache still works; it is just probed every run
+            pass
+    return answer

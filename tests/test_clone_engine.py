@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import math
 import os
 import stat
 import subprocess
@@ -254,8 +255,8 @@ def test_hardlink_mode_shares_inodes_and_is_not_isolated(
 # --- sharing -------------------------------------------------------------------------------
 
 TREE_BYTES = 20 << 20
-# Other tests (other xdist workers) write to the same mounts, which can only inflate a
-# measurement taken over a few seconds; so a measurement over its limit is taken again, in a
+# Other tests (other xdist workers) write to and delete from the same mounts while a
+# measurement runs; so one that is over its limit, or implausible (inf), is taken again in a
 # fresh directory, and the best of ATTEMPTS counts.
 ATTEMPTS = 3
 
@@ -282,11 +283,11 @@ def test_fifty_snapshots_add_under_5_percent_of_one_tree(
         empty = used_space(where)
         template = data_tree(make_template(where, subvolume=True), total_bytes=TREE_BYTES)
         one_tree = used_space(where) - empty
-        assert one_tree >= TREE_BYTES
         for i in range(50):
             assert clone_tree(template, where / f"c{i}").strategy == "snapshot"
         added = used_space(where) - empty - one_tree
-        assert added > 50 * 4096, "snapshots cannot be free: the measurement is broken"
+        if one_tree < TREE_BYTES or added < 50 * 4096:  # someone else freed space meanwhile
+            return math.inf
         return added / (0.05 * one_tree)
 
     results = best_of(ATTEMPTS, measure, btrfs_dir)
@@ -305,13 +306,13 @@ def test_fifty_file_clones_take_a_fraction_of_fifty_copies(
         start = used_space(where)
         clone_tree(template, where / "copy", "copy", tree=tree)
         one_copy = used_space(where) - start
-        assert one_copy >= TREE_BYTES
         remove_tree(where / "copy")
         start = used_space(where)
         for i in range(50):
             assert clone_tree(template, where / f"c{i}", "clone", tree=tree).strategy == "clone"
         added = used_space(where) - start
-        assert added > 50 * 100 * tree.nfiles, "no inodes written: the measurement is broken"
+        if one_copy < TREE_BYTES or added < 50 * 100 * tree.nfiles:  # space freed meanwhile
+            return math.inf
         return added / (limit * 50 * one_copy)
 
     results = best_of(ATTEMPTS, measure, request.getfixturevalue(f"{fs_name}_dir"))

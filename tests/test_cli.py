@@ -168,7 +168,7 @@ def test_build_then_list(cache: Path, wheels: Path) -> None:
 
     text = cli("list", "--dir", str(cache)).stdout
     assert f"{first['key']}  alpha==1.0" in text and "resolved: alpha 1.0" in text
-    assert "1 templates" in text
+    assert "1 template, " in text
 
 
 def test_plugin_reuses_a_template_built_by_the_cli(
@@ -234,7 +234,7 @@ def test_prune_older_than(cache: Path, wheels: Path) -> None:
     os.utime(meta, (forty_days_ago, forty_days_ago))
 
     kept = cli_json("prune", "--older-than", "50", "--dir", str(cache))
-    assert kept == {"removed": [], "skipped": []}
+    assert kept == {"dir": str(cache), "removed": [], "skipped": []}
     report = cli_json("prune", "--dir", str(cache))  # default: 30 days
     assert [r["path"] for r in report["removed"]] == [old["path"]]
     assert not meta.exists() and not Path(old["path"]).exists()
@@ -387,7 +387,9 @@ def test_readme_examples_run(tmp_path: Path, wheels: Path) -> None:
             check=False,
         )
         assert proc.returncode == 0, f"{command}: {proc.stderr}"
-    assert list((tmp_path / "cache" / "templates").iterdir()) == []  # the last one prunes all
+    assert commands[-1] == "pytest-cowenv prune --all"
+    assert "pruned: 1 removed (" in proc.stdout  # the template the README's `build` made
+    assert list((tmp_path / "cache" / "templates").iterdir()) == []
 
 
 def test_console_script_entry_point() -> None:

@@ -225,7 +225,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         lines.append(f"{x.kind}: {x.path} ({x.note})")
     if layout:
         total = sum(t.disk_bytes for t in templates)
-        lines.append(f"{len(templates)} templates, {human(total)} allocated, in {root}")
+        count = f"{len(templates)} template{'' if len(templates) == 1 else 's'}"
+        lines.append(f"{count}, {human(total)} allocated, in {root}")
     _emit(args, data, lines)
     return 0
 
@@ -314,5 +315,5 @@ def _report(args: argparse.Namespace, report: Report, verb: str) -> int:
     lines.append(
         f"{verb}: {len(report.removed)} removed ({human(freed)}), {len(report.skipped)} skipped"
     )
-    _emit(args, report.as_dict(), lines)
+    _emit(args, {"dir": str(_root(args)), **report.as_dict()}, lines)
     return 0

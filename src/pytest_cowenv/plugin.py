@@ -370,3 +370,49 @@ def cowenv_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., Cow
     yield factory
     for env in made:
         _release(request, env)
+
+
+@pytest.hookimpl(trylast=True)  # after -k/-m deselection: count only the tests that will run
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tell the session which specs several tests share, so that their pools start early
+    (see ``CowEnvSession.expect``). Only ``cowenv`` users are counted: factory calls are
+    not known before they happen."""
+    if config.stash[options_key].pool <= 0 or config.option.collectonly:
+        return
+    groups: dict[str, list[Any]] = {}  # one spec computation per distinct marker and folder
+    for item in items:
+        if "cowenv" not in getattr(item, "fixturenames", ()):
+            continue
+        marker = item.get_closest_marker("cowenv")
+        args, kwargs = (marker.args, dict(marker.kwargs)) if marker else ((), {})
+        asked = repr((args, sorted(kwargs.items()), str(item.path.parent)))
+        groups.setdefault(asked, [args, kwargs, item.path.parent, 0])[3] += 1
+    if sum(group[3] for group in groups.values()) < 2:
+        return  # a run that needs one environment or none: import nothing more
+    from collections import Counter
+
+    from .clone import LinkMode
+    from .errors import CowEnvError
+
+    session = _session(config)
+    counts: Counter[Any] = Counter()
+    for args, kwargs, base_dir, tests in groups.values():
+        try:
+            _check_options(kwargs)
+            project = kwargs.get("project")
+            spec = session.spec(
+                args or session.settings.requirements,
+                python=kwargs.get("python"),
+                project=config.rootpath if project is True else (project or None),
+                pip=kwargs.get("pip"),
+                base_dir=base_dir,
+            )
+        except CowEnvError:
+            continue  # each test reports it
+        mode = kwargs.get("link_mode")
+        counts[(spec, LinkMode(mode) if mode else None)] += tests
+    try:
+        for (spec, mode), tests in counts.items():
+            session.expect(spec, mode, tests)
+    except CowEnvError:
+        pass  # an unusable cache directory: the first test says why

@@ -81,7 +81,11 @@ class ClonePool:
     # -- the test's side -----------------------------------------------------------------
 
     def take(self, template: Template, mode: LinkMode) -> Optional[Made]:
-        """A ready clone of ``template`` (the caller now owns it), or None."""
+        """A ready clone of ``template`` (the caller now owns it), or None.
+
+        The thread does not refill until :meth:`start`: the caller renames its clone first,
+        and on btrfs a rename waits for the transaction commit that a snapshot makes.
+        """
         with self._cond:
             slot = self._slots.get((template.key, mode))
             if slot is None:
@@ -89,20 +93,24 @@ class ClonePool:
             if slot.template is not template:  # rebuilt or forgotten: never serve the old one
                 self._drop(slot)
                 return None
-            made = slot.ready.popleft() if slot.ready else None
-            self._cond.notify()
-            return made
+            return slot.ready.popleft() if slot.ready else None
+
+    def ready(self, template: Template, mode: LinkMode) -> int:
+        """How many clones of ``template`` are ready now."""
+        with self._cond:
+            slot = self._slots.get((template.key, mode))
+            return len(slot.ready) if slot is not None and slot.template is template else 0
 
     def start(self, template: Template, mode: LinkMode) -> None:
-        """Keep ``size`` clones of ``template`` ready from now on (idempotent)."""
+        """Keep ``size`` clones of ``template`` ready from now on: start, or refill."""
         with self._cond:
             slot = self._slots.get((template.key, mode))
             if slot is not None and slot.template is template:
                 slot.failed = False  # a test just cloned it: worth trying again
-                return
-            if slot is not None:
-                self._drop(slot)
-            self._slots[(template.key, mode)] = _Slot(template, mode)
+            else:
+                if slot is not None:
+                    self._drop(slot)
+                self._slots[(template.key, mode)] = _Slot(template, mode)
             self._wake()
 
     def prime(self, primer: Primer) -> None:

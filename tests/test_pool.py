@@ -1,0 +1,447 @@
+"""The clone-ahead pool and background removal, on real btrfs and XFS.
+
+A pooled clone must be indistinguishable from a fresh one: private, complete, from the
+current template. Whatever way a run ends (normally, Ctrl-C, SIGKILL then a new run), no
+pool clone and no trash may stay behind. Templates are built offline from ``_wheels.py``,
+once per filesystem per worker (a module-scoped cache root), and reused by every test here.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from _wheels import standard_wheelhouse
+from conftest import make_data_tree, real_fs_problem
+from pytest_cowenv import pool as pool_module
+from pytest_cowenv._install import IndexOptions
+from pytest_cowenv.clone import LinkMode, _platform, remove_tree, walk_tree
+from pytest_cowenv.errors import CloneError
+from pytest_cowenv.pool import ClonePool
+from pytest_cowenv.session import CowEnvSession, Settings
+from pytest_cowenv.template import Template
+
+FILESYSTEMS = ("btrfs", "xfs")
+SPEC = "alpha==1.0"
+
+
+@pytest.fixture(autouse=True)
+def _offline_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This machine's pip config and find-links must not help (or slow) an offline build."""
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    monkeypatch.delenv("PIP_FIND_LINKS", raising=False)
+    monkeypatch.delenv("PYTHONDONTWRITEBYTECODE", raising=False)
+    monkeypatch.delenv("PYTEST_COWENV_POOL", raising=False)
+
+
+@pytest.fixture(scope="module")
+def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return standard_wheelhouse(tmp_path_factory.mktemp("wheels"))
+
+
+def _fresh_root(name: str) -> Iterator[Path]:
+    problem = real_fs_problem(name)
+    if problem:
+        pytest.skip(f"needs a real {name} mount: {problem}")
+    path = Path(tempfile.mkdtemp(prefix="pool-", dir=os.environ[f"COWENV_TEST_{name.upper()}"]))
+    yield path / "cache"
+    templates = path / "cache" / "templates"
+    for child in templates.iterdir() if templates.is_dir() else ():
+        _platform.BACKEND.set_readonly(str(child), False)
+    remove_tree(path)
+
+
+@pytest.fixture(scope="module", params=FILESYSTEMS)
+def root(request: pytest.FixtureRequest) -> Iterator[Path]:
+    """A cache root on each real filesystem in turn, shared by this module's tests."""
+    yield from _fresh_root(request.param)
+
+
+@pytest.fixture(scope="module")
+def xfs_root() -> Iterator[Path]:
+    yield from _fresh_root("xfs")
+
+
+@pytest.fixture(scope="module")
+def btrfs_root() -> Iterator[Path]:
+    yield from _fresh_root("btrfs")
+
+
+@pytest.fixture
+def make_session(wheelhouse: Path) -> Iterator[Callable[..., CowEnvSession]]:
+    made: list[CowEnvSession] = []
+
+    def make(root: Path, pool: int = 2) -> CowEnvSession:
+        index = IndexOptions(find_links=(str(wheelhouse),), offline=True)
+        session = CowEnvSession(Settings(root=str(root), pool=pool, index=index))
+        made.append(session)
+        return session
+
+    yield make
+    for session in made:
+        session.close()
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value or time.monotonic() > deadline:
+            assert value, "timed out waiting"
+            return value
+        time.sleep(0.01)
+
+
+def run_dirs(root: Path) -> list[str]:
+    clones = root / "clones"
+    return sorted(os.listdir(clones)) if clones.is_dir() else []
+
+
+# -- the session and the pool, in process --------------------------------------------------
+
+
+def test_pooled_clone_is_fresh(root: Path, make_session: Callable[..., CowEnvSession]) -> None:
+    session = make_session(root)
+    spec = session.spec([SPEC])
+    for i in range(2):  # the second use starts the pool
+        session.release(session.acquire(spec, f"warm-{i}"))
+    template = session.cache.get(spec)
+    pool = session.pool
+    assert pool is not None
+    for i in range(4):
+        wait_for(lambda: pool.ready(template, LinkMode.AUTO) == 2)
+        env = session.acquire(spec, f"test_{i}")
+        assert session.stats.pool_hits == i + 1
+        assert env.path.parent == session.run_dir and env.path.name == f"test_{i}-{i + 3}"
+        # Exactly the template: nothing a previous test wrote, nothing half-made.
+        assert walk_tree(env.path).listing() == template.tree.listing()
+        (env.path / "used-by").write_text(f"test_{i}")
+        (env.site_packages / "alpha" / "__init__.py").write_text("VERSION = 'tampered'\n")
+        session.release(env)
+        assert not env.path.exists()  # renamed into the trash at once
+    assert session.stats.pool_misses == 2
+
+
+def test_rebuilt_template_is_never_served_stale(
+    root: Path, make_session: Callable[..., CowEnvSession]
+) -> None:
+    session = make_session(root)
+    spec = session.spec(["alpha==2.0"])
+    for i in range(2):
+        session.release(session.acquire(spec, f"warm-{i}"))
+    old = session.cache.get(spec)
+    wait_for(lambda: session.pool.ready(old, LinkMode.AUTO) == 2)  # type: ignore[union-attr]
+    old_stamp = (old.path / "pyvenv.cfg").stat().st_mtime_ns
+
+    # What --cowenv-rebuild or a damaged template does mid-run: a new build under the same key.
+    session.cache.forget(old.key)
+    session.cache.rebuild_before = time.time()
+    env = session.acquire(spec, "after-rebuild")
+    new = env.template
+    assert new is not old and new.meta["created"] > old.meta["created"]
+    new_stamp = (new.path / "pyvenv.cfg").stat().st_mtime_ns
+    assert new_stamp != old_stamp
+    assert session.stats.pool_hits == 0  # the two ready clones of the old build were dropped
+    assert (env.path / "pyvenv.cfg").stat().st_mtime_ns == new_stamp
+    session.release(env)
+
+    wait_for(lambda: session.pool.ready(new, LinkMode.AUTO) == 2)  # type: ignore[union-attr]
+    env = session.acquire(spec, "pooled-after-rebuild")
+    assert session.stats.pool_hits == 1
+    assert (env.path / "pyvenv.cfg").stat().st_mtime_ns == new_stamp
+    assert walk_tree(env.path).listing() == new.tree.listing()
+    session.release(env)
+    # Only the new build's ready clone is left once the trash is emptied.
+    pool = session.pool
+    assert pool is not None
+    wait_for(lambda: len(os.listdir(pool.trash_dir)) == 0)
+    assert len(os.listdir(pool.ready_dir)) == 2
+
+
+def test_pool_zero_is_synchronous(root: Path, make_session: Callable[..., CowEnvSession]) -> None:
+    session = make_session(root, pool=0)
+    spec = session.spec([SPEC])
+    for i in range(3):
+        env = session.acquire(spec, f"t{i}")
+        session.release(env)
+        assert not env.path.exists()
+    assert session.pool is None
+    assert sorted(os.listdir(session.run_dir)) == []  # no pool/, no trash/
+    assert (session.stats.pool_hits, session.stats.pool_misses) == (0, 0)
+    assert len(session.stats.wait_ms) == 3
+    assert not any(line.startswith("pool:") for line in session.stats.summary_lines())
+    assert not [t for t in threading.enumerate() if t.name == "cowenv-pool"]
+
+
+def test_close_removes_pool_and_trash(
+    root: Path, make_session: Callable[..., CowEnvSession]
+) -> None:
+    session = make_session(root)
+    spec = session.spec([SPEC])
+    envs = [session.acquire(spec, f"t{i}") for i in range(3)]
+    template = envs[0].template
+    wait_for(lambda: session.pool.ready(template, LinkMode.AUTO) == 2)  # type: ignore[union-attr]
+    for env in envs:
+        session.release(env)
+    run_dir = session.run_dir
+    session.close()
+    assert not run_dir.exists()
+    assert run_dirs(root) == []
+
+
+def test_collection_hint_fills_the_pool_before_the_first_test(
+    root: Path, make_session: Callable[..., CowEnvSession]
+) -> None:
+    spec_text = "gamma"
+    first = make_session(root)
+    first.release(first.acquire(first.spec([spec_text])))  # the template exists from now on
+    first.close()
+
+    session = make_session(root)
+    spec = session.spec([spec_text])
+    session.expect(spec, None, tests=5)
+    pool = session.pool
+    assert pool is not None
+    wait_for(lambda: any(n[0] != "." for n in os.listdir(pool.ready_dir)))
+    env = session.acquire(spec, "first-test")
+    assert (session.stats.pool_hits, session.stats.pool_misses) == (1, 0)
+    session.release(env)
+
+
+def test_collection_hint_does_not_build(
+    root: Path, make_session: Callable[..., CowEnvSession], wheelhouse: Path
+) -> None:
+    session = make_session(root)
+    spec = session.spec(["beta"])
+    session.expect(spec, None, tests=5)
+    time.sleep(0.3)
+    assert not session.cache.layout.template(session.cache.key(spec)).exists()
+
+
+def test_background_clone_error_surfaces_in_the_test(
+    xfs_root: Path, make_session: Callable[..., CowEnvSession]
+) -> None:
+    # Snapshots are impossible on XFS: the pool thread's clone fails, and the test then
+    # clones synchronously and meets the very same error.
+    session = make_session(xfs_root)
+    spec = session.spec([SPEC])
+    session.release(session.acquire(spec))  # builds the template (link mode auto)
+    session.expect(spec, LinkMode.SNAPSHOT, tests=3)
+    pool = session.pool
+    assert pool is not None
+    wait_for(lambda: pool.errors)
+    with pytest.raises(CloneError) as info:
+        session.acquire(spec, "t", LinkMode.SNAPSHOT)
+    assert str(info.value) == pool.errors[0]
+    assert "use link mode auto or clone" in str(info.value)
+    assert [n for n in os.listdir(pool.ready_dir)] == []  # nothing half-made left
+
+
+def test_transient_background_failure_falls_back_and_recovers(
+    root: Path, make_session: Callable[..., CowEnvSession], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = pool_module.clone_tree  # type: ignore[attr-defined]
+    calls = []
+
+    def fail_once(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args[1])
+        if len(calls) == 1:
+            raise CloneError("injected failure")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pool_module, "clone_tree", fail_once)
+    session = make_session(root)
+    spec = session.spec([SPEC])
+    for i in range(2):
+        session.release(session.acquire(spec, f"warm-{i}"))
+    pool = session.pool
+    assert pool is not None
+    wait_for(lambda: pool.errors == ["injected failure"])
+    env = session.acquire(spec, "after-failure")  # a miss, made here: and it restarts the pool
+    assert session.stats.pool_misses == 3
+    session.release(env)
+    wait_for(lambda: pool.ready(env.template, LinkMode.AUTO) == 2)
+    assert not os.path.lexists(calls[0])
+
+
+def test_close_stops_a_clone_in_flight(xfs_root: Path, tmp_path: Path) -> None:
+    src = make_data_tree(xfs_root.parent / "big-src", files=3000, total_bytes=4 << 20)
+    tree = walk_tree(src)
+    template = Template("k" * 24, src, None, {}, tree)  # type: ignore[arg-type]
+    run_dir = xfs_root.parent / "run"
+    run_dir.mkdir()
+    pool = ClonePool(run_dir, 2)
+    pool.start(template, LinkMode.CLONE)
+    wait_for(lambda: any(run_dir.joinpath("pool").iterdir()), timeout=5)
+    start = time.perf_counter()
+    assert pool.close()
+    assert time.perf_counter() - start < 2.0
+    assert os.listdir(run_dir) == []
+
+
+# -- whole runs, in a pytest subprocess ----------------------------------------------------
+
+SUITE = """
+import os
+import time
+
+import pytest
+
+
+@pytest.mark.cowenv("alpha==1.0")
+@pytest.mark.parametrize("i", range(int(os.environ.get("TESTS", "6"))))
+def test_env(cowenv, i, request):
+    marker = cowenv.path / "used-by"
+    assert not marker.exists(), marker.read_text()
+    marker.write_text(request.node.nodeid)
+    with open(os.environ["CLONE_LOG"], "a") as log:
+        log.write(f"{cowenv.path}\\n")
+    if os.environ.get("STARTED"):
+        open(os.environ["STARTED"], "a").close()
+    time.sleep(float(os.environ.get("NAP", "0")))
+"""
+
+
+@pytest.fixture
+def suite(
+    pytester: pytest.Pytester, wheelhouse: Path, monkeypatch: pytest.MonkeyPatch
+) -> Callable[..., list[str]]:
+    """Write the suite; return a function giving the command line of a run against ``root``."""
+    pytester.makepyfile(test_suite=SUITE)
+    monkeypatch.setenv("CLONE_LOG", str(pytester.path / "clones.log"))
+
+    def argv(root: Path, *extra: str) -> list[str]:
+        return [
+            "-p",
+            "no:cacheprovider",
+            f"--cowenv-dir={root}",
+            f"--cowenv-find-links={wheelhouse}",
+            "--cowenv-offline",
+            *extra,
+        ]
+
+    return argv
+
+
+def test_run_leaves_nothing_and_reports_the_pool(
+    root: Path, pytester: pytest.Pytester, suite: Callable[..., list[str]]
+) -> None:
+    result = pytester.runpytest_subprocess(*suite(root))
+    result.assert_outcomes(passed=6)
+    result.stdout.fnmatch_lines(["cowenv: *pool=2*", "pool: * hits, * misses*", "test wait ms:*"])
+    assert run_dirs(root) == []
+    clones = (pytester.path / "clones.log").read_text().split()
+    assert len(set(clones)) == 6
+
+
+def test_pool_off_in_a_run(
+    root: Path, pytester: pytest.Pytester, suite: Callable[..., list[str]]
+) -> None:
+    result = pytester.runpytest_subprocess(*suite(root, "--cowenv-pool=0"))
+    result.assert_outcomes(passed=6)
+    result.stdout.fnmatch_lines(["cowenv: *pool=off*"])
+    result.stdout.no_fnmatch_line("pool: *hits*")
+    assert run_dirs(root) == []
+
+
+def test_two_workers_never_share_a_clone(
+    root: Path,
+    pytester: pytest.Pytester,
+    suite: Callable[..., list[str]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TESTS", "24")
+    result = pytester.runpytest_subprocess(*suite(root, "-n", "2"))
+    result.assert_outcomes(passed=24)
+    clones = (pytester.path / "clones.log").read_text().split()
+    assert len(clones) == 24 and len(set(clones)) == 24
+    assert len({Path(c).parent for c in clones}) == 2  # one run folder per worker
+    assert run_dirs(root) == []
+
+
+def test_collection_starts_the_pool_of_a_shared_spec(
+    btrfs_root: Path,
+    pytester: pytest.Pytester,
+    suite: Callable[..., list[str]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pytester.runpytest_subprocess(*suite(btrfs_root)).assert_outcomes(passed=6)  # built now
+    monkeypatch.setenv("NAP", "0.3")
+    result = pytester.runpytest_subprocess(*suite(btrfs_root))
+    result.assert_outcomes(passed=6)
+    # Without the hint the first two tests always clone themselves (the pool starts on the
+    # second use); with it the pool is filling before the first test, or from its first use.
+    misses = int(result.stdout.str().split(" misses")[0].rsplit(" ", 1)[1])
+    assert misses <= 1, result.stdout.str()
+
+
+# Ctrl-C must reach the inner pytest even where this process ignores SIGINT (xdist workers).
+_MAIN = (
+    "import signal, sys, pytest; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "sys.exit(pytest.main(sys.argv[1:]))"
+)
+
+
+def _spawn(pytester: pytest.Pytester, argv: list[str], **env: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-c", _MAIN, *argv],
+        cwd=pytester.path,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group, like a terminal's foreground job
+    )
+
+
+def _wait_started(pytester: pytest.Pytester, proc: subprocess.Popen[bytes], count: int) -> None:
+    log = pytester.path / "clones.log"
+
+    def started() -> bool:
+        assert proc.poll() is None, proc.communicate()[0].decode()
+        return log.exists() and len(log.read_text().split()) >= count
+
+    wait_for(started, timeout=60)
+
+
+def test_ctrl_c_leaves_nothing(
+    root: Path, pytester: pytest.Pytester, suite: Callable[..., list[str]]
+) -> None:
+    proc = _spawn(pytester, suite(root), TESTS="100", NAP="0.2")
+    try:
+        _wait_started(pytester, proc, 4)  # the pool is running and the trash is in use
+        os.killpg(proc.pid, signal.SIGINT)
+        out = proc.communicate(timeout=60)[0].decode()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert "KeyboardInterrupt" in out, out
+    assert run_dirs(root) == [], out
+
+
+def test_sigkill_leftovers_go_with_the_next_run(
+    root: Path, pytester: pytest.Pytester, suite: Callable[..., list[str]]
+) -> None:
+    proc = _spawn(pytester, suite(root), TESTS="100", NAP="0.2")
+    try:
+        _wait_started(pytester, proc, 4)
+        run = root / "clones" / run_dirs(root)[0]
+        wait_for(lambda: any(n[0] != "." for n in os.listdir(run / "pool")))
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+    assert (run / "pool").is_dir()  # what a crash leaves: ready clones (and maybe trash)
+
+    result = pytester.runpytest_subprocess(*suite(root))
+    result.assert_outcomes(passed=6)
+    assert run_dirs(root) == []

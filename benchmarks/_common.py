@@ -9,6 +9,7 @@ untimed ``setup`` of each run syncs, so no case pays for another's dirty pages.
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
 import random
@@ -56,21 +57,25 @@ class Case:
     cleanup_seconds: list[float] = field(default_factory=list)
 
 
-def interleaved(cases: Sequence[Case], repeat: int, warmup: int = 1) -> None:
-    """Run every case ``warmup + repeat`` times, interleaved; keep the last ``repeat``."""
+def interleaved(
+    cases: Sequence[Case], repeat: int, warmup: int = 1,
+    sync_path: Optional[os.PathLike[str] | str] = None,
+) -> None:
+    """Run every case ``warmup + repeat`` times, interleaved; keep the last ``repeat``. Before
+    each timed step, sync the filesystem at ``sync_path`` (default: all of them)."""
     for round_ in range(warmup + repeat):
         shift = round_ % len(cases)
         for case in [*cases[shift:], *cases[:shift]]:
             if case.setup is not None:
                 case.setup()
-            sync()
+            sync(sync_path)
             start = time.perf_counter()
             case.run()
             elapsed = time.perf_counter() - start
             if round_ >= warmup:
                 case.seconds.append(elapsed)
             if case.cleanup is not None:
-                sync()
+                sync(sync_path)
                 start = time.perf_counter()
                 case.cleanup()
                 elapsed = time.perf_counter() - start
@@ -78,9 +83,31 @@ def interleaved(cases: Sequence[Case], repeat: int, warmup: int = 1) -> None:
                     case.cleanup_seconds.append(elapsed)
 
 
-def sync() -> None:
-    """Write back every dirty page and commit every filesystem's journal or transaction."""
-    os.sync()
+def sync(path: Optional[os.PathLike[str] | str] = None) -> None:
+    """Write back dirty pages and commit the journal or transaction: of the filesystem holding
+    ``path`` only (``syncfs``, so that other filesystems' writeback does not count), or of
+    every filesystem."""
+    if path is None or _libc is None:
+        os.sync()
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if _libc.syncfs(fd) != 0:
+            os.sync()
+    finally:
+        os.close(fd)
+
+
+def _load_syncfs() -> Optional[ctypes.CDLL]:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syncfs  # noqa: B018 - Linux has it; elsewhere sync() does
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+_libc = _load_syncfs()
 
 
 def used_bytes(path: os.PathLike[str] | str) -> int:
@@ -92,7 +119,7 @@ def used_bytes(path: os.PathLike[str] | str) -> int:
     """
     from pytest_cowenv.fs import fs_type
 
-    sync()
+    sync(path)
     if fs_type(path) == "btrfs" and shutil.which("btrfs"):
         out = subprocess.run(
             ["btrfs", "filesystem", "df", "-b", os.fspath(path)],
@@ -104,7 +131,7 @@ def used_bytes(path: os.PathLike[str] | str) -> int:
 
 def physical_used_bytes(path: os.PathLike[str] | str) -> int:
     """Used blocks per ``statvfs`` after a sync (on btrfs: DUP metadata counted twice)."""
-    sync()
+    sync(path)
     st = os.statvfs(path)
     return (st.f_blocks - st.f_bfree) * st.f_frsize
 

@@ -299,7 +299,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 cases = cases_for(where, bench / "out", info.can_reflink)
                 print(f"timing {fs_name} ({info.fstype}) {tree_name}: "
                       f"{', '.join(c.name for c in cases)}", file=sys.stderr)
-                interleaved(cases, args.repeat)
+                interleaved(cases, args.repeat, sync_path=bench)
                 rows += report(fs_name, tree_name, files, cases)
                 results.update({(fs_name, tree_name, c.name): c for c in cases})
                 if tree_name == "w1" and args.strace and info.can_reflink:

@@ -67,7 +67,7 @@ class Options:
 
 options_key = pytest.StashKey[Options]()
 session_key = pytest.StashKey["CowEnvSession"]()
-failed_specs_key = pytest.StashKey[dict[Any, str]]()
+failed_specs_key = pytest.StashKey[dict[str, str]]()
 envs_key = pytest.StashKey[list["CowEnv"]]()
 
 
@@ -300,37 +300,39 @@ def _check_options(options: dict[str, Any]) -> None:
 def _acquire(
     request: pytest.FixtureRequest, requirements: tuple[Any, ...], options: dict[str, Any]
 ) -> CowEnv:
-    """A clone for this test, or a one-line failure (no traceback) that names the culprit."""
+    """A clone for this test, or a one-line failure (no traceback) that names the culprit.
+
+    A spec that cannot be made or built fails every test that asks for it, from memory:
+    the interpreter search or the build is not retried per test.
+    """
     from .clone import LinkMode
     from .errors import CowEnvError, SpecError, TemplateBuildError
 
     session = _session(request.config)
     failed = request.config.stash.setdefault(failed_specs_key, {})
-    problem: str
-    try:
-        _check_options(options)
-        project = options.get("project")
-        project = request.config.rootpath if project is True else (project or None)
-        spec = session.spec(
-            requirements or session.settings.requirements,
-            python=options.get("python"),
-            project=project,
-            pip=options.get("pip"),
-            base_dir=request.path.parent,
-        )
-        if spec in failed:  # a spec that could not be built is not tried again in this run
-            problem = failed[spec]
+    asked = repr((requirements, sorted(options.items()), str(request.path.parent)))
+    problem = failed.get(asked)
+    if problem is None:
+        try:
+            _check_options(options)
+            project = options.get("project")
+            project = request.config.rootpath if project is True else (project or None)
+            spec = session.spec(
+                requirements or session.settings.requirements,
+                python=options.get("python"),
+                project=project,
+                pip=options.get("pip"),
+                base_dir=request.path.parent,
+            )
+            mode = options.get("link_mode")
+            env = session.acquire(spec, request.node.name, LinkMode(mode) if mode else None)
+        except (SpecError, TemplateBuildError) as exc:
+            failed[asked] = problem = str(exc)
+        except CowEnvError as exc:  # clone errors may pass (disk space): not remembered
+            problem = str(exc)
         else:
-            try:
-                mode = options.get("link_mode")
-                env = session.acquire(spec, request.node.name, LinkMode(mode) if mode else None)
-            except (SpecError, TemplateBuildError) as exc:
-                failed[spec] = problem = str(exc)
-            else:
-                request.node.stash.setdefault(envs_key, []).append(env)
-                return env
-    except CowEnvError as exc:
-        problem = str(exc)
+            request.node.stash.setdefault(envs_key, []).append(env)
+            return env
     pytest.fail(problem, pytrace=False)  # outside `except`: no chained internal frames
 
 

@@ -1,0 +1,639 @@
+"""The pytest plugin, run the way users run it: pytester writes a test module, runs pytest.
+
+Templates come from the offline wheelhouse of ``_wheels``; caches live on btrfs when it is
+mounted. Runs in-process where nothing but the plugin is under test (fast), in a subprocess
+where environment variables, signals or xdist matter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from _cache_dirs import fast_dir, wipe
+from _wheels import standard_wheelhouse
+from pytest_cowenv import spec as spec_module
+from pytest_cowenv import template as template_module
+from pytest_cowenv.plugin import MARKER_DOC
+
+Run = Callable[..., pytest.RunResult]
+FRAME = re.compile(r"(site-packages|pytest_cowenv)/[\w/]+\.py:\d+")
+
+
+@pytest.fixture(scope="session")
+def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return standard_wheelhouse(tmp_path_factory.mktemp("wheelhouse"))
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One cache for the tests that only need templates to exist (built once per worker)."""
+    root = fast_dir(tmp_path_factory, "cowenv-plugin")
+    yield root / "cache"
+    wipe(root / "cache")
+    wipe(root)
+
+
+@pytest.fixture
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A cache of this test's own, for tests that count builds or clones."""
+    root = fast_dir(tmp_path_factory, "cowenv-own")
+    yield root / "cache"
+    wipe(root / "cache")
+    wipe(root)
+
+
+@pytest.fixture(autouse=True)
+def _hermetic(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No option of the machine leaks in, and a run without --cowenv-dir stays in tmp."""
+    for name in ("PYTEST_COWENV_LINK_MODE", "PYTEST_COWENV_KEEP", "PYTEST_COWENV_POOL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PYTEST_COWENV_DIR", str(tmp_path / "default-cache"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+
+
+@pytest.fixture
+def run(pytester: pytest.Pytester, wheelhouse: Path, shared_cache: Path) -> Run:
+    """``run(*args, cache=…, subprocess=False)``: pytest with the offline wheelhouse."""
+
+    def run(*args: str, cache: Path = shared_cache, subprocess: bool = False) -> pytest.RunResult:
+        options = ["-p", "no:cacheprovider", f"--cowenv-dir={cache}"]
+        options += [f"--cowenv-find-links={wheelhouse}", "--cowenv-offline", *args]
+        if subprocess:
+            return pytester.runpytest_subprocess(*options, timeout=300)
+        return pytester.runpytest_inprocess(*options)
+
+    return run
+
+
+def summary(result: pytest.RunResult) -> list[str]:
+    """The lines of the ``cowenv`` terminal summary section."""
+    lines = result.outlines
+    starts = [i for i, line in enumerate(lines) if re.fullmatch(r"=+ cowenv =+", line)]
+    assert len(starts) == 1, "\n".join(lines)
+    section = []
+    for line in lines[starts[0] + 1 :]:
+        if line.startswith("="):
+            break
+        section.append(line)
+    return section
+
+
+def assert_no_frames(result: pytest.RunResult) -> None:
+    text = result.stdout.str() + result.stderr.str()
+    assert "Traceback" not in text
+    assert not FRAME.search(text), FRAME.search(text)
+
+
+# --- fixtures and marker --------------------------------------------------------------------
+
+
+def test_closest_marker_wins_and_ini_is_the_fallback(pytester: pytest.Pytester, run: Run) -> None:
+    pytester.makeini("[pytest]\ncowenv_requirements = gamma\n")
+    pytester.makepyfile(
+        test_marked="""
+        import pytest
+
+        pytestmark = pytest.mark.cowenv("alpha==1.0")
+
+        def version(env, module):
+            code = f"import {module}; print({module}.VERSION)"
+            return env.run("python", "-c", code).stdout.strip()
+
+        def test_module(cowenv):
+            assert cowenv.template.requirements == ("alpha==1.0",)
+            assert version(cowenv, "alpha") == "1.0"
+
+        @pytest.mark.cowenv("alpha==2.0")
+        class TestClass:
+            def test_class(self, cowenv):
+                assert cowenv.template.requirements == ("alpha==2.0",)
+                assert version(cowenv, "alpha") == "2.0"
+
+            @pytest.mark.cowenv("beta")
+            def test_function(self, cowenv):
+                assert cowenv.template.requirements == ("beta",)
+                assert version(cowenv, "beta") == "1.0"
+        """,
+        test_unmarked="""
+        def test_ini(cowenv):
+            assert cowenv.template.requirements == ("gamma",)
+            out = cowenv.run("python", "-c", "import gamma; print(gamma.VERSION)").stdout
+            assert out == "0.5\\n"
+        """,
+    )
+    result = run()
+    result.assert_outcomes(passed=4)
+    lines = summary(result)
+    assert any(re.match(r"clones: 4\b", line) for line in lines), lines
+    assert any("median" in line and "p95" in line for line in lines), lines
+    assert any(line.startswith("disk:") for line in lines), lines
+
+
+def test_factory_makes_a_fresh_clone_per_call(pytester: pytest.Pytester, run: Run) -> None:
+    pytester.makepyfile(
+        """
+        import os
+
+        made = []
+
+        def test_factory(cowenv_factory):
+            old, new = cowenv_factory("alpha==1.0"), cowenv_factory("alpha==2.0")
+            again = cowenv_factory("alpha==1.0")
+            assert old.run("alpha").stdout == "alpha 1.0\\n"
+            assert new.run("alpha").stdout == "alpha 2.0\\n"
+            assert len({old.path, new.path, again.path}) == 3
+            assert again.template.key == old.template.key != new.template.key
+            (old.path / "scribble").write_text("mine")
+            assert not (again.path / "scribble").exists()
+            made.extend([old.path, new.path, again.path])
+
+        def test_clones_were_removed_at_teardown(cowenv_factory):
+            assert made and not any(os.path.exists(p) for p in made)
+            assert cowenv_factory("alpha==1.0", link_mode="copy").strategy == "copy"
+
+        def test_bad_keyword(cowenv_factory):
+            cowenv_factory("alpha==1.0", pyhton="3.11")
+        """
+    )
+    result = run("-rf")
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(
+        ["*unknown keyword pyhton; allowed: python, project, link_mode, pip*"]
+    )
+    assert_no_frames(result)
+
+
+def test_spec_errors_are_one_clear_line_and_not_retried(
+    pytester: pytest.Pytester, run: Run, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: Counter[str] = Counter()
+    real_build, real_discover = template_module.build_env, spec_module._discover
+
+    def counting_build(spec: Any, *args: Any, **kwargs: Any) -> Any:
+        calls[f"build {spec.describe()}"] += 1
+        return real_build(spec, *args, **kwargs)
+
+    def counting_discover(request: str) -> str:
+        calls[f"discover {request}"] += 1
+        return real_discover(request)
+
+    monkeypatch.setattr(template_module, "build_env", counting_build)
+    monkeypatch.setattr(spec_module, "_discover", counting_discover)
+    pytester.makepyfile(
+        test_e="""
+        import pytest
+
+        @pytest.mark.cowenv("alpha", bogus=True)
+        def test_unknown_keyword(cowenv): pass
+
+        @pytest.mark.cowenv("alpha>>1")
+        def test_invalid_requirement(cowenv): pass
+
+        @pytest.mark.cowenv("dist/missing-1.0-py3-none-any.whl")
+        def test_missing_wheel(cowenv): pass
+
+        @pytest.mark.cowenv(python="9.9")
+        def test_no_python_1(cowenv): pass
+
+        @pytest.mark.cowenv(python="9.9")
+        def test_no_python_2(cowenv): pass
+
+        @pytest.mark.cowenv("no-such-dist")
+        def test_unresolvable_1(cowenv): pass
+
+        @pytest.mark.cowenv("no-such-dist")
+        def test_unresolvable_2(cowenv): pass
+
+        @pytest.mark.cowenv(project=3)
+        def test_bad_project(cowenv): pass
+
+        def test_others_still_run(): pass
+        """
+    )
+    result = run("-rE", cache=cache)
+    result.assert_outcomes(passed=1, errors=8)
+    first_lines = {
+        "test_unknown_keyword": "cowenv: unknown keyword bogus; allowed: python, project, "
+        "link_mode, pip",
+        "test_invalid_requirement": "'alpha>>1': invalid requirement *",
+        "test_missing_wheel": "dist/missing-1.0-py3-none-any.whl: no such local wheel*",
+        "test_no_python_1": "python='9.9': no such interpreter*",
+        "test_no_python_2": "python='9.9': no such interpreter*",
+        "test_unresolvable_1": "no-such-dist: installing failed: *",
+        "test_unresolvable_2": "no-such-dist: installing failed: *",
+        "test_bad_project": "project=3: give True, False or a directory",
+    }
+    for test, message in first_lines.items():
+        result.stdout.fnmatch_lines([f"_* ERROR at setup of {test} _*", message], consecutive=True)
+    result.stdout.fnmatch_lines(["ERROR test_e.py::test_no_python_1 - Failed: python='9.9'*"])
+    assert_no_frames(result)
+    assert calls == {"build no-such-dist": 1, "discover 9.9": 1}
+
+
+# --- project=True ------------------------------------------------------------------------
+
+BACKEND = """
+import base64, hashlib, pathlib, zipfile
+
+def _wheel(directory, name, modules):
+    info = f"{name}-0.1.dist-info"
+    files = dict(modules)
+    files[f"{info}/METADATA"] = f"Metadata-Version: 2.1\\nName: {name}\\nVersion: 0.1\\n"
+    files[f"{info}/WHEEL"] = (
+        "Wheel-Version: 1.0\\nGenerator: test\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n"
+    )
+    record = []
+    for path, text in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=")
+        record.append(f"{path},sha256={digest.decode()},{len(text.encode())}")
+    files[f"{info}/RECORD"] = "\\n".join([*record, f"{info}/RECORD,,"]) + "\\n"
+    out = f"{name}-0.1-py3-none-any.whl"
+    with zipfile.ZipFile(pathlib.Path(directory) / out, "w") as zf:
+        for path, text in files.items():
+            zf.writestr(path, text)
+    return out
+
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    here = pathlib.Path(__file__).parent
+    name = (here / "NAME").read_text().strip()
+    return _wheel(wheel_directory, name, {f"{name}.py": (here / f"{name}.py").read_text()})
+"""
+PYPROJECT = """
+[build-system]
+requires = []
+build-backend = "backend"
+backend-path = ["."]
+
+[project]
+name = "{name}"
+version = "0.1"
+"""
+
+
+def make_project(directory: Path, name: str, value: int) -> Path:
+    """A project with an in-tree PEP 517 backend: builds offline, without setuptools."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "backend.py").write_text(BACKEND)
+    (directory / "pyproject.toml").write_text(PYPROJECT.format(name=name))
+    (directory / "NAME").write_text(name)
+    (directory / f"{name}.py").write_text(f"VALUE = {value}\n")
+    return directory
+
+
+def test_project_is_built_once_and_installed(
+    pytester: pytest.Pytester, run: Run, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    builds: list[str] = []
+    real = template_module.build_wheel
+
+    def counting(project: Path, *args: Any, **kwargs: Any) -> Any:
+        builds.append(project.name)
+        return real(project, *args, **kwargs)
+
+    monkeypatch.setattr(template_module, "build_wheel", counting)
+    make_project(pytester.path, "rootproj", 42)
+    make_project(pytester.path / "tests" / "sub" / "other", "otherproj", 7)
+    body = """
+        import pytest
+
+        def value(env, module):
+            code = f"import {module}; print({module}.VALUE)"
+            return env.run("python", "-c", code).stdout.strip()
+
+        @pytest.mark.cowenv(project=True)
+        def test_{n}_root(cowenv):
+            assert value(cowenv, "rootproj") == "42"
+            assert cowenv.template.resolved["rootproj"] == "0.1"
+
+        @pytest.mark.cowenv("alpha==1.0", project="sub/other")
+        def test_{n}_relative(cowenv):
+            assert value(cowenv, "otherproj") == "7"
+        """
+    pytester.makepyfile(
+        **{
+            "tests/test_a": body.replace("{n}", "a"),
+            "tests/test_b": body.replace("{n}", "b"),
+        }
+    )
+    result = run("tests", cache=cache)
+    result.assert_outcomes(passed=4)
+    assert sorted(builds) == ["other", pytester.path.name]
+    assert any(line.startswith("templates built: 2") for line in summary(result))
+    again = run("tests", cache=cache)
+    again.assert_outcomes(passed=4)
+    assert len(builds) == 2  # unchanged sources: the next run reuses both templates
+    assert any(line.startswith("templates reused: 2") for line in summary(again))
+
+
+# --- options -------------------------------------------------------------------------------
+
+
+def header(result: pytest.RunResult) -> str:
+    lines = [line for line in result.outlines if line.startswith("cowenv: dir=")]
+    assert len(lines) == 1, result.outlines
+    return lines[0]
+
+
+def test_cli_beats_env_beats_ini(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("PYTEST_COWENV_DIR")
+    pytester.makeini("[pytest]\ncowenv_dir = from-ini\ncowenv_link_mode = copy\ncowenv_pool = 3\n")
+    pytester.makepyfile("def test_nothing(): pass")
+    sub = pytester.mkdir("sub")
+    monkeypatch.chdir(sub)  # an ini path is relative to the ini file, not to the cwd
+    ini = header(pytester.runpytest_inprocess("..", "--collect-only"))
+    assert ini.startswith(f"cowenv: dir={pytester.path / 'from-ini'}, ")
+    assert ini.endswith(", strategy=copy, pool=3")
+    monkeypatch.setenv("PYTEST_COWENV_DIR", str(tmp_path / "from-env"))
+    monkeypatch.setenv("PYTEST_COWENV_LINK_MODE", "hardlink")
+    monkeypatch.setenv("PYTEST_COWENV_POOL", "4")
+    env = header(pytester.runpytest_inprocess("..", "--collect-only"))
+    assert env.startswith(f"cowenv: dir={tmp_path / 'from-env'}, ")
+    assert env.endswith(", strategy=hardlink, pool=4")
+    cli = header(
+        pytester.runpytest_inprocess(
+            "..",
+            "--collect-only",
+            "--cowenv-dir=from-cli",
+            "--cowenv-link-mode=clone",
+            "--cowenv-pool=0",
+        )
+    )
+    assert cli.startswith(f"cowenv: dir={sub / 'from-cli'}, ")
+    assert cli.endswith(", strategy=clone, pool=off")
+
+
+@pytest.mark.parametrize(
+    ("source", "value", "message"),
+    [
+        ("cli", "--cowenv-link-mode=fast", "--cowenv-link-mode: 'fast' is not one of "),
+        ("env", "PYTEST_COWENV_LINK_MODE=fast", "PYTEST_COWENV_LINK_MODE: 'fast' is not one of "),
+        ("ini", "cowenv_link_mode = fast", "ini cowenv_link_mode: 'fast' is not one of "),
+        ("cli", "--cowenv-keep=some", "--cowenv-keep: 'some' is not one of none, failed, all"),
+        ("env", "PYTEST_COWENV_POOL=-1", "PYTEST_COWENV_POOL: '-1' is not a whole number"),
+        ("cli", "--cowenv-dir=/no/such/parent/cache", "--cowenv-dir: the parent of "),
+    ],
+)
+def test_bad_option_values_are_usage_errors(
+    source: str,
+    value: str,
+    message: str,
+    pytester: pytest.Pytester,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pytester.makepyfile("def test_nothing(): pass")
+    args = []
+    if source == "cli":
+        args.append(value)
+    elif source == "env":
+        monkeypatch.setenv(*value.split("=", 1))
+    else:
+        pytester.makeini(f"[pytest]\n{value}\n")
+    result = pytester.runpytest_inprocess(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    err = result.stderr.str()
+    assert message in err, err
+    if "link-mode" in message or "link_mode" in message:
+        assert "auto, snapshot, clone, hardlink, copy" in err
+    assert_no_frames(result)
+
+
+def test_markers_lists_the_full_signature(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest_inprocess("--markers")
+    signature = "cowenv(*requirements, python=None, project=False, link_mode=None, pip=False)"
+    result.stdout.fnmatch_lines([f"@pytest.mark.{signature}: *"])
+    assert MARKER_DOC.startswith(signature)
+
+
+KEEP_TESTS = """
+import pytest
+
+pytestmark = pytest.mark.cowenv("alpha==1.0")
+
+def test_pass(cowenv):
+    (cowenv.path / "owner").write_text("pass")
+
+def test_fail(cowenv):
+    (cowenv.path / "owner").write_text("fail")
+    assert False
+"""
+
+
+@pytest.mark.parametrize("keep", ["failed", "all"])
+def test_keep_keeps_clones_and_prints_where(
+    keep: str, pytester: pytest.Pytester, run: Run, cache: Path
+) -> None:
+    pytester.makepyfile(KEEP_TESTS)
+    result = run(f"--cowenv-keep={keep}", "-rA", cache=cache)
+    result.assert_outcomes(passed=1, failed=1)
+    printed = re.findall(r"^clone kept at (\S+)$", result.stdout.str(), re.MULTILINE)
+    owners = sorted((Path(path) / "owner").read_text() for path in set(printed))
+    assert owners == (["fail"] if keep == "failed" else ["fail", "pass"])
+    kept = sorted(p for p in (cache / "kept").iterdir())
+    assert kept == sorted(Path(p) for p in set(printed))
+    assert list((cache / "clones").iterdir()) == []
+    # The failing test's own report section says where its clone is.
+    result.stdout.fnmatch_lines(["*_ test_fail _*", "*- cowenv -*", "clone kept at *"])
+
+
+def test_xdist_shares_templates_and_rebuild_runs_once(
+    pytester: pytest.Pytester,
+    run: Run,
+    cache: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pytest.importorskip("xdist")
+    # Every process writes down the moment before which templates count as stale.
+    log = tmp_path / "rebuild-log"
+    log.mkdir()
+    monkeypatch.setenv("REBUILD_LOG", str(log))
+    pytester.makeconftest(
+        """
+        import os, pathlib, pytest
+        from pytest_cowenv.plugin import options_key
+
+        @pytest.hookimpl(trylast=True)
+        def pytest_configure(config):
+            name = os.environ.get("PYTEST_XDIST_WORKER", "controller")
+            log = pathlib.Path(os.environ["REBUILD_LOG"], name)
+            log.write_text(repr(config.stash[options_key].rebuild_before))
+        """
+    )
+    pytester.makepyfile(
+        """
+        import os, pytest
+
+        @pytest.mark.parametrize("n", range(6))
+        def test_clone(cowenv_factory, n):
+            env = cowenv_factory("alpha==1.0" if n % 2 else "gamma")
+            assert not list(env.path.glob("owner-*")), "a clone shared with another test"
+            (env.path / f"owner-{n}").write_text(os.environ["PYTEST_XDIST_WORKER"])
+        """
+    )
+
+    def templates() -> dict[str, float]:
+        return {
+            meta.stem: json.loads(meta.read_text())["created"]
+            for meta in (cache / "templates").glob("*.json")
+        }
+
+    first = run("-n", "2", cache=cache, subprocess=True)
+    first.assert_outcomes(passed=6)
+    lines = summary(first)  # exactly one section, from the controller
+    assert any(line.startswith("templates built: 2") for line in lines), lines
+    assert any(re.match(r"clones: 6\b", line) for line in lines), lines
+    built = templates()
+    assert len(built) == 2
+    assert len([p for p in (cache / "templates").iterdir() if p.is_dir()]) == 2
+    rebuilt = run("-n", "2", "--cowenv-rebuild", cache=cache, subprocess=True)
+    rebuilt.assert_outcomes(passed=6)
+    moments = {p.name: float(p.read_text()) for p in log.iterdir()}
+    assert sorted(moments) == ["controller", "gw0", "gw1"]
+    assert len(set(moments.values())) == 1 and moments["controller"] > 0  # the controller's
+    assert any(line.startswith("templates built: 2") for line in summary(rebuilt))
+    after = templates()
+    assert after.keys() == built.keys()
+    assert all(after[key] > built[key] for key in built)
+    assert len([p for p in (cache / "templates").iterdir() if p.is_dir()]) == 2
+    assert list((cache / "clones").iterdir()) == []
+
+
+# --- report ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fs_name", "expected"),
+    [
+        ("btrfs", "fs=btrfs, strategy=snapshot,"),
+        ("xfs", "fs=xfs, strategy=clone,"),
+        ("ext4", "fs=ext4, strategy=copy (ext4 cannot clone: E"),
+    ],
+)
+def test_header_says_what_auto_does_here(
+    fs_name: str, expected: str, pytester: pytest.Pytester, request: pytest.FixtureRequest
+) -> None:
+    root: Path = request.getfixturevalue(f"{fs_name}_dir")
+    pytester.makepyfile("def test_nothing(): pass")
+    first = header(pytester.runpytest_inprocess("--collect-only", f"--cowenv-dir={root / 'c'}"))
+    assert first.startswith(f"cowenv: dir={root / 'c'}, {expected}")
+    assert (root / "c" / "fs-probe.json").is_file()  # the next run reads the answer
+    again = header(pytester.runpytest_inprocess("--collect-only", f"--cowenv-dir={root / 'c'}"))
+    assert again == first
+    explicit = pytester.runpytest_inprocess(
+        "--collect-only", f"--cowenv-dir={root / 'c'}", "--cowenv-link-mode=copy"
+    )
+    assert header(explicit).endswith(f"fs={fs_name}, strategy=copy, pool=2")
+
+
+def test_unused_plugin_imports_no_core(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_nothing(): pass")
+    code = (
+        "import sys, pytest\n"
+        "pytest.main(['--collect-only', '-p', 'no:cacheprovider'])\n"
+        "print(sorted(m for m in sys.modules if m.startswith('pytest_cowenv')))\n"
+    )
+    outputs = []
+    for _ in range(2):  # the first run probes the cache's filesystem, the next ones do not
+        proc = subprocess.run(
+            [sys.executable, "-c", code], cwd=pytester.path, capture_output=True, text=True
+        )
+        assert proc.returncode == 0, proc.stderr
+        outputs.append(proc.stdout.splitlines()[-1])
+    assert "cowenv: dir=" in proc.stdout
+    assert outputs[1] == "['pytest_cowenv', 'pytest_cowenv.plugin', 'pytest_cowenv.report']"
+
+
+# --- lifecycle -------------------------------------------------------------------------------
+
+
+def test_teardown_removes_clones_and_start_removes_stale_ones(
+    pytester: pytest.Pytester, run: Run, cache: Path
+) -> None:
+    from pytest_cowenv.session import process_start_ticks
+
+    stale = cache / "clones" / "run-999999999-1-abcdef"
+    (stale / "env-1" / "bin").mkdir(parents=True)
+    live = cache / "clones" / f"run-{os.getpid()}-{process_start_ticks(os.getpid())}-abcdef"
+    live.mkdir()
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.cowenv("alpha==1.0")
+        def test_uses_a_clone(cowenv):
+            assert cowenv.path.is_dir()
+        """
+    )
+    run(cache=cache).assert_outcomes(passed=1)
+    assert not stale.exists()
+    assert list((cache / "clones").iterdir()) == [live]  # only a live process's folder stays
+    live.rmdir()
+
+
+def test_ctrl_c_leaves_only_kept_clones(
+    pytester: pytest.Pytester, wheelhouse: Path, cache: Path, tmp_path: Path
+) -> None:
+    ready = tmp_path / "ready"
+    pytester.makepyfile(
+        """
+        import os, pathlib, time, pytest
+
+        pytestmark = pytest.mark.cowenv("alpha==1.0")
+
+        def test_kept(cowenv):
+            pass
+
+        def test_interrupted(cowenv, cowenv_factory):
+            cowenv_factory("gamma")
+            pathlib.Path(os.environ["COWENV_READY"]).write_text(str(cowenv.path))
+            time.sleep(120)
+        """
+    )
+    args = ["-p", "no:cacheprovider", f"--cowenv-dir={cache}", "--cowenv-keep=all"]
+    args += [f"--cowenv-find-links={wheelhouse}", "--cowenv-offline", "-p", "no:xdist"]
+
+    def default_sigint() -> None:  # a runner may have started us with SIGINT ignored
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest", *args],
+        cwd=pytester.path,
+        env={**os.environ, "COWENV_READY": str(ready)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        preexec_fn=default_sigint,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            assert proc.poll() is None, proc.communicate()[0]
+            assert time.monotonic() < deadline, "the test never started"
+            time.sleep(0.05)
+        clone = Path(ready.read_text())
+        os.killpg(proc.pid, signal.SIGINT)
+        out = proc.communicate(timeout=120)[0]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == pytest.ExitCode.INTERRUPTED, out
+    assert "KeyboardInterrupt" in out
+    assert not clone.exists()
+    assert list((cache / "clones").iterdir()) == [], out
+    assert len(list((cache / "kept").iterdir())) == 1  # test_kept's, as asked

@@ -23,9 +23,11 @@ from ._base import DIR_FD, DIR_FLAGS, UMASK, FileAtOp, FileOp, cannot_clone
 from ._portable import copy_file, copy_file_at, link_file, link_file_at, rmtree
 from ._walk import Named, Tree, walk_tree
 
+__all__ = ["CloneResult", "LinkMode", "Tree", "clone_tree", "remove_tree", "walk_tree"]
+
+# Called between directories of a file-by-file clone; raising in it abandons the clone.
 Pause = Callable[[], None]
 
-__all__ = ["CloneResult", "LinkMode", "Tree", "clone_tree", "remove_tree", "walk_tree"]
 
 class LinkMode(str, enum.Enum):
     """How a clone gets its files. ``auto`` never picks ``hardlink`` (it is not isolated)."""

@@ -41,6 +41,33 @@ OUTER_VARS = (
 )
 
 
+FS_VARS = {
+    "btrfs": "COWENV_TEST_BTRFS",
+    "xfs": "COWENV_TEST_XFS",
+    "ext4": "COWENV_TEST_EXT4",
+    "tmpfs": "COWENV_TEST_TMPFS",
+    "small": "COWENV_TEST_SMALL",
+    "smallbtrfs": "COWENV_TEST_SMALL_BTRFS",
+}
+FS_KINDS = {"small": "ext4", "smallbtrfs": "btrfs"}
+
+
+def mount_of(name: str) -> Path:
+    """The mount point of the real filesystem ``name``, or skip saying why it is missing."""
+    import pytest
+
+    from pytest_cowenv.fs import fs_type
+
+    var = FS_VARS[name]
+    root = os.environ.get(var)
+    if not root or not os.path.isdir(root):
+        pytest.skip(f'needs {var} (mount it: eval "$(bash scripts/cowfs.sh up)")')
+    kind = FS_KINDS.get(name, name)
+    if fs_type(root) != kind:
+        pytest.skip(f"{var}={root} is {fs_type(root)}, not {kind}")
+    return Path(root)
+
+
 def inner_env(**extra: str) -> dict[str, str]:
     """The environment for an inner pytest run: offline-safe, free of the outer run's state."""
     env = {k: v for k, v in os.environ.items() if k not in OUTER_VARS}
@@ -50,8 +77,13 @@ def inner_env(**extra: str) -> dict[str, str]:
 
 
 def internal_frames(text: str) -> list[str]:
-    """Lines of ``text`` that show a frame of pytest_cowenv's own code."""
-    return [line for line in text.splitlines() if INTERNAL_FRAME.search(line)]
+    """Lines of ``text`` that show a frame of pytest_cowenv's own code (a warning's location
+    in the warnings summary is not a frame)."""
+    return [
+        line
+        for line in text.splitlines()
+        if INTERNAL_FRAME.search(line) and not re.search(r"\.py:\d+: \w*Warning: ", line)
+    ]
 
 
 def tree_digest(root: Path) -> str:
@@ -231,8 +263,8 @@ def free_bytes(path: Path) -> int:
 
 
 def stray_entries(root: Path) -> list[str]:
-    """What a cache root holds besides complete templates and their side files: half-built
-    templates, build folders, run folders (clones)."""
+    """What a cache root holds besides complete templates, their side files and compiled
+    bytecode: half-built templates, build folders, run folders (clones), unfinished files."""
     stray = []
     for sub in ("clones", "tmp"):
         folder = root / sub
@@ -245,6 +277,8 @@ def stray_entries(root: Path) -> list[str]:
                 stray.append(f"templates/{entry.name} (no metadata)")
             elif entry.name.startswith("."):
                 stray.append(f"templates/{entry.name}")
+    # The shared bytecode store is written file by file (temp name, then rename).
+    stray += [str(p.relative_to(root)) for p in root.glob("pyc/**/*.tmp")]
     return sorted(stray)
 
 
@@ -292,7 +326,9 @@ root, wheelhouse, *reqs = sys.argv[1:]
 session = CowEnvSession(Settings(root=root, index=IndexOptions((wheelhouse,), None, True)))
 try:
     env = session.acquire(session.spec(reqs), "check")
-    if env.template.resolved.get("alpha"):
+    names = sorted(env.template.resolved)
+    env.run("python", "-c", "import " + ", ".join(names or ["sys"]))
+    if "alpha" in names:
         env.run("alpha")  # the console script works: the clone is whole
     print(env.template.key, env.template.meta["created"], env.strategy)
     session.release(env)
@@ -301,15 +337,17 @@ finally:
 """
 
 
-def acquire_once(root: Path, wheelhouse: Path, *requirements: str) -> tuple[str, float, str]:
+def acquire_once(
+    root: Path, wheelhouse: Path, *requirements: str, env: Optional[dict[str, str]] = None
+) -> tuple[str, float, str]:
     """In a fresh process (no pytest): get the template for ``requirements`` (reuse it or
-    build it), clone it, run ``alpha`` in the clone, remove the clone. Returns the template
-    key, its ``created`` time and the clone strategy."""
+    build it), clone it, import every package and run ``alpha`` in the clone, remove it.
+    Returns the template key, its ``created`` time and the clone strategy."""
     proc = subprocess.run(
         [sys.executable, "-c", _ACQUIRE, str(root), str(wheelhouse), *requirements],
         capture_output=True,
         text=True,
-        env=inner_env(),
+        env=env or inner_env(),
         stdin=subprocess.DEVNULL,
         timeout=300,
         check=False,
@@ -317,3 +355,21 @@ def acquire_once(root: Path, wheelhouse: Path, *requirements: str) -> tuple[str,
     assert proc.returncode == 0, proc.stdout + proc.stderr
     key, created, strategy = proc.stdout.split()
     return key, float(created), strategy
+
+
+def cowenv_cli(root: Path, *args: str, env: Optional[dict[str, str]] = None) -> str:
+    """Run ``pytest-cowenv ARGS`` (as ``python -m pytest_cowenv``) on the cache ``root``;
+    it must succeed without a traceback. Returns its output."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest_cowenv", *args],
+        capture_output=True,
+        text=True,
+        env={**(env or inner_env()), "PYTEST_COWENV_DIR": str(root)},
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+        check=False,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "Traceback" not in out, out
+    return out

@@ -14,33 +14,9 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from _reliability import OUTER_VARS
+from _reliability import OUTER_VARS, mount_of
 
 from _wheels import standard_wheelhouse
-
-FS_VARS = {
-    "btrfs": "COWENV_TEST_BTRFS",
-    "xfs": "COWENV_TEST_XFS",
-    "ext4": "COWENV_TEST_EXT4",
-    "tmpfs": "COWENV_TEST_TMPFS",
-    "small": "COWENV_TEST_SMALL",
-    "smallbtrfs": "COWENV_TEST_SMALL_BTRFS",
-}
-FS_KINDS = {"small": "ext4", "smallbtrfs": "btrfs"}
-
-
-def mount_of(name: str) -> Path:
-    """The mount point of the real filesystem ``name``, or skip saying why it is missing."""
-    from pytest_cowenv.fs import fs_type
-
-    var = FS_VARS[name]
-    root = os.environ.get(var)
-    if not root or not os.path.isdir(root):
-        pytest.skip(f'needs {var} (mount it: eval "$(bash scripts/cowfs.sh up)")')
-    kind = FS_KINDS.get(name, name)
-    if fs_type(root) != kind:
-        pytest.skip(f"{var}={root} is {fs_type(root)}, not {kind}")
-    return Path(root)
 
 
 @pytest.fixture
@@ -56,6 +32,8 @@ def real_dir(request: pytest.FixtureRequest) -> Iterator[Callable[[str], Path]]:
         return path
 
     yield make
+    if os.environ.get("RELIABILITY_KEEP"):  # to look at a failure's cache afterwards
+        return
     for path in made:
         _remove(path)
 

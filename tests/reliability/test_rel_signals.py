@@ -1,0 +1,264 @@
+"""Signals: SIGKILL of a whole run (process group) at random points, and Ctrl-C.
+
+SIGKILL gives the plugin no chance to tidy up: what must hold is that the next run succeeds
+(reusing a complete template or rebuilding a half-made one, never cloning a half template)
+and that ``pytest-cowenv clean`` (or the next run's start-up clean-up) leaves no stray
+directory. Ctrl-C must stop a run within seconds and leave no clone.
+
+Delays are random; the seed is printed on failure (set RELIABILITY_SEED to replay a run).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytest
+from _reliability import (
+    acquire_once,
+    cowenv_cli,
+    inner_env,
+    output_of,
+    reap_group,
+    spawn_pytest,
+    stray_entries,
+    template_dirs,
+    wait_for,
+)
+
+SUITE = """
+import os
+import time
+import pytest
+
+SPEC = os.environ["SPEC"].split()
+
+
+@pytest.mark.cowenv(*SPEC)
+@pytest.mark.parametrize("i", range(int(os.environ.get("TESTS", "200"))))
+def test_env(cowenv, i):
+    assert cowenv.site_packages.is_dir()
+    if os.environ.get("STARTED"):
+        open(os.environ["STARTED"], "a").close()
+    time.sleep(float(os.environ.get("NAP", "0")))
+"""
+
+# A distinct spec per build-kill repetition: every kill meets a cold template, and the cache
+# fills up with templates and leftovers the way a real one does.
+BUILD_SPECS = [
+    "alpha==1.0",
+    "alpha==2.0",
+    "beta",
+    "gamma",
+    "alpha==1.0 gamma",
+    "alpha==2.0 gamma",
+    "beta gamma",
+    "alpha==2.0 beta",
+    "alpha==1.0 beta",
+    "alpha==2.0 beta gamma",
+    "alpha==1.0 beta gamma",
+    "alpha>=1",
+]
+REPS = 6  # per test item; two items per kind: 24 SIGKILLs in all
+
+
+def _seed() -> int:
+    return int(os.environ.get("RELIABILITY_SEED") or time.time_ns() % 2**32)
+
+
+def _build_dir(cache: Path) -> object:
+    tmp = cache / "tmp"
+    return tmp.is_dir() and any(tmp.iterdir())
+
+
+def _run_dir(cache: Path) -> object:
+    clones = cache / "clones"
+    return clones.is_dir() and any(clones.iterdir())
+
+
+def _wait_until_building(cache: Path, run: subprocess.Popen[bytes]) -> None:
+    wait_for(lambda: _build_dir(cache) or run.poll() is not None, 120, "a build to start")
+
+
+def _wait_until_cloning(cache: Path, run: subprocess.Popen[bytes]) -> None:
+    wait_for(lambda: _run_dir(cache) or run.poll() is not None, 120, "cloning to start")
+
+
+def _check_recovery(
+    cache: Path, wheelhouse: Path, spec: str, rep: int, env: dict[str, str]
+) -> tuple[str, float]:
+    """After a kill: the next user of the cache succeeds and nothing stray remains.
+
+    Even repetitions run `clean` first (it must cope with a dead run's leftovers); odd ones
+    let the next run's start-up clean-up meet them."""
+    if rep % 2 == 0:
+        cowenv_cli(cache, "clean", env=env)
+    key, created, _ = acquire_once(cache, wheelhouse, *spec.split(), env=env)
+    cowenv_cli(cache, "clean", env=env)
+    assert stray_entries(cache) == [], f"left after clean: {stray_entries(cache)}"
+    return key, created
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("installer", ["uv", "pip"])
+def test_sigkill_during_template_build(
+    pytester: pytest.Pytester,
+    real_dir: Callable[[str], Path],
+    offline: list[str],
+    wheelhouse: Path,
+    installer: str,
+    record_property: Callable[[str, object], None],
+) -> None:
+    seed = _seed()
+    rng = random.Random(seed)
+    cache = real_dir("btrfs")
+    extra = {"PYTEST_COWENV_NO_UV": "1"} if installer == "pip" else {}
+    pytester.makepyfile(SUITE)
+    specs = BUILD_SPECS[:REPS] if installer == "uv" else BUILD_SPECS[REPS:]
+    landed = {"before metadata": 0, "after metadata": 0}
+    for rep, spec in enumerate(specs):
+        env = inner_env(SPEC=spec, TESTS="3", **extra)
+        run = spawn_pytest(["--cowenv-dir", str(cache), *offline], pytester.path, env)
+        _wait_until_building(cache, run)
+        delay = rng.uniform(0.0, 3.0)
+        time.sleep(delay)
+        os.killpg(run.pid, signal.SIGKILL)
+        code = reap_group(run)
+        context = f"seed {seed}, rep {rep}, spec {spec!r}, delay {delay:.2f} s, exit {code}"
+        assert code in (-signal.SIGKILL, 0), f"{context}\n{output_of(run)}"
+        complete = [t for t in template_dirs(cache) if (t.parent / f"{t.name}.json").exists()]
+        landed["after metadata" if len(complete) > rep else "before metadata"] += 1
+        killed_at = time.time()
+        _, created = _check_recovery(cache, wheelhouse, spec, rep, inner_env(**extra))
+        # Reused only if the killed run had finished the template; else rebuilt afterwards.
+        rebuilt = created > killed_at
+        assert rebuilt == (len(complete) == rep), f"{context}: rebuilt={rebuilt}"
+    final = spawn_pytest(
+        ["--cowenv-dir", str(cache), *offline],
+        pytester.path,
+        inner_env(SPEC=specs[0], TESTS="3", **extra),
+    )
+    assert reap_group(final, timeout=300) == 0, output_of(final)
+    assert stray_entries(cache) == []
+    assert len(template_dirs(cache)) == len(specs)
+    record_property("faults", len(specs))
+    record_property("kills_landed", repr(landed))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fs", ["btrfs", "xfs"])
+def test_sigkill_during_cloning(
+    pytester: pytest.Pytester,
+    real_dir: Callable[[str], Path],
+    offline: list[str],
+    wheelhouse: Path,
+    fs: str,
+    record_property: Callable[[str, object], None],
+) -> None:
+    seed = _seed()
+    rng = random.Random(seed)
+    cache = real_dir(fs)
+    spec = "alpha==1.0 gamma"
+    key, created, _ = acquire_once(cache, wheelhouse, *spec.split())  # a warm template
+    pytester.makepyfile(SUITE)
+    for rep in range(REPS):
+        workers = ["-n", "2"] if rep % 2 else []
+        env = inner_env(SPEC=spec, TESTS="400")
+        run = spawn_pytest([*workers, "--cowenv-dir", str(cache), *offline], pytester.path, env)
+        _wait_until_cloning(cache, run)
+        delay = rng.uniform(0.0, 1.5)
+        time.sleep(delay)
+        os.killpg(run.pid, signal.SIGKILL)
+        code = reap_group(run)
+        context = f"seed {seed}, rep {rep}, workers {workers}, delay {delay:.2f} s, exit {code}"
+        assert code in (-signal.SIGKILL, 0), f"{context}\n{output_of(run)}"
+        again = _check_recovery(cache, wheelhouse, spec, rep, inner_env())
+        assert again == (key, created), f"{context}: the warm template was rebuilt"
+    record_property("faults", REPS)
+
+
+PLAIN = """
+import os, time
+
+def test_nap():
+    open(os.environ["STARTED"], "a").close()
+    time.sleep(120)
+"""
+_baselines: dict[int, float] = {}
+
+
+def _interrupt(run: subprocess.Popen[bytes]) -> tuple[int, float]:
+    """Ctrl-C to the run's process group; its exit code and how long it took to stop."""
+    assert run.poll() is None, output_of(run)
+    sent = time.monotonic()
+    os.killpg(run.pid, signal.SIGINT)
+    try:
+        run.wait(timeout=60)
+    finally:
+        code = reap_group(run)
+    return code, time.monotonic() - sent
+
+
+def _pytest_own_stop_time(tmp: Path, workers: int) -> float:
+    """How long pytest itself takes to stop after Ctrl-C here (no cowenv): on a loaded
+    2-core machine, formatting the KeyboardInterrupt report alone can take seconds."""
+    if workers not in _baselines:
+        (tmp / "test_plain.py").write_text(PLAIN)
+        started = tmp / "plain-started"
+        args = ["-n", str(workers)] if workers else []
+        run = spawn_pytest([*args, "test_plain.py"], tmp, inner_env(STARTED=str(started)))
+        wait_for(lambda: started.exists() or run.poll() is not None, 120, "a test to start")
+        _baselines[workers] = _interrupt(run)[1]
+    return _baselines[workers]
+
+
+@pytest.mark.parametrize(
+    ("phase", "workers"),
+    [("build", 0), ("build", 2), ("test", 2)],
+    ids=["build-one-process", "build-xdist", "test-xdist"],
+)
+def test_ctrl_c_stops_promptly_and_leaves_no_clone(
+    pytester: pytest.Pytester,
+    real_dir: Callable[[str], Path],
+    offline: list[str],
+    wheelhouse: Path,
+    phase: str,
+    workers: int,
+    tmp_path_factory: pytest.TempPathFactory,
+    record_property: Callable[[str, object], None],
+) -> None:
+    cache = real_dir("xfs")
+    spec = "alpha==2.0 beta"
+    started = pytester.path / "started"
+    if phase == "test":
+        acquire_once(cache, wheelhouse, *spec.split())
+    pytester.makepyfile(SUITE)
+    env = inner_env(SPEC=spec, TESTS="4", NAP="120", STARTED=str(started))
+    args = ["-n", str(workers)] if workers else []
+    run = spawn_pytest([*args, "--cowenv-dir", str(cache), *offline], pytester.path, env)
+    if phase == "build":
+        _wait_until_building(cache, run)
+        time.sleep(random.uniform(0.1, 1.0))
+    else:
+        wait_for(lambda: started.exists() or run.poll() is not None, 120, "a test to start")
+    code, took = _interrupt(run)
+    out = output_of(run)
+    assert code == pytest.ExitCode.INTERRUPTED, out
+    baseline = _pytest_own_stop_time(tmp_path_factory.mktemp("plain"), workers)
+    # What the plugin must never do is wait: on a lock (minutes), a pool thread (10 s), a
+    # child that ignores SIGINT. Formatting the interrupt report is pytest's own cost, and
+    # grows with the depth of the interrupted stack: allow for it, not for a wait.
+    limit = 1.5 * baseline + 5
+    assert took < limit, f"stopping took {took:.1f} s (pytest alone: {baseline:.1f} s)"
+    assert "passed" not in out.splitlines()[-1]
+    assert stray_entries(cache) == [], out
+    assert not any((cache / "clones").iterdir())
+    record_property("faults", 1)
+    record_property("ctrl_c_seconds", f"{took:.1f} (pytest alone {baseline:.1f})")
+    # And the cache is fine for the next run.
+    acquire_once(cache, wheelhouse, *spec.split())

@@ -337,6 +337,21 @@ def test_project_is_built_once_and_installed(
     assert any(line.startswith("templates reused: 2") for line in summary(again))
 
 
+def test_cache_inside_the_project_is_refused(pytester: pytest.Pytester, run: Run) -> None:
+    make_project(pytester.path, "rootproj", 1)
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.cowenv(project=True)
+        def test_project(cowenv): pass
+        """
+    )
+    result = run(cache=pytester.path / ".cowenv")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*: the cache dir */.cowenv is inside this project; pick a *"])
+
+
 # --- options -------------------------------------------------------------------------------
 
 

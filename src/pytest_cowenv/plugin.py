@@ -10,6 +10,7 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import pytest
@@ -262,20 +263,20 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
             terminalreporter.write_line(line)
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
-    report = yield
+@pytest.hookimpl(hookwrapper=True)  # old-style wrapper: works with every supported pytest
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()  # type: ignore[attr-defined]
     envs = item.stash.get(envs_key, [])
     keep = item.config.stash[options_key].keep
     if not envs or keep == "none" or report.when == "teardown":
-        return report
+        return
     if report.failed or (keep == "all" and report.when == "call"):
         session = _session(item.config)
         for env in envs:
             env.keep = True
         kept = "".join(f"clone kept at {session.kept_path(env)}\n" for env in envs)
         report.sections.append(("cowenv", kept))
-    return report
 
 
 def _check_options(options: dict[str, Any]) -> None:
@@ -295,6 +296,20 @@ def _check_options(options: dict[str, Any]) -> None:
     pip = options.get("pip")
     if pip is not None and not isinstance(pip, bool):
         raise SpecError(f"pip={pip!r}: give True or False")
+
+
+def _check_outside(local: tuple[str, ...], root: Optional[str]) -> None:
+    """A cache inside a project would be hashed and copied into its own templates."""
+    from .errors import SpecError
+    from .store import default_root
+
+    cache = Path(root or default_root()).resolve()
+    for directory in map(Path, local):
+        if directory.is_dir() and cache.is_relative_to(directory):
+            raise SpecError(
+                f"{directory}: the cache dir {cache} is inside this project; pick a "
+                "--cowenv-dir outside it"
+            )
 
 
 def _acquire(
@@ -324,6 +339,7 @@ def _acquire(
                 pip=options.get("pip"),
                 base_dir=request.path.parent,
             )
+            _check_outside(spec.local, session.settings.root)
             mode = options.get("link_mode")
             env = session.acquire(spec, request.node.name, LinkMode(mode) if mode else None)
         except (SpecError, TemplateBuildError) as exc:

@@ -49,32 +49,43 @@ def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return standard_wheelhouse(tmp_path_factory.mktemp("wheels"))
 
 
-def _fresh_root(name: str) -> Iterator[Path]:
-    problem = real_fs_problem(name)
-    if problem:
-        pytest.skip(f"needs a real {name} mount: {problem}")
-    path = Path(tempfile.mkdtemp(prefix="pool-", dir=os.environ[f"COWENV_TEST_{name.upper()}"]))
-    yield path / "cache"
-    templates = path / "cache" / "templates"
-    for child in templates.iterdir() if templates.is_dir() else ():
-        _platform.BACKEND.set_readonly(str(child), False)
-    remove_tree(path)
-
-
-@pytest.fixture(scope="module", params=FILESYSTEMS)
-def root(request: pytest.FixtureRequest) -> Iterator[Path]:
-    """A cache root on each real filesystem in turn, shared by this module's tests."""
-    yield from _fresh_root(request.param)
-
-
 @pytest.fixture(scope="module")
-def xfs_root() -> Iterator[Path]:
-    yield from _fresh_root("xfs")
+def roots() -> Iterator[Callable[[str], Path]]:
+    """``roots(fs)``: a cache root on that real filesystem, made once and shared by this
+    module's tests, so that each template is built once per filesystem (and xdist worker)."""
+    made: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in made:
+            problem = real_fs_problem(name)
+            if problem:
+                pytest.skip(f"needs a real {name} mount: {problem}")
+            mount = os.environ[f"COWENV_TEST_{name.upper()}"]
+            made[name] = Path(tempfile.mkdtemp(prefix="pool-", dir=mount))
+        return made[name] / "cache"
+
+    yield get
+    for path in made.values():
+        templates = path / "cache" / "templates"
+        for child in templates.iterdir() if templates.is_dir() else ():
+            _platform.BACKEND.set_readonly(str(child), False)
+        remove_tree(path)
 
 
-@pytest.fixture(scope="module")
-def btrfs_root() -> Iterator[Path]:
-    yield from _fresh_root("btrfs")
+@pytest.fixture(params=FILESYSTEMS)
+def root(request: pytest.FixtureRequest, roots: Callable[[str], Path]) -> Path:
+    """The shared cache root on each real filesystem in turn."""
+    return roots(request.param)
+
+
+@pytest.fixture
+def xfs_root(roots: Callable[[str], Path]) -> Path:
+    return roots("xfs")
+
+
+@pytest.fixture
+def btrfs_root(roots: Callable[[str], Path]) -> Path:
+    return roots("btrfs")
 
 
 @pytest.fixture
@@ -360,11 +371,11 @@ def test_two_workers_never_share_a_clone(
     suite: Callable[..., list[str]],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("TESTS", "24")
+    monkeypatch.setenv("TESTS", "16")
     result = pytester.runpytest_subprocess(*suite(root, "-n", "2"))
-    result.assert_outcomes(passed=24)
+    result.assert_outcomes(passed=16)
     clones = (pytester.path / "clones.log").read_text().split()
-    assert len(clones) == 24 and len(set(clones)) == 24
+    assert len(clones) == 16 and len(set(clones)) == 16
     assert len({Path(c).parent for c in clones}) == 2  # one run folder per worker
     assert run_dirs(root) == []
 
@@ -374,8 +385,10 @@ def test_collection_starts_the_pool_of_a_shared_spec(
     pytester: pytest.Pytester,
     suite: Callable[..., list[str]],
     monkeypatch: pytest.MonkeyPatch,
+    make_session: Callable[..., CowEnvSession],
 ) -> None:
-    pytester.runpytest_subprocess(*suite(btrfs_root)).assert_outcomes(passed=6)  # built now
+    session = make_session(btrfs_root)
+    session.release(session.acquire(session.spec([SPEC])))  # the template is built
     monkeypatch.setenv("NAP", "0.3")
     result = pytester.runpytest_subprocess(*suite(btrfs_root))
     result.assert_outcomes(passed=6)

@@ -285,6 +285,22 @@ def test_transient_background_failure_falls_back_and_recovers(
     assert not os.path.lexists(calls[0])
 
 
+def test_no_clones_ahead_on_a_nearly_full_disk(
+    root: Path, make_session: Callable[..., CowEnvSession], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pool_module, "MIN_FREE", 1 << 60)  # never room to spare
+    session = make_session(root)
+    spec = session.spec([SPEC])
+    for i in range(3):
+        env = session.acquire(spec, f"t{i}")
+        session.release(env)
+        time.sleep(0.05)
+    pool = session.pool
+    assert pool is not None and pool.ready(env.template, LinkMode.AUTO) == 0
+    assert (session.stats.pool_hits, session.stats.pool_misses) == (0, 3)
+    assert [n for n in os.listdir(pool.ready_dir)] == []
+
+
 def test_close_stops_a_clone_in_flight(xfs_root: Path, tmp_path: Path) -> None:
     src = make_data_tree(xfs_root.parent / "big-src", files=3000, total_bytes=4 << 20)
     tree = walk_tree(src)

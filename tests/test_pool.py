@@ -255,6 +255,8 @@ def test_background_clone_error_surfaces_in_the_test(
         session.acquire(spec, "t", LinkMode.SNAPSHOT)
     assert str(info.value) == pool.errors[0]
     assert "use link mode auto or clone" in str(info.value)
+    assert session.stats.pool_errors == pool.errors  # and the summary says so
+    assert any(line.startswith("pool thread errors: 1;") for line in session.stats.summary_lines())
     assert [n for n in os.listdir(pool.ready_dir)] == []  # nothing half-made left
 
 

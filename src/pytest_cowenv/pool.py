@@ -60,7 +60,9 @@ class ClonePool:
     so a crash leaves them where the next run's stale clean-up looks.
     """
 
-    def __init__(self, run_dir: Path, size: int, *, warm: bool = False) -> None:
+    def __init__(
+        self, run_dir: Path, size: int, *, warm: bool = False, errors: Optional[list[str]] = None
+    ) -> None:
         self.size = size
         self.warm = warm
         self.ready_dir = run_dir / "pool"
@@ -78,7 +80,9 @@ class ClonePool:
         self._stop = threading.Event()
         self._names = itertools.count()
         self._thread: Optional[threading.Thread] = None
-        self.errors: list[str] = []  # background failures, for the summary
+        # What failed in the thread, for the summary: a test meets a failed clone's error
+        # again (it clones itself), but a failed deletion would otherwise go unseen.
+        self.errors: list[str] = [] if errors is None else errors
 
     # -- the test's side -----------------------------------------------------------------
 
@@ -120,12 +124,6 @@ class ClonePool:
         with self._cond:
             self._primers.append(primer)
             self._wake()
-
-    def forget(self, key: str) -> None:
-        """Drop the pools of template ``key`` (it is being rebuilt)."""
-        with self._cond:
-            for slot in [s for (k, _m), s in self._slots.items() if k == key]:
-                self._drop(slot)
 
     def discard(self, path: Path) -> None:
         """Hand a used clone over for deletion: a rename now, the deletion later."""
@@ -222,7 +220,7 @@ class ClonePool:
                 job()
             except _Stopped:
                 return
-            except Exception as exc:  # never die silently: the session reports it
+            except Exception as exc:  # never die, never fail silently
                 self.errors.append(f"{type(exc).__name__}: {exc}")
 
     def _run_primer(self, primer: Primer) -> None:

@@ -61,6 +61,7 @@ class Stats:
     pool_hits: int = 0  # clones taken ready from the pool
     pool_misses: int = 0  # clones made while the test waited, with the pool on
     wait_ms: list[float] = field(default_factory=list)  # what each acquire waited for its clone
+    pool_errors: list[str] = field(default_factory=list)  # what failed in the pool thread
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -76,6 +77,7 @@ class Stats:
             "pool_hits": self.pool_hits,
             "pool_misses": self.pool_misses,
             "wait_ms": self.wait_ms,
+            "pool_errors": self.pool_errors,
         }
 
     def merge(self, other: dict[str, Any]) -> None:
@@ -91,6 +93,7 @@ class Stats:
         self.pool_hits += other.get("pool_hits", 0)
         self.pool_misses += other.get("pool_misses", 0)
         self.wait_ms += other.get("wait_ms", [])
+        self.pool_errors += other.get("pool_errors", [])
 
     def summary_lines(self) -> list[str]:
         lines = []
@@ -118,6 +121,11 @@ class Stats:
                 f"p95 {_pct(self.wait_ms, 95):.2f}; for its removal median "
                 f"{_pct(self.remove_ms, 50):.2f}, p95 {_pct(self.remove_ms, 95):.2f}"
             )
+            if self.pool_errors:
+                lines.append(
+                    f"pool thread errors: {len(self.pool_errors)}; the first: "
+                    f"{self.pool_errors[0][:300]}"
+                )
             total = self.shared_bytes + self.copied_bytes
             lines.append(
                 f"disk: clones copied {_mib(self.copied_bytes)} where copies would take "
@@ -214,7 +222,7 @@ class CowEnvSession:
         run_dir = self.run_dir
         with self._lock:
             if self._pool is None:
-                self._pool = ClonePool(run_dir, self.settings.pool)
+                self._pool = ClonePool(run_dir, self.settings.pool, errors=self.stats.pool_errors)
             return self._pool
 
     def spec(

@@ -34,7 +34,7 @@ def header_line(root: Optional[str], link_mode: str = "auto", pool: int = 0) -> 
             break
         probe_at = parent
     try:
-        fstype, best, reason = probe_summary(probe_at, remember=probe_at == root)
+        fstype, best, reason = probe_summary(probe_at, remember=probe_at == root and _safe(root))
     except OSError as exc:
         return f"cowenv: dir={root}, unusable ({exc.strerror or exc})"
     strategy, why = link_mode, ""
@@ -46,21 +46,32 @@ def header_line(root: Optional[str], link_mode: str = "auto", pool: int = 0) -> 
     return f"cowenv: dir={root}, fs={fstype}, strategy={strategy}{why}, {pool_text}"
 
 
+def _safe(root: str) -> bool:
+    """Only a cache dir that passes ``store.check_safe`` may hold (and be trusted for) a memo.
+    The same rule, without importing the core: the header must stay nearly free."""
+    if not hasattr(os, "getuid"):  # pragma: no cover - Windows relies on ACLs
+        return True
+    try:
+        st = os.stat(root)
+    except OSError:
+        return False
+    return st.st_uid == os.getuid() and not (st.st_mode & 0o002 and not st.st_mode & 0o1000)
+
+
 def probe_summary(path: str, remember: bool = False) -> tuple[str, str, str]:
     """``(filesystem type, strategy auto picks, why files cannot be cloned)`` at ``path``.
 
     With ``remember``, the answer is kept in ``path/fs-probe.json`` for as long as ``path``
-    stays on the same device.
+    stays on the same device; without it, no memo is read or written.
     """
     dev = os.stat(path).st_dev
     memo = os.path.join(path, PROBE_MEMO)
-    try:
-        with open(memo, encoding="utf-8") as f:
-            data = json.load(f)
-        if data["format"] == _MEMO_FORMAT and data["st_dev"] == dev:
-            return str(data["fstype"]), str(data["strategy"]), str(data["reason"])
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
+    if remember:  # a memo outside our own, vetted cache dir could be anyone's: never read it
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            with open(memo, encoding="utf-8") as f:
+                data = json.load(f)
+            if data["format"] == _MEMO_FORMAT and data["st_dev"] == dev:
+                return str(data["fstype"]), str(data["strategy"]), str(data["reason"])
     from .fs import probe
 
     info = probe(path)

@@ -70,8 +70,12 @@ def prepare_root(root: Optional[Union[str, os.PathLike[str]]]) -> Layout:
         raise CacheDirError(
             f"cache dir {path}: not writable ({exc.strerror}); pick another --cowenv-dir"
         ) from None
-    if not os.access(layout.templates, os.W_OK | os.X_OK):
-        raise CacheDirError(f"cache dir {path}: not writable; pick another --cowenv-dir")
+    for sub in (layout.templates, layout.clones, layout.tmp, layout.bytecode):
+        if not os.access(sub, os.W_OK | os.X_OK):
+            raise CacheDirError(
+                f"cache dir {path}: {sub.name}/ is not writable; fix its permissions or pick "
+                "another --cowenv-dir"
+            )
     return layout
 
 

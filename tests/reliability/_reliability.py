@@ -86,11 +86,12 @@ def internal_frames(text: str) -> list[str]:
     ]
 
 
-def tree_digest(root: Path) -> str:
+def tree_digest(root: Path, skip: tuple[str, ...] = ()) -> str:
     """Hash of a tree's names, kinds, modes, sizes, contents and symlink targets.
 
     Never follows symlinks (a venv's ``bin/python`` points at the base interpreter).
-    Timestamps are left out: reading a file must not count as changing it.
+    Timestamps are left out: reading a file must not count as changing it. Contents of
+    files named in ``skip`` are left out too.
     """
     h = hashlib.sha256()
     for dirpath, dirnames, filenames in os.walk(root):
@@ -104,7 +105,10 @@ def tree_digest(root: Path) -> str:
             if os.path.islink(path):
                 h.update(f"L {rel} -> {os.readlink(path)}\n".encode())
                 continue
-            h.update(f"F {rel} {st.st_mode:o} {st.st_size}\n".encode())
+            h.update(f"F {rel} {st.st_mode:o}\n".encode())
+            if name in skip:
+                continue
+            h.update(f"{st.st_size}\n".encode())
             with open(path, "rb") as f:
                 h.update(hashlib.sha256(f.read()).digest())
     return h.hexdigest()

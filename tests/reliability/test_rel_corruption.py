@@ -1,0 +1,104 @@
+"""A template damaged on disk is detected and rebuilt, never cloned.
+
+Each case builds a template, damages it the way a crash, a full disk or a careless ``rm``
+would, then runs a real pytest session that uses it. On btrfs a damaged template would be
+snapshotted whole, damage included, if it slipped through: the clone's ``alpha`` console
+script and ``import alpha.cli`` prove it did not.
+
+Detection compares the tree with the manifest in the metadata (names, kinds, modes, sizes,
+mtimes): a change that keeps a file's size and mtime (bit rot) is out of its reach.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+import pytest
+from _reliability import acquire_once, stray_entries, tree_digest, unlock_template
+
+INNER = """
+import pytest
+
+@pytest.mark.cowenv("alpha==1.0")
+def test_uses_the_template(cowenv):
+    assert cowenv.run("alpha").stdout == "alpha 1.0\\n"
+    cowenv.run("python", "-c", "import alpha.cli")
+"""
+
+
+def _delete_file(template: Path, meta: Path) -> None:
+    next(template.glob("lib/python*/site-packages/alpha/cli.py")).unlink()
+
+
+def _truncate_file(template: Path, meta: Path) -> None:
+    os.truncate(next(template.glob("lib/python*/site-packages/alpha/__init__.py")), 0)
+
+
+def _delete_tree(template: Path, meta: Path) -> None:
+    from pytest_cowenv.clone import remove_tree
+
+    remove_tree(template)
+
+
+def _truncate_metadata(template: Path, meta: Path) -> None:
+    os.truncate(meta, meta.stat().st_size // 2)
+
+
+def _garbage_metadata(template: Path, meta: Path) -> None:
+    meta.write_bytes(b"\x00\xff{not json at all")
+
+
+def _wrong_shape_metadata(template: Path, meta: Path) -> None:
+    meta.write_text(json.dumps(["format", 1, "key"]))
+
+
+def _other_key_metadata(template: Path, meta: Path) -> None:
+    data = json.loads(meta.read_text())
+    data["key"] = "0" * 24  # metadata copied from another template
+    meta.write_text(json.dumps(data))
+
+
+DAMAGE = {
+    "file deleted": _delete_file,
+    "file truncated": _truncate_file,
+    "tree deleted": _delete_tree,
+    "metadata truncated": _truncate_metadata,
+    "garbage JSON": _garbage_metadata,
+    "JSON of the wrong shape": _wrong_shape_metadata,
+    "metadata of another key": _other_key_metadata,
+}
+# A RECORD lists the hash of each console script as the installer wrote it, naming the build
+# folder, before relocation: it differs between two builds of the same spec.
+RECORDS = ("RECORD",)
+CASES = [(damage, "btrfs") for damage in DAMAGE] + [("file deleted", "xfs")]
+
+
+@pytest.mark.parametrize(("damage", "fs"), CASES, ids=[f"{d}-{f}" for d, f in CASES])
+def test_damaged_template_is_rebuilt_not_cloned(
+    pytester: pytest.Pytester,
+    real_dir: Callable[[str], Path],
+    offline: list[str],
+    wheelhouse: Path,
+    damage: str,
+    fs: str,
+    record_property: Callable[[str, object], None],
+) -> None:
+    cache = real_dir(fs)
+    key, created, _ = acquire_once(cache, wheelhouse, "alpha==1.0")
+    template, meta = cache / "templates" / key, cache / "templates" / f"{key}.json"
+    healthy = tree_digest(template, skip=RECORDS)
+    unlock_template(template)
+    DAMAGE[damage](template, meta)
+
+    pytester.makepyfile(INNER)
+    result = pytester.runpytest_subprocess("--cowenv-dir", str(cache), *offline)
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["templates built: 1: alpha==1.0 *"])
+    rebuilt = json.loads(meta.read_text())
+    assert rebuilt["key"] == key and rebuilt["created"] > created
+    assert tree_digest(template, skip=RECORDS) == healthy, "the rebuilt template differs"
+    assert stray_entries(cache) == []
+    record_property("faults", 1)

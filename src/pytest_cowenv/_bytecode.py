@@ -2,7 +2,7 @@
 
 Run by the template's own interpreter, so that the bytecode fits it::
 
-    python -I _bytecode.py SITE_PACKAGES STORE
+    python -I -S _bytecode.py SITE_PACKAGES STORE
 
 Standard library only (Python 3.9+): the template has nothing else. Prints one JSON line of
 counts. Each ``.pyc`` is *checked-hash* (PEP 552): valid in a clone whatever its mtimes, and
@@ -19,7 +19,6 @@ import json
 import marshal
 import os
 import sys
-from concurrent.futures import ProcessPoolExecutor
 
 # Flags word of a checked hash-based pyc (PEP 552): bit 0 "hash based", bit 1 "check source".
 _CHECKED_HASH = 0b11
@@ -54,7 +53,7 @@ def pyc_bytes(data: bytes, rel: str) -> bytes:
 
 
 def write_new(path: str, data: bytes) -> None:
-    """Write ``path`` all at once (a reader never sees half a file)."""
+    """Write ``path`` all at once: other builds read the store while this one writes it."""
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "wb") as f:
         f.write(data)
@@ -62,10 +61,12 @@ def write_new(path: str, data: bytes) -> None:
 
 
 def place(src: str, pyc: bytes) -> None:
+    """Write ``src``'s pyc beside it: directly, since no one reads a template being built."""
     if pyc:
         target = importlib.util.cache_from_source(src)
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        write_new(target, pyc)
+        with open(target, "wb") as f:
+            f.write(pyc)
 
 
 def compile_and_keep(job: tuple[str, str, str]) -> bool:
@@ -104,6 +105,8 @@ def main(site: str, store_root: str) -> dict[str, int]:
         failed += not pyc
     workers = min(os.cpu_count() or 1, len(todo) // _POOL_MIN)
     if workers > 1:
+        from concurrent.futures import ProcessPoolExecutor  # 30 ms to import: only if needed
+
         with ProcessPoolExecutor(workers) as pool:
             compiled = list(pool.map(compile_and_keep, todo, chunksize=16))
     else:

@@ -180,9 +180,11 @@ class TemplateCache:
                 holder = owner.read_text(encoding="utf-8").strip()
             except OSError:
                 holder = "unknown process"
+            # The lock is an flock: it dies with its holder, so the holder is alive and busy.
             raise LockTimeoutError(
                 f"template {key}: lock {lock_path} held by {holder} for more than "
-                f"{self.lock_timeout:.0f} s; if that process is gone, delete the lock file"
+                f"{self.lock_timeout:g} s; wait for that build, stop it, or raise "
+                "PYTEST_COWENV_LOCK_TIMEOUT"
             ) from None
         try:
             owner.write_text(
@@ -256,18 +258,14 @@ class TemplateCache:
         return Template(key, final, spec, meta, tree, built_now=True)
 
 
-def timed(phases: dict[str, float], name: str) -> contextlib.AbstractContextManager[None]:
+@contextlib.contextmanager
+def timed(phases: dict[str, float], name: str) -> Iterator[None]:
     """Add the seconds spent in the ``with`` block to ``phases[name]``."""
-
-    @contextlib.contextmanager
-    def timer() -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            phases[name] = phases.get(name, 0.0) + time.perf_counter() - start
-
-    return timer()
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        phases[name] = phases.get(name, 0.0) + time.perf_counter() - start
 
 
 def _with_space_hint(exc: TemplateBuildError, root: Path) -> TemplateBuildError:
@@ -356,7 +354,9 @@ def create_base_env(env: Path, python: str, *, pip: bool, what: str) -> None:
 def compile_env(env: Path, spec: TemplateSpec, bytecode: Path) -> dict[str, int]:
     """Byte-compile site-packages with the environment's own interpreter (see _bytecode)."""
     script = Path(__file__).with_name("_bytecode.py")
-    cmd = [str(env / "bin" / "python"), "-I", str(script), str(site_packages(env)), str(bytecode)]
+    # -I: nothing from the environment variables or the script's folder; -S: no .pth files run.
+    cmd = [str(env / "bin" / "python"), "-I", "-S", str(script)]
+    cmd += [str(site_packages(env)), str(bytecode)]
     proc = subprocess.run(
         cmd, capture_output=True, text=True, env=clean_env(), stdin=subprocess.DEVNULL, check=False
     )

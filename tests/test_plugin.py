@@ -57,8 +57,9 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @pytest.fixture(autouse=True)
 def _hermetic(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No option of the machine leaks in, and a run without --cowenv-dir stays in tmp."""
-    for name in ("PYTEST_COWENV_LINK_MODE", "PYTEST_COWENV_KEEP", "PYTEST_COWENV_POOL"):
-        monkeypatch.delenv(name, raising=False)
+    for name in list(os.environ):
+        if name.startswith(("PYTEST_COWENV_", "PYTEST_XDIST_")) or name == "PYTEST_ADDOPTS":
+            monkeypatch.delenv(name)  # also an outer xdist worker's: inner runs are controllers
     monkeypatch.setenv("PYTEST_COWENV_DIR", str(tmp_path / "default-cache"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
 
@@ -483,7 +484,7 @@ def test_xdist_shares_templates_and_rebuild_runs_once(
 
         @pytest.hookimpl(trylast=True)
         def pytest_configure(config):
-            name = os.environ.get("PYTEST_XDIST_WORKER", "controller")
+            name = getattr(config, "workerinput", {}).get("workerid", "controller")
             log = pathlib.Path(os.environ["REBUILD_LOG"], name)
             log.write_text(repr(config.stash[options_key].rebuild_before))
         """

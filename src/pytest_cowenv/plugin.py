@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
@@ -18,6 +17,7 @@ import pytest
 if TYPE_CHECKING:
     from .env import CowEnv
     from .session import CowEnvSession
+    from .spec import TemplateSpec
 
 LINK_MODES = ("auto", "snapshot", "clone", "hardlink", "copy")
 KEEP_VALUES = ("none", "failed", "all")
@@ -33,21 +33,51 @@ MARKER_DOC = (
 DEFAULT_POOL = 2
 
 
-@dataclass(frozen=True)
 class Options:
     """What the command line, environment variables and ini decided: plain values, so that
-    ``pytest_configure`` imports nothing heavy. :meth:`settings` makes the core's form."""
+    ``pytest_configure`` imports nothing heavy. :meth:`settings` makes the core's form.
 
-    root: Optional[str] = None
-    link_mode: str = "auto"
-    keep: str = "none"
-    rebuild_before: float = 0.0
-    find_links: tuple[str, ...] = ()
-    index_url: Optional[str] = None
-    offline: bool = False
-    pip: bool = False
-    requirements: tuple[str, ...] = ()
-    pool: int = DEFAULT_POOL
+    A plain class: a dataclass would generate its methods with ``exec`` at import, which
+    costs an unused plugin milliseconds on every pytest start.
+    """
+
+    __slots__ = (
+        "find_links",
+        "index_url",
+        "keep",
+        "link_mode",
+        "offline",
+        "pip",
+        "pool",
+        "rebuild_before",
+        "requirements",
+        "root",
+    )
+
+    def __init__(
+        self,
+        *,
+        root: Optional[str] = None,
+        link_mode: str = "auto",
+        keep: str = "none",
+        rebuild_before: float = 0.0,
+        find_links: tuple[str, ...] = (),
+        index_url: Optional[str] = None,
+        offline: bool = False,
+        pip: bool = False,
+        requirements: tuple[str, ...] = (),
+        pool: int = DEFAULT_POOL,
+    ) -> None:
+        self.root = root
+        self.link_mode = link_mode
+        self.keep = keep
+        self.rebuild_before = rebuild_before
+        self.find_links = find_links
+        self.index_url = index_url
+        self.offline = offline
+        self.pip = pip
+        self.requirements = requirements
+        self.pool = pool
 
     def settings(self) -> Any:
         from ._install import IndexOptions
@@ -312,6 +342,32 @@ def _check_outside(local: tuple[str, ...], root: Optional[str]) -> None:
             )
 
 
+def _asked(args: tuple[Any, ...], kwargs: dict[str, Any], base_dir: Path) -> str:
+    """What a marker or factory call asked for, as a key (its values need not be hashable)."""
+    return repr((args, sorted(kwargs.items()), str(base_dir)))
+
+
+def _make_spec(
+    config: pytest.Config,
+    session: CowEnvSession,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    base_dir: Path,
+) -> TemplateSpec:
+    """The spec of a marker or factory call: relative paths are taken from ``base_dir``."""
+    _check_options(kwargs)
+    project = kwargs.get("project")
+    spec = session.spec(
+        args or session.settings.requirements,
+        python=kwargs.get("python"),
+        project=config.rootpath if project is True else (project or None),
+        pip=kwargs.get("pip"),
+        base_dir=base_dir,
+    )
+    _check_outside(spec.local, session.settings.root)
+    return spec
+
+
 def _acquire(
     request: pytest.FixtureRequest, requirements: tuple[Any, ...], options: dict[str, Any]
 ) -> CowEnv:
@@ -325,21 +381,11 @@ def _acquire(
 
     session = _session(request.config)
     failed = request.config.stash.setdefault(failed_specs_key, {})
-    asked = repr((requirements, sorted(options.items()), str(request.path.parent)))
+    asked = _asked(requirements, options, request.path.parent)
     problem = failed.get(asked)
     if problem is None:
         try:
-            _check_options(options)
-            project = options.get("project")
-            project = request.config.rootpath if project is True else (project or None)
-            spec = session.spec(
-                requirements or session.settings.requirements,
-                python=options.get("python"),
-                project=project,
-                pip=options.get("pip"),
-                base_dir=request.path.parent,
-            )
-            _check_outside(spec.local, session.settings.root)
+            spec = _make_spec(request.config, session, requirements, options, request.path.parent)
             mode = options.get("link_mode")
             env = session.acquire(spec, request.node.name, LinkMode(mode) if mode else None)
         except (SpecError, TemplateBuildError) as exc:
@@ -403,30 +449,26 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             continue
         marker = item.get_closest_marker("cowenv")
         args, kwargs = (marker.args, dict(marker.kwargs)) if marker else ((), {})
-        asked = repr((args, sorted(kwargs.items()), str(item.path.parent)))
+        asked = _asked(args, kwargs, item.path.parent)
         groups.setdefault(asked, [args, kwargs, item.path.parent, 0])[3] += 1
     if sum(group[3] for group in groups.values()) < 2:
         return  # a run that needs one environment or none: import nothing more
     from collections import Counter
 
     from .clone import LinkMode
-    from .errors import CowEnvError
+    from .errors import CowEnvError, SpecError
 
     session = _session(config)
+    failed = config.stash.setdefault(failed_specs_key, {})
     counts: Counter[Any] = Counter()
-    for args, kwargs, base_dir, tests in groups.values():
+    for asked, (args, kwargs, base_dir, tests) in groups.items():
         try:
-            _check_options(kwargs)
-            project = kwargs.get("project")
-            spec = session.spec(
-                args or session.settings.requirements,
-                python=kwargs.get("python"),
-                project=config.rootpath if project is True else (project or None),
-                pip=kwargs.get("pip"),
-                base_dir=base_dir,
-            )
+            spec = _make_spec(config, session, args, kwargs, base_dir)
+        except SpecError as exc:  # each test reports it, from memory (no second search)
+            failed[asked] = str(exc)
+            continue
         except CowEnvError:
-            continue  # each test reports it
+            continue
         mode = kwargs.get("link_mode")
         counts[(spec, LinkMode(mode) if mode else None)] += tests
     try:

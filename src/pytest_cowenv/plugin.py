@@ -16,7 +16,7 @@ import pytest
 
 if TYPE_CHECKING:
     from .env import CowEnv
-    from .session import CowEnvSession
+    from .session import CowEnvSession, Settings
     from .spec import TemplateSpec
 
 LINK_MODES = ("auto", "snapshot", "clone", "hardlink", "copy")
@@ -79,7 +79,7 @@ class Options:
         self.requirements = requirements
         self.pool = pool
 
-    def settings(self) -> Any:
+    def settings(self) -> Settings:
         from ._install import IndexOptions
         from .clone import LinkMode
         from .session import Settings

@@ -128,7 +128,9 @@ def install_command(python: Path, items: Sequence[str], index: IndexOptions) -> 
             "install",
             "--python",
             str(python),
-            "--link-mode=copy",
+            # Reflinks from uv's cache where it shares a filesystem with ours (no extra disk,
+            # and independent of the cache afterwards); uv copies quietly everywhere else.
+            "--link-mode=clone",
             "--quiet",
             *_index_args(index, uv=True),
             *items,

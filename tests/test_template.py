@@ -511,11 +511,18 @@ def test_disk_full_fails_clearly_and_gives_the_space_back(
 # -- local projects --------------------------------------------------------------------------
 
 BACKEND = '''
-"""A PEP 517 backend in 20 lines: zips src/ into a wheel. No network, no setuptools."""
-import base64, hashlib, os, zipfile
+"""A PEP 517 backend in 30 lines: zips src/ into a wheel. No network, no setuptools.
+The version is 0.1, or taken from git (like setuptools-scm) when the tree is a repository."""
+import base64, hashlib, os, subprocess, zipfile
 
 def _b64(data):
     return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+def _version():
+    if not os.path.exists(".git"):
+        return "0.1"
+    out = subprocess.run(["git", "describe", "--tags"], capture_output=True, text=True)
+    return out.stdout.strip().lstrip("v")
 
 def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
     files = {}
@@ -524,12 +531,14 @@ def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
             path = os.path.join(dirpath, name)
             with open(path, "rb") as f:
                 files[os.path.relpath(path, "src")] = f.read()
-    info = "proj-0.1.dist-info"
-    files[info + "/METADATA"] = b"Metadata-Version: 2.1\\nName: proj\\nVersion: 0.1\\n"
+    version = _version()
+    info = f"proj-{version}.dist-info"
+    meta = f"Metadata-Version: 2.1\\nName: proj\\nVersion: {version}\\n"
+    files[info + "/METADATA"] = meta.encode()
     files[info + "/WHEEL"] = b"Wheel-Version: 1.0\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n"
     record = [f"{k},sha256={_b64(v)},{len(v)}" for k, v in files.items()] + [info + "/RECORD,,"]
     files[info + "/RECORD"] = "\\n".join(record).encode()
-    name = "proj-0.1-py3-none-any.whl"
+    name = f"proj-{version}-py3-none-any.whl"
     with zipfile.ZipFile(os.path.join(wheel_directory, name), "w") as zf:
         for arcname, data in files.items():
             zf.writestr(arcname, data)
@@ -544,7 +553,7 @@ backend-path = ["."]
 
 [project]
 name = "proj"
-version = "0.1"
+dynamic = ["version"]
 """
 
 
@@ -587,3 +596,18 @@ def test_local_project_is_built_from_a_copy_and_installed(
     assert changed.key() != template.key
     rebuilt = new_cache(root).get(changed)  # (one cache keeps a spec's key for its lifetime)
     assert rebuilt.built_now and rebuilt.key != template.key
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_project_versioned_by_git_builds_from_the_copy(
+    root: Path, wheelhouse: Path, project: Path
+) -> None:
+    git = ["git", "-c", "user.email=t@example.org", "-c", "user.name=t"]
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "one"], ["tag", "v0.7"]):
+        subprocess.run([*git, *args], cwd=project, check=True, capture_output=True)
+    template = new_cache(root).get(make_spec(wheelhouse, "alpha", project=project))
+    assert template.resolved["proj"] == "0.7"
+    status = subprocess.run(
+        ["git", "status", "--porcelain", "--ignored"], cwd=project, capture_output=True, text=True
+    )
+    assert status.stdout == ""  # nothing written into the tree, not even ignored files

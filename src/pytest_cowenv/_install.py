@@ -181,6 +181,19 @@ def failure_message(what: str, cmd: Sequence[str], code: int, output: str) -> st
     return f"{what}: {culprit}\ncommand: {' '.join(str(c) for c in cmd)} (exit code {code})\n{tail}"
 
 
+def link_vcs(project: Path, copy: Path) -> None:
+    """Let the copy see the project's git repository: backends that take the version from
+    git (setuptools-scm, hatch-vcs) fail without it. Nothing is copied; git only reads."""
+    git = project / ".git"
+    if git.is_dir():
+        (copy / ".git").symlink_to(git, target_is_directory=True)
+    elif git.is_file():  # a worktree or submodule: "gitdir: <path>", maybe relative
+        text = git.read_text(encoding="utf-8").strip()
+        if text.startswith("gitdir:"):
+            target = (project / text[len("gitdir:") :].strip()).resolve()
+            (copy / ".git").write_text(f"gitdir: {target}\n", encoding="utf-8")
+
+
 def build_wheel(project: Path, out_dir: Path, python: str, index: IndexOptions) -> Path:
     """Build a wheel of a local project from a private copy (the source tree stays clean).
 
@@ -194,6 +207,7 @@ def build_wheel(project: Path, out_dir: Path, python: str, index: IndexOptions) 
         return {name for name in names if project_skips(rel, name)}
 
     shutil.copytree(project, work, ignore=ignore, symlinks=True)
+    link_vcs(project, work)
     wheels = out_dir / f"wheels-{project.name}"
     uv = uv_binary()
     if uv:

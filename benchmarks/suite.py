@@ -155,7 +155,7 @@ def _last_lines(text: str, n: int = 3) -> str:
 
 
 def generate_suite(n: int) -> Path:
-    """``test_real.py`` (import W1, install a tiny wheel, run its console script) and
+    """``test_real.py`` (install a tiny wheel, run its console script, which imports W1) and
     ``test_noop.py`` (ask for the environment, do nothing), N tests each, N tiny wheels."""
     suite = RESULTS / "suite"
     if suite.exists():
@@ -167,7 +167,9 @@ def generate_suite(n: int) -> Path:
             suite / "wheels",
             f"bench-tiny-{i}",
             "1.0",
-            modules={f"bench_tiny_{i}.py": f"def main():\n    print('tiny {i}')\n"},
+            modules={
+                f"bench_tiny_{i}.py": f"{IMPORT_W1}\n\n\ndef main():\n    print('tiny {i}')\n"
+            },
             scripts={f"bench-tiny-{i}": f"bench_tiny_{i}:main"},
         )
     shutil.copy(HERE / "peers" / "suite_conftest.py", suite / "conftest.py")
@@ -184,9 +186,9 @@ pytestmark = pytest.mark.cowenv(*W1)
 
 @pytest.mark.parametrize("i", range({n}))
 def test_real(benv, request, i):
-    timed(request, "import_ms", benv.run, "python", "-c", {IMPORT_W1!r})
     timed(request, "install_ms", benv.install, WHEELS / f"bench_tiny_{{i}}-1.0-py3-none-any.whl")
-    out = timed(request, "script_ms", benv.run, f"bench-tiny-{{i}}")
+    # The console script's first run is the env's first use: its module imports W1.
+    out = timed(request, "import_ms", benv.run, f"bench-tiny-{{i}}")
     assert out.strip() == f"tiny {{i}}"
 """,
         encoding="utf-8",
@@ -679,6 +681,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         help="tests run per round for the slow peers (2; extrapolated)",
     )
     parser.add_argument("--workers", type=int, default=2, help="xdist rows (-n); 0 = none")
+    parser.add_argument(
+        "--xdist-rounds", type=int, default=1, help="rounds that include the xdist rows (1)"
+    )
     parser.add_argument("--disk-clones", type=int, default=200)
     parser.add_argument("--disk-trials", type=int, default=3, help="median of (3)")
     parser.add_argument("--first-use-clones", type=int, default=7)
@@ -714,13 +719,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cold = warm_up(ctx, rows, peers=not args.quick)
 
     results: dict[str, list[RunResult]] = {r.key: [] for r in rows}
-    total = len(rows) * args.rounds
-    for rnd in range(args.rounds):
-        order = rows[rnd % len(rows) :] + rows[: rnd % len(rows)]  # interleaved, rotated
-        for i, row in enumerate(order, 1):
+    schedule = [
+        [r for r in rows if not r.workers or rnd < args.xdist_rounds] for rnd in range(args.rounds)
+    ]
+    total, done = sum(len(s) for s in schedule), 0
+    for rnd, rows_now in enumerate(schedule):
+        shift = rnd % len(rows_now)
+        for row in rows_now[shift:] + rows_now[:shift]:  # interleaved, rotated each round
             res = run_row(ctx, row, f"r{rnd + 1}")
             results[row.key].append(res)
-            done = rnd * len(rows) + i
+            done += 1
             print(
                 f"  [{done}/{total}] round {rnd + 1}: {row.label}, {row.variant}, "
                 f"{len(res.overhead_ms)} tests: {res.wall:.1f} s, overhead median "
@@ -778,7 +786,8 @@ def report(
     n = args.tests
     print(
         f"\n== suite of {n} tests, each with its own W1 env "
-        f"({' '.join(W1)}); medians of {args.rounds} interleaved rounds =="
+        f"({' '.join(W1)}); medians of {args.rounds} interleaved rounds "
+        f"(xdist rows: {min(args.rounds, args.xdist_rounds)}) =="
     )
     pool = next((s.header for s in stats.values() if s.header), "")
     print(f"pytest-cowenv defaults as run: {pool}")
@@ -788,12 +797,12 @@ def report(
     )
     print(
         "overhead = pytest setup + teardown of the test (getting and removing the env); "
-        "first import = the test's first `python -c 'import requests, rich, httpx, "
-        "pydantic'`; * = fewer tests ran, the wall time is extrapolated to "
-        f"{n} tests\n"
+        "first import = the first run of the tiny wheel's console script, whose module "
+        "imports requests, rich, httpx and pydantic; * = fewer tests ran, the wall time is "
+        f"extrapolated to {n} tests\n"
     )
     for variant, title in (
-        ("real", "tests that import W1, install a tiny wheel, run its console script"),
+        ("real", "tests that install a tiny wheel and run its console script (imports W1)"),
         ("noop", "tests that do nothing in their env"),
     ):
         rows = [s for s in stats.values() if s.row.variant == variant]
@@ -809,8 +818,8 @@ def report(
                     "first import ms",
                     f"wall s ({n})",
                     "peak disk MiB",
-                    "overhead xcowenv",
-                    "wall xcowenv",
+                    "overhead vs cowenv",
+                    "wall vs cowenv",
                 ],
                 [_row_cells(s, stats) for s in rows],
             )
@@ -1119,6 +1128,12 @@ def _r(v: float, digits: int = 2) -> Any:
     return "" if v != v else round(v, digits)
 
 
+def _short(value: float, unit: str) -> str:
+    if unit == "ms" and value >= 1000:
+        return f"{value / 1000:.1f} s"
+    return f"{value:.3g} {unit}"
+
+
 def write_png(path: Path, stats: dict[str, RowStats], n: int) -> None:
     try:
         import matplotlib
@@ -1153,7 +1168,7 @@ def write_png(path: Path, stats: dict[str, RowStats], n: int) -> None:
             ax.text(
                 bar.get_width() * 1.08,
                 bar.get_y() + bar.get_height() / 2,
-                f"{v:.3g}",
+                _short(v, unit),
                 va="center",
                 fontsize=8,
             )

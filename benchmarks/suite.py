@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import importlib.util
 import json
 import os
@@ -692,6 +693,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         action="store_true",
         help="20 tests, 1 round, 1 peer test, 20 disk clones: a smoke run",
     )
+    parser.add_argument(
+        "--from-journal",
+        type=Path,
+        help="report the runs journalled in this file (raw/journal.jsonl) instead of running",
+    )
     parser.add_argument("--csv", type=Path, default=RESULTS / "suite.csv")
     parser.add_argument("--png", type=Path, default=RESULTS / "suite.png")
     args = parser.parse_args(argv)
@@ -715,28 +721,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for peer, error in ctx.venv.peer_errors.items():
         print(f"{peer}: {error}")
 
-    print("\nwarm-up")
-    cold = warm_up(ctx, rows, peers=not args.quick)
-
-    results: dict[str, list[RunResult]] = {r.key: [] for r in rows}
-    schedule = [
-        [r for r in rows if not r.workers or rnd < args.xdist_rounds] for rnd in range(args.rounds)
-    ]
-    total, done = sum(len(s) for s in schedule), 0
-    for rnd, rows_now in enumerate(schedule):
-        shift = rnd % len(rows_now)
-        for row in rows_now[shift:] + rows_now[:shift]:  # interleaved, rotated each round
-            res = run_row(ctx, row, f"r{rnd + 1}")
-            results[row.key].append(res)
-            done += 1
-            print(
-                f"  [{done}/{total}] round {rnd + 1}: {row.label}, {row.variant}, "
-                f"{len(res.overhead_ms)} tests: {res.wall:.1f} s, overhead median "
-                f"{median(res.overhead_ms):.1f} ms"
-                + (f"  FAILED: {len(res.failures)}" if res.failures else ""),
-                flush=True,
-            )
-        print(f"  end of round {rnd + 1}: {load()}", flush=True)
+    if args.from_journal:
+        cold, results = read_journal(args.from_journal)
+        print(f"\nresults read from {args.from_journal} (nothing run)")
+    else:
+        cold, results = run_rounds(ctx, args, rows)
     stats = {k: aggregate(v, args.tests) for k, v in results.items()}
 
     report(ctx, args, stats, cold)
@@ -752,6 +741,59 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         f"{(time.perf_counter() - started) / 60:.1f} min"
     )
     return 0
+
+
+def run_rounds(
+    ctx: Context, args: argparse.Namespace, rows: list[Row]
+) -> tuple[dict[str, float], dict[str, list[RunResult]]]:
+    """Warm up, then every row once per round, interleaved; each run is journalled as it
+    ends, so that an interrupted run can still be reported (``--from-journal``)."""
+    journal = ctx.raw / "journal.jsonl"
+    journal.unlink(missing_ok=True)
+    print("\nwarm-up")
+    cold = warm_up(ctx, rows, peers=not args.quick)
+    _journal(journal, {"cold": cold})
+    results: dict[str, list[RunResult]] = {r.key: [] for r in rows}
+    schedule = [
+        [r for r in rows if not r.workers or rnd < args.xdist_rounds] for rnd in range(args.rounds)
+    ]
+    total, done = sum(len(s) for s in schedule), 0
+    for rnd, rows_now in enumerate(schedule):
+        shift = rnd % len(rows_now)
+        for row in rows_now[shift:] + rows_now[:shift]:  # interleaved, rotated each round
+            res = run_row(ctx, row, f"r{rnd + 1}")
+            results[row.key].append(res)
+            _journal(journal, {"run": dataclasses.asdict(res)})
+            done += 1
+            print(
+                f"  [{done}/{total}] round {rnd + 1}: {row.label}, {row.variant}, "
+                f"{len(res.overhead_ms)} tests: {res.wall:.1f} s, overhead median "
+                f"{median(res.overhead_ms):.1f} ms"
+                + (f"  FAILED: {len(res.failures)}" if res.failures else ""),
+                flush=True,
+            )
+        print(f"  end of round {rnd + 1}: {load()}", flush=True)
+    return cold, results
+
+
+def _journal(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def read_journal(path: Path) -> tuple[dict[str, float], dict[str, list[RunResult]]]:
+    cold: dict[str, float] = {}
+    results: dict[str, list[RunResult]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        if "cold" in record:
+            cold = record["cold"]
+        else:
+            run = record["run"]
+            run["row"] = Row(**run["row"])
+            res = RunResult(**run)
+            results.setdefault(res.row.key, []).append(res)
+    return cold, results
 
 
 def disk_part(ctx: Context, clones: int, trials: int) -> list[DiskResult]:

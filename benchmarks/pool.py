@@ -370,14 +370,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         benches.append(Bench(name, base, args.tests))
     lines = [f"benchmarks/pool.py {' '.join(sys.argv[1:])}",
              f"{time.strftime('%Y-%m-%d %H:%M')}, {load()}"]
-    if "suite" in sections:
-        lines += suite_section(benches, args.rounds, [int(w) for w in args.workers.split(",")])
-    if "pagecache" in sections:
-        lines += pagecache_section(benches, max(args.rounds, 5))
-    if "cpu" in sections:
-        lines += cpu_section(benches, args.rounds, args.cpu_loops)
+    print("\n".join(lines), flush=True)
+    runs = {
+        "suite": lambda: suite_section(
+            benches, args.rounds, [int(w) for w in args.workers.split(",")]
+        ),
+        "pagecache": lambda: pagecache_section(benches, max(args.rounds, 5)),
+        "cpu": lambda: cpu_section(benches, args.rounds, args.cpu_loops),
+    }
+    for name in sections:
+        found = runs[name]()
+        print("\n".join(found), flush=True)  # a long run shows each section as it ends
+        lines += found
     text = "\n".join(lines)
-    print(text)
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / f"pool-{time.strftime('%Y%m%d-%H%M%S')}.txt"
     out.write_text(text + "\n")

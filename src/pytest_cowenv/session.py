@@ -187,7 +187,6 @@ class CowEnvSession:
         self._pool: Optional[ClonePool] = None
         self._uses: Counter[tuple[str, LinkMode]] = Counter()
         self._expected: set[tuple[TemplateSpec, LinkMode]] = set()
-        self._key_locks: dict[str, threading.Lock] = {}
 
     @property
     def layout(self) -> Layout:
@@ -249,7 +248,7 @@ class CowEnvSession:
     ) -> CowEnv:
         """A fresh private clone of ``spec``'s template (built first if needed): a ready one
         from the pool when there is one, else made now."""
-        template = self._template(spec)
+        template = self.cache.get(spec)
         mode = link_mode or self.settings.link_mode
         with self._lock:
             self._seq += 1
@@ -320,18 +319,10 @@ class CowEnvSession:
             meta = json.loads(self.layout.meta(key).read_text(encoding="utf-8"))
             if float(meta.get("created", 0)) < self.settings.rebuild_before:
                 return None
-            return self._template(spec), mode
+            # cache.get serialises callers per key: the test and this thread share one object
+            return self.cache.get(spec), mode
         except (OSError, ValueError, AttributeError, CowEnvError):
             return None  # the first test meets (and reports) whatever is wrong
-
-    def _template(self, spec: TemplateSpec) -> Template:
-        """``cache.get``, one caller per key at a time: the pool thread and a test asking for
-        the same template must get the same object (a different one means "rebuilt")."""
-        key = self.cache.key(spec)
-        with self._lock:
-            lock = self._key_locks.setdefault(key, threading.Lock())
-        with lock:
-            return self.cache.get(spec)
 
     def kept_path(self, env: CowEnv) -> Path:
         """Where :meth:`release` moves a kept clone (known before the test ends, for reports)."""

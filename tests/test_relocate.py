@@ -16,16 +16,24 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
 from _wheels import make_wheel, standard_wheelhouse
-from conftest import real_fs_problem
 from pytest_cowenv import LinkMode, Template, TemplateCache, TemplateSpec, clone_tree
 from pytest_cowenv._install import IndexOptions, installer_identity, uv_binary
 from pytest_cowenv._relocate import ACTIVATE, launcher_body, point_at_sources
 from pytest_cowenv.clone import _platform, remove_tree, walk_tree
+from pytest_cowenv.fs import fs_type
 from pytest_cowenv.store import prepare_root
+
+
+def mounted(var: str, fstype: str) -> Optional[Path]:
+    """The directory named by ``var`` if it is on a ``fstype`` mount (scripts/cowfs.sh)."""
+    path = os.environ.get(var)
+    return Path(path) if path and os.path.isdir(path) and fs_type(path) == fstype else None
+
 
 # -- the launcher and metadata rewrites, on their own -------------------------------------
 
@@ -113,12 +121,8 @@ def built(
         pytest.skip("uv is not installed")
     wheels = standard_wheelhouse(tmp_path_factory.mktemp("wheels"))
     make_wheel(wheels, "where", modules=WHERE, scripts={"where": "where:main"})
-    on_btrfs = real_fs_problem("btrfs") is None
-    base = Path(
-        tempfile.mkdtemp(dir=os.environ["COWENV_TEST_BTRFS"])
-        if on_btrfs
-        else tmp_path_factory.mktemp("relocate")
-    )
+    btrfs = mounted("COWENV_TEST_BTRFS", "btrfs")
+    base = Path(tempfile.mkdtemp(dir=btrfs)) if btrfs else tmp_path_factory.mktemp("relocate")
     root = base / ("long-" + "x" * 100) / "cache"  # build paths of ~190 bytes
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PIP_CONFIG_FILE", os.devnull)

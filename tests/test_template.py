@@ -20,12 +20,11 @@ import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import pytest
 
 from _wheels import make_wheel, standard_wheelhouse
-from conftest import real_fs_problem
 from pytest_cowenv import (
     CacheDirError,
     LockTimeoutError,
@@ -37,7 +36,15 @@ from pytest_cowenv import (
 from pytest_cowenv import template as template_module
 from pytest_cowenv._install import IndexOptions, installer_identity, uv_binary
 from pytest_cowenv.clone import _platform, remove_tree, walk_tree
+from pytest_cowenv.fs import fs_type
 from pytest_cowenv.store import Layout, prepare_root
+
+
+def mounted(var: str, fstype: str) -> Optional[Path]:
+    """The directory named by ``var`` if it is on a ``fstype`` mount (scripts/cowfs.sh)."""
+    path = os.environ.get(var)
+    return Path(path) if path and os.path.isdir(path) and fs_type(path) == fstype else None
+
 
 # -- fixtures ------------------------------------------------------------------------------
 
@@ -82,7 +89,8 @@ def unprotect(root: Path) -> None:
 @pytest.fixture
 def root(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
     """A cache root: on btrfs when mounted (subvolumes, read-only templates), else tmp_path."""
-    base = request.getfixturevalue("btrfs_dir") if real_fs_problem("btrfs") is None else tmp_path
+    on_btrfs = mounted("COWENV_TEST_BTRFS", "btrfs") is not None
+    base = request.getfixturevalue("btrfs_dir") if on_btrfs else tmp_path
     yield base / "cache"
     unprotect(base / "cache")
 
@@ -200,6 +208,7 @@ GET_SCRIPT = """
 import json, sys, time
 from pytest_cowenv import TemplateCache, TemplateSpec
 from pytest_cowenv._install import IndexOptions
+from pytest_cowenv.fs import fs_type
 from pytest_cowenv.store import prepare_root
 root, wheelhouse, start_at, *reqs = sys.argv[1:]
 spec = TemplateSpec.create(reqs, index=IndexOptions(find_links=(wheelhouse,), offline=True))
@@ -283,6 +292,7 @@ def test_builder_killed_mid_install_leaves_nothing_usable(
 LOCK_SCRIPT = """
 import sys, time
 from pytest_cowenv import TemplateCache
+from pytest_cowenv.fs import fs_type
 from pytest_cowenv.store import prepare_root
 with TemplateCache(prepare_root(sys.argv[1]))._locked(sys.argv[2]):
     print("locked", flush=True)
@@ -480,7 +490,7 @@ def big_wheel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @pytest.mark.skipif(
-    real_fs_problem("ext4") is not None or not os.environ.get("COWENV_TEST_SMALL"),
+    mounted("COWENV_TEST_SMALL", "ext4") is None,
     reason="needs COWENV_TEST_SMALL, the 160 MiB ext4 of scripts/cowfs.sh",
 )
 def test_disk_full_fails_clearly_and_gives_the_space_back(

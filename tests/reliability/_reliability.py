@@ -326,29 +326,31 @@ import sys
 from pytest_cowenv._install import IndexOptions
 from pytest_cowenv.session import CowEnvSession, Settings
 
-root, wheelhouse, *reqs = sys.argv[1:]
+root, wheelhouse, *specs = sys.argv[1:]
 session = CowEnvSession(Settings(root=root, index=IndexOptions((wheelhouse,), None, True)))
 try:
-    env = session.acquire(session.spec(reqs), "check")
-    names = sorted(env.template.resolved)
-    env.run("python", "-c", "import " + ", ".join(names or ["sys"]))
-    if "alpha" in names:
-        env.run("alpha")  # the console script works: the clone is whole
-    print(env.template.key, env.template.meta["created"], env.strategy)
-    session.release(env)
+    for spec in specs:
+        env = session.acquire(session.spec(spec.split()), "check")
+        names = sorted(env.template.resolved)
+        env.run("python", "-c", "import " + ", ".join(names or ["sys"]))
+        if "alpha" in names:
+            env.run("alpha")  # the console script works: the clone is whole
+        print(env.template.key, env.template.meta["created"], env.strategy)
+        session.release(env)
 finally:
     session.close()
 """
 
 
-def acquire_once(
-    root: Path, wheelhouse: Path, *requirements: str, env: Optional[dict[str, str]] = None
-) -> tuple[str, float, str]:
-    """In a fresh process (no pytest): get the template for ``requirements`` (reuse it or
-    build it), clone it, import every package and run ``alpha`` in the clone, remove it.
-    Returns the template key, its ``created`` time and the clone strategy."""
+def acquire_each(
+    root: Path, wheelhouse: Path, specs: Sequence[str], env: Optional[dict[str, str]] = None
+) -> list[tuple[str, float, str]]:
+    """In one fresh process (no pytest), for each spec (requirements separated by spaces):
+    get its template (reuse it or build it), clone it, import every package and run
+    ``alpha`` in the clone, remove the clone. Returns (key, ``created``, clone strategy)
+    for each spec."""
     proc = subprocess.run(
-        [sys.executable, "-c", _ACQUIRE, str(root), str(wheelhouse), *requirements],
+        [sys.executable, "-c", _ACQUIRE, str(root), str(wheelhouse), *specs],
         capture_output=True,
         text=True,
         env=env or inner_env(),
@@ -357,8 +359,16 @@ def acquire_once(
         check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    key, created, strategy = proc.stdout.split()
-    return key, float(created), strategy
+    rows = [line.split() for line in proc.stdout.splitlines()]
+    return [(key, float(created), strategy) for key, created, strategy in rows]
+
+
+def acquire_once(
+    root: Path, wheelhouse: Path, *requirements: str, env: Optional[dict[str, str]] = None
+) -> tuple[str, float, str]:
+    """:func:`acquire_each` for one spec."""
+    (row,) = acquire_each(root, wheelhouse, [" ".join(requirements)], env)
+    return row
 
 
 def cowenv_cli(root: Path, *args: str, env: Optional[dict[str, str]] = None) -> str:

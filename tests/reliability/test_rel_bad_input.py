@@ -43,12 +43,14 @@ SPEC_ERRORS = {
     "marker_link_mode": ('@pytest.mark.cowenv("alpha", link_mode="fast")', ["fast"]),
     "not_a_string": ("@pytest.mark.cowenv(42)", ["42"]),
 }
-BAD_INPUTS = len(USAGE_ERRORS) + len(USAGE_ERRORS_FROM_ENV) + len(SPEC_ERRORS) + 1  # + factory
 
 
 @pytest.mark.parametrize("case", USAGE_ERRORS, ids=lambda c: c.replace(" ", "-"))
 def test_option_mistake_stops_the_run_at_startup(
-    pytester: pytest.Pytester, tmp_path: Path, case: str
+    pytester: pytest.Pytester,
+    tmp_path: Path,
+    case: str,
+    record_property: Callable[[str, object], None],
 ) -> None:
     args, culprit, hint = USAGE_ERRORS[case]
     missing = tmp_path / "no" / "such"
@@ -59,17 +61,23 @@ def test_option_mistake_stops_the_run_at_startup(
     result = pytester.runpytest_subprocess(*args)
     _assert_usage_error(result, culprit, hint.format(missing=missing))
     assert not (tmp_path / "c").exists() and not missing.parent.exists(), "nothing created"
+    record_property("bad_inputs", 1)
 
 
 @pytest.mark.parametrize("case", USAGE_ERRORS_FROM_ENV, ids=lambda c: c.replace(" ", "-"))
 def test_environment_mistake_stops_the_run_at_startup(
-    pytester: pytest.Pytester, tmp_path: Path, case: str, monkeypatch: pytest.MonkeyPatch
+    pytester: pytest.Pytester,
+    tmp_path: Path,
+    case: str,
+    monkeypatch: pytest.MonkeyPatch,
+    record_property: Callable[[str, object], None],
 ) -> None:
     var, value, culprit = USAGE_ERRORS_FROM_ENV[case]
     monkeypatch.setenv(var, value)
     pytester.makepyfile("def test_never_runs(cowenv): pass")
     result = pytester.runpytest_subprocess("--cowenv-dir", str(tmp_path / "c"))
     _assert_usage_error(result, culprit, "")
+    record_property("bad_inputs", 1)
 
 
 def _assert_usage_error(result: pytest.RunResult, culprit: str, hint: str) -> None:
@@ -132,4 +140,5 @@ def test_spec_mistakes_fail_only_their_tests(
             assert word in first_lines[name], f"{name}: {word!r} not in {first_lines[name]!r}"
             assert word in summary[name], f"{name}: {word!r} not in {summary[name]!r}"
     assert "keep" in first_lines["factory_bad_keyword"]
-    record_property("bad_inputs", BAD_INPUTS)
+    record_property("bad_inputs", len(SPEC_ERRORS) + 1)
+    record_property("inner_tests", len(SPEC_ERRORS) + 3)

@@ -11,14 +11,13 @@ from __future__ import annotations
 import fcntl
 import importlib.util
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Callable
 
 import pytest
 from _reliability import (
     acquire_once,
+    cowenv_cli,
     inner_env,
     internal_frames,
     output_of,
@@ -70,6 +69,7 @@ def test_three_runs_on_a_cold_cache_build_once_per_spec(
     real_dir: Callable[[str], Path],
     offline: list[str],
     fs: str,
+    record_property: Callable[[str, object], None],
 ) -> None:
     cache = real_dir(fs)
     pytester.makepyfile(test_inner=INNER)
@@ -108,6 +108,7 @@ def test_three_runs_on_a_cold_cache_build_once_per_spec(
     for lock in [*side.glob("*.lock"), *side.glob("*.inuse")]:
         assert _lock_is_free(lock), f"{lock} is still held after every run ended"
     assert stray_entries(cache) == []
+    record_property("inner_tests", 12)
 
 
 def _spec_of(meta: dict[str, object]) -> str:
@@ -139,6 +140,7 @@ def test_prune_all_while_a_suite_clones(
     real_dir: Callable[[str], Path],
     offline: list[str],
     wheelhouse: Path,
+    record_property: Callable[[str, object], None],
 ) -> None:
     cache = real_dir("btrfs")
     idle_key, _, _ = acquire_once(cache, wheelhouse, "gamma")  # built, then nobody uses it
@@ -146,17 +148,7 @@ def test_prune_all_while_a_suite_clones(
     suite = spawn_pytest(["--cowenv-dir", str(cache), *offline], pytester.path)
     prunes = []
     while suite.poll() is None:
-        prune = subprocess.run(
-            [sys.executable, "-m", "pytest_cowenv", "prune", "--all"],
-            capture_output=True,
-            text=True,
-            env=inner_env(PYTEST_COWENV_DIR=str(cache)),
-            timeout=120,
-            check=False,
-        )
-        assert prune.returncode == 0, prune.stdout + prune.stderr
-        assert not internal_frames(prune.stdout + prune.stderr)
-        prunes.append(prune.stdout)
+        prunes.append(cowenv_cli(cache, "prune", "--all"))
     out = output_of(suite)
     assert reap_group(suite) == 0, out
     assert "60 passed" in out
@@ -164,3 +156,4 @@ def test_prune_all_while_a_suite_clones(
     assert not (cache / "templates" / idle_key).exists(), "prune --all kept an idle template"
     assert not (cache / "templates" / f"{idle_key}.json").exists()
     assert stray_entries(cache) == []
+    record_property("inner_tests", 60)

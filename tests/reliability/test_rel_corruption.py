@@ -1,9 +1,9 @@
 """A template damaged on disk is detected and rebuilt, never cloned.
 
-Each case builds a template, damages it the way a crash, a full disk or a careless ``rm``
-would, then runs a real pytest session that uses it. On btrfs a damaged template would be
-snapshotted whole, damage included, if it slipped through: the clone's ``alpha`` console
-script and ``import alpha.cli`` prove it did not.
+Each case builds a template (one per spec), damages it the way a crash, a full disk or a
+careless ``rm`` would, then one real pytest session uses them all. On btrfs a damaged
+template would be snapshotted whole, damage included, if it slipped through: the clone's
+``alpha`` console script and ``import alpha.cli`` prove it did not.
 
 Detection compares the tree with the manifest in the metadata (names, kinds, modes, sizes,
 mtimes): a change that keeps a file's size and mtime (bit rot) is out of its reach.
@@ -17,15 +17,18 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from _reliability import acquire_once, stray_entries, tree_digest, unlock_template
+from _reliability import acquire_each, stray_entries, tree_digest, unlock_template
 
+# One test per damaged template: each spec has its own template, damaged its own way.
 INNER = """
+import os
 import pytest
 
-@pytest.mark.cowenv("alpha==1.0")
-def test_uses_the_template(cowenv):
-    assert cowenv.run("alpha").stdout == "alpha 1.0\\n"
-    cowenv.run("python", "-c", "import alpha.cli")
+@pytest.mark.parametrize("spec", os.environ["SPECS"].split(","))
+def test_uses_the_template(cowenv_factory, spec):
+    env = cowenv_factory(*spec.split())
+    assert env.run("alpha").stdout.startswith("alpha ")
+    env.run("python", "-c", "import alpha.cli")
 """
 
 
@@ -73,32 +76,42 @@ DAMAGE = {
 # A RECORD lists the hash of each console script as the installer wrote it, naming the build
 # folder, before relocation: it differs between two builds of the same spec.
 RECORDS = ("RECORD",)
-CASES = [(damage, "btrfs") for damage in DAMAGE] + [("file deleted", "xfs")]
+SPECS = ["alpha==1.0", "alpha==2.0", "beta", "alpha==1.0 gamma", "alpha==2.0 gamma", "beta gamma"]
+SPECS += ["alpha>=1"]
+CASES = {"btrfs": list(DAMAGE), "xfs": ["file deleted", "metadata truncated"]}
 
 
-@pytest.mark.parametrize(("damage", "fs"), CASES, ids=[f"{d}-{f}" for d, f in CASES])
-def test_damaged_template_is_rebuilt_not_cloned(
+@pytest.mark.parametrize("fs", CASES)
+def test_damaged_templates_are_rebuilt_not_cloned(
     pytester: pytest.Pytester,
     real_dir: Callable[[str], Path],
     offline: list[str],
     wheelhouse: Path,
-    damage: str,
+    monkeypatch: pytest.MonkeyPatch,
     fs: str,
     record_property: Callable[[str, object], None],
 ) -> None:
     cache = real_dir(fs)
-    key, created, _ = acquire_once(cache, wheelhouse, "alpha==1.0")
-    template, meta = cache / "templates" / key, cache / "templates" / f"{key}.json"
-    healthy = tree_digest(template, skip=RECORDS)
-    unlock_template(template)
-    DAMAGE[damage](template, meta)
+    damages = CASES[fs]
+    specs = SPECS[: len(damages)]
+    built = acquire_each(cache, wheelhouse, specs)
+    healthy = {}
+    for (key, _, _), damage in zip(built, damages):
+        template, meta = cache / "templates" / key, cache / "templates" / f"{key}.json"
+        healthy[key] = tree_digest(template, skip=RECORDS)
+        unlock_template(template)
+        DAMAGE[damage](template, meta)
 
+    monkeypatch.setenv("SPECS", ",".join(specs))
     pytester.makepyfile(INNER)
     result = pytester.runpytest_subprocess("--cowenv-dir", str(cache), *offline)
-    result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["templates built: 1: alpha==1.0 *"])
-    rebuilt = json.loads(meta.read_text())
-    assert rebuilt["key"] == key and rebuilt["created"] > created
-    assert tree_digest(template, skip=RECORDS) == healthy, "the rebuilt template differs"
+    result.assert_outcomes(passed=len(specs))
+    result.stdout.fnmatch_lines([f"templates built: {len(specs)}: *"])
+    for (key, created, _), damage in zip(built, damages):
+        rebuilt = json.loads((cache / "templates" / f"{key}.json").read_text())
+        assert rebuilt["key"] == key and rebuilt["created"] > created, damage
+        digest = tree_digest(cache / "templates" / key, skip=RECORDS)
+        assert digest == healthy[key], f"{damage}: the rebuilt template differs"
     assert stray_entries(cache) == []
-    record_property("faults", 1)
+    record_property("faults", len(damages))
+    record_property("inner_tests", len(specs))

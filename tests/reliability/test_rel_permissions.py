@@ -35,7 +35,7 @@ NOBODY = 65534
 
 def _run(pytester: pytest.Pytester, cache: Path, offline: list[str], *prefix: str) -> str:
     """Run INNER against ``cache``; the env test must error at setup, the other pass.
-    Returns the first line of the error."""
+    Returns the first line of the error. Each use is one injected fault."""
     pytester.makepyfile(INNER)
     pytester._monkeypatch.setenv("COLUMNS", "300")
     args = ["-p", "no:cacheprovider", "--cowenv-dir", str(cache), *offline]
@@ -51,6 +51,12 @@ def _run(pytester: pytest.Pytester, cache: Path, offline: list[str], *prefix: st
 
 
 @pytest.fixture
+def fault(record_property: Callable[[str, object], None]) -> None:
+    """Count this test's one injected fault (see tally.py)."""
+    record_property("faults", 1)
+
+
+@pytest.fixture
 def obeys_permissions() -> list[str]:
     prefix = unprivileged_prefix()
     if prefix is None:
@@ -58,6 +64,7 @@ def obeys_permissions() -> list[str]:
     return prefix
 
 
+@pytest.mark.usefixtures("fault")
 def test_read_only_cache_dir(
     pytester: pytest.Pytester, tmp_path: Path, offline: list[str], obeys_permissions: list[str]
 ) -> None:
@@ -69,6 +76,7 @@ def test_read_only_cache_dir(
     assert os.listdir(cache) == []
 
 
+@pytest.mark.usefixtures("fault")
 def test_parent_without_write_permission(
     pytester: pytest.Pytester, tmp_path: Path, offline: list[str], obeys_permissions: list[str]
 ) -> None:
@@ -80,6 +88,7 @@ def test_parent_without_write_permission(
     assert not cache.exists()
 
 
+@pytest.mark.usefixtures("fault")
 @pytest.mark.parametrize("sub", ["templates", "clones", "tmp", "pyc"])
 def test_cache_with_a_read_only_part(
     pytester: pytest.Pytester,
@@ -88,7 +97,6 @@ def test_cache_with_a_read_only_part(
     wheelhouse: Path,
     obeys_permissions: list[str],
     sub: str,
-    record_property: Callable[[str, object], None],
 ) -> None:
     cache = tmp_path / "cache"
     if sub == "templates":
@@ -102,9 +110,9 @@ def test_cache_with_a_read_only_part(
     # Found at start-up, even where this run would not have needed that part.
     assert f"{sub}/ is not writable" in first and str(cache) in first, first
     assert "--cowenv-dir" in first, first  # the fix: permissions, or another directory
-    record_property("faults", 1)
 
 
+@pytest.mark.usefixtures("fault")
 def test_cache_dir_owned_by_another_user_is_refused(
     pytester: pytest.Pytester, tmp_path: Path, offline: list[str]
 ) -> None:
@@ -119,7 +127,9 @@ def test_cache_dir_owned_by_another_user_is_refused(
 
 
 def test_probe_memo_outside_our_cache_is_not_trusted(
-    pytester: pytest.Pytester, tmp_path: Path, offline: list[str]
+    pytester: pytest.Pytester,
+    tmp_path: Path,
+    record_property: Callable[[str, object], None],
 ) -> None:
     """Another user's cache dir (or its parent) may hold a forged probe memo: the header
     must describe the real filesystem, not what a file there claims."""
@@ -135,6 +145,7 @@ def test_probe_memo_outside_our_cache_is_not_trusted(
     result = pytester.runpytest_subprocess("--cowenv-dir", str(cache))
     result.assert_outcomes(passed=1)
     assert "forged" not in result.stdout.str()
+    record_property("faults", 1)
 
 
 @pytest.mark.parametrize(
@@ -143,7 +154,7 @@ def test_probe_memo_outside_our_cache_is_not_trusted(
     ids=["world-writable", "world-writable-sticky", "group-writable"],
 )
 def test_world_writable_cache_dir_without_sticky_bit_is_refused(
-    tmp_path: Path, mode: int, refused: bool
+    tmp_path: Path, mode: int, refused: bool, record_property: Callable[[str, object], None]
 ) -> None:
     from pytest_cowenv.errors import CacheDirError
     from pytest_cowenv.store import prepare_root
@@ -155,6 +166,7 @@ def test_world_writable_cache_dir_without_sticky_bit_is_refused(
         with pytest.raises(CacheDirError, match="writable by everyone without the sticky bit"):
             prepare_root(cache)
         assert os.listdir(cache) == []
+        record_property("faults", 1)
     else:
         prepare_root(cache)
         assert stat.S_IMODE(cache.stat().st_mode) == mode

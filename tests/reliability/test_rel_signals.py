@@ -64,7 +64,7 @@ BUILD_SPECS = [
     "alpha==1.0 beta gamma",
     "alpha>=1",
 ]
-REPS = 6  # per test item; two items per kind: 24 SIGKILLs in all
+REPS = 5  # per test item; two items per kind: 20 SIGKILLs in all
 
 
 def _seed() -> int:
@@ -94,13 +94,15 @@ def _check_recovery(
 ) -> tuple[str, float]:
     """After a kill: the next user of the cache succeeds and nothing stray remains.
 
-    Even repetitions run `clean` first (it must cope with a dead run's leftovers); odd ones
-    let the next run's start-up clean-up meet them."""
+    Even repetitions run `clean` first (it must cope with a dead run's leftovers, then the next
+    run finds a tidy cache); odd ones let the next run's start-up clean-up meet them, then
+    `clean` must find nothing it cannot handle."""
     if rep % 2 == 0:
         cowenv_cli(cache, "clean", env=env)
     key, created, _ = acquire_once(cache, wheelhouse, *spec.split(), env=env)
-    cowenv_cli(cache, "clean", env=env)
-    assert stray_entries(cache) == [], f"left after clean: {stray_entries(cache)}"
+    if rep % 2 == 1:
+        cowenv_cli(cache, "clean", env=env)
+    assert stray_entries(cache) == [], f"left after the next run: {stray_entries(cache)}"
     return key, created
 
 
@@ -119,7 +121,7 @@ def test_sigkill_during_template_build(
     cache = real_dir("btrfs")
     extra = {"PYTEST_COWENV_NO_UV": "1"} if installer == "pip" else {}
     pytester.makepyfile(SUITE)
-    specs = BUILD_SPECS[:REPS] if installer == "uv" else BUILD_SPECS[REPS:]
+    specs = BUILD_SPECS[:REPS] if installer == "uv" else BUILD_SPECS[REPS : 2 * REPS]
     landed = {"before metadata": 0, "after metadata": 0}
     for rep, spec in enumerate(specs):
         env = inner_env(SPEC=spec, TESTS="3", **extra)
@@ -190,6 +192,7 @@ def test_nap():
     time.sleep(120)
 """
 _baselines: dict[int, float] = {}
+XDIST_EXIT_TIMEOUT = 10  # seconds xdist gives its workers to exit before killing them
 
 
 def _interrupt(run: subprocess.Popen[bytes]) -> tuple[int, float]:
@@ -256,9 +259,14 @@ def test_ctrl_c_stops_promptly_and_leaves_no_clone(
     limit = 1.5 * baseline + 5
     assert took < limit, f"stopping took {took:.1f} s (pytest alone: {baseline:.1f} s)"
     assert "passed" not in out.splitlines()[-1]
-    assert stray_entries(cache) == [], out
-    assert not any((cache / "clones").iterdir())
+    left = stray_entries(cache)
+    killed_by_xdist = workers and took >= XDIST_EXIT_TIMEOUT
+    if not killed_by_xdist:
+        assert left == [], f"left after Ctrl-C ({took:.1f} s): {left}\n{out}"
+    # else: xdist kills workers still shutting down after its exit timeout (on a loaded
+    # machine, formatting the interrupt report can take that long): like a SIGKILL, what they
+    # held is left to the next run's start-up clean-up, checked here.
     record_property("faults", 1)
     record_property("ctrl_c_seconds", f"{took:.1f} (pytest alone {baseline:.1f})")
-    # And the cache is fine for the next run.
-    acquire_once(cache, wheelhouse, *spec.split())
+    acquire_once(cache, wheelhouse, *spec.split())  # the next run: fine, and tidies up
+    assert stray_entries(cache) == []

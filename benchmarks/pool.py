@@ -9,16 +9,19 @@ Template: ``requests rich`` from the normal package index. Sections:
 
 ``suite``      pytest runs of TESTS tests that each run ``python -c "import requests, rich"``
                in their environment: one shared env (the unsafe baseline), ``cowenv`` with
-               the pool (2), with the pool reading hot files ahead (``warm``), and with the
-               pool off (0); single process and ``-n 2``; interleaved (every round runs
+               the pool (2; it has the kernel read ahead each clone's hot files), the pool
+               without that (``no warm``), and the pool off (0); single process and
+               ``-n 2``; interleaved (every round runs
                every case once, order rotated). Suite time ratio to the baseline, the
                test-visible wait for a clone (median, p95, from the run's summary), pool
                hits/misses, and the median time of one test's command.
 ``pagecache``  the first-use penalty of a fresh clone: the same command in the template, in
                a fresh clone, again in that clone, and in fresh clones whose hot files
-               (``.pyc``, ``.so``, ``.pth``) were read or ``fadvise(WILLNEED)``-ed first.
+               were read, or ``fadvise(WILLNEED)``-ed (``.pyc .so .pth``, or with ``.py``
+               too, which checked-hash pycs make imports read), first.
 ``cpu``        a CPU-bound test (a pure-Python loop in the test process) while the pool
-               refills behind it: loop time with the pool on, against the pool off.
+               refills behind it: loop time with the pool on, against the pool off; and
+               with the pool thread yielding (``sleep(0)`` per directory) or niced.
 
 Every run prints the load of the machine (other work on it moves every figure).
 """
@@ -46,6 +49,7 @@ ENV_VARS = {"btrfs": "COWENV_TEST_BTRFS", "xfs": "COWENV_TEST_XFS", "ext4": "COW
 PACKAGES = ("requests", "rich")
 COMMAND = "import requests, rich"
 HOT = (".pyc", ".so", ".pth")
+HOT_PY = (*HOT, ".py")  # checked-hash pycs: an import reads (and hashes) the source too
 TARGETS = {"xfs": 1.25, "btrfs": 1.15}  # suite time / shared-env time, single process, pool on
 WAIT_TARGET_MS = 1.0  # btrfs: median test-visible wait for a clone
 CPU_TARGET = 1.05  # CPU-bound test: loop time with the pool refilling / pool off
@@ -94,14 +98,25 @@ import time
 
 from pytest_cowenv import pool
 
-if os.environ.get("BENCH_WARM"):
+if os.environ.get("BENCH_NO_WARM"):
     _init = pool.ClonePool.__init__
 
-    def _warm_init(self, *args, **kwargs):
+    def _cold_init(self, *args, **kwargs):
         _init(self, *args, **kwargs)
-        self.warm = True
+        self.warm = False
 
-    pool.ClonePool.__init__ = _warm_init
+    pool.ClonePool.__init__ = _cold_init
+
+if os.environ.get("BENCH_NICE"):
+    _run = pool.ClonePool._run
+
+    def _nice_run(self):
+        import threading
+
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), int(os.environ["BENCH_NICE"]))
+        _run(self)
+
+    pool.ClonePool._run = _nice_run
 
 if os.environ.get("BENCH_YIELD"):
     _pause = pool.ClonePool._pause
@@ -213,8 +228,10 @@ def suite_section(benches: Sequence[Bench], rounds: int, workers: Sequence[int])
                 SuiteCase(f"pool 2{tag}", bench, "cowenv", pool=2, workers=n),
                 SuiteCase(f"pool off{tag}", bench, "cowenv", pool=0, workers=n),
             ]
-            if not n:  # pre-reading hot files: worth it only if it pays in a single process
-                cases.insert(2, SuiteCase("pool 2 warm", bench, "cowenv", pool=2, BENCH_WARM="1"))
+            if not n:  # the kernel's read-ahead of hot files: does it pay for itself?
+                cases.insert(
+                    2, SuiteCase("pool 2 no warm", bench, "cowenv", pool=2, BENCH_NO_WARM="1")
+                )
             interleaved(cases, rounds)
             base = median(cases[0].seconds)
             rows = []
@@ -257,11 +274,12 @@ def pagecache_section(benches: Sequence[Bench], rounds: int) -> list[str]:
 def _pagecache(bench: Bench, rounds: int) -> list[str]:
     t = bench.template
     hot = [rel for rel, *_ in t.tree.files if rel.endswith(HOT)]
+    hot_py = [rel for rel, *_ in t.tree.files if rel.endswith(HOT_PY)]
     work = bench.base / "pagecache"
     work.mkdir(exist_ok=True)
     results: dict[str, list[float]] = {k: [] for k in (
         "template", "fresh clone", "same clone again", "after read", "after fadvise",
-        "read cost", "fadvise cost", "clone cost")}
+        "after fadvise+py", "read cost", "fadvise cost", "fadvise+py cost", "clone cost")}
     counter = iter(range(10**6))
 
     def fresh() -> Path:
@@ -273,13 +291,13 @@ def _pagecache(bench: Bench, rounds: int) -> list[str]:
 
     def read(path: Path) -> None:
         buf = bytearray(1 << 20)
-        for rel in hot:
+        for rel in hot_py:
             with open(f"{path}{rel}", "rb", buffering=0) as f:
                 while f.readinto(buf) == len(buf):
                     pass
 
-    def advise(path: Path) -> None:
-        for rel in hot:
+    def advise(path: Path, rels: Sequence[str] = hot) -> None:
+        for rel in rels:
             fd = os.open(f"{path}{rel}", os.O_RDONLY)
             try:
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
@@ -306,6 +324,7 @@ def _pagecache(bench: Bench, rounds: int) -> list[str]:
         Case("fresh", first_and_again),
         Case("read", lambda: prepared("read", read)),
         Case("fadvise", lambda: prepared("fadvise", advise)),
+        Case("fadvise+py", lambda: prepared("fadvise+py", lambda p: advise(p, hot_py))),
     ]
     interleaved(cases, rounds)
     base = median(results["template"])
@@ -313,7 +332,7 @@ def _pagecache(bench: Bench, rounds: int) -> list[str]:
              f"{median(v) / base:.3f}" if not k.endswith("cost") else ""]
             for k, v in results.items()]
     return ["", f"{bench.fs}: first use of a clone, `python -c \"{COMMAND}\"`; "
-            f"{len(hot)} hot files; {rounds} rounds; {load()}",
+            f"hot files {len(hot)}, with .py {len(hot_py)}; {rounds} rounds; {load()}",
             table(["what", "median ms", "p95 ms", "x template"], rows)]
 
 
@@ -326,6 +345,8 @@ def cpu_section(benches: Sequence[Bench], rounds: int, loops: int) -> list[str]:
             SuiteCase("pool 2", bench, "cowenv", pool=2, cpu=loops),
             SuiteCase("pool 2, sleep(0) per dir", bench, "cowenv", pool=2, cpu=loops,
                       BENCH_YIELD="1"),
+            SuiteCase("pool 2, thread nice 10", bench, "cowenv", pool=2, cpu=loops,
+                      BENCH_NICE="10"),
         ]
         interleaved(cases, rounds)
         base = median(cases[0].per_test)

@@ -701,9 +701,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--csv", type=Path, default=RESULTS / "suite.csv")
     parser.add_argument("--png", type=Path, default=RESULTS / "suite.png")
     args = parser.parse_args(argv)
-    if args.quick:
-        args.tests, args.rounds, args.peer_tests = 20, 1, 1
-        args.disk_clones, args.disk_trials, args.first_use_clones = 20, 1, 3
+    if args.quick:  # new defaults; options given explicitly still win
+        parser.set_defaults(
+            tests=20, rounds=1, peer_tests=1, disk_clones=20, disk_trials=1, first_use_clones=3
+        )
+        args = parser.parse_args(argv)
     started = time.perf_counter()
 
     found = mounts()

@@ -154,6 +154,11 @@ def report(fs_name: str, tree_name: str, files: int, cases: list[Case]) -> list[
     return rows
 
 
+# (filesystem, strategy): the most that clones may add, as a share of one tree (snapshots,
+# all of them together) or of one copy (per-file clones, each).
+SHARING_TARGETS = {("btrfs", "snapshot"): 0.05, ("xfs", "clone"): 0.06, ("btrfs", "clone"): 0.12}
+
+
 def sharing(fs_name: str, where: Place, out_dir: Path, count: int) -> list[str]:
     """Used space of ``count`` clones per strategy against one copy, after sync."""
     lines = []
@@ -188,6 +193,9 @@ def sharing(fs_name: str, where: Place, out_dir: Path, count: int) -> list[str]:
         if added_physical != added:
             line += (f" (physical, DUP metadata written twice: {added_physical / n / 1024:.0f} "
                      f"KiB each, {share_physical:.1%})")
+        limit = SHARING_TARGETS.get((fs_name, mode))
+        if limit is not None:
+            line = f"{'ok  ' if share <= limit else 'MISS'} {line} (target <= {limit:.0%})"
         lines.append(line)
     return lines
 

@@ -152,13 +152,16 @@ def _mib(n: int) -> str:
 
 
 def process_start_ticks(pid: int) -> Optional[int]:
-    """The start time of ``pid`` in clock ticks (Linux), to tell a live pid from a reused one."""
+    """The start time of ``pid`` in clock ticks (Linux), to tell a live pid from a reused one.
+    None if there is no such process, or only its zombie (a killed xdist worker stays one
+    until init reaps it, and will never touch its clones again)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
     except OSError:
         return None
-    return int(data.rsplit(b")", 1)[1].split()[19])
+    fields = data.rsplit(b")", 1)[1].split()
+    return None if fields[0] in (b"Z", b"X") else int(fields[19])
 
 
 def _alive(pid: int, ticks: int) -> bool:

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from _reliability import OUTER_VARS, mount_of
 
 from _wheels import standard_wheelhouse
+
+from ._reliability import OUTER_VARS, mount_of
 
 
 @pytest.fixture

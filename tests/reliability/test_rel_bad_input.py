@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from _reliability import internal_frames
+
+from ._reliability import internal_frames
 
 USAGE_ERRORS = {
     "unknown link mode": (["--cowenv-link-mode=fast"], "fast", "auto, snapshot, clone"),

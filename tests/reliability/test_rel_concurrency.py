@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from _reliability import (
+
+from ._reliability import (
     acquire_once,
     cowenv_cli,
     inner_env,

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from _reliability import acquire_each, stray_entries, tree_digest, unlock_template
+
+from ._reliability import acquire_each, stray_entries, tree_digest, unlock_template
 
 # One test per damaged template: each spec has its own template, damaged its own way.
 INNER = """

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from _reliability import (
+
+from ._reliability import (
     FS_KINDS,
     exclusive,
     free_bytes,

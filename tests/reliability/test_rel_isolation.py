@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from _reliability import acquire_once, internal_frames, stray_entries, tree_digest
+
+from ._reliability import acquire_once, internal_frames, stray_entries, tree_digest
 
 VANDALS_AND_CHECKERS = """
 import os

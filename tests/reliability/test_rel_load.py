@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from _reliability import internal_frames, stray_entries, template_dirs, tree_digest
+
+from ._reliability import internal_frames, stray_entries, template_dirs, tree_digest
 
 TESTS = 400
 

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from _reliability import acquire_once, internal_frames, unprivileged_prefix
+
+from ._reliability import acquire_once, internal_frames, unprivileged_prefix
 
 INNER = """
 import pytest

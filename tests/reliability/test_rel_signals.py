@@ -13,13 +13,17 @@ from __future__ import annotations
 import os
 import random
 import signal
+import stat
 import subprocess
+import sys
 import time
 from pathlib import Path
+from subprocess import PIPE
 from typing import Callable
 
 import pytest
-from _reliability import (
+
+from ._reliability import (
     acquire_once,
     cowenv_cli,
     inner_env,
@@ -83,6 +87,18 @@ def _run_dir(cache: Path) -> object:
     return clones.is_dir() and any(clones.iterdir())
 
 
+def _describe(cache: Path, left: list[str]) -> str:
+    """What is left, and what is inside it (modes, btrfs subvolumes), for a failure message."""
+    lines = []
+    for rel in left:
+        top = cache / rel.split(" ")[0]
+        for path in [top, *sorted(top.rglob("*"))][:40] if top.is_dir() else [top]:
+            st = path.lstat()
+            sub = " subvolume" if st.st_ino == 256 else ""
+            lines.append(f"  {path.relative_to(cache)} {stat.filemode(st.st_mode)}{sub}")
+    return "\n" + "\n".join(lines)
+
+
 def _wait_until_building(cache: Path, run: subprocess.Popen[bytes]) -> None:
     wait_for(lambda: _build_dir(cache) or run.poll() is not None, 120, "a build to start")
 
@@ -92,7 +108,7 @@ def _wait_until_cloning(cache: Path, run: subprocess.Popen[bytes]) -> None:
 
 
 def _check_recovery(
-    cache: Path, wheelhouse: Path, spec: str, rep: int, env: dict[str, str]
+    cache: Path, wheelhouse: Path, spec: str, rep: int, env: dict[str, str], context: str
 ) -> tuple[str, float]:
     """After a kill: the next user of the cache succeeds and nothing stray remains.
 
@@ -104,7 +120,8 @@ def _check_recovery(
     key, created, _ = acquire_once(cache, wheelhouse, *spec.split(), env=env)
     if rep % 2 == 1:
         cowenv_cli(cache, "clean", env=env)
-    assert stray_entries(cache) == [], f"left after the next run: {stray_entries(cache)}"
+    left = stray_entries(cache)
+    assert left == [], f"{context}: left after the next run: {_describe(cache, left)}"
     return key, created
 
 
@@ -139,7 +156,7 @@ def test_sigkill_during_template_build(
         complete = [t for t in template_dirs(cache) if (t.parent / f"{t.name}.json").exists()]
         landed["after metadata" if len(complete) > rep else "before metadata"] += 1
         killed_at = time.time()
-        _, created = _check_recovery(cache, wheelhouse, spec, rep, inner_env(**extra))
+        _, created = _check_recovery(cache, wheelhouse, spec, rep, inner_env(**extra), context)
         # Reused only if the killed run had finished the template; else rebuilt afterwards.
         rebuilt = created > killed_at
         assert rebuilt == (len(complete) == rep), f"{context}: rebuilt={rebuilt}"
@@ -182,7 +199,7 @@ def test_sigkill_during_cloning(
         code = reap_group(run)
         context = f"seed {seed}, rep {rep}, workers {workers}, delay {delay:.2f} s, exit {code}"
         assert code in (-signal.SIGKILL, 0), f"{context}\n{output_of(run)}"
-        again = _check_recovery(cache, wheelhouse, spec, rep, inner_env())
+        again = _check_recovery(cache, wheelhouse, spec, rep, inner_env(), context)
         assert again == (key, created), f"{context}: the warm template was rebuilt"
     record_property("faults", REPS)
 
@@ -273,3 +290,31 @@ def test_ctrl_c_stops_promptly_and_leaves_no_clone(
     record_property("ctrl_c_seconds", f"{took:.1f} (pytest alone {baseline:.1f})")
     acquire_once(cache, wheelhouse, *spec.split())  # the next run: fine, and tidies up
     assert stray_entries(cache) == []
+
+
+def test_run_folder_of_a_zombie_is_stale(real_dir: Callable[[str], Path]) -> None:
+    """A SIGKILLed xdist worker stays a zombie until init reaps it (seconds, here): its run
+    folder must already count as stale, or the next run and `clean` keep it."""
+    from pytest_cowenv.maintenance import clean_stale
+    from pytest_cowenv.session import process_start_ticks
+    from pytest_cowenv.store import prepare_root
+
+    layout = prepare_root(real_dir("btrfs") / "cache")
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=PIPE)
+    try:
+        ticks = process_start_ticks(child.pid)
+        run = layout.clones / f"run-{child.pid}-{ticks}-abcdef"
+        (run / "pool" / "clone" / "bin").mkdir(parents=True)
+        assert clean_stale(layout) == [], "a live process's run folder was removed"
+        assert child.stdin is not None
+        child.stdin.close()  # it exits; nobody waits for it yet: a zombie
+        wait_for(lambda: _state(child.pid) == "Z", 30, "the child to become a zombie")
+        assert clean_stale(layout) == [run]
+        assert not run.exists()
+    finally:
+        child.wait()
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]

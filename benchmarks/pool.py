@@ -21,7 +21,8 @@ Template: ``requests rich`` from the normal package index. Sections:
                too, which checked-hash pycs make imports read), first.
 ``cpu``        a CPU-bound test (a pure-Python loop in the test process) while the pool
                refills behind it: loop time with the pool on, against the pool off; and
-               with the pool thread yielding (``sleep(0)`` per directory) or niced.
+               with the pool thread working on while the test computes (``not standing
+               aside``: how it was before it watched the test thread's CPU clock).
 
 Every run prints the load of the machine (other work on it moves every figure).
 """
@@ -94,7 +95,6 @@ def test_one(python, i):
 # Experiments that are not options: switched on by the benchmark only, in the suite's conftest.
 CONFTEST = '''
 import os
-import time
 
 from pytest_cowenv import pool
 
@@ -107,25 +107,8 @@ if os.environ.get("BENCH_NO_WARM"):
 
     pool.ClonePool.__init__ = _cold_init
 
-if os.environ.get("BENCH_NICE"):
-    _run = pool.ClonePool._run
-
-    def _nice_run(self):
-        import threading
-
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), int(os.environ["BENCH_NICE"]))
-        _run(self)
-
-    pool.ClonePool._run = _nice_run
-
-if os.environ.get("BENCH_YIELD"):
-    _pause = pool.ClonePool._pause
-
-    def _yielding_pause(self):
-        _pause(self)
-        time.sleep(0)
-
-    pool.ClonePool._pause = _yielding_pause
+if os.environ.get("BENCH_NO_WATCH"):  # the pool thread works on while the test computes
+    pool._TestWatch.follow = lambda self, ident: None
 '''
 
 
@@ -343,10 +326,8 @@ def cpu_section(benches: Sequence[Bench], rounds: int, loops: int) -> list[str]:
         cases = [
             SuiteCase("pool off", bench, "cowenv", pool=0, cpu=loops),
             SuiteCase("pool 2", bench, "cowenv", pool=2, cpu=loops),
-            SuiteCase("pool 2, sleep(0) per dir", bench, "cowenv", pool=2, cpu=loops,
-                      BENCH_YIELD="1"),
-            SuiteCase("pool 2, thread nice 10", bench, "cowenv", pool=2, cpu=loops,
-                      BENCH_NICE="10"),
+            SuiteCase("pool 2, not standing aside", bench, "cowenv", pool=2, cpu=loops,
+                      BENCH_NO_WATCH="1"),
         ]
         interleaved(cases, rounds)
         base = median(cases[0].per_test)

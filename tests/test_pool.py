@@ -318,6 +318,62 @@ def test_close_stops_a_clone_in_flight(xfs_root: Path, tmp_path: Path) -> None:
     assert os.listdir(run_dir) == []
 
 
+class _FakeClocks:
+    """Wall and per-thread CPU clocks the test moves by hand; ``sleep`` advances the wall."""
+
+    def __init__(self) -> None:
+        self.wall = 100.0
+        self.cpu = 0.0
+        self.sleeps: list[float] = []
+        self.busy = True  # the watched thread computes while the pool thread sleeps
+
+    def pthread_getcpuclockid(self, ident: int) -> int:
+        return 42
+
+    def clock_gettime(self, clock: int) -> float:
+        assert clock == 42
+        return self.cpu
+
+    def monotonic(self) -> float:
+        return self.wall
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.wall += seconds
+        if self.busy:
+            self.cpu += seconds * 0.9
+        if len(self.sleeps) == 6:  # the test stops computing at the end of the 6th sleep
+            self.busy = False
+
+
+def test_the_pool_thread_stands_aside_while_the_test_computes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clocks = _FakeClocks()
+    monkeypatch.setattr(pool_module, "time", clocks)
+    watch = pool_module._TestWatch()
+    stop = threading.Event()
+    watch.wait_while_busy(stop)  # nobody followed yet: never waits
+    watch.follow(threading.get_ident())
+    clocks.cpu, clocks.wall = 0.95, 101.0  # the test used 95 % of a CPU in the last second
+    watch.wait_while_busy(stop)
+    # It slept while the test computed, backing off (fewer GIL hand-overs), and went on
+    # after the first look that found the test idle (the 7th sleep's window).
+    assert clocks.sleeps == [0.002, 0.004, 0.008, 0.016, 0.032, 0.032, 0.032]
+    clocks.sleeps.clear()
+    clocks.wall += 0.001
+    watch.wait_while_busy(stop)  # looked a moment ago: no new look, no wait
+    clocks.wall += 0.5  # half a second of waiting for a subprocess: 0 CPU
+    watch.wait_while_busy(stop)
+    assert clocks.sleeps == []
+    clocks.busy = True
+    clocks.cpu += 0.5
+    clocks.wall += 0.5
+    stop.set()
+    with pytest.raises(pool_module._Stopped):  # closing interrupts the wait
+        watch.wait_while_busy(stop)
+
+
 # -- whole runs, in a pytest subprocess ----------------------------------------------------
 
 SUITE = """

@@ -18,6 +18,7 @@ import itertools
 import os
 import shutil
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,12 @@ Primer = Callable[[], Optional[tuple["Template", LinkMode]]]
 Made = tuple[Path, CloneResult]
 
 MIN_FREE = 64 << 20  # bytes a pool never takes from a filesystem, beyond two template copies
+# The test's thread counts as busy above half a CPU over the last look (at least MIN_WINDOW
+# seconds); the pool thread then sleeps from BACKOFF up to MAX_BACKOFF seconds at a time.
+BUSY_SHARE = 0.5
+MIN_WINDOW = 0.001  # below BACKOFF: a look after a sleep always counts
+BACKOFF = 0.002
+MAX_BACKOFF = 0.032
 CLOSE_TIMEOUT = 10.0  # seconds `close` waits for the thread; it stops between directories
 # What an import reads: checked-hash pycs make it read the source too (to hash it).
 WARM_SUFFIXES = (".pyc", ".py", ".so", ".pth")
@@ -82,6 +89,7 @@ class ClonePool:
         self._stop = threading.Event()
         self._names = itertools.count()
         self._thread: Optional[threading.Thread] = None
+        self._watch = _TestWatch()
         # What failed in the thread, for the summary: a test meets a failed clone's error
         # again (it clones itself), but a failed deletion would otherwise go unseen.
         self.errors: list[str] = [] if errors is None else errors
@@ -101,6 +109,7 @@ class ClonePool:
             if slot.template is not template:  # rebuilt or forgotten: never serve the old one
                 self._drop(slot)
                 return None
+            self._watch.follow(threading.get_ident())
             return slot.ready.popleft() if slot.ready else None
 
     def ready(self, template: Template, mode: LinkMode) -> int:
@@ -219,6 +228,7 @@ class ClonePool:
                         break
                     self._cond.wait()
             try:
+                self._watch.wait_while_busy(self._stop)
                 job()
             except _Stopped:
                 return
@@ -280,9 +290,11 @@ class ClonePool:
         return free >= 2 * template.tree.nbytes + MIN_FREE
 
     def _pause(self) -> None:
-        """Called by the clone engine between directories: stop promptly when closing."""
+        """Called between directories and batches: stop promptly when closing, and stand
+        aside while the test's own thread is computing."""
         if self._stop.is_set():
             raise _Stopped
+        self._watch.wait_while_busy(self._stop)
 
     def _warm(self, clone: Path, template: Template) -> None:
         """Ask the kernel to read ahead what an import reads: the page cache is per inode,
@@ -307,6 +319,53 @@ class ClonePool:
                 pass
             finally:
                 os.close(fd)
+
+
+class _TestWatch:
+    """How busy the test's thread is, from its CPU clock: the pool thread stands aside while
+    the test computes, so that a CPU-bound test is not slowed down by clones made for later
+    tests (the thread would take the GIL at every syscall, and a CPU from a loaded machine).
+    While the test waits for a subprocess or for I/O, the pool works at full speed."""
+
+    def __init__(self) -> None:
+        self._clock: Optional[int] = None
+        self._ident = 0
+        self._cpu = 0.0
+        self._wall = 0.0
+
+    def follow(self, ident: int) -> None:
+        """Watch thread ``ident`` (the one that takes clones) from now on."""
+        if ident == self._ident:
+            return
+        self._ident = ident
+        try:
+            self._clock = time.pthread_getcpuclockid(ident)
+            self._cpu, self._wall = time.clock_gettime(self._clock), time.monotonic()
+        except (AttributeError, OSError):  # no per-thread CPU clocks here: never wait
+            self._clock = None
+
+    def wait_while_busy(self, stop: threading.Event) -> None:
+        backoff = BACKOFF
+        while self._clock is not None:
+            wall = time.monotonic()
+            try:
+                cpu = time.clock_gettime(self._clock)
+            except OSError:  # the thread is gone
+                self._clock = None
+                return
+            window = wall - self._wall
+            if window < MIN_WINDOW:
+                return  # looked a moment ago, and it was not busy then
+            share = (cpu - self._cpu) / window
+            self._cpu, self._wall = cpu, wall
+            if share < BUSY_SHARE:
+                return
+            if stop.is_set():
+                raise _Stopped
+            # Sleeping releases the GIL; longer sleeps while it lasts: each wake-up costs the
+            # test a GIL hand-over.
+            time.sleep(backoff)
+            backoff = min(2 * backoff, MAX_BACKOFF)
 
 
 def _children(folder: Path) -> list[Path]:

@@ -22,6 +22,11 @@ from .errors import SpecError
 FORMAT_VERSION = 1
 _LOCAL_SUFFIXES = (".whl", ".tar.gz", ".zip", ".tar.bz2")
 
+# sysconfig fills its variables on first use, not thread-safely: a second thread can see them
+# half-filled (SOABI None), and the pool thread computes keys too, so the same spec got two
+# keys (two templates). Fill them now, while the import lock keeps other threads out.
+sysconfig.get_config_vars()
+
 
 @dataclass(frozen=True)
 class Interpreter:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import fcntl
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -158,3 +160,40 @@ def test_prune_all_while_a_suite_clones(
     assert not (cache / "templates" / f"{idle_key}.json").exists()
     assert stray_entries(cache) == []
     record_property("inner_tests", 60)
+
+
+RACING_KEYS = """
+import threading
+from pytest_cowenv.spec import TemplateSpec
+
+spec = TemplateSpec.create(["alpha==1.0"])
+barrier, keys = threading.Barrier(2), []
+
+def key():
+    barrier.wait()
+    keys.append(spec.key())
+
+threads = [threading.Thread(target=key) for _ in range(2)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print(*keys)
+"""
+
+
+def test_one_key_per_spec_when_threads_race() -> None:
+    """A test and the pool thread compute a key at the same time in a fresh process: they
+    must agree (CPython fills sysconfig lazily and not thread-safely: SOABI came back None
+    to one of them about half the time, and the same spec got two templates)."""
+    keys = set()
+    for _ in range(8):
+        out = subprocess.run(
+            [sys.executable, "-c", RACING_KEYS],
+            capture_output=True,
+            text=True,
+            env=inner_env(),
+            check=True,
+        )
+        keys.update(out.stdout.split())
+    assert len(keys) == 1, keys

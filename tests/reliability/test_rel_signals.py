@@ -10,6 +10,7 @@ Delays are random; the seed is printed on failure (set RELIABILITY_SEED to repla
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -27,6 +28,7 @@ from ._reliability import (
     acquire_once,
     cowenv_cli,
     inner_env,
+    kill_group,
     output_of,
     reap_group,
     spawn_pytest,
@@ -87,6 +89,21 @@ def _run_dir(cache: Path) -> object:
     return clones.is_dir() and any(clones.iterdir())
 
 
+def _manifest_problems(template: Path) -> list[str]:
+    """How the tree differs from the manifest in its metadata (what the plugin checks)."""
+    from pytest_cowenv.clone import walk_tree
+
+    manifest = json.loads(template.with_name(f"{template.name}.json").read_text())["manifest"]
+    listing = walk_tree(template).listing()
+    problems = []
+    for part in ("dirs", "files", "links"):
+        have = {json.dumps(e) for e in listing[part]}
+        want = {json.dumps(e) for e in manifest[part]}
+        problems += [f"{part} on disk, not in manifest: {e}" for e in sorted(have - want)]
+        problems += [f"{part} in manifest, not on disk: {e}" for e in sorted(want - have)]
+    return problems
+
+
 def _describe(cache: Path, left: list[str]) -> str:
     """What is left, and what is inside it (modes, btrfs subvolumes), for a failure message."""
     lines = []
@@ -115,13 +132,16 @@ def _check_recovery(
     Even repetitions run `clean` first (it must cope with a dead run's leftovers, then the next
     run finds a tidy cache); odd ones let the next run's start-up clean-up meet them, then
     `clean` must find nothing it cannot handle."""
+    said = ""
     if rep % 2 == 0:
-        cowenv_cli(cache, "clean", env=env)
+        said = cowenv_cli(cache, "clean", env=env)
+        for template in template_dirs(cache):  # `clean` leaves complete templates alone
+            assert _manifest_problems(template) == [], f"{context}: after clean: {said}"
     key, created, _ = acquire_once(cache, wheelhouse, *spec.split(), env=env)
     if rep % 2 == 1:
-        cowenv_cli(cache, "clean", env=env)
+        said = cowenv_cli(cache, "clean", env=env)
     left = stray_entries(cache)
-    assert left == [], f"{context}: left after the next run: {_describe(cache, left)}"
+    assert left == [], f"{context}: left after the next run: {_describe(cache, left)}\n{said}"
     return key, created
 
 
@@ -149,11 +169,13 @@ def test_sigkill_during_template_build(
         _wait_until_building(cache, run)
         delay = rng.uniform(0.0, 3.0)
         time.sleep(delay)
-        os.killpg(run.pid, signal.SIGKILL)
+        kill_group(run)
         code = reap_group(run)
         context = f"seed {seed}, rep {rep}, spec {spec!r}, delay {delay:.2f} s, exit {code}"
         assert code in (-signal.SIGKILL, 0), f"{context}\n{output_of(run)}"
         complete = [t for t in template_dirs(cache) if (t.parent / f"{t.name}.json").exists()]
+        for template in complete:  # metadata is written last: it must describe a whole tree
+            assert _manifest_problems(template) == [], context
         landed["after metadata" if len(complete) > rep else "before metadata"] += 1
         killed_at = time.time()
         _, created = _check_recovery(cache, wheelhouse, spec, rep, inner_env(**extra), context)
@@ -167,7 +189,11 @@ def test_sigkill_during_template_build(
     )
     assert reap_group(final, timeout=300) == 0, output_of(final)
     assert stray_entries(cache) == []
-    assert len(template_dirs(cache)) == len(specs)
+    metas = [json.loads(t.with_name(f"{t.name}.json").read_text()) for t in template_dirs(cache)]
+    described = sorted((m["describe"], m["key"], m["created"], repr(m["spec"])) for m in metas)
+    assert len(metas) == len(specs), "one template per spec expected:\n" + "\n".join(
+        map(str, described)
+    )
     record_property("faults", len(specs))
     record_property("kills_landed", repr(landed))
 
@@ -195,7 +221,7 @@ def test_sigkill_during_cloning(
         _wait_until_cloning(cache, run)
         delay = rng.uniform(0.0, 1.5)
         time.sleep(delay)
-        os.killpg(run.pid, signal.SIGKILL)
+        kill_group(run)
         code = reap_group(run)
         context = f"seed {seed}, rep {rep}, workers {workers}, delay {delay:.2f} s, exit {code}"
         assert code in (-signal.SIGKILL, 0), f"{context}\n{output_of(run)}"

@@ -830,8 +830,8 @@ def report(
     n = args.tests
     print(
         f"\n== suite of {n} tests, each with its own W1 env "
-        f"({' '.join(W1)}); medians of {args.rounds} interleaved rounds "
-        f"(xdist rows: {min(args.rounds, args.xdist_rounds)}) =="
+        f"({' '.join(W1)}); medians of {_rounds(stats, False)} interleaved rounds "
+        f"(xdist rows: {_rounds(stats, True)}) =="
     )
     pool = next((s.header for s in stats.values() if s.header), "")
     print(f"pytest-cowenv defaults as run: {pool}")
@@ -881,6 +881,11 @@ def report(
     for s in failed:
         print(f"\nFAILURES in {s.row.label} [{s.row.variant}] ({len(s.failures)}):")
         print(s.failures[0])
+
+
+def _rounds(stats: dict[str, RowStats], xdist: bool) -> int:
+    """How many rounds the results hold (a journal may stop early)."""
+    return max((s.rounds for s in stats.values() if bool(s.row.workers) == xdist), default=0)
 
 
 def _row_cells(s: RowStats, stats: dict[str, RowStats]) -> list[Any]:
@@ -1175,7 +1180,7 @@ def _r(v: float, digits: int = 2) -> Any:
 def _short(value: float, unit: str) -> str:
     if unit == "ms" and value >= 1000:
         return f"{value / 1000:.1f} s"
-    return f"{value:.3g} {unit}"
+    return f"{value:,.0f} {unit}" if value >= 1000 else f"{value:.3g} {unit}"
 
 
 def write_png(path: Path, stats: dict[str, RowStats], n: int) -> None:
@@ -1217,9 +1222,10 @@ def write_png(path: Path, stats: dict[str, RowStats], n: int) -> None:
                 fontsize=8,
             )
         ax.set_xlim(right=max(values) * 6)
+    rounds = _rounds(stats, False)
     fig.suptitle(
-        f"pytest-cowenv benchmark: {n} tests, each its own W1 env "
-        "(* = extrapolated from fewer tests)",
+        f"pytest-cowenv benchmark: {n} tests, each its own W1 env; median of {rounds} "
+        f"round{'s' if rounds != 1 else ''} (* = extrapolated from fewer tests)",
         fontsize=11,
     )
     fig.tight_layout()

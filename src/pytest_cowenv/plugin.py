@@ -120,7 +120,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     option(
         "link-mode",
         f"how clones get their files: {'|'.join(LINK_MODES)} "
-        "(env PYTEST_COWENV_LINK_MODE; default auto)",
+        "(env PYTEST_COWENV_LINK_MODE; default auto; hardlink is NOT isolated: "
+        "writes in a clone reach the template)",
         metavar="MODE",
     )
     option(

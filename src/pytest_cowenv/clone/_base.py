@@ -111,3 +111,17 @@ class Backend(Protocol):
 
     def set_readonly(self, path: str, readonly: bool) -> bool:
         """Protect (or unprotect) a template made by :meth:`make_template_dir`."""
+
+
+class PlainTemplateDirs:
+    """For platforms whose templates are plain directories: nothing to destroy or protect."""
+
+    def remove_dir_fast(self, path: str) -> bool:
+        return False
+
+    def make_template_dir(self, path: str) -> bool:
+        os.mkdir(path)
+        return False
+
+    def set_readonly(self, path: str, readonly: bool) -> bool:
+        return False

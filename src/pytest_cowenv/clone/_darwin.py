@@ -12,6 +12,8 @@ import os
 import stat
 from typing import Any, Optional
 
+from ._base import PlainTemplateDirs
+
 CLONE_NOFOLLOW = 0x0001  # clone a symlink itself, never what it points to
 CLONE_NOOWNERCOPY = 0x0002  # the clone belongs to us, not to the source's owner
 _FLAGS = CLONE_NOFOLLOW | CLONE_NOOWNERCOPY
@@ -39,7 +41,7 @@ def _clonefile(src: str, dst: str) -> None:
         raise OSError(err, os.strerror(err), src, None, dst)
 
 
-class DarwinBackend:
+class DarwinBackend(PlainTemplateDirs):
     dir_strategy: Optional[str] = "clonefile"
 
     def can_snapshot(self, path: str, fstype: str) -> bool:
@@ -67,13 +69,3 @@ class DarwinBackend:
 
     def probe_reflink(self, src: str, dst: str) -> None:
         _clonefile(src, dst)
-
-    def remove_dir_fast(self, path: str) -> bool:
-        return False
-
-    def make_template_dir(self, path: str) -> bool:
-        os.mkdir(path)
-        return False
-
-    def set_readonly(self, path: str, readonly: bool) -> bool:
-        return False

@@ -12,7 +12,7 @@ import os
 import sys
 from typing import Any, Callable, Optional
 
-from ._base import CREATE_FLAGS, READ_FLAGS
+from ._base import CREATE_FLAGS, READ_FLAGS, PlainTemplateDirs
 
 FSCTL_SET_SPARSE = 0x000900C4
 FSCTL_DUPLICATE_EXTENTS_TO_FILE = 0x00098344
@@ -139,7 +139,7 @@ def _cluster_size(path: str) -> int:
     return sectors.value * sector_size.value
 
 
-class WindowsBackend:
+class WindowsBackend(PlainTemplateDirs):
     dir_strategy: Optional[str] = None
 
     def __init__(self) -> None:
@@ -206,13 +206,3 @@ class WindowsBackend:
             # file, whose size stays what SetFileInformationByHandle made it.
             data.ByteCount = -(-count // cluster) * cluster
             _ioctl(dst_handle, FSCTL_DUPLICATE_EXTENTS_TO_FILE, data, dst)
-
-    def remove_dir_fast(self, path: str) -> bool:
-        return False
-
-    def make_template_dir(self, path: str) -> bool:
-        os.mkdir(path)
-        return False
-
-    def set_readonly(self, path: str, readonly: bool) -> bool:
-        return False

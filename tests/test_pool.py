@@ -22,7 +22,7 @@ from typing import Any, Callable
 import pytest
 
 from _wheels import standard_wheelhouse
-from conftest import make_data_tree, real_fs_problem
+from conftest import make_data_tree, make_identity_tree, real_fs_problem
 from pytest_cowenv import pool as pool_module
 from pytest_cowenv._install import IndexOptions
 from pytest_cowenv.clone import LinkMode, _platform, remove_tree, walk_tree
@@ -301,6 +301,20 @@ def test_no_clones_ahead_on_a_nearly_full_disk(
     assert pool is not None and pool.ready(env.template, LinkMode.AUTO) == 0
     assert (session.stats.pool_hits, session.stats.pool_misses) == (0, 3)
     assert [n for n in os.listdir(pool.ready_dir)] == []
+
+
+def test_trash_is_emptied_in_the_background(root: Path) -> None:
+    run_dir = root.parent / "trash-run"
+    run_dir.mkdir()
+    pool = ClonePool(run_dir, 2)
+    for _ in range(3):  # what tests leave: read-only dirs, links to dirs, dangling links
+        tree = make_identity_tree(Path(tempfile.mkdtemp(dir=run_dir)))
+        pool.discard(tree)
+        assert not tree.exists()
+    wait_for(lambda: not any(pool.trash_dir.iterdir()))
+    assert pool.errors == []
+    assert pool.close()
+    assert os.listdir(run_dir) == []
 
 
 def test_close_stops_a_clone_in_flight(xfs_root: Path, tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
 
-from .clone import CloneResult, LinkMode, clone_tree, remove_tree
+from .clone import CloneResult, LinkMode, _platform, clone_tree, remove_tree
 from .clone._base import READ_FLAGS
 
 if TYPE_CHECKING:
@@ -276,8 +276,27 @@ class ClonePool:
         with self._cond:
             if not self._trash:
                 return
-            path = self._trash.popleft()
-        remove_tree(path)
+            path = os.fspath(self._trash.popleft())
+        if _platform.BACKEND.is_dir_clonable(path):
+            remove_tree(path)  # a btrfs snapshot: one ioctl
+            return
+        try:
+            self._delete_dir(path)
+        except OSError:
+            if os.path.lexists(path):
+                remove_tree(path)  # read-only directories and the like: the engine copes
+
+    def _delete_dir(self, path: str) -> None:
+        """A recursive delete that pauses between directories (``remove_tree`` cannot)."""
+        self._pause()
+        with os.scandir(path) as it:
+            entries = list(it)
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                self._delete_dir(entry.path)
+            else:
+                os.unlink(entry.path)
+        os.rmdir(path)
 
     def _room_for(self, template: Template) -> bool:
         """Whether a clone made ahead leaves room for a full copy more: it may be one (on

@@ -14,6 +14,8 @@ import os
 import stat
 import subprocess
 import sys
+import threading
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -378,6 +380,50 @@ def test_remove_tree_falls_back_when_destroy_is_not_allowed(
     assert not os.path.lexists(btrfs_dir / "clone") and not os.path.lexists(template)
 
 
+def test_a_snapshot_lets_other_threads_run(
+    btrfs_dir: Path, identity_tree: Callable[[Path], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A snapshot waits for a btrfs transaction commit (5-100 ms), and ``fcntl.ioctl`` keeps
+    the GIL through a call whose buffer is over 1 KiB (the snapshot's is 4 KiB): the pool
+    thread's snapshots froze the test's thread. The main thread must run *inside* them."""
+    template = identity_tree(make_template(btrfs_dir, subvolume=True))
+    spans: list[tuple[float, float]] = []
+    real = _linux.ioctl_buffer
+
+    def timed(fd: int, request: int, args: bytearray) -> None:
+        start = time.perf_counter()
+        try:
+            real(fd, request, args)
+        finally:
+            if request == _linux.BTRFS_IOC_SNAP_CREATE_V2:
+                spans.append((start, time.perf_counter()))
+
+    monkeypatch.setattr(_linux, "ioctl_buffer", timed)
+    done = threading.Event()
+
+    def snapshots() -> None:
+        try:
+            for i in range(8):
+                _platform.BACKEND.clone_dir(str(template), str(btrfs_dir / f"snap-{i}"))
+        finally:
+            done.set()
+
+    ticks: list[float] = []
+    worker = threading.Thread(target=snapshots)
+    worker.start()
+    while not done.is_set():
+        ticks.append(time.perf_counter())
+    worker.join()
+    assert len(spans) == 8
+    # Holding the GIL, an ioctl leaves no tick inside its middle half (but for a rare one
+    # that outlasts the switch interval); without it, nearly every one has thousands.
+    middles = [(a + (b - a) / 4, b - (b - a) / 4) for a, b in spans]
+    ran = [any(lo < tick < hi for tick in ticks) for lo, hi in middles]
+    assert sum(ran) >= 4, f"the main thread was stopped during the snapshots: {ran}"
+    for i in range(8):
+        remove_tree(btrfs_dir / f"snap-{i}")
+
+
 def make_read_only(root: Path) -> None:
     """Files 0o400, directories 0o500; symlinks untouched (chmod would follow them, and the
     tree has one to /etc/passwd)."""
@@ -523,7 +569,7 @@ def test_enospc_is_an_error_not_a_fallback_and_leaves_nothing(
     where: Path = request.getfixturevalue(f"{fs_name}_dir")
     template = identity_tree(make_template(where, subvolume))
     if strategy == "snapshot":
-        fail_after(fcntl, "ioctl", 1, errno.ENOSPC,
+        fail_after(_linux, "ioctl_buffer", 1, errno.ENOSPC,
                    when=lambda _fd, req, *_: req == _linux.BTRFS_IOC_SNAP_CREATE_V2)
     elif strategy == "clone":
         fail_after(fcntl, "ioctl", 3, errno.ENOSPC, when=is_ficlone)

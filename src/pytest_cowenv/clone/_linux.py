@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
+import functools
 import os
 import struct
+from typing import Callable
 
 from ._base import CREATE_FLAGS, DIR_FLAGS, READ_FLAGS, finish_file
 from ._portable import rmtree
@@ -37,11 +40,42 @@ def _v1_args(path: str) -> bytearray:
     return _vol_args(os.path.basename(os.path.abspath(path)), _V1_NAME_OFFSET)
 
 
+@functools.cache
+def _libc_ioctl() -> Callable[[int, int, ctypes.Array[ctypes.c_char]], int] | None:
+    """libc's ``ioctl`` through ctypes, which releases the GIL for the call (None if there
+    is no libc to load)."""
+    try:
+        func = ctypes.CDLL(None, use_errno=True).ioctl
+    except (OSError, AttributeError):
+        return None
+    func.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_char_p)
+    func.restype = ctypes.c_int
+    return func
+
+
+def ioctl_buffer(fd: int, request: int, args: bytearray) -> None:
+    """``ioctl(fd, request, args)`` without holding the GIL.
+
+    ``fcntl.ioctl`` keeps the GIL while the kernel works when its argument is a buffer over
+    1 KiB (btrfs's are 4 KiB), and a snapshot waits for a transaction commit (3-100 ms): the
+    pool thread's snapshots stopped the test's thread for as long (tests/test_clone_engine.py
+    ``test_a_snapshot_lets_other_threads_run``). ``args`` is updated in place, as with fcntl.
+    """
+    func = _libc_ioctl()
+    if func is None:
+        fcntl.ioctl(fd, request, args)
+        return
+    buf = (ctypes.c_char * len(args)).from_buffer(args)
+    if func(fd, request, buf) == -1:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
 def _on_parent(path: str, request: int, args: bytearray) -> None:
     parent = os.path.dirname(os.path.abspath(path))
     pfd = os.open(parent or ".", DIR_FLAGS)
     try:
-        fcntl.ioctl(pfd, request, args)
+        ioctl_buffer(pfd, request, args)
     finally:
         os.close(pfd)
 
@@ -148,7 +182,7 @@ class LinuxBackend:
         try:
             buf = bytearray(8)
             try:
-                fcntl.ioctl(fd, BTRFS_IOC_SUBVOL_GETFLAGS, buf)
+                ioctl_buffer(fd, BTRFS_IOC_SUBVOL_GETFLAGS, buf)
             except OSError as exc:
                 if exc.errno in (errno.ENOTTY, errno.EOPNOTSUPP, errno.EINVAL):
                     return False
@@ -156,7 +190,7 @@ class LinuxBackend:
             (flags,) = struct.unpack("=Q", buf)
             new = flags | BTRFS_SUBVOL_RDONLY if readonly else flags & ~BTRFS_SUBVOL_RDONLY
             if new != flags:
-                fcntl.ioctl(fd, BTRFS_IOC_SUBVOL_SETFLAGS, struct.pack("=Q", new))
+                ioctl_buffer(fd, BTRFS_IOC_SUBVOL_SETFLAGS, bytearray(struct.pack("=Q", new)))
             return True
         finally:
             os.close(fd)

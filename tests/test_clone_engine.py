@@ -341,6 +341,96 @@ def test_btrfs_template_to_ext4_copies_in_auto_and_refuses_in_clone(
         assert not (ext4_dir / mode).exists()
 
 
+# --- big trees: several threads ----------------------------------------------------------
+
+
+@pytest.fixture
+def threads_used(monkeypatch: pytest.MonkeyPatch) -> set[int]:
+    """Force three workers on trees from 256 files; collects the threads that made files."""
+    import pytest_cowenv.clone as engine
+
+    seen: set[int] = set()
+    real = engine._files_at
+
+    def recording(*args: Any) -> None:
+        seen.add(threading.get_ident())
+        real(*args)
+
+    monkeypatch.setattr(engine, "WORKERS", 3)
+    monkeypatch.setattr(engine, "_files_at", recording)
+    return seen
+
+
+def big_template(
+    where: Path, identity_tree: Callable[[Path], Path], data_tree: Callable[..., Path],
+    subvolume: bool = False,
+) -> Path:
+    template = identity_tree(make_template(where, subvolume))
+    data_tree(template / "lib" / "data", files=400, total_bytes=1 << 20)
+    return template
+
+
+@pytest.mark.parametrize(
+    ("fs_name", "strategy"),
+    [("btrfs", "clone"), ("xfs", "clone"), ("ext4", "copy"), ("tmpfs", "copy")],
+)
+def test_a_big_tree_is_made_by_several_threads_exactly(
+    request: pytest.FixtureRequest, identity_tree: Callable[[Path], Path],
+    data_tree: Callable[..., Path], threads_used: set[int], fs_name: str, strategy: str,
+) -> None:
+    where: Path = request.getfixturevalue(f"{fs_name}_dir")
+    template = big_template(where, identity_tree, data_tree)
+    result, warned = clone_quietly(template, where / "clone")
+    assert result.strategy == strategy
+    assert len(warned) == (strategy == "copy")  # the one "cannot clone here" warning
+    assert len(threads_used) == 3
+    assert tree_state(where / "clone") == tree_state(template)
+
+
+def test_a_big_tree_falls_back_to_a_copy_from_every_thread(
+    btrfs_dir: Path, ext4_dir: Path, identity_tree: Callable[[Path], Path],
+    data_tree: Callable[..., Path], threads_used: set[int],
+) -> None:
+    """Every worker meets EXDEV: one warning, one copy, nothing mixed."""
+    template = big_template(btrfs_dir, identity_tree, data_tree)
+    result, warned = clone_quietly(template, ext4_dir / "auto")
+    assert result.strategy == "copy" and len(warned) == 1 and "EXDEV" in warned[0]
+    assert tree_state(ext4_dir / "auto") == tree_state(template)
+
+
+def test_an_error_in_one_thread_fails_the_whole_clone_and_leaves_nothing(
+    xfs_dir: Path, identity_tree: Callable[[Path], Path], data_tree: Callable[..., Path],
+    threads_used: set[int], fail_after: Callable[..., None],
+) -> None:
+    template = big_template(xfs_dir, identity_tree, data_tree)
+    fail_after(fcntl, "ioctl", 150, errno.ENOSPC, when=is_ficlone)
+    with pytest.raises(CloneError, match="ENOSPC"):
+        clone_tree(template, xfs_dir / "clone")
+    assert not os.path.lexists(xfs_dir / "clone")
+
+
+def test_a_pause_that_raises_stops_every_thread(
+    xfs_dir: Path, identity_tree: Callable[[Path], Path], data_tree: Callable[..., Path],
+    threads_used: set[int],
+) -> None:
+    """How the pool abandons a clone when the session closes: no thread writes on after."""
+    template = big_template(xfs_dir, identity_tree, data_tree)
+    calls = []
+
+    class Stop(Exception):
+        pass
+
+    def pause() -> None:
+        calls.append(threading.get_ident())
+        if len(calls) > 20:
+            raise Stop
+
+    with pytest.raises(Stop):
+        clone_tree(template, xfs_dir / "clone", pause=pause)
+    assert not os.path.lexists(xfs_dir / "clone")
+    assert len(set(calls)) == 3
+
+
 # --- removal -------------------------------------------------------------------------------
 
 

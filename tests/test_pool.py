@@ -388,6 +388,31 @@ def test_the_pool_thread_stands_aside_while_the_test_computes(
         watch.wait_while_busy(stop)
 
 
+def test_the_pool_thread_works_on_while_the_test_clones_for_itself(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """When the pool falls behind, the test's thread clones (or deletes) itself: its CPU
+    then is ours, not a computing test's. Standing aside for it made the two take turns
+    (XFS do-nothing tests: 248 ms each, now 210 ms, in benchmarks/suite.py)."""
+    clocks = _FakeClocks()
+    monkeypatch.setattr(pool_module, "time", clocks)
+    watch = pool_module._TestWatch()
+    stop = threading.Event()
+    watch.follow(threading.get_ident())
+    with watch.ours():
+        clocks.cpu, clocks.wall = 0.95, 101.0  # a clone in the test's thread: 95 % of a CPU
+        watch.wait_while_busy(stop)
+        assert clocks.sleeps == []
+    # Afterwards the window starts anew: the clone's CPU is not held against the test.
+    clocks.wall += 0.5
+    watch.wait_while_busy(stop)
+    assert clocks.sleeps == []
+    clocks.cpu += 0.45  # and a test that computes is stood aside for again
+    clocks.wall += 0.5
+    watch.wait_while_busy(stop)
+    assert clocks.sleeps and clocks.sleeps[0] == 0.002
+
+
 # -- whole runs, in a pytest subprocess ----------------------------------------------------
 
 SUITE = """

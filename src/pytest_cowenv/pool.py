@@ -20,6 +20,7 @@ import shutil
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
@@ -136,13 +137,19 @@ class ClonePool:
             self._primers.append(primer)
             self._wake()
 
+    def foreground(self) -> contextlib.AbstractContextManager[None]:
+        """Around a clone or deletion the test's thread makes itself (the pool was behind):
+        the pool thread works on beside it instead of standing aside as for a busy test."""
+        return self._watch.ours()
+
     def discard(self, path: Path) -> None:
         """Hand a used clone over for deletion: a rename now, the deletion later."""
         with self._cond:
             backlog = len(self._trash)
             closed = self._stop.is_set()
         if backlog >= self.trash_limit or closed:
-            remove_tree(path)
+            with self.foreground():
+                remove_tree(path)
             return
         target = self.trash_dir / f"{path.name}.{next(self._names)}"
         try:
@@ -351,34 +358,64 @@ class _TestWatch:
         self._ident = 0
         self._cpu = 0.0
         self._wall = 0.0
+        self._ours = 0  # > 0 while the test's thread clones or deletes for us
+        self._lock = threading.Lock()  # a clone's worker threads all look at once
 
     def follow(self, ident: int) -> None:
         """Watch thread ``ident`` (the one that takes clones) from now on."""
-        if ident == self._ident:
-            return
-        self._ident = ident
-        try:
-            self._clock = time.pthread_getcpuclockid(ident)
-            self._cpu, self._wall = time.clock_gettime(self._clock), time.monotonic()
-        except (AttributeError, OSError):  # no per-thread CPU clocks here: never wait
-            self._clock = None
+        with self._lock:
+            if ident == self._ident:
+                return
+            self._ident = ident
+            try:
+                self._clock = time.pthread_getcpuclockid(ident)
+            except (AttributeError, OSError):  # no per-thread CPU clocks here: never wait
+                self._clock = None
+            self._reset()
 
-    def wait_while_busy(self, stop: threading.Event) -> None:
-        backoff = BACKOFF
-        while self._clock is not None:
+    @contextlib.contextmanager
+    def ours(self) -> Iterator[None]:
+        """The test's thread is cloning or deleting for the pool's sake (the pool fell behind):
+        that is no test computing, and the pool must not stand aside for it, or the two work
+        by turns instead of side by side. Its CPU time meanwhile is not counted."""
+        with self._lock:
+            self._ours += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._ours -= 1
+                self._reset()
+
+    def _reset(self) -> None:
+        """Start a new window now (lock held)."""
+        if self._clock is not None:
+            try:
+                self._cpu, self._wall = time.clock_gettime(self._clock), time.monotonic()
+            except OSError:
+                self._clock = None
+
+    def _busy(self) -> bool:
+        """Whether the test's thread computed over the last window (and start a new one)."""
+        with self._lock:
+            if self._clock is None or self._ours:
+                return False
             wall = time.monotonic()
             try:
                 cpu = time.clock_gettime(self._clock)
             except OSError:  # the thread is gone
                 self._clock = None
-                return
+                return False
             window = wall - self._wall
             if window < MIN_WINDOW:
-                return  # looked a moment ago, and it was not busy then
+                return False  # looked a moment ago, and it was not busy then
             share = (cpu - self._cpu) / window
             self._cpu, self._wall = cpu, wall
-            if share < BUSY_SHARE:
-                return
+            return share >= BUSY_SHARE
+
+    def wait_while_busy(self, stop: threading.Event) -> None:
+        backoff = BACKOFF
+        while self._busy():
             if stop.is_set():
                 raise _Stopped
             # Sleeping releases the GIL; longer sleeps while it lasts: each wake-up costs the

@@ -275,7 +275,8 @@ class CowEnvSession:
                     remove_tree(made[0])
                 made = None
         if made is None:
-            result = clone_tree(template.path, dst, mode, tree=template.tree)
+            with pool.foreground() if pool else contextlib.nullcontext():
+                result = clone_tree(template.path, dst, mode, tree=template.tree)
         waited = (time.perf_counter() - start) * 1000
         if pool and pooled:
             pool.start(template, mode)  # from the second use on, or when collection said so

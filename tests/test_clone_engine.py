@@ -387,6 +387,17 @@ def test_a_big_tree_is_made_by_several_threads_exactly(
     assert tree_state(where / "clone") == tree_state(template)
 
 
+def test_workers_caps_the_threads(
+    xfs_dir: Path, identity_tree: Callable[[Path], Path], data_tree: Callable[..., Path],
+    threads_used: set[int],
+) -> None:
+    """The pool clones with one thread: the other CPUs are the tests'."""
+    template = big_template(xfs_dir, identity_tree, data_tree)
+    clone_tree(template, xfs_dir / "clone", workers=1)
+    assert threads_used == {threading.get_ident()}
+    assert tree_state(xfs_dir / "clone") == tree_state(template)
+
+
 def test_a_big_tree_falls_back_to_a_copy_from_every_thread(
     btrfs_dir: Path, ext4_dir: Path, identity_tree: Callable[[Path], Path],
     data_tree: Callable[..., Path], threads_used: set[int],

@@ -31,6 +31,8 @@ Pause = Callable[[], None]
 # File-by-file clones and copies of trees this big share the work among WORKERS threads.
 WORKERS = min(os.cpu_count() or 1, 4)
 PARALLEL_MIN_FILES = 256
+# What the caller asked of a file-by-file clone: its pause, and at most how many threads.
+_How = tuple[Optional[Pause], int]
 
 
 class LinkMode(str, enum.Enum):
@@ -92,11 +94,14 @@ def clone_tree(
     *,
     tree: Optional[Tree] = None,
     pause: Optional[Pause] = None,
+    workers: Optional[int] = None,
 ) -> CloneResult:
     """Make the new directory ``dst`` a replica of ``src``.
 
     ``tree`` is ``src``'s walk, when the caller keeps one (templates do). ``pause`` is called
-    between directories of a file-by-file clone: a background caller raises in it to stop. Raises
+    between directories of a file-by-file clone: a background caller raises in it to stop.
+    ``workers`` caps the threads of a file-by-file clone (default :data:`WORKERS`): a
+    background caller leaves the other CPUs to the tests. Raises
     :class:`CloneError` when an explicit mode is impossible here or the filesystem fails;
     a partly made ``dst`` is removed first.
     """
@@ -106,7 +111,7 @@ def clone_tree(
     if os.path.lexists(dst):
         raise exists
     try:
-        strategy, reason, tree = _clone(src, dst, mode, tree, pause)
+        strategy, reason, tree = _clone(src, dst, mode, tree, (pause, workers or WORKERS))
     except BaseException as exc:
         if isinstance(exc, FileExistsError) and exc.filename in (None, dst):
             raise exists from exc  # made meanwhile by someone else: not ours to remove
@@ -134,7 +139,7 @@ def _clone_error(src: str, dst: str, mode: LinkMode, exc: OSError) -> CloneError
 
 
 def _clone(
-    src: str, dst: str, mode: LinkMode, tree: Optional[Tree], pause: Optional[Pause]
+    src: str, dst: str, mode: LinkMode, tree: Optional[Tree], how: _How
 ) -> tuple[str, Optional[str], Optional[Tree]]:
     backend = _platform.BACKEND
     reason: Optional[str] = None
@@ -162,12 +167,12 @@ def _clone(
     if tree is None:
         tree = walk_tree(src)
     if mode is LinkMode.COPY:
-        _per_file(tree, dst, _COPY, pause)
+        _per_file(tree, dst, _COPY, how)
         return "copy", reason, tree
     if mode is LinkMode.HARDLINK:
-        _per_file(tree, dst, _HARDLINK, pause)
+        _per_file(tree, dst, _HARDLINK, how)
         return "hardlink", reason, tree
-    return (*_clone_files(tree, dst, mode, reason, pause), tree)
+    return (*_clone_files(tree, dst, mode, reason, how), tree)
 
 
 def _no_snapshot_reason(src: str, strategy: str) -> str:
@@ -181,17 +186,17 @@ def _no_snapshot_reason(src: str, strategy: str) -> str:
 
 
 def _clone_files(
-    tree: Tree, dst: str, mode: LinkMode, reason: Optional[str], pause: Optional[Pause]
+    tree: Tree, dst: str, mode: LinkMode, reason: Optional[str], how: _How
 ) -> tuple[str, Optional[str]]:
     parent = os.path.dirname(os.path.abspath(dst)) or "."
     key = (os.stat(tree.root).st_dev, os.stat(parent).st_dev)
     with _lock:
         decided = _decisions.get(key)
     if decided and decided[0] == "copy" and mode is LinkMode.AUTO:
-        _per_file(tree, dst, _COPY, pause)
+        _per_file(tree, dst, _COPY, how)
         return "copy", decided[1]
     try:
-        _per_file(tree, dst, _clone_ops(), pause)
+        _per_file(tree, dst, _clone_ops(), how)
     except OSError as exc:
         if not cannot_clone(exc):
             raise
@@ -206,7 +211,7 @@ def _clone_files(
         # as a copy rather than mixing clones and copies in one tree.
         why = _describe(exc)
         remove_tree(dst)
-        _per_file(tree, dst, _COPY, pause)
+        _per_file(tree, dst, _COPY, how)
     else:
         with _lock:
             _decisions.setdefault(key, ("clone", reason))
@@ -246,7 +251,8 @@ def _clone_ops() -> _FileOps:
     return _FileOps(backend.clone_file, getattr(backend, "clone_file_at", None))
 
 
-def _per_file(tree: Tree, dst: str, ops: _FileOps, pause: Optional[Pause]) -> None:
+def _per_file(tree: Tree, dst: str, ops: _FileOps, how: _How) -> None:
+    pause, most = how
     src = tree.root
     root_mode = tree.root_entry[1]
     # Directories are made owner-writable so that their children can be created, even in
@@ -270,7 +276,7 @@ def _per_file(tree: Tree, dst: str, ops: _FileOps, pause: Optional[Pause]) -> No
                     rel = f"{rel_dir}{os.sep}{name}"
                     ops.by_path(src + rel, dst + rel, mode, at, mt, size)
 
-    workers = WORKERS if len(tree.files) >= PARALLEL_MIN_FILES else 1
+    workers = most if len(tree.files) >= PARALLEL_MIN_FILES else 1
     _in_parallel(make, min(workers, len(groups)))
     for rel, target, at, mt in tree.links:
         os.symlink(target, dst + rel)

@@ -1031,7 +1031,7 @@ def targets(stats: dict[str, RowStats], disk: list[DiskResult]) -> list[tuple[st
         if cx and ux:
             extra = (lambda s: s.import_median) if variant == "real" else (lambda s: 0.0)
             x = ratio(ux.overhead_median + extra(ux), cx.overhead_median + extra(cx))
-            out.append((f"XFS ≥ {goal}x faster than per-test uv, {what}", f"{x:.1f}x", x >= goal))
+            out.append((f"XFS ≥ {goal}x faster than per-test uv, {what}", f"{x:.2f}x", x >= goal))
     limits = {
         ("btrfs", "snapshot"): ("template", 0.25),
         ("xfs", "per-file clone"): ("copies", 0.06),

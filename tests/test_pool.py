@@ -29,6 +29,7 @@ from pytest_cowenv.clone import LinkMode, _platform, remove_tree, walk_tree
 from pytest_cowenv.errors import CloneError
 from pytest_cowenv.pool import ClonePool
 from pytest_cowenv.session import CowEnvSession, Settings
+from pytest_cowenv.spec import TemplateSpec
 from pytest_cowenv.template import Template
 
 FILESYSTEMS = ("btrfs", "xfs")
@@ -118,17 +119,22 @@ def run_dirs(root: Path) -> list[str]:
     return sorted(os.listdir(clones)) if clones.is_dir() else []
 
 
+def pooled(session: CowEnvSession, requirements: list[str]) -> tuple[TemplateSpec, ClonePool]:
+    """The spec of ``requirements`` used twice (the second use starts its pool), and the pool."""
+    spec = session.spec(requirements)
+    for i in range(2):
+        session.release(session.acquire(spec, f"warm-{i}"))
+    assert session.pool is not None
+    return spec, session.pool
+
+
 # -- the session and the pool, in process --------------------------------------------------
 
 
 def test_pooled_clone_is_fresh(root: Path, make_session: Callable[..., CowEnvSession]) -> None:
     session = make_session(root)
-    spec = session.spec([SPEC])
-    for i in range(2):  # the second use starts the pool
-        session.release(session.acquire(spec, f"warm-{i}"))
+    spec, pool = pooled(session, [SPEC])
     template = session.cache.get(spec)
-    pool = session.pool
-    assert pool is not None
     for i in range(4):
         wait_for(lambda: pool.ready(template, LinkMode.AUTO) == 2)
         env = session.acquire(spec, f"test_{i}")
@@ -164,11 +170,7 @@ def test_the_pool_clones_with_one_thread_and_a_missed_test_with_all(
     spy(pool_module, "pool")
     spy(session_module, "test")
     session = make_session(root)
-    spec = session.spec([SPEC])
-    for i in range(2):
-        session.release(session.acquire(spec, f"warm-{i}"))
-    pool = session.pool
-    assert pool is not None
+    spec, pool = pooled(session, [SPEC])
     wait_for(lambda: pool.ready(session.cache.get(spec), LinkMode.AUTO) == 2)
     assert ("test", None) in asked and ("pool", 1) in asked
     assert {workers for who, workers in asked if who == "pool"} == {1}
@@ -178,11 +180,9 @@ def test_rebuilt_template_is_never_served_stale(
     root: Path, make_session: Callable[..., CowEnvSession]
 ) -> None:
     session = make_session(root)
-    spec = session.spec(["alpha==2.0"])
-    for i in range(2):
-        session.release(session.acquire(spec, f"warm-{i}"))
+    spec, pool = pooled(session, ["alpha==2.0"])
     old = session.cache.get(spec)
-    wait_for(lambda: session.pool.ready(old, LinkMode.AUTO) == 2)  # type: ignore[union-attr]
+    wait_for(lambda: pool.ready(old, LinkMode.AUTO) == 2)
     old_stamp = (old.path / "pyvenv.cfg").stat().st_mtime_ns
 
     # What --cowenv-rebuild or a damaged template does mid-run: a new build under the same key.
@@ -197,15 +197,13 @@ def test_rebuilt_template_is_never_served_stale(
     assert (env.path / "pyvenv.cfg").stat().st_mtime_ns == new_stamp
     session.release(env)
 
-    wait_for(lambda: session.pool.ready(new, LinkMode.AUTO) == 2)  # type: ignore[union-attr]
+    wait_for(lambda: pool.ready(new, LinkMode.AUTO) == 2)
     env = session.acquire(spec, "pooled-after-rebuild")
     assert session.stats.pool_hits == 1
     assert (env.path / "pyvenv.cfg").stat().st_mtime_ns == new_stamp
     assert walk_tree(env.path).listing() == new.tree.listing()
     session.release(env)
     # Only the new build's ready clone is left once the trash is emptied.
-    pool = session.pool
-    assert pool is not None
     wait_for(lambda: len(os.listdir(pool.trash_dir)) == 0)
     assert len(os.listdir(pool.ready_dir)) == 2
 
@@ -305,11 +303,7 @@ def test_transient_background_failure_falls_back_and_recovers(
 
     monkeypatch.setattr(pool_module, "clone_tree", fail_once)
     session = make_session(root)
-    spec = session.spec([SPEC])
-    for i in range(2):
-        session.release(session.acquire(spec, f"warm-{i}"))
-    pool = session.pool
-    assert pool is not None
+    spec, pool = pooled(session, [SPEC])
     wait_for(lambda: pool.errors == ["injected failure"])
     env = session.acquire(spec, "after-failure")  # a miss, made here: and it restarts the pool
     assert session.stats.pool_misses == 3

@@ -21,6 +21,7 @@ from typing import Callable, Optional
 import pytest
 
 from pytest_cowenv import fs
+from pytest_cowenv._install import uv_binary
 from pytest_cowenv.clone import forget_decisions, remove_tree
 
 REAL_FILESYSTEMS = ("btrfs", "xfs", "ext4", "tmpfs")
@@ -56,17 +57,40 @@ def _fs_line() -> tuple[str, list[str]]:
     return "cowenv real filesystems: " + ", ".join(parts), missing
 
 
-def pytest_report_header(config: pytest.Config) -> str:
-    return _fs_line()[0]
+def uv_problem() -> Optional[str]:
+    """Why the uv route cannot be tested in this run (it would be the pip route twice), or
+    None if it can."""
+    if os.environ.get("PYTEST_COWENV_NO_UV"):
+        return "PYTEST_COWENV_NO_UV is set (unset it to test the uv route)"
+    if uv_binary.__wrapped__() is None:  # uncached: tests switch routes
+        return "uv is not installed (python -m pip install uv, or put uv on PATH)"
+    return None
+
+
+def skip_without_uv() -> None:
+    """Skip the calling test unless the uv route can be tested."""
+    problem = uv_problem()
+    if problem:
+        pytest.skip(f"needs uv: {problem}")
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    return [_fs_line()[0], f"cowenv uv route: {uv_problem() or 'tested'}"]
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """Under CI a missing filesystem means unproven code: say so where the eye lands."""
+    """Under CI a missing filesystem or uv means unproven code: say so where the eye lands."""
+    if os.environ.get("CI") != "true":
+        return
     _, missing = _fs_line()
-    if missing and os.environ.get("CI") == "true":
+    if missing:
         terminalreporter.write_sep("!", "REAL FILESYSTEMS MISSING IN CI", red=True, bold=True)
         for problem in missing:
             terminalreporter.write_line(f"{problem}: its tests were SKIPPED", red=True)
+    uv = uv_problem()
+    if uv:
+        terminalreporter.write_sep("!", "UV MISSING IN CI", red=True, bold=True)
+        terminalreporter.write_line(f"{uv}: the uv route's tests were SKIPPED", red=True)
 
 
 @pytest.fixture(autouse=True)

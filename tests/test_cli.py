@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from _wheels import standard_wheelhouse
+from conftest import skip_without_uv
 from pytest_cowenv.clone import _platform
 from pytest_cowenv.fs import fs_type
 from pytest_cowenv.maintenance import is_held
@@ -338,6 +339,8 @@ def test_an_invalid_requirement_is_a_usage_error(tmp_path: Path) -> None:
 def test_a_failed_build_exits_1_with_the_installers_words(
     tmp_path: Path, wheels: Path, installer: str
 ) -> None:
+    if installer == "uv":
+        skip_without_uv()
     env = {"PYTEST_COWENV_NO_UV": "1"} if installer == "pip" else {}
     cache, links = str(tmp_path / "c"), str(wheels)
     proc = cli("build", "--dir", cache, "--offline", "--find-links", links, "nosuchpkg", env=env)

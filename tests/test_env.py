@@ -19,6 +19,7 @@ import pytest
 from _cache_dirs import fast_dir, wipe
 from _dist_wheels import repack_with_dependencies
 from _wheels import make_wheel, standard_wheelhouse
+from conftest import skip_without_uv
 from pytest_cowenv import (
     CommandError,
     CowEnv,
@@ -186,8 +187,8 @@ def test_requirement_installs_into_this_clone_only(
         monkeypatch.setenv("PYTEST_COWENV_NO_UV", "1")
         monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
         monkeypatch.delenv("PIP_FIND_LINKS", raising=False)
-    elif uv_binary() is None:
-        pytest.skip("uv is not installed")
+    else:
+        skip_without_uv()
     uv_binary.cache_clear()  # it is read once per process; again after the test
     try:
         env, sibling = make_env("alpha==1.0"), make_env("alpha==1.0")

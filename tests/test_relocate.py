@@ -21,6 +21,7 @@ from typing import Optional
 import pytest
 
 from _wheels import make_wheel, standard_wheelhouse
+from conftest import skip_without_uv
 from pytest_cowenv import LinkMode, Template, TemplateCache, TemplateSpec, clone_tree
 from pytest_cowenv._install import IndexOptions, installer_identity, uv_binary
 from pytest_cowenv._relocate import ACTIVATE, launcher_body, point_at_sources
@@ -117,8 +118,8 @@ def built(
     """A template of alpha, beta, gamma and ``where`` (a console script printing sys.prefix),
     built by each installer; uv's also has pip seeded."""
     route = request.param
-    if route == "uv" and shutil.which("uv") is None:
-        pytest.skip("uv is not installed")
+    if route == "uv":
+        skip_without_uv()
     wheels = standard_wheelhouse(tmp_path_factory.mktemp("wheels"))
     make_wheel(wheels, "where", modules=WHERE, scripts={"where": "where:main"})
     btrfs = mounted("COWENV_TEST_BTRFS", "btrfs")

@@ -25,6 +25,7 @@ from typing import Any, Optional
 import pytest
 
 from _wheels import make_wheel, standard_wheelhouse
+from conftest import skip_without_uv
 from pytest_cowenv import (
     CacheDirError,
     LockTimeoutError,
@@ -64,8 +65,8 @@ def _use_route(route: str, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv("PYTEST_COWENV_NO_UV", raising=False)
     uv_binary.cache_clear()
     installer_identity.cache_clear()
-    if route == "uv" and uv_binary() is None:
-        pytest.skip("uv is not installed")
+    if route == "uv":
+        skip_without_uv()
 
 
 @pytest.fixture(params=["uv", "pip"])

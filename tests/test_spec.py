@@ -124,6 +124,32 @@ def test_key_follows_a_projects_sources_not_its_build_outputs(tmp_path: Path) ->
     assert spec(str(project)).key() != after_sub
 
 
+def test_key_ignores_tool_state_when_home_is_the_project(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pytester makes HOME the project: what installers keep in HOME is not a source."""
+    project = tmp_path / "proj"
+    (project / "tests" / "home").mkdir(parents=True)
+    (project / "pyproject.toml").write_text("[project]\nname = 'proj'\n")
+    (project / ".config-of-proj").mkdir()
+    before = {home: None for home in ("", "tests/home")}
+    for home in before:
+        monkeypatch.setenv("HOME", str(project / home))
+        before[home] = spec(str(project)).key()
+        state = project / home / ".rustup"  # pip runs rustc, whose rustup writes ~/.rustup
+        state.mkdir()
+        (state / "settings.toml").write_text('version = "12"\n')
+        assert spec(str(project)).key() == before[home], home
+    monkeypatch.setenv("HOME", str(tmp_path))  # HOME outside: every hidden folder counts
+    outside = spec(str(project)).key()
+    (project / ".config-of-proj" / "x.toml").write_text("x = 1\n")
+    assert spec(str(project)).key() != outside
+    monkeypatch.setenv("HOME", str(project))  # ... as do HOME's hidden files and other folders
+    in_home = spec(str(project)).key()
+    (project / ".hidden-file").write_text("counts\n")
+    assert spec(str(project)).key() != in_home
+
+
 def test_project_argument_is_a_local_requirement(tmp_path: Path) -> None:
     (tmp_path / "setup.py").write_text("")
     made = TemplateSpec.create(["alpha"], project=tmp_path)

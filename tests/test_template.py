@@ -609,6 +609,32 @@ def test_local_project_is_built_from_a_copy_and_installed(
     assert rebuilt.built_now and rebuilt.key != template.key
 
 
+TOOL_STATE_IN_HOME = """
+import pathlib
+
+_build = build_wheel
+
+def build_wheel(*args, **kwargs):  # as pip's rustc probe (rustup) or uv's cache do
+    state = pathlib.Path.home() / ".tool-state"
+    state.mkdir(exist_ok=True)
+    with open(state / "builds", "a") as f:
+        f.write("one more\\n")
+    return _build(*args, **kwargs)
+"""
+
+
+def test_a_build_writing_into_home_inside_the_project_keeps_its_key(
+    root: Path, wheelhouse: Path, project: Path, route: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with open(project / "backend.py", "a") as f:
+        f.write(TOOL_STATE_IN_HOME)
+    monkeypatch.setenv("HOME", str(project))  # as pytester does
+    first = new_cache(root).get(make_spec(wheelhouse, "alpha", project=project))
+    assert (project / ".tool-state" / "builds").read_text() == "one more\n"
+    again = new_cache(root).get(make_spec(wheelhouse, "alpha", project=project))
+    assert not again.built_now and again.key == first.key
+
+
 @pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 def test_project_versioned_by_git_builds_from_the_copy(
     root: Path, wheelhouse: Path, project: Path

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from .errors import TemplateBuildError
 
@@ -56,6 +56,36 @@ def project_skips(rel_dir: str, name: str) -> bool:
         or name.endswith((".egg-info", ".pyc", ".pyo"))
         or (rel_dir in ("", ".") and name in _SKIP_AT_TOP)
     )
+
+
+def project_filter(project: Path) -> Callable[[str, str], bool]:
+    """``skips(rel_dir, name)``: :func:`project_skips`, and, when the user's home directory is
+    ``project`` or inside it (pytester makes it so), the hidden folders directly in it. Those
+    hold the state of the installers and of what they start (pip runs ``rustc``, whose rustup
+    writes ``~/.rustup``; uv caches in ``~/.cache``): a build must not change the key of the
+    project it builds. The cache key and the private copy use the same filter, so the key
+    hashes exactly what the build sees."""
+    home = _home_inside(project)
+
+    def skips(rel_dir: str, name: str) -> bool:
+        return project_skips(rel_dir, name) or (
+            home is not None
+            and name.startswith(".")
+            and os.path.normpath(rel_dir) == home
+            and os.path.isdir(os.path.join(project, rel_dir, name))
+        )
+
+    return skips
+
+
+def _home_inside(project: Path) -> Optional[str]:
+    """The home directory relative to ``project`` ("." for the project itself), or None when
+    it lies outside."""
+    try:
+        rel = os.path.relpath(os.path.realpath(os.path.expanduser("~")), os.path.realpath(project))
+    except ValueError:  # another drive (Windows)
+        return None
+    return None if rel == os.pardir or rel.startswith(os.pardir + os.sep) else rel
 
 
 @dataclass(frozen=True)
@@ -201,10 +231,11 @@ def build_wheel(project: Path, out_dir: Path, python: str, index: IndexOptions) 
     and runs on the template's interpreter, so a wheel with extension modules fits it.
     """
     work = out_dir / f"src-{project.name}"
+    skips = project_filter(project)
 
     def ignore(directory: str, names: list[str]) -> set[str]:
         rel = os.path.relpath(directory, project)
-        return {name for name in names if project_skips(rel, name)}
+        return {name for name in names if skips(rel, name)}
 
     shutil.copytree(project, work, ignore=ignore, symlinks=True)
     link_vcs(project, work)

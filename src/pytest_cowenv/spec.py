@@ -16,7 +16,7 @@ from typing import Any, Optional, Union
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-from ._install import IndexOptions, installer_identity, project_skips
+from ._install import IndexOptions, installer_identity, project_filter
 from .errors import SpecError
 
 FORMAT_VERSION = 1
@@ -151,18 +151,20 @@ def normalise_requirement(text: str) -> str:
 
 
 def content_hash(path: Path) -> str:
-    """Hash a local file, or a project directory's sources (build outputs excluded)."""
+    """Hash a local file, or a project directory's sources as its build sees them (build
+    outputs, caches and tool state excluded: see ``project_filter``)."""
     h = hashlib.sha256()
     if path.is_file():
         with open(path, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
         return h.hexdigest()
+    skips = project_filter(path)
     for dirpath, dirnames, filenames in os.walk(path):
         rel_dir = os.path.relpath(dirpath, path)
-        dirnames[:] = sorted(d for d in dirnames if not project_skips(rel_dir, d))
+        dirnames[:] = sorted(d for d in dirnames if not skips(rel_dir, d))
         for name in sorted(filenames):
-            if project_skips(rel_dir, name):
+            if skips(rel_dir, name):
                 continue
             full = os.path.join(dirpath, name)
             h.update(os.path.relpath(full, path).encode() + b"\0")

@@ -1,4 +1,5 @@
-"""Helpers that every benchmark here shares: statistics, an interleaved runner, disk use.
+"""Helpers that the benchmarks here share: statistics, an interleaved runner, disk use, tables,
+the mounted filesystems and the W1 wheelhouse.
 
     from _common import Case, interleaved, median, p95, used_bytes
 
@@ -19,12 +20,15 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "benchmarks" / "results"
+W1 = ("requests", "rich", "pytest", "httpx", "pydantic")
+FILESYSTEMS = ("btrfs", "xfs", "ext4")
 try:
     import pytest_cowenv  # noqa: F401
 except ImportError:  # running from a checkout without an install
@@ -165,3 +169,68 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
     rule = "  ".join("-" * w for w in widths)
     return "\n".join([line(header), rule, *(line(r) for r in rows)])
+
+
+def raw_used_bytes(path: str | os.PathLike[str]) -> int:
+    """statvfs used bytes *without* a sync: cheap enough to sample during a run."""
+    st = os.statvfs(path)
+    return (st.f_blocks - st.f_bfree) * st.f_frsize
+
+
+def show(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """:func:`table` with numbers formatted: 1 decimal from 10 up, else 2; nan as '-'."""
+    return table(headers, [[_cell(v) for v in r] for r in rows])
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        if v != v:  # nan
+            return "-"
+        return f"{v:.1f}" if abs(v) >= 10 else f"{v:.2f}"
+    return str(v)
+
+
+def load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.1f} / {five:.1f} / {fifteen:.1f} (1/5/15 min)"
+
+
+def mounts() -> dict[str, str]:
+    """The benchmark filesystems that are mounted (COWENV_TEST_<FS>), checked by type."""
+    from pytest_cowenv.fs import fs_type
+
+    found = {}
+    for name in FILESYSTEMS:
+        root = os.environ.get(f"COWENV_TEST_{name.upper()}")
+        if root and os.path.isdir(root) and fs_type(root) == name:
+            found[name] = root
+        else:
+            print(f"note: COWENV_TEST_{name.upper()} is not a mounted {name}: its rows are skipped")
+    return found
+
+
+def wheelhouse() -> Path:
+    """W1 and its dependencies as local wheels, so every row installs offline and alike."""
+    wh = RESULTS / "wheelhouse"
+    if not any(wh.glob("pydantic-*.whl")):
+        print(f"downloading W1 wheels into {wh} (once)")
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--only-binary=:all:",
+                "--dest",
+                str(wh),
+                *W1,
+            ],
+            check=True,
+        )
+    return wh
+
+
+def last_lines(text: str, n: int = 3) -> str:
+    lines = [ln for ln in text.strip().splitlines() if ln.strip() and "is ignored" not in ln]
+    return " | ".join(lines[-n:]) or "(no output)"

@@ -28,8 +28,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from _common import Case, interleaved, make_tree, median, physical_used_bytes
-from suite import RESULTS, W1, load, mounts, show, wheelhouse
+from _common import (
+    RESULTS,
+    W1,
+    Case,
+    interleaved,
+    load,
+    make_tree,
+    median,
+    mounts,
+    physical_used_bytes,
+    show,
+    wheelhouse,
+)
 
 from pytest_cowenv.clone import LinkMode, Tree, clone_tree, remove_tree, walk_tree
 

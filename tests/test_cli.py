@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,10 @@ import pytest
 
 from _wheels import standard_wheelhouse
 from conftest import skip_without_uv
+from pytest_cowenv._owner import current
 from pytest_cowenv.clone import _platform
 from pytest_cowenv.fs import fs_type
 from pytest_cowenv.maintenance import is_held
-from pytest_cowenv.session import process_start_ticks
 from pytest_cowenv.template import hold_in_use
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -266,11 +267,12 @@ def test_a_user_waiting_during_prune_locks_the_new_file(tmp_path: Path) -> None:
 
 def test_clean_removes_only_what_dead_processes_left(tmp_path: Path, holder: Any) -> None:
     root = tmp_path / "cache"
-    me = f"{os.getpid()}-{process_start_ticks(os.getpid())}"
-    dead_run = _tree(root / "clones" / "run-999999-1-abcdef" / "env-1")
-    live_run = _tree(root / "clones" / f"run-{me}-abcdef" / "env-1")
-    dead_build = _tree(root / "tmp" / "0123abcd.999999.abcd1234" / "env")
-    live_build = _tree(root / "tmp" / f"0123abcd.{os.getpid()}.abcd1234" / "env")
+    me = current()
+    dead = replace(me, pid=999999, ticks=1).token()  # this host, boot and namespace; gone
+    dead_run = _tree(root / "clones" / f"run-{dead}-abcdef" / "env-1")
+    live_run = _tree(root / "clones" / f"run-{me.token()}-abcdef" / "env-1")
+    dead_build = _tree(root / "tmp" / f"{'0123abcd' * 3}.{dead}.abcd1234" / "env")
+    live_build = _tree(root / "tmp" / f"{'0123abcd' * 3}.{me.token()}.abcd1234" / "env")
     orphan = _tree(root / "templates" / "feedfacefeedface")
     building = _tree(root / "templates" / "beefbeefbeefbeef")
     kept = _tree(root / "kept" / "env-1-abcdef")

@@ -579,11 +579,13 @@ def test_unused_plugin_imports_no_core(pytester: pytest.Pytester) -> None:
 def test_teardown_removes_clones_and_start_removes_stale_ones(
     pytester: pytest.Pytester, run: Run, cache: Path
 ) -> None:
-    from pytest_cowenv.session import process_start_ticks
+    from dataclasses import replace
 
-    stale = cache / "clones" / "run-999999999-1-abcdef"
+    from pytest_cowenv._owner import current
+
+    stale = cache / "clones" / f"run-{replace(current(), pid=999999999, ticks=1).token()}-abcdef"
     (stale / "env-1" / "bin").mkdir(parents=True)
-    live = cache / "clones" / f"run-{os.getpid()}-{process_start_ticks(os.getpid())}-abcdef"
+    live = cache / "clones" / f"run-{current().token()}-abcdef"
     live.mkdir()
     pytester.makepyfile(
         """

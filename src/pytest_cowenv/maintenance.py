@@ -19,8 +19,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from . import _owner
 from .clone import _platform, remove_tree
-from .store import Layout, check_safe
+from .store import (
+    BUILD_DIR,
+    LEGACY_BUILD_DIR,
+    LEGACY_RUN_DIR,
+    LEGACY_TMP_FILE,
+    RUN_DIR,
+    TMP_FILE,
+    Layout,
+    check_safe,
+)
 
 DAY = 86400.0
 PRUNE_LOCK_TIMEOUT = 2.0  # seconds to wait for a template's build lock before skipping it
@@ -165,11 +175,11 @@ def _info(layout: Layout, key: str, meta: dict[str, Any]) -> TemplateInfo:
 
 def _orphan_note(layout: Layout, key: str) -> str:
     if is_held(layout.lock(key)):
-        return f"being built by {_owner(layout, key)}"
+        return f"being built by {_builder(layout, key)}"
     return "no build running; `clean` removes it"
 
 
-def _owner(layout: Layout, key: str) -> str:
+def _builder(layout: Layout, key: str) -> str:
     try:
         return layout.lock(key).with_suffix(".owner").read_text(encoding="utf-8").strip()
     except OSError:
@@ -333,7 +343,7 @@ def remove_template(
     try:
         lock.acquire()
     except filelock.Timeout:
-        return f"being built by {_owner(layout, key)}"
+        return f"being built by {_builder(layout, key)}"
     try:
         with _unclaimed(layout.in_use(key)) as free:
             if not free:
@@ -403,16 +413,17 @@ def last_used(layout: Layout, key: str) -> float:
 
 
 def clean_stale(layout: Layout) -> list[Path]:
-    """Remove run folders and build leftovers of processes that are gone."""
+    """Remove run folders and build leftovers of processes that are provably gone."""
     removed = []
     for folder in (layout.clones, layout.tmp):
         for child in sorted(Path(e.path) for e in _children(folder)):
-            if _stale(child):
-                with contextlib.suppress(OSError):
-                    for sub in child.iterdir() if child.is_dir() else ():
-                        _platform.BACKEND.set_readonly(str(sub), False)
-                    remove_tree(child)
-                    removed.append(child)
+            with _reaping(child) as dead:
+                if dead:
+                    with contextlib.suppress(OSError):
+                        for sub in child.iterdir() if child.is_dir() else ():
+                            _platform.BACKEND.set_readonly(str(sub), False)
+                        remove_tree(child)
+                        removed.append(child)
     return removed
 
 
@@ -447,35 +458,35 @@ def clean(layout: Layout, *, kept: bool = False) -> Report:
 
 
 def _dead_writer(name: str) -> bool:
-    """For ``.<key>.json.<pid>.tmp`` (see ``write_atomically``): has its writer gone?"""
-    parts = name.split(".")
-    return len(parts) >= 3 and parts[-2].isdigit() and _pid_gone(int(parts[-2]))
+    """For an unfinished file (see ``store.temp_name``): is its writer provably gone?"""
+    match = TMP_FILE.match(name)
+    if match:
+        return _owner.provably_dead(_owner.Owner.parse(match))  # no lock: its pid decides
+    legacy = LEGACY_TMP_FILE.match(name)
+    return legacy is not None and not _owner.alive(int(legacy["pid"]))
 
 
-def _pid_gone(pid: int) -> bool:
-    if os.path.isdir("/proc/self"):
-        from .session import process_start_ticks
-
-        return process_start_ticks(pid) is None
-    try:  # pragma: no cover - no /proc
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+@contextlib.contextmanager
+def _reaping(path: Path) -> Iterator[bool]:
+    """Yields whether ``path`` (a folder under ``clones/`` or ``tmp/``) belongs to a process
+    that is provably gone; if so, holding the folder's lock while the caller removes it."""
+    match = RUN_DIR.match(path.name) or BUILD_DIR.match(path.name)
+    if match:
+        with _owner.reaping(str(path), _owner.Owner.parse(match)) as dead:
+            yield dead
+        return
+    # Names of earlier versions, which record no boot, host or namespace: their pid decides.
+    legacy = LEGACY_RUN_DIR.match(path.name)
+    if legacy:
+        yield not _owner.alive(int(legacy["pid"]), int(legacy["ticks"]))
+        return
+    legacy = LEGACY_BUILD_DIR.match(path.name)
+    yield legacy is not None and not _owner.alive(int(legacy["pid"]))
 
 
 def _stale(path: Path) -> bool:
-    """Whether ``path`` (under ``clones/`` or ``tmp/``) belongs to a process that is gone."""
-    # Imported here: the session pulls in the whole environment machinery, which `prune`
-    # and an empty `list` do not need.
-    from .session import _is_stale
-
-    try:
-        return _is_stale(path)
-    except OSError:  # removed meanwhile by its owner
-        return False
+    with _reaping(path) as dead:
+        return dead
 
 
 def _children(folder: Path) -> list[os.DirEntry[str]]:

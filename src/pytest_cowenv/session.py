@@ -12,13 +12,13 @@ import re
 import statistics
 import threading
 import time
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from ._install import IndexOptions
+from ._owner import lock_dir
 from .clone import LinkMode, clone_tree, remove_tree
 from .env import CowEnv
 from .errors import CowEnvError
@@ -28,7 +28,6 @@ from .store import Layout, prepare_root
 from .template import Template, TemplateCache
 
 KEEP_VALUES = ("none", "failed", "all")
-_RUN_DIR = re.compile(r"^run-(\d+)-(\d+)-[0-9a-f]+$")
 
 
 @dataclass(frozen=True)
@@ -151,31 +150,6 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:.1f} MiB"
 
 
-def process_start_ticks(pid: int) -> Optional[int]:
-    """The start time of ``pid`` in clock ticks (Linux), to tell a live pid from a reused one.
-    None if there is no such process, or only its zombie (a killed xdist worker stays one
-    until init reaps it, and will never touch its clones again)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    fields = data.rsplit(b")", 1)[1].split()
-    return None if fields[0] in (b"Z", b"X") else int(fields[19])
-
-
-def _alive(pid: int, ticks: int) -> bool:
-    if os.path.isdir("/proc/self"):
-        return process_start_ticks(pid) == ticks
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class CowEnvSession:
     """Makes and removes this process's clones; lazily creates the cache on first use."""
 
@@ -185,6 +159,7 @@ class CowEnvSession:
         self._layout: Optional[Layout] = None
         self._cache: Optional[TemplateCache] = None
         self._run_dir: Optional[Path] = None
+        self._run_lock: Optional[int] = None  # held while the run folder exists: see _owner
         self._lock = threading.Lock()
         self._seq = 0
         self._pool: Optional[ClonePool] = None
@@ -206,14 +181,14 @@ class CowEnvSession:
 
     @property
     def run_dir(self) -> Path:
-        """This process's clone folder: ``clones/run-<pid>-<start ticks>-<random>``."""
+        """This process's clone folder, named and locked by its owner (see ``_owner``)."""
         with self._lock:
-            if self._run_dir is None:
-                pid = os.getpid()
-                ticks = process_start_ticks(pid) or 0
-                path = self.layout.clones / f"run-{pid}-{ticks}-{uuid.uuid4().hex[:6]}"
+            while self._run_dir is None:
+                path = self.layout.new_run_dir()
                 path.mkdir()
-                self._run_dir = path
+                self._run_lock = lock_dir(str(path))
+                if self._run_lock is not None:  # else a cleaner took it first: another name
+                    self._run_dir = path
             return self._run_dir
 
     @property
@@ -366,34 +341,15 @@ class CowEnvSession:
                     remove_tree(child)
             with contextlib.suppress(OSError):
                 self._run_dir.rmdir()
+        if self._run_lock is not None:
+            os.close(self._run_lock)
+            self._run_lock = None
 
     def clean_stale(self) -> list[Path]:
         """Remove run folders and build leftovers of processes that are gone."""
         from .maintenance import clean_stale
 
         return clean_stale(self.layout if self._layout is None else self._layout)
-
-
-def _is_stale(path: Path) -> bool:
-    m = _RUN_DIR.match(path.name)
-    if m:
-        return not _alive(int(m.group(1)), int(m.group(2)))
-    parts = path.name.split(".")  # build dirs: <key>.<pid>.<random>
-    if len(parts) == 3 and parts[1].isdigit():
-        pid = int(parts[1])
-        ticks = process_start_ticks(pid)
-        if os.path.isdir("/proc/self"):
-            return ticks is None or path.stat().st_mtime < time.time() - _uptime_of(ticks)
-        return not _alive(pid, 0)
-    return False
-
-
-def _uptime_of(ticks: int) -> float:
-    """Seconds since a process that started at ``ticks`` began (Linux)."""
-    hz = os.sysconf("SC_CLK_TCK")
-    with open("/proc/uptime", encoding="ascii") as f:
-        uptime = float(f.read().split()[0])
-    return uptime - ticks / hz
 
 
 def _safe_name(name: str) -> str:

@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 import sys
+import uuid
 from pathlib import Path
 from typing import Optional, Union
 
+from ._owner import TOKEN, current
 from .errors import CacheDirError
 
 ENV_DIR = "PYTEST_COWENV_DIR"
+
+# Names that carry their owner (see _owner.Owner.token): a process's clone folder under
+# `clones/`, a build folder under `tmp/`, an unfinished file (see write_atomically).
+RUN_DIR = re.compile(rf"^run-{TOKEN}-[0-9a-f]{{6}}$")
+BUILD_DIR = re.compile(rf"^[0-9a-f]{{24}}\.{TOKEN}\.[0-9a-f]{{8}}$")
+TMP_FILE = re.compile(rf"^\..+\.{TOKEN}\.tmp$")
+# The same names as earlier versions wrote them: only the pid (and start ticks of run folders).
+LEGACY_RUN_DIR = re.compile(r"^run-(?P<pid>\d+)-(?P<ticks>\d+)-[0-9a-f]+$")
+LEGACY_BUILD_DIR = re.compile(r"^[0-9a-f]{24}\.(?P<pid>\d+)\.[0-9a-f]+$")
+LEGACY_TMP_FILE = re.compile(r"^\..+\.(?P<pid>\d+)\.tmp$")
 
 
 def default_root() -> Path:
@@ -45,6 +58,19 @@ class Layout:
 
     def in_use(self, key: str) -> Path:
         return self.templates / f"{key}.inuse"
+
+    def new_run_dir(self) -> Path:
+        """A name for this process's clone folder (not created)."""
+        return self.clones / f"run-{current().token()}-{uuid.uuid4().hex[:6]}"
+
+    def new_build_dir(self, key: str) -> Path:
+        """A name for a build folder of ``key`` made by this process (not created)."""
+        return self.tmp / f"{key}.{current().token()}.{uuid.uuid4().hex[:8]}"
+
+
+def temp_name(path: Path) -> Path:
+    """Where this process writes ``path`` before renaming it into place."""
+    return path.with_name(f".{path.name}.{current().token()}.tmp")
 
 
 def prepare_root(root: Optional[Union[str, os.PathLike[str]]]) -> Layout:

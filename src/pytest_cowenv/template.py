@@ -16,7 +16,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,12 +30,13 @@ from ._install import (
     installer_identity,
     run_installer,
 )
+from ._owner import lock_dir
 from ._relocate import point_at_sources, relocate
 from .clone import Tree, remove_tree, walk_tree
 from .clone import _platform as clone_platform
 from .errors import LockTimeoutError, TemplateBuildError
 from .spec import FORMAT_VERSION, TemplateSpec, find_interpreter
-from .store import Layout
+from .store import Layout, temp_name
 
 DEFAULT_LOCK_TIMEOUT = float(os.environ.get("PYTEST_COWENV_LOCK_TIMEOUT", "900"))
 
@@ -210,11 +210,19 @@ class TemplateCache:
         for leftover in self.layout.tmp.glob(f"{key}.*"):
             _remove_quietly(leftover)
 
+    def _make_build_dir(self, key: str) -> tuple[Path, int]:
+        """A new build folder, named and locked by this process (see ``_owner``)."""
+        while True:
+            work = self.layout.new_build_dir(key)
+            work.mkdir(parents=True)
+            fd = lock_dir(str(work))
+            if fd is not None:  # else a cleaner took it first: another name
+                return work, fd
+
     def _build(self, spec: TemplateSpec, key: str) -> Template:
         start = time.perf_counter()
         phases: dict[str, float] = {}
-        work = self.layout.tmp / f"{key}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
-        work.mkdir(parents=True)
+        work, work_lock = self._make_build_dir(key)
         env, final = work / "env", self.layout.template(key)
         done = False
         try:
@@ -252,6 +260,7 @@ class TemplateCache:
             raise _with_space_hint(exc, self.layout.root) from None
         finally:
             _remove_quietly(work)
+            os.close(work_lock)
             if not done:
                 with contextlib.suppress(OSError):
                     self._discard(key)
@@ -395,7 +404,7 @@ def installed_distributions(env: Path) -> dict[str, str]:
 
 
 def write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temp_name(path)
     try:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)

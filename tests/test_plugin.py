@@ -25,7 +25,8 @@ from _cache_dirs import fast_dir, wipe
 from _wheels import standard_wheelhouse
 from pytest_cowenv import spec as spec_module
 from pytest_cowenv import template as template_module
-from pytest_cowenv.plugin import MARKER_DOC
+from pytest_cowenv.clone import forget_decisions
+from pytest_cowenv.plugin import MARKER_DOC, SILENCE_COPIES
 
 Run = Callable[..., pytest.RunResult]
 FRAME = re.compile(r"(site-packages|pytest_cowenv)/[\w/]+\.py:\d+")
@@ -173,6 +174,50 @@ def test_factory_makes_a_fresh_clone_per_call(pytester: pytest.Pytester, run: Ru
     result.stdout.fnmatch_lines(
         ["*unknown keyword pyhton; allowed: python, project, link_mode, pip*"]
     )
+    assert_no_frames(result)
+
+
+COPIES = """
+import pytest
+
+@pytest.mark.cowenv("alpha==1.0")
+def test_fixture(cowenv):
+    assert cowenv.strategy == "copy"
+
+def test_factory(cowenv_factory):
+    cowenv_factory("alpha==2.0")
+"""
+
+
+def test_a_fallback_to_copies_warns_from_the_users_test_and_says_how_to_silence_it(
+    pytester: pytest.Pytester, run: Run, ext4_dir: Path
+) -> None:
+    pytester.makepyfile(test_copies=COPIES)
+    path, cache = pytester.path / "test_copies.py", ext4_dir / "cache"
+
+    def warned(*args: str) -> list[tuple[str, str]]:
+        """Each CowEnvWarning line of the summary, with the source line printed under it."""
+        forget_decisions()  # the core warns once per process and filesystem pair
+        result = run(*args, cache=cache)
+        assert_no_frames(result)  # not our session.py line, nor its source
+        out = result.outlines
+        return [(line, out[i + 1].strip()) for i, line in enumerate(out) if "CowEnvWarning" in line]
+
+    # The marker's line (or the test's def), and the line that called the factory.
+    for test, line, source in [("fixture", 3, "@pytest.mark"), ("factory", 8, "cowenv_factory(")]:
+        ((warning, printed),) = warned("-k", test) or [("", "")]
+        assert warning.startswith(f"  {path}:{line}: CowEnvWarning: pytest-cowenv: ext4 at ")
+        assert warning.endswith(SILENCE_COPIES) and "cannot clone files from ext4" in warning
+        assert printed.startswith(source)
+    # What the warning says works, and -W error fails the test with one line.
+    assert warned("--cowenv-link-mode", "copy") == []
+    assert warned("-W", "ignore::pytest_cowenv.CowEnvWarning") == []
+    pytester.makeini("[pytest]\nfilterwarnings = ignore::pytest_cowenv.CowEnvWarning\n")
+    assert warned() == []
+    forget_decisions()
+    result = run("-W", "error::pytest_cowenv.CowEnvWarning", "-k", "fixture", cache=cache)
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["pytest-cowenv: ext4 at * cannot clone files from ext4 *"])
     assert_no_frames(result)
 
 

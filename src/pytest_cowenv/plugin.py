@@ -7,7 +7,9 @@ it imports nothing of the core at module level, and the core is imported by the 
 from __future__ import annotations
 
 import os
+import sys
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
@@ -369,13 +371,24 @@ def _make_spec(
     return spec
 
 
+# Said after the core's words when clones fall back to copies; both ways are tested.
+SILENCE_COPIES = (
+    " To silence this: --cowenv-link-mode copy (copies on purpose), or "
+    "-W ignore::pytest_cowenv.CowEnvWarning (ini: filterwarnings)."
+)
+
+
 def _acquire(
-    request: pytest.FixtureRequest, requirements: tuple[Any, ...], options: dict[str, Any]
+    request: pytest.FixtureRequest,
+    requirements: tuple[Any, ...],
+    options: dict[str, Any],
+    where: tuple[str, int],
 ) -> CowEnv:
     """A clone for this test, or a one-line failure (no traceback) that names the culprit.
 
     A spec that cannot be made or built fails every test that asks for it, from memory:
-    the interpreter search or the build is not retried per test.
+    the interpreter search or the build is not retried per test. A warning of the core is
+    attributed to ``where`` (file, line) in the user's tests, never to our own lines.
     """
     from .clone import LinkMode
     from .errors import CowEnvError, SpecError, TemplateBuildError
@@ -388,15 +401,39 @@ def _acquire(
         try:
             spec = _make_spec(request.config, session, requirements, options, request.path.parent)
             mode = options.get("link_mode")
-            env = session.acquire(spec, request.node.name, LinkMode(mode) if mode else None)
+            told: list[str] = []
+            env = session.acquire(
+                spec, request.node.name, LinkMode(mode) if mode else None, warn=told.append
+            )
         except (SpecError, TemplateBuildError) as exc:
             failed[asked] = problem = str(exc)
         except CowEnvError as exc:  # clone errors may pass (disk space): not remembered
             problem = str(exc)
         else:
-            request.node.stash.setdefault(envs_key, []).append(env)
-            return env
+            problem = _warn_at(where, told)
+            if problem is None:
+                request.node.stash.setdefault(envs_key, []).append(env)
+                return env
+            session.release(env)
     pytest.fail(problem, pytrace=False)  # outside `except`: no chained internal frames
+
+
+def _warn_at(where: tuple[str, int], messages: list[str]) -> Optional[str]:
+    """Warn ``messages`` from ``where``; the message of one that the filters made an error."""
+    from .errors import CowEnvWarning
+
+    for message in messages:
+        try:
+            warnings.warn_explicit(CowEnvWarning(message + SILENCE_COPIES), CowEnvWarning, *where)
+        except CowEnvWarning as exc:  # -W error::...: one line, like any other failure
+            return str(exc)
+    return None
+
+
+def _test_line(request: pytest.FixtureRequest) -> tuple[str, int]:
+    """Where the test asking for a fixture is defined: (file, 1-based line)."""
+    path, lineno, _ = request.node.reportinfo()
+    return os.fspath(path), (lineno or 0) + 1
 
 
 def _release(request: pytest.FixtureRequest, env: CowEnv) -> None:
@@ -415,7 +452,7 @@ def cowenv(request: pytest.FixtureRequest) -> Iterator[CowEnv]:
     """
     marker = request.node.get_closest_marker("cowenv")
     args, kwargs = (marker.args, dict(marker.kwargs)) if marker else ((), {})
-    env = _acquire(request, args, kwargs)
+    env = _acquire(request, args, kwargs, _test_line(request))
     yield env
     _release(request, env)
 
@@ -428,7 +465,8 @@ def cowenv_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., Cow
     made: list[CowEnv] = []
 
     def factory(*requirements: Any, **options: Any) -> CowEnv:
-        env = _acquire(request, requirements, options)
+        caller = sys._getframe(1)  # the user's call: where its warnings belong
+        env = _acquire(request, requirements, options, (caller.f_code.co_filename, caller.f_lineno))
         made.append(env)
         return env
 

@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 from ._install import IndexOptions
 from ._owner import lock_dir
-from .clone import LinkMode, clone_tree, remove_tree
+from .clone import LinkMode, Warn, clone_tree, remove_tree
 from .env import CowEnv
 from .errors import CowEnvError
 from .pool import ClonePool
@@ -222,10 +222,15 @@ class CowEnvSession:
         )
 
     def acquire(
-        self, spec: TemplateSpec, name: str = "env", link_mode: Optional[LinkMode] = None
+        self,
+        spec: TemplateSpec,
+        name: str = "env",
+        link_mode: Optional[LinkMode] = None,
+        warn: Optional[Warn] = None,
     ) -> CowEnv:
         """A fresh private clone of ``spec``'s template (built first if needed): a ready one
-        from the pool when there is one, else made now."""
+        from the pool when there is one, else made now. ``warn`` is told a fallback to copies
+        (see :func:`clone_tree`)."""
         template = self.cache.get(spec)
         mode = link_mode or self.settings.link_mode
         with self._lock:
@@ -251,7 +256,7 @@ class CowEnvSession:
                 made = None
         if made is None:
             with pool.foreground() if pool else contextlib.nullcontext():
-                result = clone_tree(template.path, dst, mode, tree=template.tree)
+                result = clone_tree(template.path, dst, mode, tree=template.tree, warn=warn)
         waited = (time.perf_counter() - start) * 1000
         if pool and pooled:
             pool.start(template, mode)  # from the second use on, or when collection said so

@@ -23,7 +23,7 @@ from ._base import DIR_FD, DIR_FLAGS, UMASK, FileAtOp, FileOp, cannot_clone
 from ._portable import copy_file, copy_file_at, link_file, link_file_at, rmtree
 from ._walk import Named, Tree, walk_tree
 
-__all__ = ["CloneResult", "LinkMode", "Tree", "clone_tree", "remove_tree", "walk_tree"]
+__all__ = ["CloneResult", "LinkMode", "Tree", "Warn", "clone_tree", "remove_tree", "walk_tree"]
 
 # Called between directories of a file-by-file clone, from any of its threads; raising in it
 # abandons the clone.
@@ -33,6 +33,8 @@ WORKERS = min(os.cpu_count() or 1, 4)
 PARALLEL_MIN_FILES = 256
 # What the caller asked of a file-by-file clone: its pause, and at most how many threads.
 _How = tuple[Optional[Pause], int]
+# Told the one warning per filesystem pair that clones fall back to copies.
+Warn = Callable[[str], None]
 
 
 class LinkMode(str, enum.Enum):
@@ -95,13 +97,16 @@ def clone_tree(
     tree: Optional[Tree] = None,
     pause: Optional[Pause] = None,
     workers: Optional[int] = None,
+    warn: Optional[Warn] = None,
 ) -> CloneResult:
     """Make the new directory ``dst`` a replica of ``src``.
 
     ``tree`` is ``src``'s walk, when the caller keeps one (templates do). ``pause`` is called
     between directories of a file-by-file clone: a background caller raises in it to stop.
     ``workers`` caps the threads of a file-by-file clone (default :data:`WORKERS`): a
-    background caller leaves the other CPUs to the tests. Raises
+    background caller leaves the other CPUs to the tests. The first fallback to copies
+    between two filesystems is told once per process: to ``warn`` when given (a front end
+    that knows whose clone it is), else as a :class:`CowEnvWarning` from the caller. Raises
     :class:`CloneError` when an explicit mode is impossible here or the filesystem fails;
     a partly made ``dst`` is removed first.
     """
@@ -111,7 +116,7 @@ def clone_tree(
     if os.path.lexists(dst):
         raise exists
     try:
-        strategy, reason, tree = _clone(src, dst, mode, tree, (pause, workers or WORKERS))
+        strategy, reason, tree = _clone(src, dst, mode, tree, (pause, workers or WORKERS), warn)
     except BaseException as exc:
         if isinstance(exc, FileExistsError) and exc.filename in (None, dst):
             raise exists from exc  # made meanwhile by someone else: not ours to remove
@@ -139,7 +144,7 @@ def _clone_error(src: str, dst: str, mode: LinkMode, exc: OSError) -> CloneError
 
 
 def _clone(
-    src: str, dst: str, mode: LinkMode, tree: Optional[Tree], how: _How
+    src: str, dst: str, mode: LinkMode, tree: Optional[Tree], how: _How, warn: Optional[Warn]
 ) -> tuple[str, Optional[str], Optional[Tree]]:
     backend = _platform.BACKEND
     reason: Optional[str] = None
@@ -172,7 +177,7 @@ def _clone(
     if mode is LinkMode.HARDLINK:
         _per_file(tree, dst, _HARDLINK, how)
         return "hardlink", reason, tree
-    return (*_clone_files(tree, dst, mode, reason, how), tree)
+    return (*_clone_files(tree, dst, mode, reason, how, warn), tree)
 
 
 def _no_snapshot_reason(src: str, strategy: str) -> str:
@@ -186,7 +191,12 @@ def _no_snapshot_reason(src: str, strategy: str) -> str:
 
 
 def _clone_files(
-    tree: Tree, dst: str, mode: LinkMode, reason: Optional[str], how: _How
+    tree: Tree,
+    dst: str,
+    mode: LinkMode,
+    reason: Optional[str],
+    how: _How,
+    warn: Optional[Warn],
 ) -> tuple[str, Optional[str]]:
     parent = os.path.dirname(os.path.abspath(dst)) or "."
     key = (os.stat(tree.root).st_dev, os.stat(parent).st_dev)
@@ -221,14 +231,15 @@ def _clone_files(
         first = key not in _warned
         _warned.add(key)
     if first:
-        warnings.warn(
-            CowEnvWarning(
-                f"pytest-cowenv: {_safe_fstype(parent)} at {parent} cannot clone files from "
-                f"{_safe_fstype(tree.root)} ({why}); environments are copied instead: slower "
-                "and full disk use. Put --cowenv-dir on btrfs, XFS (reflink=1), APFS or ReFS."
-            ),
-            stacklevel=4,
+        message = (
+            f"pytest-cowenv: {_safe_fstype(parent)} at {parent} cannot clone files from "
+            f"{_safe_fstype(tree.root)} ({why}); environments are copied instead: slower "
+            "and full disk use. Put --cowenv-dir on btrfs, XFS (reflink=1), APFS or ReFS."
         )
+        if warn is None:
+            warnings.warn(CowEnvWarning(message), stacklevel=4)  # clone_tree's caller
+        else:
+            warn(message)
     return "copy", why
 
 

@@ -93,6 +93,15 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_line(f"{uv}: the uv route's tests were SKIPPED", red=True)
 
 
+@pytest.fixture
+def offline_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This machine's pip config and find-links must not help (or slow) an offline build, and
+    bytecode is written as on a user's machine."""
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    monkeypatch.delenv("PIP_FIND_LINKS", raising=False)
+    monkeypatch.delenv("PYTHONDONTWRITEBYTECODE", raising=False)
+
+
 @pytest.fixture(autouse=True)
 def _fresh_decisions() -> Iterator[None]:
     """Every test starts without cached probes, fallback decisions or warnings."""

@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 
+from _helpers import unprotect_templates
 from _wheels import standard_wheelhouse
 from conftest import skip_without_uv
 from pytest_cowenv._owner import current
-from pytest_cowenv.clone import _platform
 from pytest_cowenv.fs import fs_type
 from pytest_cowenv.maintenance import is_held
 from pytest_cowenv.template import hold_in_use
@@ -68,10 +68,7 @@ def cache(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
     except pytest.skip.Exception:
         base = tmp_path
     yield base / "cache"
-    # Templates are read-only subvolumes on btrfs: make them removable for the teardown.
-    for path in (base / "cache" / "templates").glob("*"):
-        if path.is_dir():
-            _platform.BACKEND.set_readonly(str(path), False)
+    unprotect_templates(base / "cache")  # read-only subvolumes on btrfs: removable again
 
 
 def build(cache: Path, wheels: Path, *specs: str) -> dict[str, Any]:

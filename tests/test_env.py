@@ -16,8 +16,8 @@ from typing import Callable
 
 import pytest
 
-from _cache_dirs import fast_dir, wipe
 from _dist_wheels import repack_with_dependencies
+from _helpers import fast_dir, remove_cache
 from _wheels import make_wheel, standard_wheelhouse
 from conftest import skip_without_uv
 from pytest_cowenv import (
@@ -47,7 +47,7 @@ def session(tmp_path_factory: pytest.TempPathFactory, wheels: Path) -> Iterator[
     cow = CowEnvSession(Settings(root=str(root / "cache"), index=index, pool=0))
     yield cow
     cow.close()
-    wipe(root / "cache")
+    remove_cache(root / "cache")
     remove_tree(root)
 
 
@@ -272,7 +272,7 @@ def test_strategy_follows_the_filesystem(
         assert not env.path.exists()
     finally:
         cow.close()
-        wipe(root / "cache")
+        remove_cache(root / "cache")
 
 
 def test_explicit_link_mode_is_honoured(session: CowEnvSession) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from _cache_dirs import fast_dir, wipe
+from _helpers import fast_dir, remove_cache
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = [
@@ -28,8 +28,8 @@ EXAMPLES = [
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     root = fast_dir(tmp_path_factory, "cowenv-examples")
     yield root / "cache"
-    wipe(root / "cache")
-    wipe(root)
+    remove_cache(root / "cache")
+    remove_cache(root)
 
 
 def run_examples(*args: str) -> pytest.RunResult:

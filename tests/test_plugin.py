@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import pytest
 
-from _cache_dirs import fast_dir, wipe
+from _helpers import INTERNAL_FRAME, fast_dir, remove_cache
 from _wheels import standard_wheelhouse
 from pytest_cowenv import spec as spec_module
 from pytest_cowenv import template as template_module
@@ -29,7 +29,6 @@ from pytest_cowenv.clone import forget_decisions
 from pytest_cowenv.plugin import MARKER_DOC, SILENCE_COPIES
 
 Run = Callable[..., pytest.RunResult]
-FRAME = re.compile(r"(site-packages|pytest_cowenv)/[\w/]+\.py:\d+")
 
 
 @pytest.fixture(scope="session")
@@ -42,8 +41,8 @@ def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """One cache for the tests that only need templates to exist (built once per worker)."""
     root = fast_dir(tmp_path_factory, "cowenv-plugin")
     yield root / "cache"
-    wipe(root / "cache")
-    wipe(root)
+    remove_cache(root / "cache")
+    remove_cache(root)
 
 
 @pytest.fixture
@@ -51,8 +50,8 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A cache of this test's own, for tests that count builds or clones."""
     root = fast_dir(tmp_path_factory, "cowenv-own")
     yield root / "cache"
-    wipe(root / "cache")
-    wipe(root)
+    remove_cache(root / "cache")
+    remove_cache(root)
 
 
 @pytest.fixture(autouse=True)
@@ -95,7 +94,7 @@ def summary(result: pytest.RunResult) -> list[str]:
 def assert_no_frames(result: pytest.RunResult) -> None:
     text = result.stdout.str() + result.stderr.str()
     assert "Traceback" not in text
-    assert not FRAME.search(text), FRAME.search(text)
+    assert not INTERNAL_FRAME.search(text), INTERNAL_FRAME.search(text)
 
 
 # --- fixtures and marker --------------------------------------------------------------------

@@ -21,11 +21,12 @@ from typing import Any, Callable
 
 import pytest
 
+from _helpers import remove_cache, wait_for
 from _wheels import standard_wheelhouse
 from conftest import make_data_tree, make_identity_tree, real_fs_problem
 from pytest_cowenv import pool as pool_module
 from pytest_cowenv._install import IndexOptions
-from pytest_cowenv.clone import LinkMode, _platform, remove_tree, walk_tree
+from pytest_cowenv.clone import LinkMode, remove_tree, walk_tree
 from pytest_cowenv.errors import CloneError
 from pytest_cowenv.pool import ClonePool
 from pytest_cowenv.session import CowEnvSession, Settings
@@ -37,11 +38,8 @@ SPEC = "alpha==1.0"
 
 
 @pytest.fixture(autouse=True)
-def _offline_machine(monkeypatch: pytest.MonkeyPatch) -> None:
-    """This machine's pip config and find-links must not help (or slow) an offline build."""
-    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
-    monkeypatch.delenv("PIP_FIND_LINKS", raising=False)
-    monkeypatch.delenv("PYTHONDONTWRITEBYTECODE", raising=False)
+def _offline_machine(offline_machine: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Offline, and the pool as each test sets it, not as this shell does."""
     monkeypatch.delenv("PYTEST_COWENV_POOL", raising=False)
 
 
@@ -67,9 +65,7 @@ def roots() -> Iterator[Callable[[str], Path]]:
 
     yield get
     for path in made.values():
-        templates = path / "cache" / "templates"
-        for child in templates.iterdir() if templates.is_dir() else ():
-            _platform.BACKEND.set_readonly(str(child), False)
+        remove_cache(path / "cache")
         remove_tree(path)
 
 
@@ -102,16 +98,6 @@ def make_session(wheelhouse: Path) -> Iterator[Callable[..., CowEnvSession]]:
     yield make
     for session in made:
         session.close()
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value or time.monotonic() > deadline:
-            assert value, "timed out waiting"
-            return value
-        time.sleep(0.01)
 
 
 def run_dirs(root: Path) -> list[str]:

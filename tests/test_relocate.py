@@ -16,25 +16,17 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Optional
 
 import pytest
 
+from _helpers import mounted, unprotect
 from _wheels import make_wheel, standard_wheelhouse
 from conftest import skip_without_uv
 from pytest_cowenv import LinkMode, Template, TemplateCache, TemplateSpec, clone_tree
 from pytest_cowenv._install import IndexOptions, installer_identity, uv_binary
 from pytest_cowenv._relocate import ACTIVATE, launcher_body, point_at_sources
-from pytest_cowenv.clone import _platform, remove_tree, walk_tree
-from pytest_cowenv.fs import fs_type
+from pytest_cowenv.clone import remove_tree, walk_tree
 from pytest_cowenv.store import prepare_root
-
-
-def mounted(var: str, fstype: str) -> Optional[Path]:
-    """The directory named by ``var`` if it is on a ``fstype`` mount (scripts/cowfs.sh)."""
-    path = os.environ.get(var)
-    return Path(path) if path and os.path.isdir(path) and fs_type(path) == fstype else None
-
 
 # -- the launcher and metadata rewrites, on their own -------------------------------------
 
@@ -145,7 +137,7 @@ def built(
         uv_binary.cache_clear()
         installer_identity.cache_clear()
     yield cache, template
-    _platform.BACKEND.set_readonly(str(template.path), False)
+    unprotect(template.path)
     remove_tree(base)
 
 

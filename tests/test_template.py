@@ -20,10 +20,11 @@ import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import pytest
 
+from _helpers import mounted, unprotect, unprotect_templates
 from _wheels import make_wheel, standard_wheelhouse
 from conftest import skip_without_uv
 from pytest_cowenv import (
@@ -37,25 +38,11 @@ from pytest_cowenv import (
 from pytest_cowenv import template as template_module
 from pytest_cowenv._install import IndexOptions, installer_identity, uv_binary
 from pytest_cowenv.clone import _platform, remove_tree, walk_tree
-from pytest_cowenv.fs import fs_type
 from pytest_cowenv.store import Layout, prepare_root
 
-
-def mounted(var: str, fstype: str) -> Optional[Path]:
-    """The directory named by ``var`` if it is on a ``fstype`` mount (scripts/cowfs.sh)."""
-    path = os.environ.get(var)
-    return Path(path) if path and os.path.isdir(path) and fs_type(path) == fstype else None
-
+pytestmark = pytest.mark.usefixtures("offline_machine")
 
 # -- fixtures ------------------------------------------------------------------------------
-
-
-@pytest.fixture(autouse=True)
-def _offline_machine(monkeypatch: pytest.MonkeyPatch) -> None:
-    """This machine's pip config and find-links must not help (or slow) an offline build."""
-    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
-    monkeypatch.delenv("PIP_FIND_LINKS", raising=False)
-    monkeypatch.delenv("PYTHONDONTWRITEBYTECODE", raising=False)
 
 
 def _use_route(route: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -78,22 +65,13 @@ def route(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> It
     installer_identity.cache_clear()
 
 
-def unprotect(root: Path) -> None:
-    """Clear the read-only flag of every template under ``root``, so that it can be removed."""
-    templates = root / "templates"
-    if templates.is_dir():
-        for child in templates.iterdir():
-            if child.is_dir():
-                _platform.BACKEND.set_readonly(str(child), False)
-
-
 @pytest.fixture
 def root(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
     """A cache root: on btrfs when mounted (subvolumes, read-only templates), else tmp_path."""
     on_btrfs = mounted("COWENV_TEST_BTRFS", "btrfs") is not None
     base = request.getfixturevalue("btrfs_dir") if on_btrfs else tmp_path
     yield base / "cache"
-    unprotect(base / "cache")
+    unprotect_templates(base / "cache")
 
 
 @pytest.fixture(scope="module")
@@ -341,12 +319,12 @@ def _no_metadata(meta: Path, template: Path) -> None:
 
 
 def _file_deleted(meta: Path, template: Path) -> None:
-    _platform.BACKEND.set_readonly(str(template), False)
+    unprotect(template)
     next(template.glob("lib/python*/site-packages/alpha/cli.py")).unlink()
 
 
 def _file_changed(meta: Path, template: Path) -> None:
-    _platform.BACKEND.set_readonly(str(template), False)
+    unprotect(template)
     next(template.glob("lib/python*/site-packages/alpha/cli.py")).write_text("broken(\n")
 
 

@@ -10,20 +10,16 @@ import contextlib
 import fcntl
 import hashlib
 import os
-import re
 import shutil
 import signal
 import subprocess
 import sys
-import time
 import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
-# A frame of our own code in a traceback, in pytest's long form (`src/pytest_cowenv/x.py:12:`)
-# or Python's (`File ".../pytest_cowenv/x.py", line 12`). A user mistake must never show one.
-INTERNAL_FRAME = re.compile(r"pytest_cowenv[/\\][\w/\\]+\.py(:\d+|\", line \d+)")
+from _helpers import wait_for
 
 # pytest's and xdist's variables of the outer run, which would make an inner run act like it.
 OUTER_VARS = (
@@ -76,16 +72,6 @@ def inner_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def internal_frames(text: str) -> list[str]:
-    """Lines of ``text`` that show a frame of pytest_cowenv's own code (a warning's location
-    in the warnings summary is not a frame)."""
-    return [
-        line
-        for line in text.splitlines()
-        if INTERNAL_FRAME.search(line) and not re.search(r"\.py:\d+: \w*Warning: ", line)
-    ]
-
-
 def tree_digest(root: Path, skip: tuple[str, ...] = ()) -> str:
     """Hash of a tree's names, kinds, modes, sizes, contents and symlink targets.
 
@@ -123,20 +109,6 @@ def listing_digest(root: Path) -> str:
             path = os.path.join(dirpath, name)
             h.update(f"{os.path.relpath(path, root)} {os.lstat(path).st_size}\n".encode())
     return h.hexdigest()
-
-
-def wait_for(
-    predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.02
-) -> object:
-    """Poll ``predicate`` until it returns something true; fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"gave up after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
 
 
 def _as_group_leader() -> None:
@@ -289,14 +261,6 @@ def stray_entries(root: Path) -> list[str]:
 def template_dirs(root: Path) -> list[Path]:
     templates = root / "templates"
     return sorted(p for p in templates.iterdir() if p.is_dir()) if templates.is_dir() else []
-
-
-def unlock_template(path: Path) -> None:
-    """Make a template writable for a test that damages it on purpose (btrfs: a read-only
-    subvolume; clearing the flag is what the plugin itself does before removing one)."""
-    from pytest_cowenv.clone import _platform
-
-    _platform.BACKEND.set_readonly(str(path), False)
 
 
 def unprivileged_prefix() -> Optional[list[str]]:

@@ -15,6 +15,7 @@ from typing import Callable
 
 import pytest
 
+from _helpers import unprotect_templates
 from _wheels import standard_wheelhouse
 
 from ._reliability import OUTER_VARS, mount_of
@@ -40,14 +41,13 @@ def real_dir(request: pytest.FixtureRequest) -> Iterator[Callable[[str], Path]]:
 
 
 def _remove(path: Path) -> None:
-    from pytest_cowenv.clone import _platform, remove_tree
+    from pytest_cowenv.clone import remove_tree
 
     if not path.exists():
         return
     # Templates on btrfs are read-only subvolumes: clear the flag before deleting inside.
-    for template in path.glob("**/templates/*"):
-        if template.is_dir():
-            _platform.BACKEND.set_readonly(str(template), False)
+    for templates in path.glob("**/templates"):
+        unprotect_templates(templates.parent)
     for sub in path.rglob("*"):
         if sub.is_dir() and not sub.is_symlink():
             os.chmod(sub, 0o700)

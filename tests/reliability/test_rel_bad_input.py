@@ -12,7 +12,7 @@ from typing import Callable
 
 import pytest
 
-from ._reliability import internal_frames
+from _helpers import internal_frames
 
 USAGE_ERRORS = {
     "unknown link mode": (["--cowenv-link-mode=fast"], "fast", "auto, snapshot, clone"),

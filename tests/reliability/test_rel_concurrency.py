@@ -18,11 +18,12 @@ from typing import Callable
 
 import pytest
 
+from _helpers import internal_frames
+
 from ._reliability import (
     acquire_once,
     cowenv_cli,
     inner_env,
-    internal_frames,
     output_of,
     reap_group,
     spawn_pytest,

@@ -18,7 +18,9 @@ from typing import Callable
 
 import pytest
 
-from ._reliability import acquire_each, stray_entries, tree_digest, unlock_template
+from _helpers import unprotect
+
+from ._reliability import acquire_each, stray_entries, tree_digest
 
 # One test per damaged template: each spec has its own template, damaged its own way.
 INNER = """
@@ -100,7 +102,7 @@ def test_damaged_templates_are_rebuilt_not_cloned(
     for (key, _, _), damage in zip(built, damages):
         template, meta = cache / "templates" / key, cache / "templates" / f"{key}.json"
         healthy[key] = tree_digest(template, skip=RECORDS)
-        unlock_template(template)
+        unprotect(template)
         DAMAGE[damage](template, meta)
 
     monkeypatch.setenv("SPECS", ",".join(specs))

@@ -15,11 +15,12 @@ from typing import Callable
 
 import pytest
 
+from _helpers import internal_frames
+
 from ._reliability import (
     FS_KINDS,
     exclusive,
     free_bytes,
-    internal_frames,
     make_fat_wheel,
     mount_of,
     stray_entries,

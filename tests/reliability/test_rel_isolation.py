@@ -17,7 +17,9 @@ from typing import Callable
 
 import pytest
 
-from ._reliability import acquire_once, internal_frames, stray_entries, tree_digest
+from _helpers import internal_frames
+
+from ._reliability import acquire_once, stray_entries, tree_digest
 
 VANDALS_AND_CHECKERS = """
 import os

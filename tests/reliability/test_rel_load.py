@@ -15,7 +15,9 @@ from typing import Callable
 
 import pytest
 
-from ._reliability import internal_frames, stray_entries, template_dirs, tree_digest
+from _helpers import internal_frames
+
+from ._reliability import stray_entries, template_dirs, tree_digest
 
 TESTS = 400
 

@@ -18,7 +18,9 @@ from typing import Callable
 
 import pytest
 
-from ._reliability import acquire_once, internal_frames, unprivileged_prefix
+from _helpers import internal_frames
+
+from ._reliability import acquire_once, unprivileged_prefix
 
 INNER = """
 import pytest

@@ -24,6 +24,8 @@ from typing import Callable
 
 import pytest
 
+from _helpers import wait_for
+
 from ._reliability import (
     acquire_once,
     cowenv_cli,
@@ -34,7 +36,6 @@ from ._reliability import (
     spawn_pytest,
     stray_entries,
     template_dirs,
-    wait_for,
 )
 
 SUITE = """

@@ -1,0 +1,96 @@
+"""Plain helpers shared by the test modules (fixtures are in ``conftest.py``).
+
+pytest_cowenv is imported inside the functions only, so that the reliability suite, which
+watches the plugin from the outside, can use them too.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Optional, TypeVar
+
+import pytest
+
+T = TypeVar("T")
+
+# A frame of installed or of our own code in a traceback, in pytest's form
+# (`src/pytest_cowenv/x.py:12`) or Python's (`File ".../pytest_cowenv/x.py", line 12`).
+# A user mistake must never show one.
+INTERNAL_FRAME = re.compile(r"(site-packages|pytest_cowenv)[/\\][\w/\\]+\.py(:\d+|\", line \d+)")
+
+
+def internal_frames(text: str) -> list[str]:
+    """Lines of ``text`` that show such a frame (a warning's location in the warnings summary
+    is not a frame)."""
+    return [
+        line
+        for line in text.splitlines()
+        if INTERNAL_FRAME.search(line) and not re.search(r"\.py:\d+: \w*Warning: ", line)
+    ]
+
+
+def wait_for(
+    predicate: Callable[[], T], timeout: float = 30.0, what: str = "the condition",
+    interval: float = 0.01,
+) -> T:
+    """Poll ``predicate`` until it returns something true, and return that; fail after
+    ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gave up after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def mounted(var: str, fstype: str) -> Optional[Path]:
+    """The directory named by ``var`` if it is on a ``fstype`` mount (scripts/cowfs.sh)."""
+    from pytest_cowenv.fs import fs_type
+
+    path = os.environ.get(var)
+    return Path(path) if path and os.path.isdir(path) and fs_type(path) == fstype else None
+
+
+def fast_dir(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    """A fresh directory on the btrfs test mount if there is one (snapshots), else in tmp."""
+    btrfs = os.environ.get("COWENV_TEST_BTRFS")
+    if btrfs and os.path.isdir(btrfs):
+        return Path(tempfile.mkdtemp(prefix=f"{name}-", dir=btrfs))
+    return tmp_path_factory.mktemp(name)
+
+
+def unprotect(template: Path) -> None:
+    """Make one template writable (on btrfs it is a read-only subvolume; clearing the flag is
+    what the plugin itself does before removing one). A plain directory is left as it is."""
+    from pytest_cowenv.clone import _platform
+
+    _platform.BACKEND.set_readonly(str(template), False)
+
+
+def unprotect_templates(cache_root: Path) -> None:
+    """:func:`unprotect` every template of the cache at ``cache_root``."""
+    templates = cache_root / "templates"
+    for child in templates.iterdir() if templates.is_dir() else ():
+        if child.is_dir() and not child.is_symlink():
+            unprotect(child)
+
+
+def remove_cache(cache_root: Path) -> None:
+    """Remove a cache root, read-only templates included."""
+    from pytest_cowenv.clone import remove_tree
+
+    templates = cache_root / "templates"
+    for child in templates.iterdir() if templates.is_dir() else ():
+        if child.is_dir() and not child.is_symlink():
+            # One by one: remove_tree destroys a snapshot at once, but would walk into the
+            # snapshots inside a plain directory file by file.
+            unprotect(child)
+            remove_tree(child)
+    if os.path.lexists(cache_root):
+        remove_tree(cache_root)

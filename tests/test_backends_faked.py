@@ -245,7 +245,7 @@ def test_darwin_directory_and_template_hooks(libsystem: FakeLibSystem, tmp_path:
     assert backend.make_template_dir(str(tmp_path / "t")) is False
     assert (tmp_path / "t").is_dir()
     assert backend.set_readonly(str(tmp_path / "t"), True) is False
-    assert backend.remove_dir_fast(str(tmp_path / "t")) is False
+    assert backend.destroy_dir_at(-1, "t", -1) is False
     assert (tmp_path / "t").is_dir()
 
 
@@ -570,7 +570,7 @@ def test_windows_has_no_directory_clone(kernel32: FakeKernel32, tmp_path: Path) 
     assert backend.make_template_dir(str(tmp_path / "t")) is False
     assert (tmp_path / "t").is_dir()
     assert backend.set_readonly(str(tmp_path / "t"), True) is False
-    assert backend.remove_dir_fast(str(tmp_path / "t")) is False
+    assert backend.destroy_dir_at(-1, "t", -1) is False
 
 
 def test_windows_engine_never_asks_for_a_directory_clone(

@@ -28,6 +28,7 @@ from pytest_cowenv.clone import (
     LinkMode,
     _linux,
     _platform,
+    _remove,
     clone_tree,
     forget_decisions,
     remove_tree,
@@ -452,11 +453,10 @@ def test_remove_tree_destroys_a_snapshot_without_walking_it(
     clone_tree(template, btrfs_dir / "clone")
     assert is_subvolume(btrfs_dir / "clone")
 
-    def no_walk(path: str) -> None:
-        raise AssertionError(f"walked {path} instead of destroying the subvolume")
+    def no_walk(dfd: int) -> list[str]:
+        raise AssertionError("walked the clone instead of destroying the subvolume")
 
-    monkeypatch.setattr("pytest_cowenv.clone.rmtree", no_walk)
-    monkeypatch.setattr(_linux, "rmtree", no_walk)
+    monkeypatch.setattr(_remove, "_remove_files", no_walk)
     remove_tree(btrfs_dir / "clone")
     assert not os.path.lexists(btrfs_dir / "clone")
 
@@ -468,14 +468,14 @@ def test_remove_tree_falls_back_when_destroy_is_not_allowed(
     template = identity_tree(make_template(btrfs_dir, subvolume=True))
     assert _platform.BACKEND.set_readonly(str(template), True)
     clone_tree(template, btrfs_dir / "clone")
-    real_on_parent = _linux._on_parent
+    real_ioctl = _linux.ioctl_buffer
 
-    def refuse_destroy(path: str, request: int, args: bytearray) -> None:
+    def refuse_destroy(fd: int, request: int, args: bytearray) -> None:
         if request == _linux.BTRFS_IOC_SNAP_DESTROY:
             raise PermissionError(errno.EPERM, "Operation not permitted")
-        real_on_parent(path, request, args)
+        real_ioctl(fd, request, args)
 
-    monkeypatch.setattr(_linux, "_on_parent", refuse_destroy)
+    monkeypatch.setattr(_linux, "ioctl_buffer", refuse_destroy)
     remove_tree(btrfs_dir / "clone")
     remove_tree(template)  # read-only: the flag must be cleared first
     assert not os.path.lexists(btrfs_dir / "clone") and not os.path.lexists(template)
@@ -702,3 +702,45 @@ def test_a_refusal_midway_restarts_as_a_complete_copy(
     result, warned = clone_quietly(template, where / "auto")
     assert result.strategy == "copy" and len(warned) == 1 and "EINVAL" in warned[0]
     assert tree_state(where / "auto") == before
+
+
+def test_remove_tree_of_a_vanished_path_is_success(tmp_path: Path) -> None:
+    """The old error handler called itself on a vanished path until RecursionError."""
+    remove_tree(tmp_path / "gone")
+    remove_tree(tmp_path / "gone" / "deeper", root=tmp_path)
+
+
+def test_remove_tree_removes_a_link_as_a_link(tmp_path: Path) -> None:
+    target = tmp_path / "target"
+    (target / "sub").mkdir(parents=True)
+    (target / "sub" / "f").write_text("keep")
+    os.symlink(target, tmp_path / "link")
+    (tmp_path / "tree").mkdir()
+    os.symlink(target, tmp_path / "tree" / "inner")
+    remove_tree(tmp_path / "link", root=tmp_path)
+    remove_tree(tmp_path / "tree", root=tmp_path)
+    assert sorted(os.listdir(tmp_path)) == ["target"]
+    assert (target / "sub" / "f").read_text() == "keep"
+
+
+def test_remove_tree_refuses_what_is_outside_its_root(tmp_path: Path) -> None:
+    from pytest_cowenv.errors import UnsafeRemovalError
+
+    (tmp_path / "root").mkdir()
+    (tmp_path / "elsewhere" / "x").mkdir(parents=True)
+    os.symlink(tmp_path / "elsewhere", tmp_path / "root" / "linked")
+    with pytest.raises(UnsafeRemovalError, match="not inside"):
+        remove_tree(tmp_path / "elsewhere", root=tmp_path / "root")
+    with pytest.raises(UnsafeRemovalError, match="not inside"):
+        remove_tree(tmp_path / "root" / ".." / "elsewhere", root=tmp_path / "root")
+    with pytest.raises(UnsafeRemovalError, match="linked on the way from"):
+        remove_tree(tmp_path / "root" / "linked" / "x", root=tmp_path / "root")
+    assert (tmp_path / "elsewhere" / "x").is_dir()
+
+
+def test_remove_tree_pauses_before_each_directory(tmp_path: Path) -> None:
+    for name in ("a", "b", "a/c"):
+        (tmp_path / "t" / name).mkdir(parents=True)
+    calls: list[int] = []
+    remove_tree(tmp_path / "t", pause=lambda: calls.append(1))
+    assert len(calls) == 4 and not (tmp_path / "t").exists()

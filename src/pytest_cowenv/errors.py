@@ -52,3 +52,8 @@ class CommandError(CowEnvError, subprocess.CalledProcessError):
 
 class CowEnvWarning(UserWarning):
     """Emitted once per filesystem pair when ``auto`` falls back to plain copies."""
+
+
+class UnsafeRemovalError(CowEnvError, OSError):
+    """A deletion was refused: the path is outside the cache, reached through a symlink, or
+    holds another mount. Also an ``OSError`` (with its errno), as every failed deletion is."""

@@ -12,6 +12,7 @@ import functools
 import json
 import os
 import shutil
+import stat
 import subprocess
 import time
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from . import _owner
-from .clone import _platform, remove_tree
+from .clone import remove_tree
 from .store import (
     BUILD_DIR,
     LEGACY_BUILD_DIR,
@@ -359,16 +360,11 @@ def remove_template(
 
 def _delete(layout: Layout, key: str) -> None:
     # Metadata first: once it is gone no reader trusts the tree, even half removed.
-    with contextlib.suppress(FileNotFoundError):
-        layout.meta(key).unlink()
-    path = layout.template(key)
-    if os.path.lexists(path):
-        _platform.BACKEND.set_readonly(str(path), False)
-        remove_tree(path)
+    remove_tree(layout.meta(key), root=layout.root)
+    remove_tree(layout.template(key), root=layout.root)
     # Lock files last, while still held: waiters notice the unlinked file and lock anew.
     for side in (layout.lock(key).with_suffix(".owner"), layout.in_use(key), layout.lock(key)):
-        with contextlib.suppress(FileNotFoundError):
-            side.unlink()
+        remove_tree(side, root=layout.root)
 
 
 def prune(
@@ -395,7 +391,7 @@ def prune(
         if too_recent(key):
             continue
         meta = read_meta(layout, key)
-        what = f"template {meta['describe'] if meta else '(incomplete)'}"
+        what = f"template {meta.get('describe', '?') if meta else '(incomplete)'}"
         size = allocated_bytes(path)
         reason = remove_template(
             layout, key, lock_timeout=lock_timeout, still_wanted=functools.partial(too_recent, key)
@@ -420,9 +416,7 @@ def clean_stale(layout: Layout) -> list[Path]:
             with _reaping(child) as dead:
                 if dead:
                     with contextlib.suppress(OSError):
-                        for sub in child.iterdir() if child.is_dir() else ():
-                            _platform.BACKEND.set_readonly(str(sub), False)
-                        remove_tree(child)
+                        remove_tree(child, root=layout.root)
                         removed.append(child)
     return removed
 
@@ -446,13 +440,12 @@ def clean(layout: Layout, *, kept: bool = False) -> Report:
     for entry in _children(layout.templates):
         if entry.name.startswith(".") and entry.name.endswith(".tmp") and _dead_writer(entry.name):
             with contextlib.suppress(OSError):
-                os.unlink(entry.path)
+                remove_tree(entry.path, root=layout.root)
                 report.removed.append(Item(entry.path, "unfinished metadata"))
     if kept:
         for entry in _children(layout.root / "kept"):
             with contextlib.suppress(OSError):
-                _platform.BACKEND.set_readonly(entry.path, False)
-                remove_tree(entry.path)
+                remove_tree(entry.path, root=layout.root)
                 report.removed.append(Item(entry.path, "kept clone"))
     return report
 
@@ -490,7 +483,10 @@ def _stale(path: Path) -> bool:
 
 
 def _children(folder: Path) -> list[os.DirEntry[str]]:
+    """The entries of ``folder``; none if it is a symlink (never listed through a link)."""
     try:
+        if not stat.S_ISDIR(os.lstat(folder).st_mode):
+            return []
         with os.scandir(folder) as it:
             return sorted(it, key=lambda e: e.name)
     except OSError:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
 
-from .clone import CloneResult, LinkMode, _platform, clone_tree, remove_tree
+from .clone import CloneResult, LinkMode, clone_tree, remove_tree
 from .clone._base import READ_FLAGS
 
 if TYPE_CHECKING:
@@ -67,14 +67,23 @@ class ClonePool:
     """Keeps ``size`` ready clones per started template and empties the trash, in one thread.
 
     ``run_dir`` is the process's clone folder; the pool uses ``pool/`` and ``trash/`` in it,
-    so a crash leaves them where the next run's stale clean-up looks.
+    so a crash leaves them where the next run's stale clean-up looks. ``root`` (the cache
+    root; default ``run_dir``'s parent) is what its deletions never leave: it is opened as
+    given, everything below it without following links (see ``remove_tree``).
     """
 
     def __init__(
-        self, run_dir: Path, size: int, *, warm: bool = WARM, errors: Optional[list[str]] = None
+        self,
+        run_dir: Path,
+        size: int,
+        *,
+        root: Optional[Path] = None,
+        warm: bool = WARM,
+        errors: Optional[list[str]] = None,
     ) -> None:
         self.size = size
         self.warm = warm
+        self.root = root or run_dir.parent
         self.ready_dir = run_dir / "pool"
         self.trash_dir = run_dir / "trash"
         self.ready_dir.mkdir(exist_ok=True)
@@ -149,13 +158,13 @@ class ClonePool:
             closed = self._stop.is_set()
         if backlog >= self.trash_limit or closed:
             with self.foreground():
-                remove_tree(path)
+                remove_tree(path, root=self.root)
             return
         target = self.trash_dir / f"{path.name}.{next(self._names)}"
         try:
             os.rename(path, target)
         except OSError:  # not expected in our own folder, but never worth failing a test
-            remove_tree(path)
+            remove_tree(path, root=self.root)
             return
         with self._cond:
             self._trash.append(target)
@@ -180,11 +189,11 @@ class ClonePool:
             self._trash.clear()
         for path in leftovers:
             with contextlib.suppress(OSError):
-                remove_tree(path)
+                remove_tree(path, root=self.root)
         for folder in (self.ready_dir, self.trash_dir):
             for child in _children(folder):  # anything a failed rename left
                 with contextlib.suppress(OSError):
-                    remove_tree(child)
+                    remove_tree(child, root=self.root)
             with contextlib.suppress(OSError):
                 folder.rmdir()
         return True
@@ -265,7 +274,7 @@ class ClonePool:
         except Exception as exc:
             if os.path.lexists(making):  # clone_tree removes its own; a failed warm or rename
                 with contextlib.suppress(OSError):
-                    remove_tree(making)
+                    remove_tree(making, root=self.root)
             with self._cond:
                 slot.making = False
                 if isinstance(exc, _Stopped):
@@ -287,27 +296,9 @@ class ClonePool:
         with self._cond:
             if not self._trash:
                 return
-            path = os.fspath(self._trash.popleft())
-        if _platform.BACKEND.is_dir_clonable(path):
-            remove_tree(path)  # a btrfs snapshot: one ioctl
-            return
-        try:
-            self._delete_dir(path)
-        except OSError:
-            if os.path.lexists(path):
-                remove_tree(path)  # read-only directories and the like: the engine copes
-
-    def _delete_dir(self, path: str) -> None:
-        """A recursive delete that pauses between directories (``remove_tree`` cannot)."""
-        self._pause()
-        with os.scandir(path) as it:
-            entries = list(it)
-        for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
-                self._delete_dir(entry.path)
-            else:
-                os.unlink(entry.path)
-        os.rmdir(path)
+            path = self._trash.popleft()
+        # Pausing between directories, like a clone made ahead (a btrfs snapshot: one ioctl).
+        remove_tree(path, root=self.root, pause=self._pause)
 
     def _room_for(self, template: Template) -> bool:
         """Whether a clone made ahead leaves room for a full copy more: it may be one (on

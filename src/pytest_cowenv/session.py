@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import re
+import stat
 import statistics
 import threading
 import time
@@ -21,7 +22,7 @@ from ._install import IndexOptions
 from ._owner import lock_dir
 from .clone import LinkMode, Warn, clone_tree, remove_tree
 from .env import CowEnv
-from .errors import CowEnvError
+from .errors import CacheDirError, CowEnvError
 from .pool import ClonePool
 from .spec import TemplateSpec
 from .store import Layout, prepare_root
@@ -199,7 +200,10 @@ class CowEnvSession:
         run_dir = self.run_dir
         with self._lock:
             if self._pool is None:
-                self._pool = ClonePool(run_dir, self.settings.pool, errors=self.stats.pool_errors)
+                self._pool = ClonePool(
+                    run_dir, self.settings.pool, root=self.layout.root,
+                    errors=self.stats.pool_errors,
+                )
             return self._pool
 
     def spec(
@@ -252,7 +256,7 @@ class CowEnvSession:
                 os.rename(made[0], dst)
             except OSError:  # never expected (same folder tree); a fresh clone is still right
                 with contextlib.suppress(OSError):
-                    remove_tree(made[0])
+                    remove_tree(made[0], root=self.layout.root)
                 made = None
         if made is None:
             with pool.foreground() if pool else contextlib.nullcontext():
@@ -317,6 +321,12 @@ class CowEnvSession:
         if keep:
             kept = self.kept_path(env)
             kept.parent.mkdir(exist_ok=True)
+            if not stat.S_ISDIR(os.lstat(kept.parent).st_mode):
+                raise CacheDirError(
+                    f"cannot keep {env.path}: {kept.parent} is not a directory (a symlink?); "
+                    "remove it"
+                )
+            # rename() moves a symlink the test left in its place as the link itself.
             os.rename(env.path, kept)
             with self._lock:
                 self.stats.kept.append(str(kept))
@@ -326,7 +336,7 @@ class CowEnvSession:
             if self._pool is not None:
                 self._pool.discard(env.path)  # a rename now; the pool thread deletes it
             else:
-                remove_tree(env.path)
+                remove_tree(env.path, root=self.layout.root)
         with self._lock:
             self.stats.remove_ms.append((time.perf_counter() - start) * 1000)
         return None
@@ -343,7 +353,7 @@ class CowEnvSession:
                 if child.name in busy:
                     continue
                 with contextlib.suppress(OSError):
-                    remove_tree(child)
+                    remove_tree(child, root=self.layout.root)
             with contextlib.suppress(OSError):
                 self._run_dir.rmdir()
         if self._run_lock is not None:

@@ -200,15 +200,12 @@ class TemplateCache:
 
     def _discard(self, key: str) -> None:
         """Remove whatever earlier, failed or killed builds left under ``key`` (lock held)."""
-        with contextlib.suppress(FileNotFoundError):
-            self.layout.meta(key).unlink()
-        path = self.layout.template(key)
-        if os.path.lexists(path):
-            clone_platform.BACKEND.set_readonly(str(path), False)
-            remove_tree(path)
+        root = self.layout.root
+        remove_tree(self.layout.meta(key), root=root)
+        remove_tree(self.layout.template(key), root=root)
         # Every builder of `key` holds its lock: build dirs of `key` now belong to dead ones.
         for leftover in self.layout.tmp.glob(f"{key}.*"):
-            _remove_quietly(leftover)
+            _remove_quietly(leftover, root)
 
     def _make_build_dir(self, key: str) -> tuple[Path, int]:
         """A new build folder, named and locked by this process (see ``_owner``)."""
@@ -259,7 +256,7 @@ class TemplateCache:
         except TemplateBuildError as exc:
             raise _with_space_hint(exc, self.layout.root) from None
         finally:
-            _remove_quietly(work)
+            _remove_quietly(work, self.layout.root)
             os.close(work_lock)
             if not done:
                 with contextlib.suppress(OSError):
@@ -298,12 +295,9 @@ def _space_hint(root: Path, code: Optional[int]) -> str:
     )
 
 
-def _remove_quietly(path: Path) -> None:
-    if os.path.lexists(path):
-        for sub in path.iterdir() if path.is_dir() else ():
-            clone_platform.BACKEND.set_readonly(str(sub), False)
-        with contextlib.suppress(OSError):
-            remove_tree(path)
+def _remove_quietly(path: Path, root: Path) -> None:
+    with contextlib.suppress(OSError):
+        remove_tree(path, root=root)
 
 
 def build_env(

@@ -4,8 +4,9 @@
     python tests/reliability/tally.py reliability.xml
 
 Tests record ``faults`` (signals, full disks, damaged templates, refused directories),
-``bad_inputs`` and ``inner_tests`` (tests run inside the inner pytest sessions) with
-``record_property``; this sums them per outcome.
+``bad_inputs``, ``inner_tests`` (tests run inside the inner pytest sessions), ``plants``
+(symlinks and mounts planted for a deletion to follow) and ``races`` (cleaner processes
+racing on one tree) with ``record_property``; this sums them per outcome.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import sys
 import xml.etree.ElementTree as ET
 from collections import Counter
+
+COUNTED = ("faults", "bad_inputs", "inner_tests", "plants", "races")
 
 
 def tally(path: str) -> dict[str, int]:
@@ -25,7 +28,7 @@ def tally(path: str) -> dict[str, int]:
         counts[f"tests {outcome}"] += 1
         for prop in case.iter("property"):
             name, value = prop.get("name", ""), prop.get("value", "")
-            if name in ("faults", "bad_inputs", "inner_tests") and value.isdigit():
+            if name in COUNTED and value.isdigit():
                 counts[name] += int(value)
     return dict(counts)
 

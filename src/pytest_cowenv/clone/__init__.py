@@ -18,9 +18,9 @@ from typing import Callable, Optional
 
 from ..errors import CloneError, CowEnvWarning
 from ..fs import fs_type
-from . import _platform
+from . import _platform, _remove
 from ._base import DIR_FD, DIR_FLAGS, UMASK, FileAtOp, FileOp, cannot_clone
-from ._portable import copy_file, copy_file_at, link_file, link_file_at, rmtree
+from ._portable import copy_file, copy_file_at, link_file, link_file_at
 from ._walk import Named, Tree, walk_tree
 
 __all__ = ["CloneResult", "LinkMode", "Tree", "Warn", "clone_tree", "remove_tree", "walk_tree"]
@@ -358,11 +358,22 @@ def _finish_dir(path: str, mode: int, atime_ns: int, mtime_ns: int) -> None:
     os.utime(path, ns=(atime_ns, mtime_ns))
 
 
-def remove_tree(path: str | os.PathLike[str]) -> None:
-    """Delete a clone as fast as the filesystem allows (btrfs: destroy the snapshot)."""
-    path = os.fspath(path)
-    if os.path.islink(path) or not os.path.isdir(path):
-        os.unlink(path)
-        return
-    if not _platform.BACKEND.remove_dir_fast(path):
-        rmtree(path)
+def remove_tree(
+    path: str | os.PathLike[str],
+    *,
+    root: str | os.PathLike[str] | None = None,
+    pause: Optional[Pause] = None,
+) -> None:
+    """Delete ``path`` as fast as the filesystem allows (btrfs: destroy the snapshot), and
+    nothing outside it: no symlink is followed (a link is removed as a link), no other mount
+    entered, and read-only directories are made writable through their descriptors.
+
+    With ``root``, ``path`` must lie inside it and be reached from it through real
+    directories only (every destructive path of the plugin passes its cache root). A path
+    already gone, or going while we delete it (another cleaner), is success. ``pause`` is
+    called before each directory is listed. Raises :class:`~pytest_cowenv.errors.UnsafeRemovalError`
+    (an ``OSError``) when the rules refuse.
+    """
+    _remove.remove(
+        os.fspath(path), None if root is None else os.fspath(root), pause
+    )

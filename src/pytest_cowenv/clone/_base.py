@@ -103,8 +103,10 @@ class Backend(Protocol):
     def probe_reflink(self, src: str, dst: str) -> None:
         """Clone ``src`` to ``dst`` once, raising OSError if this filesystem cannot."""
 
-    def remove_dir_fast(self, path: str) -> bool:
-        """Remove ``path`` by a whole-directory operation if it is one; False if not."""
+    def destroy_dir_at(self, parent_fd: int, name: str, fd: int) -> bool:
+        """Destroy the directory ``name`` of ``parent_fd`` (open as ``fd``) in one operation
+        if it is one that can go whole (a btrfs subvolume); False if not, after making it
+        writable so that it can be emptied instead."""
 
     def make_template_dir(self, path: str) -> bool:
         """Create ``path`` so that it can be cloned whole later; False means a plain mkdir."""
@@ -116,7 +118,7 @@ class Backend(Protocol):
 class PlainTemplateDirs:
     """For platforms whose templates are plain directories: nothing to destroy or protect."""
 
-    def remove_dir_fast(self, path: str) -> bool:
+    def destroy_dir_at(self, parent_fd: int, name: str, fd: int) -> bool:
         return False
 
     def make_template_dir(self, path: str) -> bool:

@@ -8,10 +8,9 @@ import fcntl
 import functools
 import os
 import struct
-from typing import Callable
+from typing import Callable, Optional
 
-from ._base import CREATE_FLAGS, DIR_FLAGS, READ_FLAGS, finish_file
-from ._portable import rmtree
+from ._base import CREATE_FLAGS, DIR_FLAGS, O_NOFOLLOW, READ_FLAGS, finish_file
 
 FICLONE = 0x40049409  # fcntl.FICLONE exists only from Python 3.12
 BTRFS_IOC_SNAP_CREATE_V2 = 0x50009417
@@ -24,6 +23,11 @@ BTRFS_SUBVOLUME_INO = 256
 _VOL_ARGS_SIZE = 4096
 _V2_NAME_OFFSET = 56  # after "=qQQ32s": fd, transid, flags, union
 _V1_NAME_OFFSET = 8  # after the int64 fd
+# What SNAP_DESTROY answers when it may not (or cannot) destroy a subvolume whole.
+_DESTROY_REFUSED = (
+    errno.EPERM, errno.EACCES, errno.EROFS, errno.ENOTEMPTY, errno.ENOTTY, errno.EOPNOTSUPP,
+    errno.EINVAL,
+)
 
 
 def _vol_args(name: str, offset: int, fd: int = 0) -> bytearray:
@@ -151,19 +155,25 @@ class LinuxBackend:
         finally:
             os.close(sfd)
 
-    def remove_dir_fast(self, path: str) -> bool:
-        if not self.is_dir_clonable(path):
-            return False
-        try:
-            _on_parent(path, BTRFS_IOC_SNAP_DESTROY, _v1_args(path))
-            return True
-        except OSError as exc:
-            if exc.errno not in (errno.EPERM, errno.EACCES, errno.EROFS):
-                raise
-        # Unprivileged without user_subvol_rm_allowed: empty it, then rmdir (Linux >= 4.18).
-        self.set_readonly(path, False)
-        rmtree(path)
-        return True
+    def destroy_dir_at(self, parent_fd: int, name: str, fd: int) -> bool:
+        # The name is looked up in the parent without following links, and the kernel
+        # refuses anything but a subvolume root of the same filesystem.
+        args = _vol_args(name, _V1_NAME_OFFSET)
+        for attempt in range(2):
+            try:
+                ioctl_buffer(parent_fd, BTRFS_IOC_SNAP_DESTROY, bytearray(args))
+                return True
+            except OSError as exc:
+                if exc.errno in (errno.ENOENT, errno.ESTALE):
+                    return True
+                if exc.errno not in _DESTROY_REFUSED:
+                    raise
+            # Unprivileged, a read-only subvolume cannot go: clear the flag, try again.
+            if attempt == 0 and not self._set_readonly_fd(fd, False):
+                break
+        # Without user_subvol_rm_allowed: emptied, then rmdir'ed (Linux >= 4.18).
+        self._set_readonly_fd(fd, False)
+        return False
 
     def make_template_dir(self, path: str) -> bool:
         try:
@@ -178,19 +188,25 @@ class LinuxBackend:
     def set_readonly(self, path: str, readonly: bool) -> bool:
         if not _is_subvolume(path):
             return False
-        fd = os.open(path, DIR_FLAGS)
+        fd = os.open(path, DIR_FLAGS | O_NOFOLLOW)
         try:
-            buf = bytearray(8)
-            try:
-                ioctl_buffer(fd, BTRFS_IOC_SUBVOL_GETFLAGS, buf)
-            except OSError as exc:
-                if exc.errno in (errno.ENOTTY, errno.EOPNOTSUPP, errno.EINVAL):
-                    return False
-                raise
-            (flags,) = struct.unpack("=Q", buf)
-            new = flags | BTRFS_SUBVOL_RDONLY if readonly else flags & ~BTRFS_SUBVOL_RDONLY
-            if new != flags:
-                ioctl_buffer(fd, BTRFS_IOC_SUBVOL_SETFLAGS, bytearray(struct.pack("=Q", new)))
-            return True
+            return self._set_readonly_fd(fd, readonly) is not None
         finally:
             os.close(fd)
+
+    def _set_readonly_fd(self, fd: int, readonly: bool) -> Optional[bool]:
+        """Set the read-only flag of the subvolume open as ``fd``: whether it changed, or
+        None if ``fd`` is no subvolume."""
+        buf = bytearray(8)
+        try:
+            ioctl_buffer(fd, BTRFS_IOC_SUBVOL_GETFLAGS, buf)
+        except OSError as exc:
+            if exc.errno in (errno.ENOTTY, errno.EOPNOTSUPP, errno.EINVAL):
+                return None
+            raise
+        (flags,) = struct.unpack("=Q", buf)
+        new = flags | BTRFS_SUBVOL_RDONLY if readonly else flags & ~BTRFS_SUBVOL_RDONLY
+        if new == flags:
+            return False
+        ioctl_buffer(fd, BTRFS_IOC_SUBVOL_SETFLAGS, bytearray(struct.pack("=Q", new)))
+        return True

@@ -1,12 +1,9 @@
-"""Operations every platform has: plain copies, hard links and recursive deletion."""
+"""Operations every platform has: plain copies and hard links."""
 
 from __future__ import annotations
 
 import os
-import shutil
-import stat
 import sys
-from typing import Any, Callable
 
 from ._base import CREATE_FLAGS, READ_FLAGS, UTIME_FD, finish_file
 
@@ -78,26 +75,3 @@ def link_file_at(
 ) -> None:
     """:func:`link_file` of ``name`` between two open directories."""
     os.link(name, name, src_dir_fd=src_dir, dst_dir_fd=dst_dir, follow_symlinks=False)
-
-
-def _make_writable_and_retry(func: Callable[..., Any], path: str, _exc: object) -> None:
-    """rmtree error handler: a read-only directory blocks unlinking its entries."""
-    parent = os.path.dirname(path)
-    try:
-        os.chmod(parent, stat.S_IMODE(os.lstat(parent).st_mode) | stat.S_IWUSR | stat.S_IXUSR)
-        if not os.path.islink(path) and os.path.isdir(path):
-            os.chmod(path, stat.S_IMODE(os.lstat(path).st_mode) | stat.S_IRWXU)
-    except OSError:
-        pass
-    if func in (os.unlink, os.remove, os.rmdir):
-        func(path)
-    else:  # listing or opening the directory failed: retry the whole subtree, now readable
-        rmtree(path)
-
-
-def rmtree(path: str) -> None:
-    """Delete a tree, coping with read-only files and directories; never follows symlinks."""
-    if sys.version_info >= (3, 12):
-        shutil.rmtree(path, onexc=_make_writable_and_retry)
-    else:
-        shutil.rmtree(path, onerror=_make_writable_and_retry)

@@ -1,0 +1,405 @@
+"""Containment: pytest-cowenv deletes what is its own, and nothing else.
+
+A sentinel tree outside the cache (files, a read-only folder, names that look like ours, and
+on btrfs a read-only subvolume) is the target of symlinks planted AT and ONE LEVEL BELOW
+every path that deletes: release with the pool on and off, the pool's close, session
+start-up clean-up, ``clean``, ``clean --kept``, ``prune``, the rebuild of a damaged
+template, ``--cowenv-keep`` moves, and the clone engine's own clean-up of a failed clone;
+on btrfs, XFS, ext4 and tmpfs. Also a bind mount of the sentinel inside a stale run folder
+(another mount: never entered), and cleaners racing on one stale tree. The sentinel must be
+bit-for-bit the same after every step.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from _helpers import internal_frames, unprotect
+
+from ._reliability import acquire_once, cowenv_cli, inner_env, template_dirs, tree_digest
+
+FILESYSTEMS = ["btrfs", "xfs", "ext4", "tmpfs"]
+DEAD_PID = 4_000_000_000  # above any pid_max: no such process, ever
+HEX6, HEX8 = "abcdef", "abcdef12"
+
+
+class Sentinel:
+    """A tree outside the cache that no deletion may touch, and how to check it."""
+
+    def __init__(self, where: Path, fs: str) -> None:
+        self.path = where / "sentinel"
+        self.path.mkdir()
+        (self.path / "precious.txt").write_text("the user's own file\n")
+        (self.path / "sub" / "deeper").mkdir(parents=True)
+        (self.path / "sub" / "deeper" / "data.bin").write_bytes(os.urandom(4096))
+        # Names a cleaner that wandered in would take for its own.
+        for name in (f"run-{DEAD_PID}-1-{HEX6}", f"{'0' * 24}.{DEAD_PID}.{HEX8}", "env-1"):
+            (self.path / name).mkdir()
+            (self.path / name / "inside.txt").write_text(name)
+        locked = self.path / "readonly"
+        locked.mkdir()
+        (locked / "locked.txt").write_text("read-only\n")
+        os.chmod(locked / "locked.txt", 0o444)
+        os.chmod(locked, 0o555)
+        self.vault = None
+        if fs == "btrfs":  # a read-only subvolume of the user's: its flag must stay set
+            from pytest_cowenv.clone import _platform
+
+            self.vault = self.path / "vault"
+            assert _platform.BACKEND.make_template_dir(str(self.vault))
+            (self.vault / "snap.txt").write_text("user's subvolume\n")
+            assert _platform.BACKEND.set_readonly(str(self.vault), True)
+        self.digest = tree_digest(self.path)
+        self.checks = 0
+
+    def check(self, after: str) -> None:
+        self.checks += 1
+        assert tree_digest(self.path) == self.digest, f"the sentinel changed after {after}"
+        if self.vault is not None:
+            try:
+                (self.vault / "probe").write_text("x")
+            except OSError as exc:
+                assert exc.errno == errno.EROFS
+            else:
+                raise AssertionError(f"the user's read-only subvolume is writable after {after}")
+
+    def remove(self) -> None:
+        from pytest_cowenv.clone import _platform
+
+        if self.vault is not None:
+            _platform.BACKEND.set_readonly(str(self.vault), False)
+        os.chmod(self.path / "readonly", 0o755)
+
+
+@pytest.fixture
+def sentinel_at(
+    real_dir: Callable[[str], Path],
+) -> Iterator[Callable[[str], tuple[Path, Sentinel]]]:
+    """``sentinel_at("xfs")``: (a cache path, a sentinel beside it) on that filesystem."""
+    made: list[Sentinel] = []
+
+    def make(fs: str) -> tuple[Path, Sentinel]:
+        base = real_dir(fs)
+        made.append(Sentinel(base, fs))
+        return base / "cache", made[-1]
+
+    yield make
+    for sentinel in made:
+        sentinel.remove()
+
+
+# Planted by the tests of an inner run: AT the clone (the clone replaced by a link), BELOW it
+# (a link inside the clone, or inside its run folder, its pool and its trash).
+INNER = """
+import os
+import shutil
+import time
+
+import pytest
+
+SENTINEL = os.environ["SENTINEL"]
+pytestmark = pytest.mark.cowenv("alpha==1.0")
+
+
+def _fill(cowenv):  # time for the pool thread to empty its trash
+    time.sleep(0.3)
+
+
+def test_release_at(cowenv):
+    shutil.rmtree(cowenv.path)
+    os.symlink(SENTINEL, cowenv.path)
+
+
+@pytest.mark.parametrize("n", range(3))
+def test_fill_a(cowenv, n):
+    _fill(cowenv)
+
+
+def test_release_below(cowenv):
+    os.symlink(SENTINEL, cowenv.path / "planted")
+    os.symlink(SENTINEL, cowenv.site_packages / "planted")
+
+
+@pytest.mark.parametrize("n", range(3))
+def test_fill_b(cowenv, n):
+    _fill(cowenv)
+
+
+def test_keep_at(cowenv):
+    shutil.rmtree(cowenv.path)
+    os.symlink(SENTINEL, cowenv.path)
+    cowenv.keep = True
+
+
+def test_keep_below(cowenv):
+    os.symlink(SENTINEL, cowenv.path / "planted")
+    cowenv.keep = True
+
+
+def test_run_folder_below(cowenv):
+    # The session's close and the pool's close empty these folders.
+    os.symlink(SENTINEL, cowenv.path.parent / "planted")
+    for folder in ("pool", "trash"):
+        if (cowenv.path.parent / folder).is_dir():
+            os.symlink(SENTINEL, cowenv.path.parent / folder / "planted")
+"""
+INNER_TESTS = 11
+# Links planted by INNER: at and below a released clone, a kept one, and the run folder (with
+# the pool on, its pool/ and trash/ too).
+INNER_PLANTS = {"release": 3, "keep": 2, "close": 1}
+POOL_PLANTS = 2
+
+
+def _inner_run(pytester: pytest.Pytester, cache: Path, offline: list[str], pool: int) -> None:
+    pytester.makepyfile(test_plants=INNER)
+    result = pytester.runpytest_subprocess(
+        "--cowenv-dir", str(cache), "--cowenv-pool", str(pool), "-p", "no:randomly", *offline
+    )
+    out = "\n".join(result.outlines + result.errlines)
+    result.assert_outcomes(passed=INNER_TESTS)
+    assert not internal_frames(out), out
+    assert "pool thread errors" not in out, out
+
+
+def _plant_stale(cache: Path, key: str, target: Path) -> int:
+    """Leftovers of a dead run for the start-up clean-up and ``clean``: links at and below."""
+    clones, tmp = cache / "clones", cache / "tmp"
+    os.symlink(target, clones / f"run-{DEAD_PID}-1-{HEX6}")
+    below = clones / f"run-{DEAD_PID}-2-{HEX6}"
+    (below / "env-2" / "lib").mkdir(parents=True)
+    os.symlink(target, below / "env-1")
+    os.symlink(target, below / "env-2" / "lib" / "planted")
+    os.symlink(target, tmp / f"{key}.{DEAD_PID}.{HEX8}")
+    (tmp / f"{key}.{DEAD_PID + 1}.{HEX8}").mkdir()
+    os.symlink(target, tmp / f"{key}.{DEAD_PID + 1}.{HEX8}" / "env")
+    return 5
+
+
+def _plant_templates(cache: Path, target: Path) -> int:
+    """Incomplete templates and orphan side files for ``clean``: links at and below."""
+    templates = cache / "templates"
+    at, below = "a" * 24, "b" * 24
+    os.symlink(target, templates / at)
+    (templates / f"{at}.lock").write_text("")
+    (templates / below / "lib").mkdir(parents=True)
+    os.symlink(target, templates / below / "lib" / "planted")
+    os.symlink(target, templates / f".{below}.json.{DEAD_PID}.tmp")
+    return 3
+
+
+@pytest.mark.parametrize("pool", [2, 0], ids=["pool-on", "pool-off"])
+@pytest.mark.parametrize("fs", FILESYSTEMS)
+def test_no_deletion_leaves_the_cache(
+    pytester: pytest.Pytester,
+    sentinel_at: Callable[[str], tuple[Path, Sentinel]],
+    offline: list[str],
+    wheelhouse: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fs: str,
+    pool: int,
+    record_property: Callable[[str, object], None],
+) -> None:
+    cache, sentinel = sentinel_at(fs)
+    target = sentinel.path
+    key, _, _ = acquire_once(cache, wheelhouse, "alpha==1.0")
+    plants = 0
+
+    # release (pool on/off), the pool's and the session's close, --cowenv-keep moves
+    monkeypatch.setenv("SENTINEL", str(target))
+    _inner_run(pytester, cache, offline, pool)
+    plants += sum(INNER_PLANTS.values()) + (POOL_PLANTS if pool else 0)
+    sentinel.check("release, keep and close")
+    kept = sorted((cache / "kept").iterdir())
+    assert len(kept) == 2 and kept[0].is_symlink() != kept[1].is_symlink()
+
+    # session start-up clean-up, in a fresh process
+    plants += _plant_stale(cache, key, target)
+    acquire_once(cache, wheelhouse, "alpha==1.0")
+    sentinel.check("the start-up clean-up")
+    assert sorted(os.listdir(cache / "clones")) == []
+
+    # clean and clean --kept
+    plants += _plant_stale(cache, key, target) + _plant_templates(cache, target)
+    cowenv_cli(cache, "clean")
+    sentinel.check("clean")
+    cowenv_cli(cache, "clean", "--kept")
+    sentinel.check("clean --kept")
+    assert not (cache / "kept").exists() or os.listdir(cache / "kept") == []
+    # kept/ itself a link to the user's folder: listed and emptied through it, the old
+    # `clean --kept` deleted the user's files.
+    shutil.rmtree(cache / "kept", ignore_errors=True)
+    os.symlink(target, cache / "kept")
+    cowenv_cli(cache, "clean", "--kept")
+    sentinel.check("clean --kept through a linked kept/")
+    os.unlink(cache / "kept")
+    plants += 1
+
+    # the rebuild of a damaged template: a link planted inside it
+    (template,) = template_dirs(cache)
+    unprotect(template)
+    os.symlink(target, template / "planted")
+    key2, _, _ = acquire_once(cache, wheelhouse, "alpha==1.0")
+    assert key2 == key and not (template / "planted").exists()
+    sentinel.check("the rebuild of a damaged template")
+    plants += 1
+
+    # prune: a link inside a template, and a template that is a link
+    (template,) = template_dirs(cache)
+    unprotect(template)
+    os.symlink(target, template / "planted")
+    os.symlink(target, cache / "templates" / ("c" * 24))
+    (cache / "templates" / f"{'c' * 24}.json").write_text('{"key": "' + "c" * 24 + '"}')
+    cowenv_cli(cache, "prune", "--all")
+    sentinel.check("prune --all")
+    assert template_dirs(cache) == []
+    plants += 2
+    record_property("plants", plants)
+    record_property("inner_tests", INNER_TESTS)
+
+
+# --- the clone engine's clean-up of a failed clone ---------------------------------------
+
+
+@pytest.mark.parametrize("fs", FILESYSTEMS)
+@pytest.mark.parametrize("where", ["at", "below"])
+def test_a_failed_clone_removes_only_itself(
+    sentinel_at: Callable[[str], tuple[Path, Sentinel]],
+    fs: str,
+    where: str,
+    record_property: Callable[[str, object], None],
+) -> None:
+    from pytest_cowenv.clone import clone_tree
+
+    cache, sentinel = sentinel_at(fs)
+    src = cache / "src"
+    for i in range(4):
+        (src / f"d{i}").mkdir(parents=True)
+        (src / f"d{i}" / "f.txt").write_text(str(i))
+    dst = cache / "dst"
+    calls = []
+
+    def plant_then_fail() -> None:
+        calls.append(1)
+        if len(calls) == 2:
+            if where == "at":
+                os.rename(dst, cache / "moved")
+                os.symlink(sentinel.path, dst)
+            else:
+                os.symlink(sentinel.path, dst / "d0" / "planted")
+            raise KeyboardInterrupt  # the clone is abandoned: the engine removes dst
+
+    with pytest.raises(KeyboardInterrupt):
+        clone_tree(src, dst, "copy", pause=plant_then_fail, workers=1)
+    assert not os.path.lexists(dst)
+    sentinel.check(f"a failed clone with a link {where} its destination")
+    record_property("plants", 1)
+
+
+# --- another mount inside a stale run: never entered ---------------------------------------
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="bind mounts need root")
+@pytest.mark.parametrize("fs", FILESYSTEMS)
+def test_a_mount_inside_a_stale_run_is_never_entered(
+    sentinel_at: Callable[[str], tuple[Path, Sentinel]],
+    fs: str,
+    record_property: Callable[[str, object], None],
+) -> None:
+    from pytest_cowenv.store import prepare_root
+
+    cache, sentinel = sentinel_at(fs)
+    prepare_root(cache)
+    run = cache / "clones" / f"run-{DEAD_PID}-1-{HEX6}"
+    (run / "env-1" / "mnt").mkdir(parents=True)
+    (run / "env-1" / "junk.txt").write_text("ours")
+    mnt = run / "env-1" / "mnt"
+    subprocess.run(["mount", "--bind", str(sentinel.path), str(mnt)], check=True)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest_cowenv", "clean", "--dir", str(cache)],
+            capture_output=True, text=True, env=inner_env(), timeout=120, check=False,
+        )
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+        sentinel.check("clean of a run folder with a bind mount inside")
+        mounted = subprocess.run(["mountpoint", "-q", str(mnt)], check=False).returncode == 0
+        assert mounted, "the mount point itself was removed"
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+    sentinel.check("unmounting")
+    record_property("plants", 1)
+
+
+# --- cleaners racing ----------------------------------------------------------------------
+
+CLEANER = """
+import os, sys, time
+from collections.abc import Iterator
+from pathlib import Path
+from pytest_cowenv.maintenance import clean_stale
+from pytest_cowenv.store import Layout
+
+go = Path(sys.argv[2])
+while not go.exists():
+    time.sleep(0.001)
+clean_stale(Layout(sys.argv[1]))
+"""
+
+
+def _stale_run(cache: Path, fs: str) -> None:
+    """A killed run's folder: clones with read-only parts (snapshots of a read-only
+    subvolume on btrfs), a pool and a trash."""
+    from pytest_cowenv.clone import _platform, clone_tree
+
+    run = cache / "clones" / f"run-{DEAD_PID}-1-{HEX6}"
+    template = cache / "templates" / ("d" * 24)
+    if not template.exists():
+        (cache / "templates").mkdir(parents=True, exist_ok=True)
+        _platform.BACKEND.make_template_dir(str(template))
+        for i in range(30):
+            sub = template / "lib" / f"pkg{i}"
+            sub.mkdir(parents=True)
+            for j in range(10):
+                (sub / f"m{j}.py").write_text(f"x = {j}\n")
+            os.chmod(sub, 0o555)
+        _platform.BACKEND.set_readonly(str(template), True)
+    for folder in ("", "pool", "trash"):
+        (run / folder).mkdir(parents=True, exist_ok=True)
+        for n in range(2):
+            clone_tree(template, run / folder / f"env-{n}")
+
+
+@pytest.mark.parametrize("fs", ["btrfs", "xfs"])
+def test_cleaners_racing_on_one_stale_tree(
+    real_dir: Callable[[str], Path], fs: str, record_property: Callable[[str, object], None]
+) -> None:
+    """Start-up clean-up of N processes at once (xdist workers after a killed run): the
+    old error handler recursed on a vanished path until RecursionError."""
+    cache = real_dir(fs)
+    cleaners, rounds = 6, 5
+    for r in range(rounds):
+        (cache / "clones").mkdir(exist_ok=True)
+        (cache / "tmp").mkdir(exist_ok=True)
+        _stale_run(cache, fs)
+        go = cache / f"go-{r}"
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", CLEANER, str(cache), str(go)],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=inner_env(),
+            )
+            for _ in range(cleaners)
+        ]
+        go.touch()
+        outs = [p.communicate(timeout=120)[0].decode(errors="replace") for p in procs]
+        for proc, out in zip(procs, outs):
+            assert proc.returncode == 0 and not out, f"round {r}: a cleaner failed:\n{out}"
+        assert os.listdir(cache / "clones") == [], f"round {r}: the stale run survived"
+    record_property("races", rounds * cleaners)

@@ -38,7 +38,7 @@ def repack(name: str, directory: Path) -> Path:
                 continue  # scripts are regenerated from entry_points.txt by the installer
             if rel.endswith("direct_url.json"):
                 continue
-            data = file.locate().read_bytes()
+            data = Path(file.locate()).read_bytes()
             zf.writestr(rel, data)
             records.append(f"{rel},{_hash(data)},{len(data)}")
         records.append(f"{info_dir}/RECORD,,")

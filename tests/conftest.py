@@ -16,13 +16,16 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import pytest
 
 from pytest_cowenv import fs
 from pytest_cowenv._install import uv_binary
 from pytest_cowenv.clone import forget_decisions, remove_tree
+
+if TYPE_CHECKING:  # pytest.TerminalReporter is public from pytest 8 on; we support 7.4
+    from _pytest.terminal import TerminalReporter
 
 REAL_FILESYSTEMS = ("btrfs", "xfs", "ext4", "tmpfs")
 
@@ -78,7 +81,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return [_fs_line()[0], f"cowenv uv route: {uv_problem() or 'tested'}"]
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+def pytest_terminal_summary(terminalreporter: TerminalReporter) -> None:
     """Under CI a missing filesystem or uv means unproven code: say so where the eye lands."""
     if os.environ.get("CI") != "true":
         return

@@ -584,7 +584,11 @@ def test_windows_engine_never_asks_for_a_directory_clone(
         raise PermissionError(errno.EACCES, "Access is denied", src)
 
     monkeypatch.setattr(windows, "clone_dir", access_denied)
-    monkeypatch.setattr(windows, "is_dir_clonable", lambda src: asked.append(src) or True)
+    def clonable(src: str) -> bool:
+        asked.append(src)
+        return True
+
+    monkeypatch.setattr(windows, "is_dir_clonable", clonable)
     for mode in ("auto", "clone"):
         result = clone_tree(src_tree, tmp_path / mode, mode)
         assert (result.strategy, result.fallback_reason) == ("clone", None)

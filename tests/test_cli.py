@@ -395,7 +395,8 @@ def test_readme_examples_run(tmp_path: Path, wheels: Path) -> None:
 
 
 def test_console_script_entry_point() -> None:
-    from importlib.metadata import entry_points
+    from importlib.metadata import distribution
 
-    scripts = {e.name: e.value for e in entry_points(group="console_scripts")}
+    points = distribution("pytest-cowenv").entry_points  # entry_points(group=) is 3.10+
+    scripts = {e.name: e.value for e in points if e.group == "console_scripts"}
     assert scripts.get("pytest-cowenv") == "pytest_cowenv.cli:main"

@@ -25,6 +25,7 @@ from _helpers import INTERNAL_FRAME, fast_dir, remove_cache
 from _wheels import standard_wheelhouse
 from pytest_cowenv import spec as spec_module
 from pytest_cowenv import template as template_module
+from pytest_cowenv._install import build_wheel
 from pytest_cowenv.clone import forget_decisions
 from pytest_cowenv.plugin import MARKER_DOC, SILENCE_COPIES
 
@@ -341,7 +342,7 @@ def test_project_is_built_once_and_installed(
     pytester: pytest.Pytester, run: Run, cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     builds: list[str] = []
-    real = template_module.build_wheel
+    real = build_wheel  # as template.py imported it
 
     def counting(project: Path, *args: Any, **kwargs: Any) -> Any:
         builds.append(project.name)

@@ -132,8 +132,8 @@ def test_key_ignores_tool_state_when_home_is_the_project(
     (project / "tests" / "home").mkdir(parents=True)
     (project / "pyproject.toml").write_text("[project]\nname = 'proj'\n")
     (project / ".config-of-proj").mkdir()
-    before = {home: None for home in ("", "tests/home")}
-    for home in before:
+    before: dict[str, str] = {}
+    for home in ("", "tests/home"):
         monkeypatch.setenv("HOME", str(project / home))
         before[home] = spec(str(project)).key()
         state = project / home / ".rustup"  # pip runs rustc, whose rustup writes ~/.rustup

@@ -19,7 +19,9 @@ from typing import Callable
 
 import pytest
 
-from ._reliability import cowenv_cli, inner_env, wait_for
+from _helpers import wait_for
+
+from ._reliability import cowenv_cli, inner_env
 
 KEY = "0123abcd" * 3  # the shape of a template key
 

@@ -6,6 +6,7 @@ Nothing here needs pip *inside* the environment: templates are lean by default.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -128,6 +129,63 @@ def installer_identity() -> str:
         return "pip (missing)"
 
 
+# Variables that change what pip or uv would resolve or where they look: part of every
+# template's key (README, "What makes a new template"). pip reads PIP_<OPTION> for each of
+# its options; these are the options that change the result. UV_PYTHON is in LEAKY_VARS.
+RESOLVER_VARS = (
+    "PIP_CONFIG_FILE",
+    "PIP_INDEX_URL",
+    "PIP_EXTRA_INDEX_URL",
+    "PIP_FIND_LINKS",
+    "PIP_NO_INDEX",
+    "PIP_CONSTRAINT",
+    "PIP_PRE",
+    "PIP_ONLY_BINARY",
+    "PIP_NO_BINARY",
+    "PIP_PREFER_BINARY",
+    "PIP_REQUIRE_HASHES",
+    "UV_CONFIG_FILE",
+    "UV_NO_CONFIG",
+    "UV_INDEX",
+    "UV_DEFAULT_INDEX",
+    "UV_INDEX_URL",
+    "UV_EXTRA_INDEX_URL",
+    "UV_FIND_LINKS",
+    "UV_INDEX_STRATEGY",
+    "UV_OFFLINE",
+    "UV_CONSTRAINT",
+    "UV_BUILD_CONSTRAINT",
+    "UV_OVERRIDE",
+    "UV_EXCLUDE_NEWER",
+    "UV_PRERELEASE",
+    "UV_RESOLUTION",
+    "UV_FORK_STRATEGY",
+    "UV_NO_BINARY",
+    "UV_NO_BUILD",
+    "UV_NO_SOURCES",
+    "UV_TORCH_BACKEND",
+)
+
+
+_FILE_VARS = ("PIP_CONSTRAINT", "UV_CONSTRAINT", "UV_BUILD_CONSTRAINT", "UV_OVERRIDE")
+
+
+def resolver_environment() -> dict[str, str]:
+    """The :data:`RESOLVER_VARS` that are set, with their values, and the content hash of
+    each constraints or overrides file they name (for the cache key)."""
+    import hashlib
+
+    found = {name: os.environ[name] for name in RESOLVER_VARS if os.environ.get(name)}
+    for name in _FILE_VARS:
+        for path in found.get(name, "").split():
+            try:
+                with open(os.path.expanduser(path), "rb") as f:
+                    found[f"{name} {path}"] = hashlib.sha256(f.read()).hexdigest()
+            except OSError:
+                found[f"{name} {path}"] = "unreadable"  # the installer will say why
+    return found
+
+
 def clean_env(extra: Optional[dict[str, str]] = None) -> dict[str, str]:
     """The outer environment minus the variables that would leak into a child interpreter."""
     env = {k: v for k, v in os.environ.items() if k not in LEAKY_VARS}
@@ -148,8 +206,11 @@ def _index_args(index: IndexOptions, *, uv: bool) -> list[str]:
     return args
 
 
-def install_command(python: Path, items: Sequence[str], index: IndexOptions) -> list[str]:
-    """The command that installs ``items`` (requirements or local wheels) into ``python``'s env."""
+def install_command(
+    python: Path, items: Sequence[str], index: IndexOptions, extra: Sequence[str] = ()
+) -> list[str]:
+    """The command that installs ``items`` (requirements or local wheels) into ``python``'s env;
+    ``extra`` are more installer arguments (``-r file``, ``-c file``, ``--no-deps``, ...)."""
     uv = uv_binary()
     if uv:
         return [
@@ -163,6 +224,7 @@ def install_command(python: Path, items: Sequence[str], index: IndexOptions) -> 
             "--link-mode=clone",
             "--quiet",
             *_index_args(index, uv=True),
+            *extra,
             *items,
         ]
     return [
@@ -180,6 +242,7 @@ def install_command(python: Path, items: Sequence[str], index: IndexOptions) -> 
         # compiles on import what it installs itself, like uv does.
         "--no-compile",
         *_index_args(index, uv=False),
+        *extra,
         *items,
     ]
 
@@ -207,6 +270,17 @@ def failure_message(what: str, cmd: Sequence[str], code: int, output: str) -> st
         (ln.strip() for ln in reversed(lines) if "error" in ln.lower()),
         lines[-1].strip() if lines else f"exit code {code}",
     )
+    # pip names the packages whose hashes differ on the lines before each "Expected".
+    mismatched = [
+        re.sub(r" \(from -r .*\)$", "", lines[i - 1].strip().rstrip(":"))
+        for i, ln in enumerate(lines)
+        if i and ln.strip().startswith("Expected ") and "DO NOT MATCH THE HASHES" in output
+    ]
+    if mismatched:
+        culprit = f"hash mismatch: {'; '.join(mismatched)}"
+    else:  # uv says it below the error it caused ("Caused by: Hash mismatch for `x==1`")
+        found = [ln.strip() for ln in lines if "hash mismatch" in ln.lower()]
+        culprit = found[0].removeprefix("Caused by: ") if found else culprit
     tail = "\n".join(lines[-30:])
     return f"{what}: {culprit}\ncommand: {' '.join(str(c) for c in cmd)} (exit code {code})\n{tail}"
 

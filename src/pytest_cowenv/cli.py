@@ -64,6 +64,26 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--index-url", metavar="URL", help="package index to use")
     build.add_argument("--offline", action="store_true", help="no index at all (use --find-links)")
     build.add_argument("--project", metavar="DIR", help="also install the project at DIR")
+    build.add_argument(
+        "-r", "--requirement", action="append", default=[], metavar="FILE",
+        help="requirements file (repeatable)",
+    )
+    build.add_argument(
+        "-c", "--constraint", action="append", default=[], metavar="FILE",
+        help="constraints file (repeatable)",
+    )
+    build.add_argument(
+        "--group", action="append", default=[], metavar="NAME",
+        help="dependency group of pyproject.toml (of --project, else here) or of --lock",
+    )
+    build.add_argument(
+        "--extra", action="append", default=[], metavar="NAME", help="extra of the project"
+    )
+    build.add_argument("--lock", metavar="FILE", help="pylock.toml or uv.lock to install exactly")
+    build.add_argument(
+        "--resolution", choices=("highest", "lowest", "lowest-direct"), help="uv only"
+    )
+    build.add_argument("--exclude-newer", metavar="DATE", help="uv only")
     prune = command("prune", cmd_prune, "remove templates unused for a while; never one in use")
     which = prune.add_mutually_exclusive_group()
     which.add_argument(
@@ -263,8 +283,18 @@ def cmd_build(args: argparse.Namespace) -> int:
     index = IndexOptions(
         tuple(os.path.abspath(p) for p in args.find_links), args.index_url, args.offline
     )
+    files = [f"-r {p}" for p in args.requirement] + [f"-c {p}" for p in args.constraint]
     spec = TemplateSpec.create(
-        args.specs, python=args.python, project=args.project, pip=args.pip, index=index
+        [*args.specs, *files],
+        python=args.python,
+        project=args.project,
+        pip=args.pip,
+        index=index,
+        groups=args.group,
+        extras=args.extra,
+        lock=args.lock,
+        resolution=args.resolution,
+        exclude_newer=args.exclude_newer,
     )
     cache = TemplateCache(prepare_root(_root(args)))
     start = time.perf_counter()

@@ -23,14 +23,18 @@ if TYPE_CHECKING:
 
 LINK_MODES = ("auto", "snapshot", "clone", "hardlink", "copy")
 KEEP_VALUES = ("none", "failed", "all")
-MARKER_KEYWORDS = ("python", "project", "link_mode", "pip")
+SPEC_KEYWORDS = ("groups", "extras", "lock", "resolution", "exclude_newer")
+MARKER_KEYWORDS = ("python", "project", "link_mode", "pip", *SPEC_KEYWORDS)
 MARKER_DOC = (
-    "cowenv(*requirements, python=None, project=False, link_mode=None, pip=False): "
+    "cowenv(*requirements, python=None, project=False, link_mode=None, pip=False, "
+    "groups=(), extras=(), lock=None, resolution=None, exclude_newer=None): "
     "give the `cowenv` fixture a private copy-on-write virtual environment with these "
-    "requirements (PEP 508 strings, local wheels or project directories; paths are relative "
-    "to the test file). python: version or path of the interpreter; project: True for the "
-    "project at rootdir or a directory; link_mode: auto|snapshot|clone|hardlink|copy; pip: "
-    "seed pip into the environment."
+    "requirements (PEP 508 strings, local wheels, project directories, '-r file' or "
+    "'-c file'; paths are relative to the test file). python: version or path of the "
+    "interpreter; project: True for the project at rootdir or a directory; link_mode: "
+    "auto|snapshot|clone|hardlink|copy; pip: seed pip into the environment; groups/extras: "
+    "dependency groups and extras of the project's pyproject.toml (or the lock's); lock: "
+    "a pylock.toml or uv.lock to install exactly; resolution/exclude_newer: passed to uv."
 )
 DEFAULT_POOL = 2
 
@@ -44,6 +48,7 @@ class Options:
     """
 
     __slots__ = (
+        "constraints",
         "find_links",
         "index_url",
         "keep",
@@ -69,7 +74,9 @@ class Options:
         pip: bool = False,
         requirements: tuple[str, ...] = (),
         pool: int = DEFAULT_POOL,
+        constraints: tuple[str, ...] = (),
     ) -> None:
+        self.constraints = constraints
         self.root = root
         self.link_mode = link_mode
         self.keep = keep
@@ -95,6 +102,7 @@ class Options:
             pip=self.pip,
             requirements=self.requirements,
             pool=self.pool,
+            constraints=self.constraints,
         )
 
 
@@ -160,9 +168,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         default=False,
     )
+    option(
+        "constraint",
+        "constraints file applied to every template build, like PIP_CONSTRAINT "
+        "(repeatable; its content is part of each template's key)",
+        ini_type="linelist",
+        action="append",
+        metavar="FILE",
+    )
     parser.addini(
         "cowenv_requirements",
-        "requirements of the `cowenv` fixture when no marker gives any",
+        "requirements of the `cowenv` fixture when no marker gives any ('-r FILE' and "
+        "'-c FILE' lines are relative to the ini file)",
         type="linelist",
     )
     parser.addini(
@@ -219,6 +236,15 @@ def make_options(config: pytest.Config) -> Options:
         find_links = tuple(_path(config, str(p), "cli") for p in links)
     else:
         find_links = tuple(_path(config, str(p), "ini") for p in config.getini("cowenv_find_links"))
+    given = config.getoption("cowenv_constraint")
+    where = "--cowenv-constraint" if given else "ini cowenv_constraint"
+    constraints = tuple(
+        _path(config, str(p), "cli" if given else "ini")
+        for p in (given or config.getini("cowenv_constraint"))
+    )
+    for path in constraints:
+        if not os.path.isfile(path):
+            raise pytest.UsageError(f"{where}: no such constraints file {path}")
     offline = config.getoption("cowenv_offline")
     if offline is None:
         offline = config.getini("cowenv_offline")
@@ -236,9 +262,23 @@ def make_options(config: pytest.Config) -> Options:
         index_url=_pick(config, "index_url")[0],
         offline=bool(offline),
         pip=bool(config.getini("cowenv_pip")),
-        requirements=tuple(config.getini("cowenv_requirements")),
+        requirements=tuple(
+            _ini_requirement(config, line) for line in config.getini("cowenv_requirements")
+        ),
         pool=pool,
+        constraints=constraints,
     )
+
+
+def _ini_requirement(config: pytest.Config, line: str) -> str:
+    """An ini ``-r FILE``/``-c FILE`` line names its file relative to the ini file (it is
+    written there); other lines stay as they are."""
+    from ._reqfile import file_item
+
+    named = file_item(line)
+    if named is None:
+        return line
+    return f"{named[0]} {_path(config, named[1], 'ini')}"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -329,6 +369,9 @@ def _check_options(options: dict[str, Any]) -> None:
     pip = options.get("pip")
     if pip is not None and not isinstance(pip, bool):
         raise SpecError(f"pip={pip!r}: give True or False")
+    lock = options.get("lock")
+    if lock is not None and not isinstance(lock, (str, os.PathLike)):
+        raise SpecError(f"lock={lock!r}: give the path of a pylock.toml or uv.lock")
 
 
 def _check_outside(local: tuple[str, ...], root: Optional[str]) -> None:
@@ -360,12 +403,17 @@ def _make_spec(
     """The spec of a marker or factory call: relative paths are taken from ``base_dir``."""
     _check_options(kwargs)
     project = kwargs.get("project")
+    # The ini's requirements stand in for a marker that names no environment at all; a
+    # marker with groups, extras or a lock names one.
+    named = any(kwargs.get(name) for name in ("groups", "extras", "lock"))
     spec = session.spec(
-        args or session.settings.requirements,
+        args or (() if named else session.settings.requirements),
         python=kwargs.get("python"),
         project=config.rootpath if project is True else (project or None),
         pip=kwargs.get("pip"),
         base_dir=base_dir,
+        pyproject_dir=config.rootpath,
+        **{name: kwargs[name] for name in SPEC_KEYWORDS if kwargs.get(name) is not None},
     )
     _check_outside(spec.local, session.settings.root)
     return spec
@@ -445,7 +493,8 @@ def cowenv(request: pytest.FixtureRequest) -> Iterator[CowEnv]:
     """A private virtual environment for this test (a :class:`~pytest_cowenv.CowEnv`).
 
     Its spec comes from the closest ``@pytest.mark.cowenv(*requirements, python=None,
-    project=False, link_mode=None, pip=False)`` marker (function, then class, then module
+    project=False, link_mode=None, pip=False, groups=(), extras=(), lock=None,
+    resolution=None, exclude_newer=None)`` marker (function, then class, then module
     ``pytestmark``); when that gives no requirements, from the ini option
     ``cowenv_requirements``. The template is built once and cached across runs; the test
     gets a copy-on-write clone, removed at teardown (see ``--cowenv-keep``).
@@ -459,8 +508,9 @@ def cowenv(request: pytest.FixtureRequest) -> Iterator[CowEnv]:
 
 @pytest.fixture
 def cowenv_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., CowEnv]]:
-    """``cowenv_factory(*requirements, python=None, project=False, link_mode=None, pip=False)``
-    returns a fresh private clone per call (same arguments as the ``cowenv`` marker; with no
+    """``cowenv_factory(*requirements, python=None, project=False, link_mode=None, pip=False,
+    groups=(), extras=(), lock=None, resolution=None, exclude_newer=None)`` returns a fresh
+    private clone per call (same arguments as the ``cowenv`` marker; with no
     requirements, ini ``cowenv_requirements``). All are removed after the test."""
     made: list[CowEnv] = []
 

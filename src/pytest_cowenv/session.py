@@ -43,6 +43,7 @@ class Settings:
     pip: bool = False
     requirements: tuple[str, ...] = ()
     pool: int = 2
+    constraints: tuple[str, ...] = ()  # constraints files applied to every template build
 
 
 @dataclass
@@ -214,7 +215,10 @@ class CowEnvSession:
         project: Any = None,
         pip: Optional[bool] = None,
         base_dir: Any = None,
+        **more: Any,
     ) -> TemplateSpec:
+        """A spec with this run's settings; ``more`` are :meth:`TemplateSpec.create`'s
+        other keywords (``groups``, ``extras``, ``lock``, ``resolution``, ...)."""
         s = self.settings
         return TemplateSpec.create(
             requirements,
@@ -223,6 +227,8 @@ class CowEnvSession:
             pip=s.pip if pip is None else pip,
             index=s.index,
             base_dir=base_dir,
+            constraint_files=s.constraints,
+            **more,
         )
 
     def acquire(

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import sysconfig
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
@@ -16,7 +17,15 @@ from typing import Any, Optional, Union
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-from ._install import IndexOptions, installer_identity, project_filter
+from ._groups import check_extras, extra_requirements, group_requirements
+from ._install import (
+    IndexOptions,
+    installer_identity,
+    project_filter,
+    resolver_environment,
+    uv_binary,
+)
+from ._reqfile import ReadFiles, file_item
 from .errors import SpecError
 
 FORMAT_VERSION = 1
@@ -43,15 +52,29 @@ class Interpreter:
         return [self.executable, st.st_size, st.st_mtime_ns]
 
 
+RESOLUTIONS = ("highest", "lowest", "lowest-direct")
+# Fields that only say where a spec came from: shown to people, never part of the key.
+_DISPLAY_FIELDS = ("shown",)
+
+
 @dataclass(frozen=True)
 class TemplateSpec:
     """A normalised environment spec. Build it with :meth:`create`, which validates."""
 
-    requirements: tuple[str, ...] = ()  # normalised PEP 508 strings, sorted
+    requirements: tuple[str, ...] = ()  # normalised PEP 508 strings (+ " --hash=..."), sorted
     local: tuple[str, ...] = ()  # absolute paths of local wheels, sdists and project dirs
     python: Optional[str] = None
     index: IndexOptions = field(default_factory=IndexOptions)
     pip: bool = False
+    constraints: tuple[str, ...] = ()  # normalised, from -c files and --cowenv-constraint
+    options: tuple[str, ...] = ()  # index options found in requirement files, in order
+    sources: tuple[str, ...] = ()  # sha256 of every file read (requirement files, locks)
+    project: Optional[str] = None  # the project among ``local``, installed with ``extras``
+    extras: tuple[str, ...] = ()
+    locked: bool = False  # ``requirements`` are a lock's exact set: installed without deps
+    resolution: Optional[str] = None  # uv only
+    exclude_newer: Optional[str] = None  # uv only
+    shown: tuple[str, ...] = ()  # what describe() shows: where the spec came from
 
     @classmethod
     def create(
@@ -63,35 +86,110 @@ class TemplateSpec:
         pip: bool = False,
         index: Optional[IndexOptions] = None,
         base_dir: Union[str, os.PathLike[str], None] = None,
+        constraint_files: Sequence[Union[str, os.PathLike[str]]] = (),
+        groups: Sequence[str] = (),
+        extras: Sequence[str] = (),
+        lock: Union[str, os.PathLike[str], None] = None,
+        pyproject_dir: Union[str, os.PathLike[str], None] = None,
+        resolution: Optional[str] = None,
+        exclude_newer: Optional[str] = None,
     ) -> TemplateSpec:
-        """Validate and normalise. Relative paths are taken from ``base_dir`` (default: cwd)."""
+        """Validate and normalise. Relative paths are taken from ``base_dir`` (default: cwd);
+        inside a requirement file, from that file's folder. ``groups`` and ``extras`` come
+        from the ``pyproject.toml`` of ``project`` (else ``pyproject_dir``, else
+        ``base_dir``), or select from ``lock`` when one is given."""
         if isinstance(requirements, (str, os.PathLike)):
             requirements = [requirements]
         base = Path(base_dir) if base_dir is not None else Path.cwd()
+        groups, extras = _names("groups", groups), _names("extras", extras)
         reqs: set[str] = set()
         local: set[str] = set()
+        shown: list[str] = []
+        direct: list[str] = []
+        bare: set[str] = set()
+        files = ReadFiles()
         for item in requirements:
             if not isinstance(item, (str, os.PathLike)):
                 raise SpecError(f"{item!r}: a requirement must be a string or a path")
             text = os.fspath(item).strip()
-            if _looks_local(text):
+            named = file_item(text)
+            if named is not None:
+                files.read(named[0], named[1], base)
+                shown.append(f"{named[0]} {_short(named[1])}")
+            elif _looks_local(text):
                 local.add(str(_existing(base / text, text)))
+                direct.append(os.path.basename(text.rstrip("/\\")))
             else:
-                reqs.add(normalise_requirement(text))
+                bare.add(normalise_requirement(text))
+        reqs |= bare
+        for path in constraint_files:
+            files.read("-c", os.fspath(path), base)
+        for text, hashes in files.requirements:
+            reqs.add(normalise_requirement(text) + "".join(f" --hash={h}" for h in hashes))
+        for as_given, path in files.local:
+            local.add(str(_existing(path, as_given)))
+        constraints = {normalise_requirement(text) for text in files.constraints}
+        direct += sorted(bare)
+        project_dir = None
         if project is not None:
-            local.add(str(_existing(base / os.fspath(project), os.fspath(project))))
+            project_dir = str(_existing(base / os.fspath(project), os.fspath(project)))
+            local.add(project_dir)
+        toml_dir = Path(project_dir or pyproject_dir or base)
+        sources = dict(files.sources)
+        locked = lock is not None
         if python is not None:
             if not isinstance(python, str) or not python.strip():
                 raise SpecError(f"python={python!r}: give a version like '3.12' or a path")
             python = python.strip()
             find_interpreter(python)  # fail now, with the culprit named, not at build time
+        if locked:
+            from ._lock import locked_set
+
+            found = locked_set(
+                base / os.fspath(lock),  # type: ignore[arg-type]
+                os.fspath(lock),  # type: ignore[arg-type]
+                groups,
+                extras,
+                None if python is None else find_interpreter(python).executable,
+            )
+            _check_against_lock(reqs, found.pins, found.shown)
+            reqs = set(found.requirements)
+            local |= set(found.local)
+            sources.update(found.sources)
+            shown.insert(0, found.shown)
+        else:
+            if groups:
+                reqs |= {normalise_requirement(r) for r in group_requirements(toml_dir, groups)}
+                shown.append(f"pyproject.toml [group {', '.join(groups)}]")
+            if extras and project_dir is None:
+                reqs |= {normalise_requirement(r) for r in extra_requirements(toml_dir, extras)}
+                shown.append(f"pyproject.toml [extra {', '.join(extras)}]")
+            elif extras:
+                check_extras(toml_dir, extras)
+        if project_dir is not None:
+            name = os.path.basename(project_dir)
+            direct.append(f"{name}[{','.join(extras)}]" if extras and not locked else name)
+        resolution, exclude_newer = _uv_options(resolution, exclude_newer, locked)
         return cls(
-            tuple(sorted(reqs)), tuple(sorted(local)), python, index or IndexOptions(), bool(pip)
+            requirements=tuple(sorted(reqs)),
+            local=tuple(sorted(local)),
+            python=python,
+            index=index or IndexOptions(),
+            pip=bool(pip),
+            constraints=tuple(sorted(constraints)),
+            options=tuple(dict.fromkeys(files.options)),
+            sources=tuple(sorted(set(sources.values()))),
+            project=project_dir,
+            extras=extras if project_dir is not None and not locked else (),
+            locked=locked,
+            resolution=resolution,
+            exclude_newer=exclude_newer,
+            shown=tuple([*shown, *direct]),
         )
 
     def describe(self) -> str:
-        """Short human form, culprit first: ``requests>=2.31, rich (python 3.12)``."""
-        items = [*self.requirements, *(os.path.basename(p) for p in self.local)] or ["(empty)"]
+        """Short human form, culprit first: ``-r requirements/test.txt, rich (python 3.12)``."""
+        items = list(self.shown) or ["(empty)"]
         extra = f" (python {self.python})" if self.python else ""
         return ", ".join(items) + extra + (" +pip" if self.pip else "")
 
@@ -103,15 +201,69 @@ class TemplateSpec:
     def key(self) -> str:
         """The content hash that names this spec's template."""
         interp = find_interpreter(self.python)
+        spec = {k: v for k, v in self.as_dict().items() if k not in _DISPLAY_FIELDS}
         payload = {
             "format": FORMAT_VERSION,
-            "spec": self.as_dict(),
+            "spec": spec,
             "local": [content_hash(Path(p)) for p in self.local],
             "python": asdict(interp),
             "installer": installer_identity(),
+            "resolver_env": resolver_environment(),
         }
         raw = json.dumps(payload, sort_keys=True).encode()
         return hashlib.sha256(raw).hexdigest()[:24]
+
+
+def _names(what: str, names: Any) -> tuple[str, ...]:
+    if isinstance(names, str):
+        names = (names,)
+    if not isinstance(names, (tuple, list)) or not all(
+        isinstance(n, str) and n.strip() for n in names
+    ):
+        raise SpecError(f"{what}={names!r}: give a tuple of names, e.g. {what}=('test',)")
+    return tuple(dict.fromkeys(canonicalize_name(n) for n in names))
+
+
+def _short(path: str) -> str:
+    """An absolute path (an ini's, made absolute) as seen from the current directory, when
+    it lies below it; any other path as given."""
+    if os.path.isabs(path):
+        rel = os.path.relpath(path)
+        if not rel.startswith(os.pardir):
+            return rel
+    return path
+
+
+def _uv_options(
+    resolution: Optional[str], exclude_newer: Optional[str], locked: bool
+) -> tuple[Optional[str], Optional[str]]:
+    for name, value in (("resolution", resolution), ("exclude_newer", exclude_newer)):
+        if value is None:
+            continue
+        if not isinstance(value, str) or not value.strip():
+            raise SpecError(f"{name}={value!r}: give a string")
+        if locked:
+            raise SpecError(f"{name}={value!r} has no meaning with lock=: a lock is resolved")
+        if uv_binary() is None:
+            raise SpecError(
+                f"{name}={value!r} needs uv (pip cannot choose versions that way): "
+                "pip install uv"
+            )
+    if resolution is not None and resolution not in RESOLUTIONS:
+        raise SpecError(f"resolution={resolution!r} is not one of {', '.join(RESOLUTIONS)}")
+    return resolution, exclude_newer.strip() if exclude_newer else None
+
+
+def _check_against_lock(reqs: set[str], pins: dict[str, str], lock: str) -> None:
+    """A bare requirement beside lock= must agree with the locked version (it then adds
+    nothing); anything else contradicts the lock."""
+    for text in sorted(reqs):
+        req = Requirement(text.split(" --hash=")[0])
+        name = canonicalize_name(req.name)
+        if name not in pins:
+            raise SpecError(f"{text}: not in {lock}; add it to the lock, not beside lock=")
+        if pins[name] and not req.specifier.contains(pins[name], prereleases=True):
+            raise SpecError(f"{text}: contradicts {lock}, which pins {name} {pins[name]}")
 
 
 def _looks_local(text: str) -> bool:

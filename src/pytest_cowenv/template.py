@@ -26,11 +26,11 @@ from ._install import (
     build_wheel,
     clean_env,
     failure_message,
-    install_command,
     installer_identity,
     run_installer,
 )
 from ._owner import lock_dir
+from ._plan import install_commands
 from ._relocate import point_at_sources, relocate
 from .clone import Tree, remove_tree, walk_tree
 from .clone import _platform as clone_platform
@@ -312,21 +312,17 @@ def build_env(
         clone_platform.BACKEND.make_template_dir(str(env))
         create_base_env(env, interp.executable, pip=spec.pip, what=spec.describe())
     python = env / "bin" / "python"
-    items = list(spec.requirements)
     origins: dict[Path, Path] = {}
+    wheels: dict[str, Path] = {}
     for local in map(Path, spec.local):
         if local.is_dir():
             with timed(phases, "wheels"):
                 wheel = build_wheel(local, work, interp.executable, spec.index)
             origins[wheel] = local
-            items.append(str(wheel))
-        else:
-            items.append(str(local))
-    if items:
+            wheels[str(local)] = wheel
+    for command in install_commands(spec, python, work, wheels):
         with timed(phases, "install"):
-            run_installer(
-                install_command(python, items, spec.index), f"{spec.describe()}: installing failed"
-            )
+            run_installer(command, f"{spec.describe()}: installing failed")
     with timed(phases, "relocate"):
         relocate(env, env)
         point_at_sources(site_packages(env), origins)

@@ -1,0 +1,220 @@
+"""Lock files as specs: PEP 751 ``pylock.toml`` directly, ``uv.lock`` through ``uv export``.
+
+A lock becomes the exact set of files to install for the template's interpreter: markers
+evaluated and one wheel chosen by ``packaging.pylock`` (packaging >= 26.1), each file named
+with its locked hashes, so that pip or uv install it in hash-checking mode, without
+resolving anything (``--no-deps``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from ._groups import loads_toml, read_toml
+from ._install import clean_env, uv_binary
+from .errors import SpecError
+
+# The hash algorithms both pip and uv check (PEP 751 allows others; they are of no use here).
+_CHECKABLE = ("sha256", "sha384", "sha512")
+
+
+@dataclass
+class Locked:
+    requirements: list[str] = field(default_factory=list)  # "name @ url --hash=algo:hex"
+    local: list[str] = field(default_factory=list)  # locked project directories
+    pins: dict[str, str] = field(default_factory=dict)  # name -> locked version ("" unknown)
+    sources: dict[str, str] = field(default_factory=dict)  # path -> sha256 of content
+    shown: str = ""
+
+
+def locked_set(
+    path: Path,
+    given: str,
+    groups: Sequence[str],
+    extras: Sequence[str],
+    python: Optional[str],
+) -> Locked:
+    """What ``path`` locks for the interpreter ``python`` (None: this one)."""
+    path = path.expanduser().resolve()
+    if not path.is_file():
+        raise SpecError(f"lock={given!r}: no such file ({path})")
+    selection = f" [{'; '.join(_parts(groups, extras))}]" if groups or extras else ""
+    if path.name == "uv.lock":
+        data, sources = _export_uv_lock(path, given, groups, extras)
+        groups, extras = (), ()  # uv selected them in the export
+        base = path.parent
+    elif path.name == "pylock.toml" or (path.name.startswith("pylock.") and path.suffix == ".toml"):
+        data = read_toml(path, f"lock={given!r}")
+        sources = {str(path): _sha256(path)}
+        base = path.parent
+    else:
+        raise SpecError(
+            f"lock={given!r}: not a lock file name pytest-cowenv knows (pylock.toml, "
+            "pylock.NAME.toml or uv.lock)"
+        )
+    found = _select(data, path, given, groups, extras, python, base)
+    found.sources.update(sources)
+    found.shown = f"{given}{selection}"
+    return found
+
+
+def _parts(groups: Sequence[str], extras: Sequence[str]) -> list[str]:
+    out = []
+    if groups:
+        out.append(f"group {', '.join(groups)}")
+    if extras:
+        out.append(f"extra {', '.join(extras)}")
+    return out
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _select(
+    data: dict[str, Any],
+    path: Path,
+    given: str,
+    groups: Sequence[str],
+    extras: Sequence[str],
+    python: Optional[str],
+    base: Path,
+) -> Locked:
+    try:
+        from packaging.pylock import (
+            PackageDirectory,
+            PackageVcs,
+            Pylock,
+            PylockSelectError,
+            PylockValidationError,
+        )
+    except ImportError:  # pragma: no cover - packaging < 26.1 (Python 3.9 cannot have more)
+        raise SpecError(
+            f"lock={given!r}: lock files need packaging >= 26.1 (pip install -U packaging)"
+        ) from None
+    try:
+        lock = Pylock.from_dict(data)
+    except PylockValidationError as exc:
+        raise SpecError(f"lock={given!r}: {path} is not a valid lock file: {exc}") from None
+    environment, tags = _target(python, given)
+    try:
+        chosen = list(
+            lock.select(
+                environment=environment,  # type: ignore[arg-type]
+                tags=tags,
+                extras=extras or None,
+                dependency_groups=groups or None,
+            )
+        )
+    except PylockSelectError as exc:
+        where = f"python {python}" if python else "this interpreter"
+        raise SpecError(f"lock={given!r}: nothing installable for {where}: {exc}") from None
+    found = Locked()
+    for package, dist in chosen:
+        name = str(package.name)
+        found.pins[name] = str(package.version) if package.version else ""
+        if isinstance(dist, PackageDirectory):
+            found.local.append(str((base / dist.path).resolve()))
+            continue
+        if isinstance(dist, PackageVcs):
+            raise SpecError(
+                f"lock={given!r}: {name} comes from version control, which pytest-cowenv "
+                "cannot install with hash checks; lock a wheel or an sdist of it"
+            )
+        url = dist.url if dist.path is None else (base / dist.path).resolve().as_uri()
+        usable = [f"--hash={a}:{dist.hashes[a]}" for a in _CHECKABLE if a in dist.hashes]
+        if not usable:
+            raise SpecError(
+                f"lock={given!r}: {name} has no {'/'.join(_CHECKABLE)} hash to check "
+                f"(only {', '.join(dist.hashes)})"
+            )
+        found.requirements.append(f"{name} @ {url} {' '.join(usable)}")
+    return found
+
+
+_TARGET_PROBE = (
+    "import json, sys; sys.path.insert(0, sys.argv[1]); "
+    "from packaging import markers, tags; "
+    "print(json.dumps([markers.default_environment(), [str(t) for t in tags.sys_tags()]]))"
+)
+
+
+def _target(python: Optional[str], given: str) -> tuple[dict[str, str], list[Any]]:
+    """Marker environment and wheel tags of the interpreter ``python`` (None: this one)."""
+    from packaging import markers, tags
+
+    if python is None:
+        return {k: str(v) for k, v in markers.default_environment().items()}, list(
+            tags.sys_tags()
+        )
+    # The other interpreter asks our own packaging (pure Python) about itself.
+    where = os.path.dirname(os.path.dirname(os.path.abspath(markers.__file__)))
+    try:
+        out = subprocess.run(
+            [python, "-I", "-c", _TARGET_PROBE, where],
+            capture_output=True,
+            text=True,
+            check=True,
+            stdin=subprocess.DEVNULL,
+            env=clean_env(),
+            timeout=60,
+        )
+        environment, names = json.loads(out.stdout)
+    except (OSError, subprocess.SubprocessError, ValueError) as exc:
+        raise SpecError(
+            f"lock={given!r}: cannot ask {python} for its platform and wheel tags ({exc})"
+        ) from None
+    found = [tag for name in names for tag in tags.parse_tag(name)]
+    return environment, found
+
+
+# uv export is a subprocess: one per distinct lock content and selection, per process.
+_EXPORTS: dict[tuple[str, ...], dict[str, Any]] = {}
+_EXPORTS_LOCK = threading.Lock()
+
+
+def _export_uv_lock(
+    path: Path, given: str, groups: Sequence[str], extras: Sequence[str]
+) -> tuple[dict[str, Any], dict[str, str]]:
+    uv = uv_binary()
+    if uv is None:
+        raise SpecError(f"lock={given!r}: uv.lock needs uv: pip install uv")
+    pyproject = path.parent / "pyproject.toml"
+    if not pyproject.is_file():
+        raise SpecError(f"lock={given!r}: uv.lock needs its pyproject.toml beside it")
+    sources = {str(path): _sha256(path), str(pyproject): _sha256(pyproject)}
+    key = (uv, *sorted(sources.values()), "groups", *groups, "extras", *extras)
+    with _EXPORTS_LOCK:
+        if key in _EXPORTS:
+            return _EXPORTS[key], sources
+    cmd = [uv, "export", "--format", "pylock.toml", "--frozen", "--no-emit-project", "--quiet"]
+    cmd += ["--project", str(path.parent), "--no-header"]
+    if groups:
+        cmd.append("--no-default-groups")
+        cmd += [arg for group in groups for arg in ("--group", group)]
+    cmd += [arg for extra in extras for arg in ("--extra", extra)]
+    proc = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        env=clean_env(),
+        check=False,
+        cwd=path.parent,
+    )
+    if proc.returncode != 0:
+        lines = [ln.strip() for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
+        why = " ".join(lines[-3:]) or f"exit code {proc.returncode}"
+        raise SpecError(f"lock={given!r}: uv export of {path} failed: {why}")
+    data = loads_toml(proc.stdout, f"lock={given!r}: uv export of {path}")
+    with _EXPORTS_LOCK:
+        _EXPORTS[key] = data
+    return data, sources

@@ -272,7 +272,7 @@ def test_spec_errors_are_one_clear_line_and_not_retried(
     result.assert_outcomes(passed=1, errors=8)
     first_lines = {
         "test_unknown_keyword": "cowenv: unknown keyword bogus; allowed: python, project, "
-        "link_mode, pip",
+        "link_mode, pip, groups, extras, lock, resolution, exclude_newer",
         "test_invalid_requirement": "'alpha>>1': invalid requirement *",
         "test_missing_wheel": "dist/missing-1.0-py3-none-any.whl: no such local wheel*",
         "test_no_python_1": "python='9.9': no such interpreter*",
@@ -474,7 +474,10 @@ def test_bad_option_values_are_usage_errors(
 
 def test_markers_lists_the_full_signature(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_inprocess("--markers")
-    signature = "cowenv(*requirements, python=None, project=False, link_mode=None, pip=False)"
+    signature = (
+        "cowenv(*requirements, python=None, project=False, link_mode=None, pip=False, "
+        "groups=(), extras=(), lock=None, resolution=None, exclude_newer=None)"
+    )
     result.stdout.fnmatch_lines([f"@pytest.mark.{signature}: *"])
     assert MARKER_DOC.startswith(signature)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from _cache_dirs import fast_dir, wipe
+from _helpers import fast_dir, internal_frames, remove_cache
 from _wheels import standard_wheelhouse
 from conftest import skip_without_uv
 
@@ -25,8 +25,8 @@ from conftest import skip_without_uv
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     root = fast_dir(tmp_path_factory, "cowenv-specfiles")
     yield root / "cache"
-    wipe(root / "cache")
-    wipe(root)
+    remove_cache(root / "cache")
+    remove_cache(root)
 
 
 @pytest.fixture(autouse=True)
@@ -171,7 +171,7 @@ def test_specs_as_projects_write_them(
     )
     out = "\n".join(result.outlines + result.errlines)
     result.assert_outcomes(passed=5, errors=len(ERRORS))
-    assert "Traceback" not in out, out
+    assert "Traceback" not in out and not internal_frames(out), out
     summary = {
         m.group(1): m.group(2)
         for m in (re.match(r"ERROR \S+::test_(\w+) - (.*)", ln) for ln in result.outlines)

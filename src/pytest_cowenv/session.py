@@ -13,6 +13,7 @@ import stat
 import statistics
 import threading
 import time
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ from ._install import IndexOptions
 from ._owner import lock_dir
 from .clone import LinkMode, Warn, clone_tree, remove_tree
 from .env import CowEnv
-from .errors import CacheDirError, CowEnvError
+from .errors import CacheDirError, CowEnvError, CowEnvWarning
 from .pool import ClonePool
 from .spec import TemplateSpec
 from .store import Layout, prepare_root
@@ -240,7 +241,9 @@ class CowEnvSession:
     ) -> CowEnv:
         """A fresh private clone of ``spec``'s template (built first if needed): a ready one
         from the pool when there is one, else made now. ``warn`` is told a fallback to copies
-        (see :func:`clone_tree`)."""
+        (see :func:`clone_tree`); without it, that is a :class:`CowEnvWarning` from the
+        caller's line."""
+        told: list[str] = []
         template = self.cache.get(spec)
         mode = link_mode or self.settings.link_mode
         with self._lock:
@@ -266,7 +269,9 @@ class CowEnvSession:
                 made = None
         if made is None:
             with pool.foreground() if pool else contextlib.nullcontext():
-                result = clone_tree(template.path, dst, mode, tree=template.tree, warn=warn)
+                result = clone_tree(
+                    template.path, dst, mode, tree=template.tree, warn=warn or told.append
+                )
         waited = (time.perf_counter() - start) * 1000
         if pool and pooled:
             pool.start(template, mode)  # from the second use on, or when collection said so
@@ -286,6 +291,8 @@ class CowEnvSession:
                 self.stats.copied_bytes += result.bytes
             else:
                 self.stats.shared_bytes += template.tree.nbytes
+        for message in told:
+            warnings.warn(CowEnvWarning(message), stacklevel=2)
         return env
 
     def expect(self, spec: TemplateSpec, link_mode: Optional[LinkMode], tests: int) -> None:

@@ -292,8 +292,9 @@ def test_darwin_explicit_snapshot(
 ) -> None:
     assert clone_tree(src_tree, tmp_path / "ok", "snapshot").strategy == "clonefile"
     libsystem.refuse["dir"] = getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)
-    with pytest.raises(CloneError, match="snapshot"):
+    with pytest.raises(CloneError, match="snapshot") as info:
         clone_tree(src_tree, tmp_path / "refused", "snapshot")
+    assert info.value.errno == libsystem.refuse["dir"]
     assert not (tmp_path / "refused").exists()
 
 
@@ -579,7 +580,7 @@ def test_windows_engine_never_asks_for_a_directory_clone(
 ) -> None:
     asked: list[str] = []
 
-    def access_denied(src: str, dst: str) -> None:  # what Windows answers (uv#3547)
+    def access_denied(src: str, dst: str) -> None:  # what Windows answers (https://github.com/astral-sh/uv/issues/3547)
         asked.append(src)
         raise PermissionError(errno.EACCES, "Access is denied", src)
 

@@ -404,7 +404,7 @@ def test_the_pool_thread_works_on_while_the_test_clones_for_itself(
 ) -> None:
     """When the pool falls behind, the test's thread clones (or deletes) itself: its CPU
     then is ours, not a computing test's. Standing aside for it made the two take turns
-    (XFS do-nothing tests: 248 ms each, now 210 ms, in benchmarks/suite.py)."""
+    (seen in benchmarks/suite.py's do-nothing tests on XFS)."""
     clocks = _FakeClocks()
     monkeypatch.setattr(pool_module, "time", clocks)
     watch = pool_module._TestWatch()

@@ -146,9 +146,11 @@ def test_bytecode_is_shared_between_templates(root: Path, wheelhouse: Path) -> N
     cache = new_cache(root)
     first = cache.get(make_spec(wheelhouse, "alpha"))
     second = cache.get(make_spec(wheelhouse, "alpha", "gamma"))
-    assert first.meta["bytecode"] == {"reused": 0, "compiled": 2, "failed": 0}
+    # virtualenv adds a module of its own on Python < 3.10 (_virtualenv.py): shared as well.
+    own = len(list(first.path.glob("lib/python*/site-packages/_virtualenv.py")))
+    assert first.meta["bytecode"] == {"reused": 0, "compiled": 2 + own, "failed": 0}
     # alpha's two modules come from the store; only gamma's is compiled.
-    assert second.meta["bytecode"] == {"reused": 2, "compiled": 1, "failed": 0}
+    assert second.meta["bytecode"] == {"reused": 2 + own, "compiled": 1, "failed": 0}
 
 
 def test_a_module_edited_in_a_clone_is_what_imports(root: Path, wheelhouse: Path) -> None:
@@ -289,8 +291,9 @@ def test_lock_held_too_long_names_its_holder(root: Path, wheelhouse: Path) -> No
         assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
         cache = new_cache(root, lock_timeout=0.3)
         start = time.monotonic()
-        with pytest.raises(LockTimeoutError, match=rf"held by pid {holder.pid} on "):
+        with pytest.raises(TimeoutError, match=rf"held by pid {holder.pid} on ") as info:
             cache.get(spec)
+        assert isinstance(info.value, LockTimeoutError)
         assert time.monotonic() - start < 10
     finally:
         holder.kill()

@@ -105,7 +105,7 @@ def main(site: str, store_root: str) -> dict[str, int]:
         failed += not pyc
     workers = min(os.cpu_count() or 1, len(todo) // _POOL_MIN)
     if workers > 1:
-        from concurrent.futures import ProcessPoolExecutor  # 30 ms to import: only if needed
+        from concurrent.futures import ProcessPoolExecutor  # slow to import: only if needed
 
         with ProcessPoolExecutor(workers) as pool:
             compiled = list(pool.map(compile_and_keep, todo, chunksize=16))

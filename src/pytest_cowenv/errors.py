@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Sequence
+from typing import Optional
 
 
 class CowEnvError(Exception):
@@ -14,7 +15,15 @@ class CowEnvError(Exception):
 
 
 class CloneError(CowEnvError):
-    """A tree could not be cloned, or an explicit link mode is impossible here."""
+    """A tree could not be cloned, or an explicit link mode is impossible here.
+
+    ``errno`` is the filesystem's error number (``errno.ENOSPC``, ``errno.EEXIST``, ...) when
+    the filesystem refused, None when the link mode itself is impossible here.
+    """
+
+    def __init__(self, message: str, errno: Optional[int] = None) -> None:
+        super().__init__(message)
+        self.errno = errno
 
 
 class TemplateBuildError(CowEnvError):
@@ -29,7 +38,7 @@ class CacheDirError(CowEnvError):
     """The cache directory is missing, unsafe or unusable."""
 
 
-class LockTimeoutError(CowEnvError):
+class LockTimeoutError(CowEnvError, TimeoutError):
     """Another process held a template lock for longer than we may wait."""
 
 

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import pytest
 
+from ._defaults import DEFAULT_POOL
+
 if TYPE_CHECKING:
     from .env import CowEnv
     from .session import CowEnvSession, Settings
@@ -36,7 +38,6 @@ MARKER_DOC = (
     "dependency groups and extras of the project's pyproject.toml (or the lock's); lock: "
     "a pylock.toml or uv.lock to install exactly; resolution/exclude_newer: passed to uv."
 )
-DEFAULT_POOL = 2
 
 
 class Options:

@@ -262,8 +262,7 @@ class ClonePool:
         ready = self.ready_dir / f"{slot.template.key[:12]}-{name}"
         try:
             # One thread: a clone made ahead has a whole test's time, and the other CPUs are
-            # the tests' (XFS, suite.py: a test's first import took 433 ms beside two-thread
-            # clones, 381 ms beside one).
+            # the tests'.
             result = clone_tree(
                 slot.template.path, making, slot.mode, tree=slot.template.tree,
                 pause=self._pause, workers=1,

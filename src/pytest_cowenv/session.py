@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from ._defaults import DEFAULT_POOL
 from ._install import IndexOptions
 from ._owner import lock_dir
 from .clone import LinkMode, Warn, clone_tree, remove_tree
@@ -28,8 +29,6 @@ from .pool import ClonePool
 from .spec import TemplateSpec
 from .store import Layout, prepare_root
 from .template import Template, TemplateCache
-
-KEEP_VALUES = ("none", "failed", "all")
 
 
 @dataclass(frozen=True)
@@ -43,7 +42,7 @@ class Settings:
     index: IndexOptions = field(default_factory=IndexOptions)
     pip: bool = False
     requirements: tuple[str, ...] = ()
-    pool: int = 2
+    pool: int = DEFAULT_POOL
     constraints: tuple[str, ...] = ()  # constraints files applied to every template build
 
 

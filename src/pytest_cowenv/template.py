@@ -420,20 +420,3 @@ def hold_in_use(path: Path) -> IO[bytes]:
             return f
         f.close()  # `prune` removed the template and unlinked this file while we waited
 
-
-def is_in_use(path: Path) -> bool:
-    """True if some process holds ``path``'s shared in-use lock."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        return False
-    try:
-        with open(path, "ab") as f:
-            try:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-    except OSError:
-        return False
-    return False

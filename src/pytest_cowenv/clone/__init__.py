@@ -112,7 +112,7 @@ def clone_tree(
     """
     src, dst, mode = os.fspath(src), os.fspath(dst), LinkMode(mode)
     start = time.perf_counter()
-    exists = CloneError(f"cannot clone to {dst}: it already exists")
+    exists = CloneError(f"cannot clone to {dst}: it already exists", errno.EEXIST)
     if os.path.lexists(dst):
         raise exists
     try:
@@ -140,7 +140,7 @@ def _clone_error(src: str, dst: str, mode: LinkMode, exc: OSError) -> CloneError
         msg += f"; {free / 2**20:.1f} MiB free there. Free space or choose another --cowenv-dir."
     elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         msg += "; check the permissions of the cache directory (--cowenv-dir)."
-    return CloneError(msg)
+    return CloneError(msg, exc.errno)
 
 
 def _clone(
@@ -163,9 +163,11 @@ def _clone(
                     raise CloneError(
                         f"cannot {backend.dir_strategy} {src} ({_safe_fstype(src)}) to {dst} "
                         f"({_safe_fstype(parent)} at {parent}): {_describe(exc)}; a snapshot "
-                        "stays on the template's filesystem: use link mode auto or clone"
+                        "stays on the template's filesystem: use link mode auto or clone",
+                        exc.errno,
                     ) from exc
-                # The seed (uv#3547): a refused directory clone falls back to file by file.
+                # A refused directory clone falls back to file by file, as uv's does since
+                # https://github.com/astral-sh/uv/pull/3551.
                 reason = f"{backend.dir_strategy} refused ({_describe(exc)})"
                 if os.path.lexists(dst):
                     remove_tree(dst)
@@ -215,7 +217,8 @@ def _clone_files(
             raise CloneError(
                 f"cannot clone {tree.root} file by file ({where}): {_describe(exc)}. "
                 "Put --cowenv-dir on btrfs, XFS (reflink=1), APFS or ReFS, "
-                "or use link mode auto/copy."
+                "or use link mode auto/copy.",
+                exc.errno,
             ) from exc
         # A filesystem pair that cannot clone refuses the first file with data: start over
         # as a copy rather than mixing clones and copies in one tree.
@@ -302,8 +305,7 @@ def _per_file(tree: Tree, dst: str, ops: _FileOps, how: _How) -> None:
 def _in_parallel(work: Callable[[int, int, threading.Event], None], workers: int) -> None:
     """Run ``work(i, workers, failed)`` for each i in ``workers`` threads (the caller's is
     one of them), then raise the first error any of them met. A clone is system calls that
-    release the GIL, and most of their cost is in the kernel: two threads clone the
-    2,100-file W1 template on XFS in about two thirds of the time of one (120 ms, not 185)."""
+    release the GIL, and most of their cost is in the kernel, so threads share it out."""
     failed = threading.Event()
     if workers <= 1:
         work(0, 1, failed)

@@ -61,7 +61,7 @@ def ioctl_buffer(fd: int, request: int, args: bytearray) -> None:
     """``ioctl(fd, request, args)`` without holding the GIL.
 
     ``fcntl.ioctl`` keeps the GIL while the kernel works when its argument is a buffer over
-    1 KiB (btrfs's are 4 KiB), and a snapshot waits for a transaction commit (3-100 ms): the
+    1 KiB (btrfs's are 4 KiB), and a snapshot waits for a transaction commit: the
     pool thread's snapshots stopped the test's thread for as long (tests/test_clone_engine.py
     ``test_a_snapshot_lets_other_threads_run``). ``args`` is updated in place, as with fcntl.
     """

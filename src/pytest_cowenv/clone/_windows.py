@@ -1,7 +1,8 @@
 """Windows back-end: FSCTL_DUPLICATE_EXTENTS_TO_FILE clones files on ReFS (Dev Drive).
 
-Windows has no directory clone: asking for one fails with "Access is denied", the bug in the
-seed (uv#3547). So ``dir_strategy`` is None and the engine always clones file by file.
+Windows has no directory clone: asking for one fails with "Access is denied"
+(https://github.com/astral-sh/uv/issues/3547). So ``dir_strategy`` is None and the engine
+always clones file by file.
 """
 
 from __future__ import annotations

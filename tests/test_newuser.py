@@ -1,0 +1,85 @@
+"""Tried as a new user would: a real, unmodified project from the index (attrs, whose sdist
+declares its test environment as a PEP 735 group and ships a uv.lock) runs its own test suite
+in a clone built from that group, and from its lock with uv."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from _helpers import fast_dir, remove_cache
+from conftest import skip_without_uv
+
+ATTRS = "attrs==26.1.0"
+# Fails in a plain venv of this interpreter too (pip install attrs + its `tests` group):
+# an attrs test about annotations on CPython 3.11.7, not something of ours.
+KNOWN_FAILURES = ("tests/test_converters.py::TestPipe::test_wrapped_annotation",)
+
+INNER = """
+import pytest
+
+SOURCES = {sources!r}
+DESELECT = [arg for test in {known!r} for arg in ("--deselect", test)]
+
+@pytest.mark.cowenv({spec})
+def test_attrs_own_suite(cowenv):
+    result = cowenv.runpytest("-q", "-p", "no:cacheprovider", "-n", "2", *DESELECT, "tests",
+                              cwd=SOURCES, timeout=1200)
+    print("inner:", result.outlines[-1])
+    assert result.ret == 0, "\\n".join(result.outlines[-30:])
+    outcomes = result.parseoutcomes()
+    assert outcomes["passed"] > 1000 and "failed" not in outcomes, outcomes
+"""
+
+
+@pytest.fixture(scope="module")
+def attrs_sources(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    where = tmp_path_factory.mktemp("attrs-sdist")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary",
+         ":all:", "--disable-pip-version-check", "-d", str(where), ATTRS],
+        check=True, capture_output=True, stdin=subprocess.DEVNULL, timeout=300,
+    )
+    (sdist,) = where.glob("attrs-*.tar.gz")
+    with tarfile.open(sdist) as tar:
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(where, filter="data")
+        else:  # pragma: no cover - an interpreter without extraction filters
+            tar.extractall(where)
+    (sources,) = (p for p in where.iterdir() if p.is_dir())
+    return sources
+
+
+@pytest.fixture
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    root = fast_dir(tmp_path_factory, "cowenv-newuser")
+    yield root / "cache"
+    remove_cache(root / "cache")
+    remove_cache(root)
+
+
+@pytest.mark.network
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "spec", ['project=SOURCES, groups=("tests",)', 'project=SOURCES, lock=SOURCES + "/uv.lock", '
+             'groups=("tests",)'], ids=["group", "uv.lock"]
+)
+def test_a_real_project_runs_its_suite_from_its_own_spec(
+    pytester: pytest.Pytester, attrs_sources: Path, cache: Path, spec: str
+) -> None:
+    if "uv.lock" in spec:
+        skip_without_uv()
+    pytester.makepyfile(
+        INNER.format(sources=str(attrs_sources), known=KNOWN_FAILURES, spec=spec)
+    )
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-s", f"--cowenv-dir={cache}", timeout=1800
+    )
+    result.assert_outcomes(passed=1)
+    shown = "uv.lock [group tests]" if "uv.lock" in spec else "pyproject.toml [group tests]"
+    assert any(shown in line for line in result.outlines), result.outlines

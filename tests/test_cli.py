@@ -270,10 +270,10 @@ def test_clean_removes_only_what_dead_processes_left(tmp_path: Path, holder: Any
     live_run = _tree(root / "clones" / f"run-{me.token()}-abcdef" / "env-1")
     dead_build = _tree(root / "tmp" / f"{'0123abcd' * 3}.{dead}.abcd1234" / "env")
     live_build = _tree(root / "tmp" / f"{'0123abcd' * 3}.{me.token()}.abcd1234" / "env")
-    orphan = _tree(root / "templates" / "feedfacefeedface")
-    building = _tree(root / "templates" / "beefbeefbeefbeef")
-    kept = _tree(root / "kept" / "env-1-abcdef")
-    holder(HOLD_BUILD_LOCK, root / "templates" / "beefbeefbeefbeef.lock")
+    orphan = _tree(root / "templates" / ("feedface" * 3))
+    building = _tree(root / "templates" / ("beefbeef" * 3))
+    kept = _tree(root / "kept" / f"run-{dead}-abcdef-env-1")
+    holder(HOLD_BUILD_LOCK, root / "templates" / f"{'beefbeef' * 3}.lock")
 
     kinds = {x["path"]: x["kind"] for x in cli_json("list", "--dir", str(root))["leftovers"]}
     assert kinds == {
@@ -377,6 +377,7 @@ def test_readme_examples_run(tmp_path: Path, wheels: Path) -> None:
     (tmp_path / "wheels").symlink_to(wheels)
     env = {k: v for k, v in os.environ.items() if k != "PIP_FIND_LINKS"}
     env.update(PIP_CONFIG_FILE=os.devnull, PYTEST_COWENV_DIR=str(tmp_path / "cache"))
+    outputs = {}
     for command in commands:
         argv = shlex.split(command)
         proc = subprocess.run(
@@ -389,9 +390,12 @@ def test_readme_examples_run(tmp_path: Path, wheels: Path) -> None:
             check=False,
         )
         assert proc.returncode == 0, f"{command}: {proc.stderr}"
-    assert commands[-1] == "pytest-cowenv prune --all"
-    assert "pruned: 1 removed (" in proc.stdout  # the template the README's `build` made
-    assert list((tmp_path / "cache" / "templates").iterdir()) == []
+        outputs[command] = proc.stdout
+    # the template the README's `build` made
+    assert "pruned: 1 removed (" in outputs["pytest-cowenv prune --all"]
+    assert commands[-1] == "pytest-cowenv clean --all"
+    assert "removed bytecode store" in proc.stdout
+    assert not (tmp_path / "cache").exists()
 
 
 def test_console_script_entry_point() -> None:

@@ -96,6 +96,12 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--all", action="store_true", help="remove every template not in use")
     clean = command("clean", cmd_clean, "remove clones and build leftovers of dead processes")
     clean.add_argument("--kept", action="store_true", help="also remove kept clones (kept/)")
+    clean.add_argument(
+        "--all",
+        action="store_true",
+        help="remove the whole cache but what a running session holds (rm -rf cannot: "
+        "templates on btrfs are read-only subvolumes)",
+    )
     return parser
 
 
@@ -327,10 +333,13 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
-    from .maintenance import Report, clean, open_layout
+    from .maintenance import Report, clean, clean_all, open_layout
 
     layout = open_layout(_root(args))
-    report = clean(layout, kept=args.kept) if layout else Report()
+    if layout is None:
+        report = Report()
+    else:
+        report = clean_all(layout) if args.all else clean(layout, kept=args.kept)
     return _report(args, report, "cleaned")
 
 

@@ -24,10 +24,14 @@ from . import _owner
 from .clone import remove_tree
 from .store import (
     BUILD_DIR,
+    KEPT,
     LEGACY_BUILD_DIR,
     LEGACY_RUN_DIR,
     LEGACY_TMP_FILE,
+    META_TMP,
+    ROOT_FILES,
     RUN_DIR,
+    TEMPLATE_ENTRY,
     TMP_FILE,
     Layout,
     check_safe,
@@ -35,7 +39,6 @@ from .store import (
 
 DAY = 86400.0
 PRUNE_LOCK_TIMEOUT = 2.0  # seconds to wait for a template's build lock before skipping it
-_SIDE_FILES = (".json", ".lock", ".inuse", ".owner")
 
 
 @dataclass(frozen=True)
@@ -103,18 +106,13 @@ def open_layout(root: Path) -> Optional[Layout]:
 
 
 def template_keys(layout: Layout) -> list[str]:
-    """Every key with a directory, metadata or lock files under ``templates/``."""
+    """Every key with a directory, metadata or lock files under ``templates/`` (names that
+    match ``store.TEMPLATE_ENTRY`` exactly: nothing else there is ours)."""
     keys = set()
     for entry in _children(layout.templates):
-        name = entry.name
-        if name.startswith("."):
-            continue  # metadata being written, probes
-        if entry.is_dir(follow_symlinks=False):
-            keys.add(name)
-        else:
-            stem, ext = os.path.splitext(name)
-            if ext in _SIDE_FILES:
-                keys.add(stem)
+        match = TEMPLATE_ENTRY.match(entry.name)
+        if match:
+            keys.add(match["key"])
     return sorted(keys)
 
 
@@ -142,14 +140,17 @@ def list_templates(layout: Layout) -> tuple[list[TemplateInfo], list[Leftover]]:
             leftovers.append(Leftover(str(layout.meta(key)), "orphan metadata", note))
     templates = _with_btrfs_usage(templates)
     for child in _children(layout.tmp):
+        if not (BUILD_DIR.match(child.name) or LEGACY_BUILD_DIR.match(child.name)):
+            continue  # not ours
         alive = not _stale(Path(child.path))
         note = "a build in progress" if alive else "left by a process that is gone"
         leftovers.append(Leftover(child.path, "build dir", note))
     for child in _children(layout.clones):
         if _stale(Path(child.path)):
             leftovers.append(Leftover(child.path, "stale run", "clones of a process that is gone"))
-    for child in _children(layout.root / "kept"):
-        leftovers.append(Leftover(child.path, "kept", "kept by --cowenv-keep"))
+    for child in _children(layout.kept):
+        if KEPT.match(child.name):
+            leftovers.append(Leftover(child.path, "kept", "kept by --cowenv-keep"))
     templates.sort(key=lambda t: t.last_used)
     return templates, leftovers
 
@@ -438,15 +439,60 @@ def clean(layout: Layout, *, kept: bool = False) -> Report:
         item = Item(str(path if has_dir else layout.meta(key)), what, reason=reason or "")
         (report.skipped if reason else report.removed).append(item)
     for entry in _children(layout.templates):
-        if entry.name.startswith(".") and entry.name.endswith(".tmp") and _dead_writer(entry.name):
+        if META_TMP.match(entry.name) and _dead_writer(entry.name):
             with contextlib.suppress(OSError):
                 remove_tree(entry.path, root=layout.root)
                 report.removed.append(Item(entry.path, "unfinished metadata"))
     if kept:
-        for entry in _children(layout.root / "kept"):
+        for entry in _children(layout.kept):
+            if not KEPT.match(entry.name):
+                continue  # not ours
             with contextlib.suppress(OSError):
                 remove_tree(entry.path, root=layout.root)
                 report.removed.append(Item(entry.path, "kept clone"))
+    return report
+
+
+def clean_all(layout: Layout, *, lock_timeout: float = PRUNE_LOCK_TIMEOUT) -> Report:
+    """Remove the whole cache (``clean --all``) but what a live run holds: every template not
+    in use, clones of dead runs, kept clones, build leftovers, the bytecode store once no
+    template and no build is left, our files and folders, then the root if it is empty.
+    What is held (a template in use, a live run's clones, a build) is reported as skipped.
+
+    The way to remove a cache: on btrfs its templates are read-only subvolumes, which
+    ``rm -rf`` cannot empty."""
+    report = clean(layout, kept=True)
+    pruned = prune(layout, everything=True, lock_timeout=lock_timeout)
+    report.removed += pruned.removed
+    report.skipped += pruned.skipped
+    live = [
+        Item(child.path, "run", reason="clones of a process not known to be gone")
+        for child in _children(layout.clones)
+        if RUN_DIR.match(child.name) or LEGACY_RUN_DIR.match(child.name)
+    ] + [
+        Item(child.path, "build", reason="a build in progress")
+        for child in _children(layout.tmp)
+        if BUILD_DIR.match(child.name) or LEGACY_BUILD_DIR.match(child.name)
+    ]
+    report.skipped += live
+    if template_keys(layout) or any(item.what == "build" for item in live):
+        if os.path.lexists(layout.bytecode):
+            reason = "templates or builds remain, which may use it"
+            report.skipped.append(Item(str(layout.bytecode), "bytecode store", reason=reason))
+    elif os.path.lexists(layout.bytecode):
+        size = allocated_bytes(layout.bytecode)
+        remove_tree(layout.bytecode, root=layout.root)
+        report.removed.append(Item(str(layout.bytecode), "bytecode store", size))
+    folders = (layout.templates, layout.clones, layout.tmp, layout.kept, layout.bytecode)
+    for folder in folders:
+        with contextlib.suppress(OSError):  # only if empty: a look-alike of the user's stays
+            os.rmdir(folder)
+    if not any(os.path.lexists(folder) for folder in folders):
+        # The marker files go last, with nothing left that they mark.
+        for name in ROOT_FILES:
+            remove_tree(layout.root / name, root=layout.root)
+        with contextlib.suppress(OSError):
+            os.rmdir(layout.root)
     return report
 
 

@@ -326,7 +326,7 @@ class CowEnvSession:
 
     def kept_path(self, env: CowEnv) -> Path:
         """Where :meth:`release` moves a kept clone (known before the test ends, for reports)."""
-        return self.layout.root / "kept" / f"{env.path.parent.name}-{env.path.name}"
+        return self.layout.kept / f"{env.path.parent.name}-{env.path.name}"
 
     def release(self, env: CowEnv, keep: bool = False) -> Optional[Path]:
         """Remove a clone, or move it to :meth:`kept_path` and return where it went."""

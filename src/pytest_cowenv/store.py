@@ -24,6 +24,20 @@ TMP_FILE = re.compile(rf"^\..+\.{TOKEN}\.tmp$")
 LEGACY_RUN_DIR = re.compile(r"^run-(?P<pid>\d+)-(?P<ticks>\d+)-[0-9a-f]+$")
 LEGACY_BUILD_DIR = re.compile(r"^[0-9a-f]{24}\.(?P<pid>\d+)\.[0-9a-f]+$")
 LEGACY_TMP_FILE = re.compile(r"^\..+\.(?P<pid>\d+)\.tmp$")
+# Clean-up touches only names that match these exactly (with the ones above): a look-alike
+# a user put there (`templates/notes/`, `templates/a.json`, `kept/todo.txt`) stays.
+KEY = r"[0-9a-f]{24}"  # spec.key()
+# Under templates/: a template, its metadata, build lock, lock owner note, in-use lock.
+TEMPLATE_ENTRY = re.compile(rf"^(?P<key>{KEY})(?P<side>\.json|\.lock|\.owner|\.inuse)?$")
+# Under templates/: metadata being written (its owner is judged by TMP_FILE or LEGACY_TMP_FILE;
+# a generation number may follow the key).
+META_TMP = re.compile(rf"^\.{KEY}(?:\.\d+)?\.json\.[0-9a-f-]+\.tmp$")
+# Under kept/: `<run folder>-<env name>-<n>` (see CowEnvSession.kept_path).
+_ANY_RUN = r"run-[0-9a-f-]+-[0-9a-f]{6}"
+KEPT = re.compile(rf"^{_ANY_RUN}-[A-Za-z0-9_.]+-\d+$")
+# Files of ours directly in the root (fs-probe.json: report.PROBE_MEMO), which `clean --all`
+# removes with the rest.
+ROOT_FILES = ("fs-probe.json", "CACHEDIR.TAG")
 
 
 def default_root() -> Path:
@@ -46,6 +60,7 @@ class Layout:
         self.clones = self.root / "clones"
         self.tmp = self.root / "tmp"
         self.bytecode = self.root / "pyc"  # compiled sources shared by templates (_bytecode)
+        self.kept = self.root / "kept"  # clones kept by --cowenv-keep
 
     def template(self, key: str) -> Path:
         return self.templates / key

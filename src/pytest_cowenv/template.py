@@ -36,7 +36,7 @@ from .clone import Tree, remove_tree, walk_tree
 from .clone import _platform as clone_platform
 from .errors import LockTimeoutError, TemplateBuildError
 from .spec import FORMAT_VERSION, TemplateSpec, find_interpreter
-from .store import Layout, temp_name
+from .store import BUILD_DIR, LEGACY_BUILD_DIR, Layout, temp_name
 
 DEFAULT_LOCK_TIMEOUT = float(os.environ.get("PYTEST_COWENV_LOCK_TIMEOUT", "900"))
 
@@ -205,7 +205,8 @@ class TemplateCache:
         remove_tree(self.layout.template(key), root=root)
         # Every builder of `key` holds its lock: build dirs of `key` now belong to dead ones.
         for leftover in self.layout.tmp.glob(f"{key}.*"):
-            _remove_quietly(leftover, root)
+            if BUILD_DIR.match(leftover.name) or LEGACY_BUILD_DIR.match(leftover.name):
+                _remove_quietly(leftover, root)
 
     def _make_build_dir(self, key: str) -> tuple[Path, int]:
         """A new build folder, named and locked by this process (see ``_owner``)."""

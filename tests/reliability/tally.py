@@ -5,8 +5,9 @@
 
 Tests record ``faults`` (signals, full disks, damaged templates, refused directories),
 ``bad_inputs``, ``inner_tests`` (tests run inside the inner pytest sessions), ``plants``
-(symlinks and mounts planted for a deletion to follow) and ``races`` (cleaner processes
-racing on one tree) with ``record_property``; this sums them per outcome.
+(symlinks and mounts planted for a deletion to follow), ``races`` (cleaner processes racing
+on one tree) and ``lookalikes`` (user files named like ours) with ``record_property``; this
+sums them per outcome.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 import xml.etree.ElementTree as ET
 from collections import Counter
 
-COUNTED = ("faults", "bad_inputs", "inner_tests", "plants", "races")
+COUNTED = ("faults", "bad_inputs", "inner_tests", "plants", "races", "lookalikes")
 
 
 def tally(path: str) -> dict[str, int]:

@@ -7,7 +7,9 @@ start-up clean-up, ``clean``, ``clean --kept``, ``prune``, the rebuild of a dama
 template, ``--cowenv-keep`` moves, and the clone engine's own clean-up of a failed clone;
 on btrfs, XFS, ext4 and tmpfs. Also a bind mount of the sentinel inside a stale run folder
 (another mount: never entered), and cleaners racing on one stale tree. The sentinel must be
-bit-for-bit the same after every step.
+bit-for-bit the same after every step. Names a user put in our folders that only look like
+ours survive every clean-up, and ``clean --all`` removes a whole cache but what a live
+session holds.
 """
 
 from __future__ import annotations
@@ -403,3 +405,103 @@ def test_cleaners_racing_on_one_stale_tree(
             assert proc.returncode == 0 and not out, f"round {r}: a cleaner failed:\n{out}"
         assert os.listdir(cache / "clones") == [], f"round {r}: the stale run survived"
     record_property("races", rounds * cleaners)
+
+
+# --- only our own names: look-alikes a user put into the cache stay ----------------------
+
+LOOKALIKES = {
+    "tmp/x.123.y": "a file named like a build folder",
+    "tmp/notes/todo.txt": "a folder in tmp/",
+    "templates/notes/todo.txt": "a folder named like a template",
+    "templates/a.json": "metadata of no key of ours",
+    "templates/a.lock": "a lock of no key of ours",
+    "templates/.a.json.123.tmp": "unfinished metadata of no key of ours",
+    "kept/todo.txt": "a file in kept/",
+    "kept/my-env/bin/python": "a folder in kept/",
+    "clones/notes/todo.txt": "a folder in clones/",
+}
+
+
+def _plant_lookalikes(cache: Path, key: str) -> dict[str, str]:
+    planted = {**LOOKALIKES, f"tmp/{key}.notes": "a file named <key>.<something>"}
+    for rel, text in planted.items():
+        (cache / rel).parent.mkdir(parents=True, exist_ok=True)
+        (cache / rel).write_text(text)
+    return planted
+
+
+def _lookalikes_intact(cache: Path, planted: dict[str, str], after: str) -> None:
+    for rel, text in planted.items():
+        assert (cache / rel).is_file(), f"{rel} ({text}) was removed by {after}"
+        assert (cache / rel).read_text() == text
+
+
+@pytest.mark.parametrize("fs", ["btrfs", "xfs"])
+def test_names_that_only_look_like_ours_survive_every_clean_up(
+    real_dir: Callable[[str], Path],
+    wheelhouse: Path,
+    fs: str,
+    record_property: Callable[[str, object], None],
+) -> None:
+    cache = real_dir(fs) / "cache"
+    key, _, _ = acquire_once(cache, wheelhouse, "alpha==1.0")
+    planted = _plant_lookalikes(cache, key)
+    acquire_once(cache, wheelhouse, "alpha==1.0")
+    _lookalikes_intact(cache, planted, "the start-up clean-up")
+    for args in (["clean"], ["clean", "--kept"], ["prune", "--all"]):
+        cowenv_cli(cache, *args)
+        _lookalikes_intact(cache, planted, " ".join(args))
+    acquire_once(cache, wheelhouse, "alpha==1.0")  # pruned: built anew, leftovers of key go
+    _lookalikes_intact(cache, planted, "a rebuild")
+    cowenv_cli(cache, "clean", "--all")
+    _lookalikes_intact(cache, planted, "clean --all")
+    assert template_dirs(cache) == [cache / "templates" / "notes"]
+    record_property("lookalikes", len(planted))
+
+
+# --- clean --all: the one command that removes a whole cache ------------------------------
+
+HOLDER = """
+import sys
+from pytest_cowenv._install import IndexOptions
+from pytest_cowenv.session import CowEnvSession, Settings
+
+session = CowEnvSession(Settings(root=sys.argv[1], index=IndexOptions((sys.argv[2],), None, True)))
+env = session.acquire(session.spec(["alpha==1.0"]), "held")
+print(env.path, flush=True)
+sys.stdin.read()  # held until the test closes our stdin
+session.release(env)
+session.close()
+"""
+
+
+@pytest.mark.parametrize("fs", ["btrfs", "xfs"])
+def test_clean_all_removes_a_whole_cache_but_what_a_live_run_holds(
+    real_dir: Callable[[str], Path], wheelhouse: Path, fs: str
+) -> None:
+    cache = real_dir(fs) / "cache"
+    acquire_once(cache, wheelhouse, "alpha==1.0")
+    acquire_once(cache, wheelhouse, "beta")
+    (cache / "kept" / f"run-{DEAD_PID}-1-{HEX6}-env-1").mkdir(parents=True)
+    (cache / "clones" / f"run-{DEAD_PID}-1-{HEX6}" / "env-1").mkdir(parents=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(cache), str(wheelhouse)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=inner_env(),
+    )
+    try:
+        assert holder.stdout is not None
+        held = Path(holder.stdout.readline().strip())
+        assert held.is_dir()
+        out = cowenv_cli(cache, "clean", "--all")
+        assert "skipped template alpha==1.0" in out and "in use by" in out, out
+        assert "skipped run" in out and "skipped bytecode store" in out, out
+        assert held.is_dir() and len(template_dirs(cache)) == 1
+        assert not (cache / "kept").exists()
+        assert os.listdir(cache / "clones") == [held.parent.name]
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        assert holder.wait(60) == 0
+    out = cowenv_cli(cache, "clean", "--all")
+    assert "removed template alpha==1.0" in out and "removed bytecode store" in out, out
+    assert not cache.exists(), os.listdir(cache)

@@ -33,7 +33,9 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 def _hermetic(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Offline means offline: none of the machine's pip or uv settings reach the inner run."""
     for name in list(os.environ):
-        if name.startswith(("PYTEST_COWENV_", "PYTEST_XDIST_", "PIP_", "UV_")):
+        # PYTEST_COWENV_NO_UV stays: the route under test is the caller's.
+        prefixes = ("PYTEST_COWENV_", "PYTEST_XDIST_", "PIP_", "UV_")
+        if name.startswith(prefixes) and name != "PYTEST_COWENV_NO_UV":
             monkeypatch.delenv(name)
     monkeypatch.delenv("PYTEST_ADDOPTS", raising=False)
     monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
@@ -64,9 +66,11 @@ TESTS = '''
 import json
 import pytest
 
+CODE = ("import json, importlib.metadata as m; "
+        "print(json.dumps({d.metadata['Name']: d.version for d in m.distributions()}))")
+
 def versions(env):
-    return json.loads(env.run("python", "-c", "import json, importlib.metadata as m; "
-                      "print(json.dumps({d.name: d.version for d in m.distributions()}))").stdout)
+    return json.loads(env.run("python", "-c", CODE).stdout)
 
 @pytest.mark.cowenv("-r requirements/hashed.txt")
 def test_hashed(cowenv):
@@ -210,6 +214,7 @@ def test_uv_route_lock_and_resolution(
     wheels = standard_wheelhouse(tmp_path / "wheels")
     (pytester.path / "pyproject.toml").write_text(
         PYPROJECT.replace('test = ["alpha"', 'test = ["alpha==2.0"')
+        .replace('version = "0.1"', 'version = "0.1"\nrequires-python = ">=3.9"')
         + "\n[tool.uv]\npackage = false\n"
     )
     subprocess.run(

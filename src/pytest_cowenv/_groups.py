@@ -59,12 +59,8 @@ def group_requirements(directory: Path, groups: Sequence[str]) -> list[str]:
     table = data.get("dependency-groups")
     if not isinstance(table, dict) or not table:
         raise SpecError(f"{what}: {path} has no [dependency-groups] table")
-    try:
-        from packaging.dependency_groups import DependencyGroupResolver
-    except ImportError:  # pragma: no cover - packaging < 26.1 (Python 3.9 cannot have more)
-        raise SpecError(
-            f"{what}: dependency groups need packaging >= 26.1 (pip install -U packaging)"
-        ) from None
+    from packaging.dependency_groups import DependencyGroupResolver
+
     known = {canonicalize_name(name): name for name in table}
     for group in groups:
         if canonicalize_name(group) not in known:

@@ -88,22 +88,32 @@ def _select(
     python: Optional[str],
     base: Path,
 ) -> Locked:
-    try:
-        from packaging.pylock import (
-            PackageDirectory,
-            PackageVcs,
-            Pylock,
-            PylockSelectError,
-            PylockValidationError,
-        )
-    except ImportError:  # pragma: no cover - packaging < 26.1 (Python 3.9 cannot have more)
-        raise SpecError(
-            f"lock={given!r}: lock files need packaging >= 26.1 (pip install -U packaging)"
-        ) from None
+    from packaging.pylock import (
+        PackageDirectory,
+        PackageVcs,
+        Pylock,
+        PylockSelectError,
+        PylockValidationError,
+    )
+    from packaging.utils import canonicalize_name
+
     try:
         lock = Pylock.from_dict(data)
     except PylockValidationError as exc:
         raise SpecError(f"lock={given!r}: {path} is not a valid lock file: {exc}") from None
+    # Names the lock does not declare select nothing: say so (packaging < 26.4 is silent).
+    lock_groups = [*(lock.dependency_groups or ()), *(lock.default_groups or ())]
+    for what, asked, declared in (
+        ("dependency groups", groups, lock_groups),
+        ("extras", extras, lock.extras or ()),
+    ):
+        known = {canonicalize_name(name) for name in declared}
+        unknown = [name for name in asked if canonicalize_name(name) not in known]
+        if unknown:
+            have = ", ".join(sorted(known)) or "none"
+            raise SpecError(
+                f"lock={given!r}: undeclared {what} {', '.join(unknown)}; {path.name} has: {have}"
+            )
     environment, tags = _target(python, given)
     try:
         chosen = list(

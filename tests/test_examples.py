@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = [
     "examples/test_cli_versions.py::test_report_with_each_attrs[21.2.0-attr]",
     "examples/test_cli_versions.py::test_report_with_each_attrs[23.2.0-attrs]",
+    "examples/test_locked_app.py::test_locked_app_suite",
     "examples/test_monorepo.py::test_pkg_a_alone",
     "examples/test_monorepo.py::test_pkg_b_with_its_sibling",
     "examples/test_plugin_alone.py::test_plugin_alone",
@@ -60,4 +61,4 @@ def test_examples_pass(cache: Path) -> None:
     result = run_examples(f"--cowenv-dir={cache}", "-p", "no:xdist")
     assert result.ret == 0, result.stdout.str() + result.stderr.str()
     result.assert_outcomes(passed=len(EXAMPLES))
-    result.stdout.fnmatch_lines(["*= cowenv =*", "templates built: 5: *", "clones: 5 *"])
+    result.stdout.fnmatch_lines(["*= cowenv =*", "templates built: 6: *", "clones: 6 *"])

@@ -5,25 +5,43 @@ Run by the template's own interpreter, so that the bytecode fits it::
     python -I -S _bytecode.py SITE_PACKAGES STORE
 
 Standard library only (Python 3.9+): the template has nothing else. Prints one JSON line of
-counts. Each ``.pyc`` is *checked-hash* (PEP 552): valid in a clone whatever its mtimes, and
-still correct when a test edits or reinstalls a module in its clone (an unchecked pyc would
-keep serving the old code). Compiling is most of a template's build time, and most templates
-share most of their sources, so compiled files are kept in ``STORE`` by source hash.
+counts and of the store entries the template uses. Each ``.pyc`` is *checked-hash* (PEP 552):
+valid in a clone whatever its mtimes, and still correct when a test edits or reinstalls a
+module in its clone (an unchecked pyc would keep serving the old code). Compiling is most of a
+template's build time, and most templates share most of their sources, so compiled files are
+kept in ``STORE`` by source hash.
+
+The store is trusted only as far as it proves itself: every entry ends with an HMAC-SHA256, under
+a secret only its owner can read (``STORE/secret``), of the source's SHA-256 and the pyc. An
+entry that is torn, flipped or written by someone who lacks the secret fails the check, is
+dropped and compiled afresh; it is never placed into a template.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import hmac
 import importlib.util
 import json
 import marshal
 import os
+import stat
 import sys
+from typing import Optional
 
 # Flags word of a checked hash-based pyc (PEP 552): bit 0 "hash based", bit 1 "check source".
 _CHECKED_HASH = 0b11
 # Below this many files to compile, a process pool costs more than it saves.
 _POOL_MIN = 64
+MAC_SIZE = 32  # HMAC-SHA256 trailer of every entry
+SECRET = "secret"  # STORE/secret: 32 random bytes, mode 0600
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_BINARY = getattr(os, "O_BINARY", 0)
+_READ = os.O_RDONLY | _NOFOLLOW | _CLOEXEC | _BINARY
+# O_EXCL | O_NOFOLLOW: a temp file is always new, never a file or link someone planted.
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC | _BINARY
 
 
 def sources(site: str) -> list[tuple[str, str]]:
@@ -52,12 +70,89 @@ def pyc_bytes(data: bytes, rel: str) -> bytes:
     return header + importlib.util.source_hash(data) + marshal.dumps(code)
 
 
+def _read(path: str) -> Optional[bytes]:
+    """The whole regular file at ``path`` (never through a symlink), or None."""
+    try:
+        fd = os.open(path, _READ)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read()
+    finally:
+        os.close(fd)
+
+
 def write_new(path: str, data: bytes) -> None:
-    """Write ``path`` all at once: other builds read the store while this one writes it."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    """Write ``path`` whole or not at all: other builds read the store while this one writes
+    it, and a crash must not leave a torn entry behind a complete name."""
+    tmp = f"{path}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
+    fd = os.open(tmp, _CREATE, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _secret_ok(data: Optional[bytes], path: str) -> bool:
+    if data is None or len(data) != MAC_SIZE:
+        return False
+    if not hasattr(os, "getuid"):  # pragma: no cover - Windows relies on ACLs
+        return True
+    st = os.lstat(path)
+    return st.st_uid == os.getuid() and not st.st_mode & 0o077
+
+
+def store_secret(store_root: str) -> bytes:
+    """The store's HMAC secret, made on first use. One not ours, or readable by others, is
+    replaced (which drops every entry signed with it)."""
+    path = os.path.join(store_root, SECRET)
+    data = _read(path)
+    if _secret_ok(data, path):
+        assert data is not None
+        return data
+    tmp = f"{path}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
+    fd = os.open(tmp, _CREATE, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(os.urandom(MAC_SIZE))
+        f.flush()
+        os.fsync(f.fileno())
+    try:
+        if data is None and not os.path.lexists(path):
+            with contextlib.suppress(FileExistsError):  # a builder beside us made one: use it
+                os.link(tmp, path)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+    data = _read(path)
+    if not _secret_ok(data, path):
+        raise OSError(f"{path}: cannot make the bytecode store's secret")
+    assert data is not None
+    return data
+
+
+def seal(secret: bytes, digest: str, pyc: bytes) -> bytes:
+    """A store entry: ``pyc`` followed by its MAC, bound to the source's SHA-256."""
+    return pyc + hmac.new(secret, bytes.fromhex(digest) + pyc, hashlib.sha256).digest()
+
+
+def unseal(secret: bytes, digest: str, entry: bytes) -> Optional[bytes]:
+    """The pyc in ``entry`` if its MAC proves it whole and ours, else None."""
+    if len(entry) < MAC_SIZE:
+        return None
+    pyc, mac = entry[:-MAC_SIZE], entry[-MAC_SIZE:]
+    expected = hmac.new(secret, bytes.fromhex(digest) + pyc, hashlib.sha256).digest()
+    return pyc if hmac.compare_digest(mac, expected) else None
 
 
 def place(src: str, pyc: bytes) -> None:
@@ -69,36 +164,44 @@ def place(src: str, pyc: bytes) -> None:
             f.write(pyc)
 
 
-def compile_and_keep(job: tuple[str, str, str]) -> bool:
-    """Compile one source, place its pyc and keep a copy in the store; True if it compiled."""
-    src, rel, stored = job
+def compile_and_keep(job: tuple[str, str, str, str, bytes]) -> bool:
+    """Compile one source, place its pyc and keep a sealed copy in the store; True if it
+    compiled."""
+    src, rel, _listed, stored, secret = job
     with open(src, "rb") as f:
-        pyc = pyc_bytes(f.read(), rel)
+        data = f.read()
+    pyc = pyc_bytes(data, rel)
     place(src, pyc)
     os.makedirs(os.path.dirname(stored), exist_ok=True)
-    write_new(stored, pyc)  # b"" remembers "does not compile"
+    # The digest was of the bytes read before: seal what was compiled, not what was listed.
+    write_new(stored, seal(secret, hashlib.sha256(data).hexdigest(), pyc))  # b"": no compile
     return bool(pyc)
 
 
-def main(site: str, store_root: str) -> dict[str, int]:
-    magic = importlib.util.MAGIC_NUMBER
-    store = os.path.join(store_root, f"{sys.implementation.cache_tag}-{magic.hex()}")
-    header = magic + _CHECKED_HASH.to_bytes(4, "little")
-    reused = failed = 0
+def store_dir() -> str:
+    """The store's folder for this interpreter's bytecode."""
+    return f"{sys.implementation.cache_tag}-{importlib.util.MAGIC_NUMBER.hex()}"
+
+
+def main(site: str, store_root: str) -> dict[str, object]:
+    secret = store_secret(store_root)
+    store = os.path.join(store_root, store_dir())
+    header = importlib.util.MAGIC_NUMBER + _CHECKED_HASH.to_bytes(4, "little")
+    reused = failed = dropped = 0
     todo = []
+    entries = set()
     for src, rel in sources(site):
         with open(src, "rb") as f:
             data = f.read()
         digest = hashlib.sha256(data).hexdigest()
+        entries.add(digest)
         stored = os.path.join(store, digest[:2], digest[2:])
-        try:
-            with open(stored, "rb") as f:
-                pyc = f.read()
-        except FileNotFoundError:
-            pyc = None
+        entry = _read(stored)
+        pyc = None if entry is None else unseal(secret, digest, entry)
+        dropped += entry is not None and pyc is None
         # A kept pyc is used only if its header says it was compiled from exactly this source.
         if pyc is None or (pyc and pyc[:16] != header + importlib.util.source_hash(data)):
-            todo.append((src, rel, stored))
+            todo.append((src, rel, digest, stored, secret))
             continue
         place(src, pyc)
         reused += 1
@@ -112,7 +215,14 @@ def main(site: str, store_root: str) -> dict[str, int]:
     else:
         compiled = [compile_and_keep(job) for job in todo]
     failed += compiled.count(False)
-    return {"reused": reused, "compiled": len(todo), "failed": failed}
+    return {
+        "reused": reused,
+        "compiled": len(todo),
+        "failed": failed,
+        "dropped": dropped,
+        "store": store_dir(),
+        "entries": sorted(entries),
+    }
 
 
 if __name__ == "__main__":

@@ -401,6 +401,7 @@ def prune(
             report.removed.append(Item(str(path), what, size))
         else:
             report.skipped.append(Item(str(path), what, size, reason))
+    prune_bytecode(layout, report)
     return report
 
 
@@ -450,6 +451,7 @@ def clean(layout: Layout, *, kept: bool = False) -> Report:
             with contextlib.suppress(OSError):
                 remove_tree(entry.path, root=layout.root)
                 report.removed.append(Item(entry.path, "kept clone"))
+    prune_bytecode(layout, report)
     return report
 
 
@@ -494,6 +496,53 @@ def clean_all(layout: Layout, *, lock_timeout: float = PRUNE_LOCK_TIMEOUT) -> Re
         with contextlib.suppress(OSError):
             os.rmdir(layout.root)
     return report
+
+
+def bytecode_in_use(layout: Layout) -> Optional[set[tuple[str, str]]]:
+    """(store folder, entry name) of every bytecode store entry a template's metadata lists;
+    None while a template is being built (its entries are listed only once it is done)."""
+    used: set[tuple[str, str]] = set()
+    for key in template_keys(layout):
+        if is_held(layout.lock(key)):
+            return None
+        meta = read_meta(layout, key)
+        store = meta.get("bytecode_store") if meta else None
+        if isinstance(store, dict):
+            folder = str(store.get("dir", ""))
+            used.update((folder, str(digest)) for digest in store.get("entries", ()))
+    return used
+
+
+def prune_bytecode(layout: Layout, report: Report) -> None:
+    """Remove the bytecode store's entries that no template lists (and unfinished ones).
+
+    The store is a cache: an entry removed under a build only costs that build a compile.
+    """
+    used = bytecode_in_use(layout)
+    if used is None:
+        report.skipped.append(
+            Item(str(layout.bytecode), "bytecode store", reason="a template is being built")
+        )
+        return
+    count = size = 0
+    for folder in _children(layout.bytecode):
+        if not folder.is_dir(follow_symlinks=False):
+            continue  # the secret
+        for fan in _children(Path(folder.path)):
+            if not fan.is_dir(follow_symlinks=False):
+                continue
+            for entry in _children(Path(fan.path)):
+                if (folder.name, fan.name + entry.name) in used:
+                    continue
+                with contextlib.suppress(OSError):
+                    nbytes = entry.stat(follow_symlinks=False).st_size
+                    os.unlink(entry.path)
+                    count, size = count + 1, size + nbytes
+            with contextlib.suppress(OSError):
+                os.rmdir(fan.path)  # only if empty
+    if count:
+        what = f"unused bytecode ({count} entr{'y' if count == 1 else 'ies'})"
+        report.removed.append(Item(str(layout.bytecode), what, size))
 
 
 def _dead_writer(name: str) -> bool:

@@ -39,6 +39,7 @@ from .spec import FORMAT_VERSION, TemplateSpec, find_interpreter
 from .store import BUILD_DIR, LEGACY_BUILD_DIR, Layout, temp_name
 
 DEFAULT_LOCK_TIMEOUT = float(os.environ.get("PYTEST_COWENV_LOCK_TIMEOUT", "900"))
+_COUNTS = ("reused", "compiled", "failed", "dropped")  # what byte-compiling did, in metadata
 
 
 @dataclass
@@ -240,7 +241,9 @@ class TemplateCache:
                 "resolved": installed_distributions(final),
                 "build_seconds": round(time.perf_counter() - start, 3),
                 "phases": {name: round(secs, 3) for name, secs in phases.items()},
-                "bytecode": compiled,
+                "bytecode": {k: compiled[k] for k in _COUNTS},
+                # The shared store's entries this template uses: `prune` keeps these.
+                "bytecode_store": {"dir": compiled["store"], "entries": compiled["entries"]},
                 "created": time.time(),
                 "plugin_version": __version__,
                 "files": tree.nfiles,
@@ -303,10 +306,11 @@ def _remove_quietly(path: Path, root: Path) -> None:
 
 def build_env(
     spec: TemplateSpec, env: Path, work: Path, bytecode: Path, phases: dict[str, float]
-) -> dict[str, int]:
+) -> dict[str, Any]:
     """Create, fill, relocate and byte-compile the environment ``env`` (a new path).
 
-    Returns the byte-compiling counts; adds each phase's seconds to ``phases``.
+    Returns what byte-compiling reports (see :func:`compile_env`); adds each phase's seconds
+    to ``phases``.
     """
     interp = find_interpreter(spec.python)
     with timed(phases, "venv"):
@@ -351,8 +355,11 @@ def create_base_env(env: Path, python: str, *, pip: bool, what: str) -> None:
         ) from None
 
 
-def compile_env(env: Path, spec: TemplateSpec, bytecode: Path) -> dict[str, int]:
-    """Byte-compile site-packages with the environment's own interpreter (see _bytecode)."""
+def compile_env(env: Path, spec: TemplateSpec, bytecode: Path) -> dict[str, Any]:
+    """Byte-compile site-packages with the environment's own interpreter (see _bytecode).
+
+    Returns the counts (``reused``, ``compiled``, ``failed``, ``dropped`` store entries that
+    failed their check) and the store entries used (``store`` folder, ``entries``)."""
     script = Path(__file__).with_name("_bytecode.py")
     # -I: nothing from the environment variables or the script's folder; -S: no .pth files run.
     cmd = [str(env / "bin" / "python"), "-I", "-S", str(script)]
@@ -369,8 +376,8 @@ def compile_env(env: Path, spec: TemplateSpec, bytecode: Path) -> dict[str, int]
                 proc.stderr + proc.stdout,
             )
         )
-    counts: dict[str, int] = json.loads(proc.stdout.splitlines()[-1])
-    return counts
+    report: dict[str, Any] = json.loads(proc.stdout.splitlines()[-1])
+    return report
 
 
 def site_packages(env: Path) -> Path:

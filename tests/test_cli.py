@@ -212,7 +212,8 @@ def test_prune_all_skips_a_template_in_use(cache: Path, wheels: Path, holder: An
         True,
     ]
     report = cli_json("prune", "--all", "--dir", str(cache))
-    assert [r["path"] for r in report["removed"]] == [alpha["path"]]
+    assert [r["path"] for r in report["removed"]] == [alpha["path"], str(cache / "pyc")]
+    assert report["removed"][1]["what"] == "unused bytecode (2 entries)"  # alpha's, not gamma's
     (skipped,) = report["skipped"]
     assert skipped["path"] == gamma["path"]
     assert skipped["reason"] == f"in use by pid {user.pid}"
@@ -235,7 +236,7 @@ def test_prune_older_than(cache: Path, wheels: Path) -> None:
     kept = cli_json("prune", "--older-than", "50", "--dir", str(cache))
     assert kept == {"dir": str(cache), "removed": [], "skipped": []}
     report = cli_json("prune", "--dir", str(cache))  # default: 30 days
-    assert [r["path"] for r in report["removed"]] == [old["path"]]
+    assert [r["path"] for r in report["removed"]] == [old["path"], str(cache / "pyc")]
     assert not meta.exists() and not Path(old["path"]).exists()
     assert [t["key"] for t in cli_json("list", "--dir", str(cache))["templates"]] == [new["key"]]
 
@@ -391,8 +392,8 @@ def test_readme_examples_run(tmp_path: Path, wheels: Path) -> None:
         )
         assert proc.returncode == 0, f"{command}: {proc.stderr}"
         outputs[command] = proc.stdout
-    # the template the README's `build` made
-    assert "pruned: 1 removed (" in outputs["pytest-cowenv prune --all"]
+    # the template the README's `build` made, and its bytecode
+    assert "pruned: 2 removed (" in outputs["pytest-cowenv prune --all"]
     assert commands[-1] == "pytest-cowenv clean --all"
     assert "removed bytecode store" in proc.stdout
     assert not (tmp_path / "cache").exists()

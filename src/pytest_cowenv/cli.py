@@ -94,6 +94,13 @@ def _parser() -> argparse.ArgumentParser:
         help="remove templates unused for DAYS days (default 30)",
     )
     which.add_argument("--all", action="store_true", help="remove every template not in use")
+    verify = command(
+        "verify", cmd_verify, "check templates by content (RECORD hashes); rebuild damaged ones"
+    )
+    verify.add_argument("key", nargs="?", metavar="KEY", help="only this template")
+    verify.add_argument(
+        "--no-rebuild", action="store_true", help="mark damaged templates for rebuild only"
+    )
     clean = command("clean", cmd_clean, "remove clones and build leftovers of dead processes")
     clean.add_argument("--kept", action="store_true", help="also remove kept clones (kept/)")
     clean.add_argument(
@@ -341,6 +348,42 @@ def cmd_clean(args: argparse.Namespace) -> int:
     else:
         report = clean_all(layout) if args.all else clean(layout, kept=args.kept)
     return _report(args, report, "cleaned")
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .errors import CowEnvError
+    from .maintenance import open_layout, read_meta
+    from .verify import verify_cache, verify_store
+
+    root = _root(args)
+    layout = open_layout(root)
+    if args.key and (layout is None or read_meta(layout, args.key) is None):
+        raise CowEnvError(f"no template {args.key} in {root} (see `{PROG} list`)")
+    verdicts, store = [], {"checked": 0, "dropped": 0}
+    if layout:
+        keys = [args.key] if args.key else None
+        verdicts = verify_cache(layout, keys, rebuild=not args.no_rebuild)
+        store = verify_store(layout)
+    lines = []
+    for v in verdicts:
+        note = f" ({v.note})" if v.note else ""
+        lines.append(f"{v.key}  {v.describe}: {v.state}{note}")
+        lines += [f"    {problem}" for problem in v.problems[:_SHOWN]]
+        if len(v.problems) > _SHOWN:
+            lines.append(f"    ... and {len(v.problems) - _SHOWN} more")
+    lines.append(f"bytecode store: {store['checked']} entries checked, {store['dropped']} dropped")
+    states = [v.state for v in verdicts]
+    damaged = states.count("damaged")
+    lines.append(
+        f"verified: {len(verdicts)} template{'' if len(verdicts) == 1 else 's'}, "
+        f"{states.count('rebuilt')} rebuilt, {damaged} damaged"
+    )
+    data = {"dir": str(root), "templates": [asdict(v) for v in verdicts], "bytecode": store}
+    _emit(args, data, lines)
+    return 1 if damaged else 0
+
+
+_SHOWN = 5  # problems listed per template (--json has them all)
 
 
 def _size(n: int) -> str:

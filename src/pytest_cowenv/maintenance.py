@@ -363,6 +363,7 @@ def _delete(layout: Layout, key: str) -> None:
     # Metadata first: once it is gone no reader trusts the tree, even half removed.
     remove_tree(layout.meta(key), root=layout.root)
     remove_tree(layout.template(key), root=layout.root)
+    remove_tree(layout.linked(key), root=layout.root)
     # Lock files last, while still held: waiters notice the unlinked file and lock anew.
     for side in (layout.lock(key).with_suffix(".owner"), layout.in_use(key), layout.lock(key)):
         remove_tree(side, root=layout.root)
@@ -519,11 +520,8 @@ def prune_bytecode(layout: Layout, report: Report) -> None:
     The store is a cache: an entry removed under a build only costs that build a compile.
     """
     used = bytecode_in_use(layout)
-    if used is None:
-        report.skipped.append(
-            Item(str(layout.bytecode), "bytecode store", reason="a template is being built")
-        )
-        return
+    if used is None or os.path.islink(layout.bytecode):
+        return  # a build will list its entries once done: the next prune or clean will do it
     count = size = 0
     for folder in _children(layout.bytecode):
         if not folder.is_dir(follow_symlinks=False):
@@ -536,7 +534,7 @@ def prune_bytecode(layout: Layout, report: Report) -> None:
                     continue
                 with contextlib.suppress(OSError):
                     nbytes = entry.stat(follow_symlinks=False).st_size
-                    os.unlink(entry.path)
+                    remove_tree(entry.path, root=layout.root)
                     count, size = count + 1, size + nbytes
             with contextlib.suppress(OSError):
                 os.rmdir(fan.path)  # only if empty

@@ -245,6 +245,8 @@ class CowEnvSession:
         told: list[str] = []
         template = self.cache.get(spec)
         mode = link_mode or self.settings.link_mode
+        if mode is LinkMode.HARDLINK:
+            self.cache.will_hardlink(template)
         with self._lock:
             self._seq += 1
             seq = self._seq
@@ -320,7 +322,10 @@ class CowEnvSession:
             if float(meta.get("created", 0)) < self.settings.rebuild_before:
                 return None
             # cache.get serialises callers per key: the test and this thread share one object
-            return self.cache.get(spec), mode
+            template = self.cache.get(spec)
+            if mode is LinkMode.HARDLINK:
+                self.cache.will_hardlink(template)
+            return template, mode
         except (OSError, ValueError, AttributeError, CowEnvError):
             return None  # the first test meets (and reports) whatever is wrong
 

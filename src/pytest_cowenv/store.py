@@ -28,7 +28,7 @@ LEGACY_TMP_FILE = re.compile(r"^\..+\.(?P<pid>\d+)\.tmp$")
 # a user put there (`templates/notes/`, `templates/a.json`, `kept/todo.txt`) stays.
 KEY = r"[0-9a-f]{24}"  # spec.key()
 # Under templates/: a template, its metadata, build lock, lock owner note, in-use lock.
-TEMPLATE_ENTRY = re.compile(rf"^(?P<key>{KEY})(?P<side>\.json|\.lock|\.owner|\.inuse)?$")
+TEMPLATE_ENTRY = re.compile(rf"^(?P<key>{KEY})(?P<side>\.json|\.lock|\.owner|\.inuse|\.linked)?$")
 # Under templates/: metadata being written (its owner is judged by TMP_FILE or LEGACY_TMP_FILE;
 # a generation number may follow the key).
 META_TMP = re.compile(rf"^\.{KEY}(?:\.\d+)?\.json\.[0-9a-f-]+\.tmp$")
@@ -73,6 +73,10 @@ class Layout:
 
     def in_use(self, key: str) -> Path:
         return self.templates / f"{key}.inuse"
+
+    def linked(self, key: str) -> Path:
+        """Present once a hardlink clone was made of ``key``'s template (see template.py)."""
+        return self.templates / f"{key}.linked"
 
     def new_run_dir(self) -> Path:
         """A name for this process's clone folder (not created)."""

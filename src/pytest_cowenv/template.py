@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO, Any, Optional
 
 from . import __version__
+from ._content import own_hashes
 from ._install import (
     build_wheel,
     clean_env,
@@ -32,7 +33,7 @@ from ._install import (
 from ._owner import lock_dir
 from ._plan import install_commands
 from ._relocate import point_at_sources, relocate
-from .clone import Tree, remove_tree, walk_tree
+from .clone import Tree, remove_tree, strip_write_bits, walk_tree
 from .clone import _platform as clone_platform
 from .errors import LockTimeoutError, TemplateBuildError
 from .spec import FORMAT_VERSION, TemplateSpec, find_interpreter
@@ -153,11 +154,19 @@ class TemplateCache:
             if meta.get("interpreter") != interp.fingerprint():
                 return None
             tree = walk_tree(tree_path)
-            if tree.listing() != meta.get("manifest"):
+            if not matches_manifest(tree, meta, linked=self.layout.linked(key).exists()):
                 return None
+            if meta.get("write_bits"):
+                tree = tree.with_write_bits(meta["write_bits"])
         except (OSError, ValueError, TypeError, KeyError):
             return None
         return Template(key, tree_path, spec, meta, tree)
+
+    def will_hardlink(self, template: Template) -> None:
+        """Note that ``template`` is about to be hard-linked (which changes its files' ctimes),
+        so that later loads check its manifest without ctimes and inodes."""
+        with contextlib.suppress(OSError):
+            self.layout.linked(template.key).touch()
 
     def _mark_used(self, template: Template) -> Template:
         """Touch last-used (the in-use lock is already held: see `_get_or_build`)."""
@@ -203,6 +212,7 @@ class TemplateCache:
         """Remove whatever earlier, failed or killed builds left under ``key`` (lock held)."""
         root = self.layout.root
         remove_tree(self.layout.meta(key), root=root)
+        remove_tree(self.layout.linked(key), root=root)
         remove_tree(self.layout.template(key), root=root)
         # Every builder of `key` holds its lock: build dirs of `key` now belong to dead ones.
         for leftover in self.layout.tmp.glob(f"{key}.*"):
@@ -228,9 +238,15 @@ class TemplateCache:
             compiled = build_env(spec, env, work, self.layout.bytecode, phases)
             with timed(phases, "publish"):
                 os.rename(env, final)
-                clone_platform.BACKEND.set_readonly(str(final), True)
+                protected = clone_platform.BACKEND.set_readonly(str(final), True)
             with timed(phases, "walk"):
                 tree = walk_tree(final)
+                write_bits = None
+                if not protected:  # not a read-only subvolume: protect it by its modes
+                    writable, write_bits = tree, strip_write_bits(tree)
+                    tree = walk_tree(final)  # the manifest is of the tree as it stays
+            with timed(phases, "hash"):
+                hashes = own_hashes(tree, site_packages(final))
             meta = {
                 "format": FORMAT_VERSION,
                 "key": key,
@@ -249,6 +265,10 @@ class TemplateCache:
                 "files": tree.nfiles,
                 "bytes": tree.nbytes,
                 "manifest": tree.listing(),
+                # Removed from every file and directory, given back in every clone.
+                "write_bits": write_bits,
+                # Files no RECORD vouches for (see verify.py), by content.
+                "hashes": hashes,
             }
             write_atomically(self.layout.meta(key), json.dumps(meta, indent=1))
             done = True
@@ -265,7 +285,22 @@ class TemplateCache:
             if not done:
                 with contextlib.suppress(OSError):
                     self._discard(key)
-        return Template(key, final, spec, meta, tree, built_now=True)
+        return Template(key, final, spec, meta, writable if write_bits else tree, built_now=True)
+
+
+def matches_manifest(tree: Tree, meta: dict[str, Any], *, linked: bool = False) -> bool:
+    """Whether the walk ``tree`` is the tree ``meta`` describes: names, kinds, modes, sizes,
+    mtimes, inodes and ctimes. A template that was hard-linked (``linked``) has new ctimes
+    from that alone: its inodes and ctimes are not compared."""
+    manifest = meta.get("manifest")
+    if not linked:
+        return bool(tree.listing() == manifest)
+    if not isinstance(manifest, dict):
+        return False
+    drop = {"root": 1, "dirs": 2, "files": 4, "links": 2}  # fields before the stamps
+    unstamped = {k: [e[: drop[k]] for e in v] if k != "root" else v[:1]
+                 for k, v in manifest.items() if k in drop}
+    return bool(tree.listing(stamps=False) == unstamped)
 
 
 @contextlib.contextmanager

@@ -100,6 +100,25 @@ def tree_digest(root: Path, skip: tuple[str, ...] = ()) -> str:
     return h.hexdigest()
 
 
+def clone_digest(template: Path, sub: Path = Path()) -> str:
+    """:func:`tree_digest` of ``sub`` in a fresh clone of ``template``, as a test gets it:
+    outside btrfs a template's files lack their write bits, and every clone has them back."""
+    import json
+
+    from pytest_cowenv.clone import LinkMode, clone_tree, remove_tree, walk_tree
+
+    meta = json.loads(template.with_name(f"{template.name}.json").read_text())
+    tree = walk_tree(template)
+    if meta.get("write_bits"):
+        tree = tree.with_write_bits(meta["write_bits"])
+    clone = template.parent.parent / f"pristine-{template.name}"
+    clone_tree(template, clone, LinkMode.COPY, tree=tree)
+    try:
+        return tree_digest(clone / sub)
+    finally:
+        remove_tree(clone)
+
+
 def listing_digest(root: Path) -> str:
     """Hash of a tree's listing (names and sizes): cheap enough to run in every test."""
     h = hashlib.sha256()

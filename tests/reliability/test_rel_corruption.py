@@ -6,7 +6,7 @@ template would be snapshotted whole, damage included, if it slipped through: the
 ``alpha`` console script and ``import alpha.cli`` prove it did not.
 
 Detection compares the tree with the manifest in the metadata (names, kinds, modes, sizes,
-mtimes): a change that keeps a file's size and mtime (bit rot) is out of its reach.
+mtimes, inodes, ctimes); a change that keeps a file's size and mtime is test_rel_integrity's.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ import pytest
 
 from _helpers import internal_frames
 
-from ._reliability import acquire_once, stray_entries, tree_digest
+from ._reliability import acquire_once, clone_digest, stray_entries, tree_digest
 
 VANDALS_AND_CHECKERS = """
 import os
@@ -95,7 +95,7 @@ def test_vandals_affect_no_sibling_and_not_the_template(
     assert got == strategy
     template = cache / "templates" / key
     before = tree_digest(template)
-    monkeypatch.setenv("PRISTINE", before)
+    monkeypatch.setenv("PRISTINE", clone_digest(template))
     monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))
     pytester.makepyfile(VANDALS_AND_CHECKERS)
     # Two workers where clones are cheapest, so vandals and checkers run at the same time.

@@ -21,9 +21,18 @@ from ..fs import fs_type
 from . import _platform, _remove
 from ._base import DIR_FD, DIR_FLAGS, UMASK, FileAtOp, FileOp, cannot_clone
 from ._portable import copy_file, copy_file_at, link_file, link_file_at
-from ._walk import Named, Tree, walk_tree
+from ._walk import Named, Tree, strip_write_bits, walk_tree
 
-__all__ = ["CloneResult", "LinkMode", "Tree", "Warn", "clone_tree", "remove_tree", "walk_tree"]
+__all__ = [
+    "CloneResult",
+    "LinkMode",
+    "Tree",
+    "Warn",
+    "clone_tree",
+    "remove_tree",
+    "strip_write_bits",
+    "walk_tree",
+]
 
 # Called between directories of a file-by-file clone, from any of its threads; raising in it
 # abandons the clone.

@@ -127,7 +127,7 @@ def test_pooled_clone_is_fresh(root: Path, make_session: Callable[..., CowEnvSes
         assert session.stats.pool_hits == i + 1
         assert env.path.parent == session.run_dir and env.path.name == f"test_{i}-{i + 3}"
         # Exactly the template: nothing a previous test wrote, nothing half-made.
-        assert walk_tree(env.path).listing() == template.tree.listing()
+        assert walk_tree(env.path).listing(stamps=False) == template.tree.listing(stamps=False)
         (env.path / "used-by").write_text(f"test_{i}")
         (env.site_packages / "alpha" / "__init__.py").write_text("VERSION = 'tampered'\n")
         session.release(env)
@@ -187,7 +187,7 @@ def test_rebuilt_template_is_never_served_stale(
     env = session.acquire(spec, "pooled-after-rebuild")
     assert session.stats.pool_hits == 1
     assert (env.path / "pyvenv.cfg").stat().st_mtime_ns == new_stamp
-    assert walk_tree(env.path).listing() == new.tree.listing()
+    assert walk_tree(env.path).listing(stamps=False) == new.tree.listing(stamps=False)
     session.release(env)
     # Only the new build's ready clone is left once the trash is emptied.
     wait_for(lambda: len(os.listdir(pool.trash_dir)) == 0)

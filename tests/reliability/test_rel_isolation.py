@@ -96,7 +96,9 @@ def test_vandals_affect_no_sibling_and_not_the_template(
     template = cache / "templates" / key
     before = tree_digest(template)
     monkeypatch.setenv("PRISTINE", clone_digest(template))
-    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))
+    # _reliability, and the _helpers it imports from tests/
+    here = Path(__file__).parent
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(here), str(here.parent)]))
     pytester.makepyfile(VANDALS_AND_CHECKERS)
     # Two workers where clones are cheapest, so vandals and checkers run at the same time.
     workers = ["-n", "2"] if fs == "btrfs" else []

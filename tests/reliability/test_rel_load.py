@@ -72,7 +72,9 @@ def test_400_tests_two_workers(
     cache = real_dir(fs)
     record = pytester.path / "record.tsv"
     monkeypatch.setenv("RELIABILITY_RECORD", str(record))
-    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))
+    # _reliability, and the _helpers it imports from tests/
+    here = Path(__file__).parent
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(here), str(here.parent)]))
     pytester.makepyfile(INNER.format(tests=TESTS))
     result = pytester.runpytest_subprocess("-n", "2", "-q", "--cowenv-dir", str(cache), *offline)
     out = "\n".join(result.outlines + result.errlines)

@@ -351,6 +351,27 @@ def test_damaged_template_is_rebuilt(root: Path, wheelhouse: Path, damage: Any) 
     assert not new_cache(root).get(spec).built_now
 
 
+def test_uv_never_hardlinks_its_cache_into_a_template(
+    real_fs: tuple[str, Path], wheelhouse: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """uv's --link-mode=clone falls back to hardlinks where it cannot clone: then a template
+    (and every clone made by hardlink) would share inodes with uv's cache, and a file edited
+    in place or a chmod would change uv's cache and every later build from it."""
+    fs_name, base = real_fs
+    _use_route("uv", monkeypatch)
+    monkeypatch.setenv("UV_CACHE_DIR", str(base / "uv-cache"))  # same filesystem: links work
+    template = new_cache(base / "cache").get(make_spec(wheelhouse, "alpha", "beta"))
+    try:
+        linked = [
+            str(path.relative_to(template.path))
+            for path in template.path.rglob("*")
+            if path.is_file() and not path.is_symlink() and path.stat().st_nlink > 1
+        ]
+        assert linked == [], fs_name
+    finally:
+        unprotect_templates(base / "cache")
+
+
 def test_rebuild_before_forces_exactly_one_rebuild(root: Path, wheelhouse: Path) -> None:
     spec = make_spec(wheelhouse, "alpha")
     new_cache(root).get(spec)

@@ -206,6 +206,20 @@ def _index_args(index: IndexOptions, *, uv: bool) -> list[str]:
     return args
 
 
+def _uv_link_mode(python: Path) -> str:
+    """``clone`` where the environment's filesystem can reflink (no extra disk, independent of
+    uv's cache afterwards), else ``copy``. Where uv cannot clone it falls back to hardlinks
+    into its cache: the environment would share inodes with that cache, and a file edited in
+    place, or a template's chmod, would change the cache and every later install from it."""
+    from .fs import probe
+
+    try:
+        # The env's parent: our own folder (tmp/ or a run's clones), probed once per device.
+        return "clone" if probe(python.parent.parent.parent).can_reflink else "copy"
+    except OSError:
+        return "copy"
+
+
 def install_command(
     python: Path, items: Sequence[str], index: IndexOptions, extra: Sequence[str] = ()
 ) -> list[str]:
@@ -219,9 +233,7 @@ def install_command(
             "install",
             "--python",
             str(python),
-            # Reflinks from uv's cache where it shares a filesystem with ours (no extra disk,
-            # and independent of the cache afterwards); uv copies quietly everywhere else.
-            "--link-mode=clone",
+            f"--link-mode={_uv_link_mode(python)}",
             "--quiet",
             *_index_args(index, uv=True),
             *extra,

@@ -39,7 +39,7 @@ from _common import (
     used_bytes,
 )
 
-from pytest_cowenv.clone import _platform, clone_tree, remove_tree, walk_tree
+from pytest_cowenv.clone import clone_tree, make_template_dir, remove_tree, walk_tree
 from pytest_cowenv.fs import probe
 
 ENV_VARS = {"btrfs": "COWENV_TEST_BTRFS", "xfs": "COWENV_TEST_XFS",
@@ -101,7 +101,7 @@ def place(source: Path, bench: Path, name: str, snapshot: bool) -> Place:
     subvolume = None
     if snapshot:
         subvolume = bench / f"{name}-subvolume"
-        if _platform.BACKEND.make_template_dir(str(subvolume)):
+        if make_template_dir(subvolume):
             subprocess.run(["cp", "-a", f"{source}/.", subvolume], check=True)
         else:
             os.rmdir(subvolume)
@@ -207,7 +207,7 @@ def syscalls_per_file(where: Place, out: Path, files: int) -> list[str]:
     lines = []
     marker = "cowenv-bench-start"
     script = (
-        "import os, sys; from pytest_cowenv.clone import clone_tree, walk_tree\n"
+        "import os, sys; from pytest_cowenv.clone import clone_tree, make_template_dir, walk_tree\n"
         "t = walk_tree(sys.argv[1]); os.write(2, sys.argv[3].encode())\n"
         "clone_tree(sys.argv[1], sys.argv[2], 'clone', tree=t)\n"
     )

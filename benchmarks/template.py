@@ -41,7 +41,7 @@ from typing import Any, Callable, Optional
 
 from _common import Case, interleaved, median, table
 
-from pytest_cowenv.clone import _platform, remove_tree
+from pytest_cowenv.clone import remove_tree, unprotect
 
 W1 = ("requests", "rich", "pytest", "httpx", "pydantic")
 UV_REF = "uv venv + uv pip install"
@@ -80,7 +80,7 @@ def wipe(path: Path) -> None:
     """Remove ``path``, read-only template subvolumes included."""
     for child in [*path.glob("*"), *path.glob("*/*"), *path.glob("*/*/*")]:
         if child.name != "bin" and child.is_dir() and not child.is_symlink():
-            _platform.BACKEND.set_readonly(str(child), False)  # False for plain directories
+            unprotect(child)  # False for plain directories
     if os.path.lexists(path):
         remove_tree(path)
 

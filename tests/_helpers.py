@@ -66,15 +66,18 @@ def fast_dir(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
 
 
 def unprotect(template: Path) -> None:
-    """Make one template writable (on btrfs it is a read-only subvolume; clearing the flag is
-    what the plugin itself does before removing one). A plain directory is left as it is."""
-    from pytest_cowenv.clone import _platform
+    """Make one template writable (:func:`pytest_cowenv.clone.unprotect`, imported here only
+    when called)."""
+    from pytest_cowenv.clone import unprotect as make_writable
 
-    _platform.BACKEND.set_readonly(str(template), False)
+    make_writable(template)
 
 
 def unprotect_templates(cache_root: Path) -> None:
-    """:func:`unprotect` every template of the cache at ``cache_root``."""
+    """Make every template of the cache at ``cache_root`` writable (on btrfs they are
+    read-only subvolumes), as the plugin itself does before removing one."""
+    from pytest_cowenv.clone import unprotect
+
     templates = cache_root / "templates"
     for child in templates.iterdir() if templates.is_dir() else ():
         if child.is_dir() and not child.is_symlink():
@@ -83,7 +86,7 @@ def unprotect_templates(cache_root: Path) -> None:
 
 def remove_cache(cache_root: Path) -> None:
     """Remove a cache root, read-only templates included."""
-    from pytest_cowenv.clone import remove_tree
+    from pytest_cowenv.clone import remove_tree, unprotect
 
     templates = cache_root / "templates"
     for child in templates.iterdir() if templates.is_dir() else ():

@@ -31,6 +31,8 @@ from pytest_cowenv.clone import (
     _remove,
     clone_tree,
     forget_decisions,
+    make_template_dir,
+    protect,
     remove_tree,
     walk_tree,
 )
@@ -66,7 +68,7 @@ def tree_state(root: Path) -> State:
 def make_template(parent: Path, subvolume: bool = False, name: str = "template") -> Path:
     path = parent / name
     if subvolume:
-        assert _platform.BACKEND.make_template_dir(str(path)), "btrfs refused a subvolume"
+        assert make_template_dir(path), "btrfs refused a subvolume"
     else:
         path.mkdir()
     return path
@@ -467,7 +469,7 @@ def test_remove_tree_falls_back_when_destroy_is_not_allowed(
 ) -> None:
     """Unprivileged, without user_subvol_rm_allowed: EPERM, so empty it and rmdir it."""
     template = identity_tree(make_template(btrfs_dir, subvolume=True))
-    assert _platform.BACKEND.set_readonly(str(template), True)
+    assert protect(template)
     clone_tree(template, btrfs_dir / "clone")
     real_ioctl = _linux.ioctl_buffer
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pytest_cowenv import fs
-from pytest_cowenv.clone import _platform
+from pytest_cowenv.clone import make_template_dir
 
 # name: (can_snapshot, can_reflink, best strategy)
 EXPECTED = {
@@ -61,7 +61,7 @@ def test_a_btrfs_subvolume_is_its_own_device_and_probed_alone(
     btrfs_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     subvolume = btrfs_dir / "subvolume"
-    assert _platform.BACKEND.make_template_dir(str(subvolume))
+    assert make_template_dir(subvolume)
     assert os.stat(subvolume).st_dev != os.stat(btrfs_dir).st_dev
     calls: list[str] = []
     real = fs._probe_uncached
@@ -89,7 +89,7 @@ def test_fs_type_of_a_missing_path_raises() -> None:
 def test_is_subvolume_only_for_btrfs_subvolume_roots(real_fs: tuple[str, Path]) -> None:
     name, where = real_fs
     template = where / "template"
-    made = _platform.BACKEND.make_template_dir(str(template))
+    made = make_template_dir(template)
     assert made == (name == "btrfs")
     assert fs.is_subvolume(template) == made
     (template / "plain").mkdir()

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import pytest
 
-from _helpers import mounted, unprotect
+from _helpers import mounted
 from _wheels import make_wheel, standard_wheelhouse
 from conftest import skip_without_uv
 from pytest_cowenv import LinkMode, Template, TemplateCache, TemplateSpec, clone_tree
 from pytest_cowenv._install import IndexOptions, installer_identity, uv_binary
 from pytest_cowenv._relocate import ACTIVATE, launcher_body, point_at_sources
-from pytest_cowenv.clone import remove_tree, walk_tree
+from pytest_cowenv.clone import remove_tree, unprotect, walk_tree
 from pytest_cowenv.store import prepare_root
 
 # -- the launcher and metadata rewrites, on their own -------------------------------------

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from _helpers import mounted, unprotect, unprotect_templates
+from _helpers import mounted, unprotect_templates
 from _wheels import make_wheel, standard_wheelhouse
 from conftest import skip_without_uv
 from pytest_cowenv import (
@@ -37,7 +37,7 @@ from pytest_cowenv import (
 )
 from pytest_cowenv import template as template_module
 from pytest_cowenv._install import IndexOptions, installer_identity, uv_binary
-from pytest_cowenv.clone import _platform, remove_tree, walk_tree
+from pytest_cowenv.clone import protect, remove_tree, unprotect, walk_tree
 from pytest_cowenv.store import Layout, prepare_root
 
 pytestmark = pytest.mark.usefixtures("offline_machine")
@@ -119,7 +119,7 @@ def test_built_template_is_complete(root: Path, wheelhouse: Path, route: str) ->
 
         assert is_checked_hash_pyc(Path(importlib.util.cache_from_source(str(source))))
     assert leftovers(cache.layout) == []
-    if _platform.BACKEND.set_readonly(str(template.path), True):  # a btrfs subvolume
+    if protect(template.path):  # a btrfs subvolume
         with pytest.raises(OSError, match="Read-only file system"):
             (template.path / "intruder").write_text("x")
 

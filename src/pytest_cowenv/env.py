@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 
 from ._install import IndexOptions, clean_env, install_command, run_installer
 from ._relocate import relocate
+from ._venv import installed_distributions, site_packages
 from .errors import CommandError, CowEnvError, TemplateBuildError
 
 if TYPE_CHECKING:
@@ -62,8 +63,6 @@ class CowEnv:
     @property
     def site_packages(self) -> Path:
         """The environment's ``site-packages`` directory."""
-        from .template import site_packages
-
         return site_packages(self.path)
 
     @property
@@ -141,8 +140,6 @@ class CowEnv:
         """
         if not items:
             return
-        from .template import installed_distributions
-
         texts = [os.fspath(i) for i in items]
         installed = installed_distributions(self.path)
         if all(_self_contained_wheel(t, installed) for t in texts):

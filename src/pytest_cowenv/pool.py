@@ -25,8 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
 
-from .clone import CloneResult, LinkMode, clone_tree, remove_tree
-from .clone._base import READ_FLAGS
+from .clone import READ_FLAGS, CloneResult, LinkMode, clone_tree, remove_tree
 
 if TYPE_CHECKING:
     from .template import Template

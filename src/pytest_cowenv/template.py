@@ -33,8 +33,8 @@ from ._install import (
 from ._owner import lock_dir
 from ._plan import install_commands
 from ._relocate import point_at_sources, relocate
-from .clone import Tree, remove_tree, strip_write_bits, walk_tree
-from .clone import _platform as clone_platform
+from ._venv import installed_distributions, site_packages
+from .clone import Tree, make_template_dir, protect, remove_tree, strip_write_bits, walk_tree
 from .errors import LockTimeoutError, TemplateBuildError
 from .spec import FORMAT_VERSION, TemplateSpec, find_interpreter
 from .store import BUILD_DIR, LEGACY_BUILD_DIR, Layout, temp_name
@@ -238,7 +238,7 @@ class TemplateCache:
             compiled = build_env(spec, env, work, self.layout.bytecode, phases)
             with timed(phases, "publish"):
                 os.rename(env, final)
-                protected = clone_platform.BACKEND.set_readonly(str(final), True)
+                protected = protect(final)
             with timed(phases, "walk"):
                 tree = walk_tree(final)
                 write_bits = None
@@ -349,7 +349,7 @@ def build_env(
     """
     interp = find_interpreter(spec.python)
     with timed(phases, "venv"):
-        clone_platform.BACKEND.make_template_dir(str(env))
+        make_template_dir(env)
         create_base_env(env, interp.executable, pip=spec.pip, what=spec.describe())
     python = env / "bin" / "python"
     origins: dict[Path, Path] = {}
@@ -413,27 +413,6 @@ def compile_env(env: Path, spec: TemplateSpec, bytecode: Path) -> dict[str, Any]
         )
     report: dict[str, Any] = json.loads(proc.stdout.splitlines()[-1])
     return report
-
-
-def site_packages(env: Path) -> Path:
-    """The ``site-packages`` directory of the environment at ``env``."""
-    if sys.platform == "win32":  # pragma: no cover - Windows
-        return env / "Lib" / "site-packages"
-    found = sorted((env / "lib").glob("python*/site-packages"))
-    if not found:
-        raise TemplateBuildError(f"{env}: no lib/python*/site-packages")
-    return found[0]
-
-
-def installed_distributions(env: Path) -> dict[str, str]:
-    """Canonical name → version, read from the ``.dist-info`` folder names (no subprocess)."""
-    from packaging.utils import canonicalize_name
-
-    found: dict[str, str] = {}
-    for info in site_packages(env).glob("*.dist-info"):
-        name, _, version = info.name[: -len(".dist-info")].partition("-")
-        found[canonicalize_name(name)] = version
-    return dict(sorted(found.items()))
 
 
 def write_atomically(path: Path, text: str) -> None:

@@ -22,12 +22,13 @@ from typing import Any, Optional
 
 from ._content import problems
 from ._install import IndexOptions
+from ._venv import site_packages
 from .clone import Tree, remove_tree, walk_tree
 from .errors import CowEnvError
 from .maintenance import read_meta, template_keys
 from .spec import TemplateSpec
 from .store import Layout
-from .template import TemplateCache, site_packages, write_atomically
+from .template import TemplateCache, write_atomically
 
 
 @dataclass

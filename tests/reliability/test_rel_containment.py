@@ -54,12 +54,12 @@ class Sentinel:
         os.chmod(locked, 0o555)
         self.vault = None
         if fs == "btrfs":  # a read-only subvolume of the user's: its flag must stay set
-            from pytest_cowenv.clone import _platform
+            from pytest_cowenv.clone import make_template_dir, protect
 
             self.vault = self.path / "vault"
-            assert _platform.BACKEND.make_template_dir(str(self.vault))
+            assert make_template_dir(self.vault)
             (self.vault / "snap.txt").write_text("user's subvolume\n")
-            assert _platform.BACKEND.set_readonly(str(self.vault), True)
+            assert protect(self.vault)
         self.digest = tree_digest(self.path)
         self.checks = 0
 
@@ -75,10 +75,10 @@ class Sentinel:
                 raise AssertionError(f"the user's read-only subvolume is writable after {after}")
 
     def remove(self) -> None:
-        from pytest_cowenv.clone import _platform
+        from pytest_cowenv.clone import unprotect
 
         if self.vault is not None:
-            _platform.BACKEND.set_readonly(str(self.vault), False)
+            unprotect(self.vault)
         os.chmod(self.path / "readonly", 0o755)
 
 
@@ -359,20 +359,20 @@ clean_stale(Layout(sys.argv[1]))
 def _stale_run(cache: Path, fs: str) -> None:
     """A killed run's folder: clones with read-only parts (snapshots of a read-only
     subvolume on btrfs), a pool and a trash."""
-    from pytest_cowenv.clone import _platform, clone_tree
+    from pytest_cowenv.clone import clone_tree, make_template_dir, protect
 
     run = cache / "clones" / f"run-{DEAD_PID}-1-{HEX6}"
     template = cache / "templates" / ("d" * 24)
     if not template.exists():
         (cache / "templates").mkdir(parents=True, exist_ok=True)
-        _platform.BACKEND.make_template_dir(str(template))
+        make_template_dir(template)
         for i in range(30):
             sub = template / "lib" / f"pkg{i}"
             sub.mkdir(parents=True)
             for j in range(10):
                 (sub / f"m{j}.py").write_text(f"x = {j}\n")
             os.chmod(sub, 0o555)
-        _platform.BACKEND.set_readonly(str(template), True)
+        protect(template)
     for folder in ("", "pool", "trash"):
         (run / folder).mkdir(parents=True, exist_ok=True)
         for n in range(2):

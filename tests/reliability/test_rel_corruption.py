@@ -18,8 +18,6 @@ from typing import Callable
 
 import pytest
 
-from _helpers import unprotect
-
 from ._reliability import acquire_each, stray_entries, tree_digest
 
 # One test per damaged template: each spec has its own template, damaged its own way.
@@ -98,11 +96,13 @@ def test_damaged_templates_are_rebuilt_not_cloned(
     damages = CASES[fs]
     specs = SPECS[: len(damages)]
     built = acquire_each(cache, wheelhouse, specs)
+    from pytest_cowenv.clone import unprotect
+
     healthy = {}
     for (key, _, _), damage in zip(built, damages):
         template, meta = cache / "templates" / key, cache / "templates" / f"{key}.json"
         healthy[key] = tree_digest(template, skip=RECORDS)
-        unprotect(template)
+        unprotect(template)  # a read-only subvolume on btrfs
         DAMAGE[damage](template, meta)
 
     monkeypatch.setenv("SPECS", ",".join(specs))

@@ -89,12 +89,12 @@ def test_same_size_same_mtime_edit_and_flipped_store_are_both_caught(
     entries = store_entries(cache)
     for entry in entries:
         flip_byte(entry)
-    from pytest_cowenv.clone import _platform
+    from pytest_cowenv.clone import protect, unprotect
 
-    protected = _platform.BACKEND.set_readonly(str(template), False)  # btrfs: RO subvolume
+    protected = unprotect(template)  # btrfs: RO subvolume
     edit_in_place(template, "lib/python*/site-packages/alpha/__init__.py", b"1.0", b"6.6")
     if protected:
-        _platform.BACKEND.set_readonly(str(template), True)
+        protect(template)
 
     pytester.makepyfile(INNER)
     result = pytester.runpytest_subprocess("--cowenv-dir", str(cache), *offline)

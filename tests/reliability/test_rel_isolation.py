@@ -123,11 +123,11 @@ LINKS = {
 
 
 def _template_with_links(root: Path, as_subvolume: bool) -> Path:
-    from pytest_cowenv.clone import _platform
+    from pytest_cowenv.clone import make_template_dir
 
     src = root / "template"
     if as_subvolume:
-        assert _platform.BACKEND.make_template_dir(str(src))
+        assert make_template_dir(src)
     else:
         src.mkdir()
     (src / "lib" / "site-packages" / "pkg").mkdir(parents=True)

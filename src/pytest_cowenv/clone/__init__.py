@@ -16,21 +16,28 @@ import warnings
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from .._fstype import fs_type
 from ..errors import CloneError, CowEnvWarning
-from ..fs import fs_type
 from . import _platform, _remove
-from ._base import DIR_FD, DIR_FLAGS, UMASK, FileAtOp, FileOp, cannot_clone
+from ._base import DIR_FD, DIR_FLAGS, READ_FLAGS, UMASK, FileAtOp, FileOp, cannot_clone
 from ._portable import copy_file, copy_file_at, link_file, link_file_at
+from ._templates import can_snapshot, make_template_dir, probe_reflink, protect, unprotect
 from ._walk import Named, Tree, strip_write_bits, walk_tree
 
 __all__ = [
+    "READ_FLAGS",
     "CloneResult",
     "LinkMode",
     "Tree",
     "Warn",
+    "can_snapshot",
     "clone_tree",
+    "make_template_dir",
+    "probe_reflink",
+    "protect",
     "remove_tree",
     "strip_write_bits",
+    "unprotect",
     "walk_tree",
 ]
 

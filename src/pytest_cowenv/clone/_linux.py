@@ -10,6 +10,7 @@ import os
 import struct
 from typing import Callable, Optional
 
+from .._fstype import is_subvolume
 from ._base import CREATE_FLAGS, DIR_FLAGS, O_NOFOLLOW, READ_FLAGS, finish_file
 
 FICLONE = 0x40049409  # fcntl.FICLONE exists only from Python 3.12
@@ -19,7 +20,6 @@ BTRFS_IOC_SNAP_DESTROY = 0x5000940F
 BTRFS_IOC_SUBVOL_GETFLAGS = 0x80089419
 BTRFS_IOC_SUBVOL_SETFLAGS = 0x4008941A
 BTRFS_SUBVOL_RDONLY = 1 << 1
-BTRFS_SUBVOLUME_INO = 256
 _VOL_ARGS_SIZE = 4096
 _V2_NAME_OFFSET = 56  # after "=qQQ32s": fd, transid, flags, union
 _V1_NAME_OFFSET = 8  # after the int64 fd
@@ -84,13 +84,6 @@ def _on_parent(path: str, request: int, args: bytearray) -> None:
         os.close(pfd)
 
 
-def _is_subvolume(path: str) -> bool:
-    try:
-        return os.stat(path, follow_symlinks=False).st_ino == BTRFS_SUBVOLUME_INO
-    except OSError:
-        return False
-
-
 def _clone_into(
     sfd: int, dfd: int, dst: str, mode: int, atime_ns: int, mtime_ns: int, size: int
 ) -> None:
@@ -110,8 +103,6 @@ class LinuxBackend:
         return fstype == "btrfs"
 
     def is_dir_clonable(self, src: str) -> bool:
-        from ..fs import is_subvolume
-
         return is_subvolume(src)
 
     def clone_dir(self, src: str, dst: str) -> None:
@@ -186,7 +177,7 @@ class LinuxBackend:
             raise
 
     def set_readonly(self, path: str, readonly: bool) -> bool:
-        if not _is_subvolume(path):
+        if not is_subvolume(path):
             return False
         fd = os.open(path, DIR_FLAGS | O_NOFOLLOW)
         try:

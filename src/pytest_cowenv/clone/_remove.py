@@ -23,6 +23,7 @@ import os
 import stat
 from typing import Callable, Optional
 
+from .._fstype import BTRFS_SUBVOLUME_INO
 from ..errors import UnsafeRemovalError
 from . import _platform
 from ._base import O_CLOEXEC, O_DIRECTORY, O_NOFOLLOW
@@ -190,7 +191,7 @@ def _enter(parent: _Dir, name: str, path: str) -> Optional[_Dir]:
     try:
         st, mount = os.fstat(fd), _mount_id(fd)
         # Another device on the same mount is a btrfs subvolume (its root is inode 256).
-        subvolume = st.st_dev != parent.dev and st.st_ino == _BTRFS_SUBVOLUME_INO
+        subvolume = st.st_dev != parent.dev and st.st_ino == BTRFS_SUBVOLUME_INO
         if (mount != parent.mount) or (st.st_dev != parent.dev and not subvolume):
             raise UnsafeRemovalError(
                 errno.EXDEV,
@@ -207,8 +208,6 @@ def _enter(parent: _Dir, name: str, path: str) -> Optional[_Dir]:
         raise
     return _Dir(parent.fd, name, fd, st.st_dev, mount)
 
-
-_BTRFS_SUBVOLUME_INO = 256
 
 
 def _make_searchable(pfd: int, name: str) -> None:

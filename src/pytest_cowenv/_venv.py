@@ -1,0 +1,32 @@
+"""Where things are in a virtual environment, read from its files (no subprocess).
+
+A leaf: :mod:`.env` (a clone) and :mod:`.template` (a build) both use it.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .errors import TemplateBuildError
+
+
+def site_packages(env: Path) -> Path:
+    """The ``site-packages`` directory of the environment at ``env``."""
+    if sys.platform == "win32":  # pragma: no cover - Windows
+        return env / "Lib" / "site-packages"
+    found = sorted((env / "lib").glob("python*/site-packages"))
+    if not found:
+        raise TemplateBuildError(f"{env}: no lib/python*/site-packages")
+    return found[0]
+
+
+def installed_distributions(env: Path) -> dict[str, str]:
+    """Canonical name → version, read from the ``.dist-info`` folder names (no subprocess)."""
+    from packaging.utils import canonicalize_name
+
+    found: dict[str, str] = {}
+    for info in site_packages(env).glob("*.dist-info"):
+        name, _, version = info.name[: -len(".dist-info")].partition("-")
+        found[canonicalize_name(name)] = version
+    return dict(sorted(found.items()))

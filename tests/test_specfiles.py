@@ -369,3 +369,34 @@ def test_bad_resolution_lists_the_choices(tmp_path: Path, monkeypatch: pytest.Mo
     assert made.resolution == "lowest-direct"
     assert made.key() != spec("alpha", base=tmp_path).key()
 
+
+
+# --- the command line and the install plan ------------------------------------------------
+
+
+def test_cli_build_takes_files_and_names_a_missing_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pytest_cowenv.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    code = main(["build", "--dir", str(tmp_path / "cache"), "-r", "missing.txt", "--group", "x"])
+    assert code == 2
+    err = capsys.readouterr().err
+    missing = tmp_path / "missing.txt"
+    assert err == f"pytest-cowenv build: error: -r missing.txt: no such file ({missing})\n"
+
+
+def test_hashed_requirements_come_before_a_project_without_a_hash(tmp_path: Path) -> None:
+    from pytest_cowenv._plan import install_commands
+
+    (tmp_path / "pyproject.toml").write_text(PYPROJECT)
+    (tmp_path / "r.txt").write_text("--find-links ./wheels\nalpha==1.0 --hash=sha256:ab\n")
+    made = spec("-r r.txt", base=tmp_path, project=".")
+    wheel = tmp_path / "demo-0.1-py3-none-any.whl"
+    first, then = install_commands(made, tmp_path / "python", tmp_path, {str(tmp_path): wheel})
+    assert first[-2] == "-r" and str(wheel) not in first
+    assert (tmp_path / "requirements.txt").read_text() == (
+        f"--find-links {tmp_path / 'wheels'}\nalpha==1.0 --hash=sha256:ab\n"
+    )
+    assert then[-1] == str(wheel) and "-r" in then  # the file's index options, again

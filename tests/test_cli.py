@@ -205,7 +205,7 @@ def test_prune_all_skips_a_template_in_use(cache: Path, wheels: Path, holder: An
     alpha = build(cache, wheels, "alpha==1.0")
     gamma = build(cache, wheels, "gamma")
     templates = cache / "templates"
-    user = holder(HOLD_IN_USE, templates / f"{gamma['key']}.inuse")
+    user = holder(HOLD_IN_USE, Path(gamma["path"] + ".inuse"))
 
     assert [t["in_use"] for t in cli_json("list", "--dir", str(cache))["templates"]] == [
         False,
@@ -218,7 +218,7 @@ def test_prune_all_skips_a_template_in_use(cache: Path, wheels: Path, holder: An
     assert skipped["path"] == gamma["path"]
     assert skipped["reason"] == f"in use by pid {user.pid}"
     assert sorted(p.name for p in templates.iterdir() if p.name.startswith(alpha["key"])) == []
-    assert (templates / f"{gamma['key']}.json").exists() and Path(gamma["path"]).is_dir()
+    assert Path(gamma["path"] + ".json").exists() and Path(gamma["path"]).is_dir()
 
     stop(user)
     text = cli("prune", "--all", "--dir", str(cache)).stdout
@@ -229,7 +229,7 @@ def test_prune_all_skips_a_template_in_use(cache: Path, wheels: Path, holder: An
 def test_prune_older_than(cache: Path, wheels: Path) -> None:
     old = build(cache, wheels, "alpha==1.0")
     new = build(cache, wheels, "gamma")
-    meta = cache / "templates" / f"{old['key']}.json"
+    meta = Path(old["path"] + ".json")
     forty_days_ago = time.time() - 40 * DAY
     os.utime(meta, (forty_days_ago, forty_days_ago))
 
@@ -271,8 +271,8 @@ def test_clean_removes_only_what_dead_processes_left(tmp_path: Path, holder: Any
     live_run = _tree(root / "clones" / f"run-{me.token()}-abcdef" / "env-1")
     dead_build = _tree(root / "tmp" / f"{'0123abcd' * 3}.{dead}.abcd1234" / "env")
     live_build = _tree(root / "tmp" / f"{'0123abcd' * 3}.{me.token()}.abcd1234" / "env")
-    orphan = _tree(root / "templates" / ("feedface" * 3))
-    building = _tree(root / "templates" / ("beefbeef" * 3))
+    orphan = _tree(root / "templates" / f"{'feedface' * 3}.1")
+    building = _tree(root / "templates" / f"{'beefbeef' * 3}.1")
     kept = _tree(root / "kept" / f"run-{dead}-abcdef-env-1")
     holder(HOLD_BUILD_LOCK, root / "templates" / f"{'beefbeef' * 3}.lock")
 

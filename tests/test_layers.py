@@ -32,7 +32,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("clone engine", {"clone"}),  # the package and its private modules
     (
         "filesystem probes, installers, specs, cache layout",
-        {"fs", "_install", "spec", "_lock", "_plan", "store", "_content"},
+        {"fs", "_install", "spec", "_lock", "_plan", "store", "_content", "generations"},
     ),
     ("templates and the clone handle", {"template", "env"}),
     ("pool, clean-up, checks, report", {"pool", "maintenance", "verify", "report"}),

@@ -550,10 +550,8 @@ def test_xdist_shares_templates_and_rebuild_runs_once(
     )
 
     def templates() -> dict[str, float]:
-        return {
-            meta.stem: json.loads(meta.read_text())["created"]
-            for meta in (cache / "templates").glob("*.json")
-        }
+        metas = [json.loads(m.read_text()) for m in (cache / "templates").glob("*.json")]
+        return {meta["key"]: meta["created"] for meta in metas}
 
     first = run("-n", "2", cache=cache, subprocess=True)
     first.assert_outcomes(passed=6)

@@ -107,7 +107,7 @@ def test_built_template_is_complete(root: Path, wheelhouse: Path, route: str) ->
     template = cache.get(make_spec(wheelhouse, "beta", "gamma"))
     assert template.built_now
     assert template.resolved == {"alpha": "2.0", "beta": "1.0", "gamma": "0.5"}
-    meta = json.loads(cache.layout.meta(template.key).read_text())
+    meta = json.loads(cache.layout.meta(template.key, template.generation).read_text())
     assert meta["installer"].split()[0] == route
     assert set(meta["phases"]) >= {"venv", "install", "relocate", "compile", "walk"}
     assert meta["files"] == template.tree.nfiles
@@ -261,8 +261,8 @@ def test_builder_killed_mid_install_leaves_nothing_usable(
     cache = new_cache(root)
     key = cache.key(spec)
     assert [name.split(".")[0] for name in leftovers(cache.layout)] == [key]
-    assert not cache.layout.meta(key).exists()
-    assert cache._load(spec, key) is None
+    assert not any(cache.layout.meta(key, gen).exists() for gen in cache.layout.generations_of(key))
+    assert cache._find(spec, key) is None
 
     template = cache.get(spec)
     assert template.built_now
@@ -339,7 +339,7 @@ def _file_changed(meta: Path, template: Path) -> None:
 def test_damaged_template_is_rebuilt(root: Path, wheelhouse: Path, damage: Any) -> None:
     spec = make_spec(wheelhouse, "alpha")
     first = new_cache(root).get(spec)
-    damage(new_cache(root).layout.meta(first.key), first.path)
+    damage(new_cache(root).layout.meta(first.key, first.generation), first.path)
 
     again = new_cache(root).get(spec)
     assert again.built_now
@@ -383,7 +383,7 @@ def test_rebuild_before_forces_exactly_one_rebuild(root: Path, wheelhouse: Path)
 def test_changed_interpreter_is_detected(root: Path, wheelhouse: Path) -> None:
     spec = make_spec(wheelhouse, "alpha")
     first = new_cache(root).get(spec)
-    meta_path = new_cache(root).layout.meta(first.key)
+    meta_path = new_cache(root).layout.meta(first.key, first.generation)
     meta = json.loads(meta_path.read_text())
     meta["interpreter"][2] += 1  # the base executable's mtime: reinstalled in place
     meta_path.write_text(json.dumps(meta))
@@ -452,7 +452,7 @@ def test_unresolvable_requirement_fails_once_naming_it(
     assert second.value is first.value
     assert len(builds) == 1
     assert leftovers(cache.layout) == []
-    assert not cache.layout.template(spec.key()).exists()
+    assert cache.layout.generations_of(spec.key()) == []
 
 
 def _big_wheel(directory: Path, size: int) -> Path:

@@ -352,12 +352,12 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from .errors import CowEnvError
-    from .maintenance import open_layout, read_meta
+    from .maintenance import current_generation, open_layout
     from .verify import verify_cache, verify_store
 
     root = _root(args)
     layout = open_layout(root)
-    if args.key and (layout is None or read_meta(layout, args.key) is None):
+    if args.key and (layout is None or current_generation(layout, args.key) is None):
         raise CowEnvError(f"no template {args.key} in {root} (see `{PROG} list`)")
     verdicts, store = [], {"checked": 0, "dropped": 0}
     if layout:

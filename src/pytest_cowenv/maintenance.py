@@ -1,8 +1,10 @@
 """Cache upkeep: list templates, prune old ones, clean what dead processes left behind.
 
 Pytest-free; the command line (``cli.py``) and the session call it. Removal respects the two
-locks beside each template: the build lock (a builder is at work) and the shared in-use lock
-that every process using the template holds (see ``template.hold_in_use``).
+locks beside each template: the build lock of its key (a builder is at work) and the shared
+in-use lock of each generation, which every process using that generation holds (see
+``template.hold_in_use``). A generation that a newer complete one supersedes is removed as
+soon as nobody holds it, whatever its age.
 """
 
 from __future__ import annotations
@@ -22,6 +24,12 @@ from typing import Any, Callable, Optional
 
 from . import _owner
 from .clone import remove_tree
+from .generations import (
+    collect_generations,
+    in_use_reason,
+    remove_generation,
+    superseded,
+)
 from .store import (
     BUILD_DIR,
     KEPT,
@@ -31,7 +39,6 @@ from .store import (
     META_TMP,
     ROOT_FILES,
     RUN_DIR,
-    TEMPLATE_ENTRY,
     TMP_FILE,
     Layout,
     check_safe,
@@ -43,9 +50,10 @@ PRUNE_LOCK_TIMEOUT = 2.0  # seconds to wait for a template's build lock before s
 
 @dataclass(frozen=True)
 class TemplateInfo:
-    """A complete template as ``list`` shows it."""
+    """A complete template (its newest complete generation) as ``list`` shows it."""
 
     key: str
+    generation: int
     path: str
     describe: str
     resolved: dict[str, str]
@@ -66,7 +74,7 @@ class Leftover:
     """Something under the cache that is not a complete template."""
 
     path: str
-    kind: str  # "incomplete template" | "orphan metadata" | "build dir" | "stale run" | "kept"
+    kind: str  # "old generation" | "incomplete template" | "orphan metadata" | "build dir" | …
     note: str
 
 
@@ -105,39 +113,48 @@ def open_layout(root: Path) -> Optional[Layout]:
 # -- reading -------------------------------------------------------------------------------
 
 
-def template_keys(layout: Layout) -> list[str]:
-    """Every key with a directory, metadata or lock files under ``templates/`` (names that
-    match ``store.TEMPLATE_ENTRY`` exactly: nothing else there is ours)."""
-    keys = set()
-    for entry in _children(layout.templates):
-        match = TEMPLATE_ENTRY.match(entry.name)
-        if match:
-            keys.add(match["key"])
-    return sorted(keys)
-
-
-def read_meta(layout: Layout, key: str) -> Optional[dict[str, Any]]:
+def read_meta(layout: Layout, key: str, gen: int) -> Optional[dict[str, Any]]:
     try:
-        meta = json.loads(layout.meta(key).read_text(encoding="utf-8"))
+        meta = json.loads(layout.meta(key, gen).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return meta if isinstance(meta, dict) and meta.get("key") == key else None
+
+
+def template_keys(layout: Layout) -> list[str]:
+    """Every key under ``templates/`` (names that match ``store.TEMPLATE_ENTRY`` exactly:
+    nothing else there is ours)."""
+    return list(layout.generations())
+
+
+def current_generation(layout: Layout, key: str) -> Optional[int]:
+    """The newest complete generation of ``key`` (tree and metadata), or None."""
+    for gen in reversed(layout.generations_of(key)):
+        if layout.template(key, gen).is_dir() and read_meta(layout, key, gen) is not None:
+            return gen
+    return None
 
 
 def list_templates(layout: Layout) -> tuple[list[TemplateInfo], list[Leftover]]:
     """Complete templates (oldest use first) and leftovers of every other kind."""
     templates: list[TemplateInfo] = []
     leftovers: list[Leftover] = []
-    for key in template_keys(layout):
-        meta, path = read_meta(layout, key), layout.template(key)
-        has_dir = path.is_dir()
-        if meta is not None and has_dir:
-            templates.append(_info(layout, key, meta))
-        elif has_dir:
-            leftovers.append(Leftover(str(path), "incomplete template", _orphan_note(layout, key)))
-        elif layout.meta(key).exists():
-            note = "metadata without its environment; " + _orphan_note(layout, key)
-            leftovers.append(Leftover(str(layout.meta(key)), "orphan metadata", note))
+    for key, gens in layout.generations().items():
+        for gen in gens:
+            meta, path = read_meta(layout, key, gen), layout.template(key, gen)
+            has_dir = path.is_dir()
+            newer = superseded(layout, key, gen, gens)
+            if meta is not None and has_dir and newer is None:
+                templates.append(_info(layout, key, gen, meta))
+            elif meta is not None and has_dir:
+                note = f"superseded by generation {newer}; " + _old_note(layout, key, gen)
+                leftovers.append(Leftover(str(path), "old generation", note))
+            elif has_dir:
+                note = _orphan_note(layout, key)
+                leftovers.append(Leftover(str(path), "incomplete template", note))
+            elif layout.meta(key, gen).exists():
+                note = "metadata without its environment; " + _orphan_note(layout, key)
+                leftovers.append(Leftover(str(layout.meta(key, gen)), "orphan metadata", note))
     templates = _with_btrfs_usage(templates)
     for child in _children(layout.tmp):
         if not (BUILD_DIR.match(child.name) or LEGACY_BUILD_DIR.match(child.name)):
@@ -155,10 +172,11 @@ def list_templates(layout: Layout) -> tuple[list[TemplateInfo], list[Leftover]]:
     return templates, leftovers
 
 
-def _info(layout: Layout, key: str, meta: dict[str, Any]) -> TemplateInfo:
-    path = layout.template(key)
+def _info(layout: Layout, key: str, gen: int, meta: dict[str, Any]) -> TemplateInfo:
+    path = layout.template(key, gen)
     return TemplateInfo(
         key=key,
+        generation=gen,
         path=str(path),
         describe=str(meta.get("describe", "?")),
         resolved=dict(meta.get("resolved", {})),
@@ -169,10 +187,16 @@ def _info(layout: Layout, key: str, meta: dict[str, Any]) -> TemplateInfo:
         shared_bytes=None,
         build_seconds=float(meta.get("build_seconds", 0.0)),
         created=float(meta.get("created", 0.0)),
-        last_used=_mtime(layout.meta(key)),
-        in_use=is_held(layout.in_use(key)),
+        last_used=_mtime(layout.meta(key, gen)),
+        in_use=is_held(layout.in_use(key, gen)),
         installer=str(meta.get("installer", "")),
     )
+
+
+def _old_note(layout: Layout, key: str, gen: int) -> str:
+    if is_held(layout.in_use(key, gen)):
+        return in_use_reason(layout, key, gen) + "; removed once it ends"
+    return "not in use; `clean` removes it"
 
 
 def _orphan_note(layout: Layout, key: str) -> str:
@@ -183,7 +207,7 @@ def _orphan_note(layout: Layout, key: str) -> str:
 
 def _builder(layout: Layout, key: str) -> str:
     try:
-        return layout.lock(key).with_suffix(".owner").read_text(encoding="utf-8").strip()
+        return layout.owner_note(key).read_text(encoding="utf-8").strip()
     except OSError:
         return "another process"
 
@@ -268,77 +292,17 @@ def is_held(path: Path) -> bool:
     return False
 
 
-@contextlib.contextmanager
-def _unclaimed(path: Path) -> Iterator[bool]:
-    """Hold ``path`` exclusively while nobody holds it shared: users wait until we are done.
-
-    Yields False (holding nothing) if a process has it: the template is in use.
-    """
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: prune relies on age only
-        yield True
-        return
-    with open(path, "ab") as f:
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-
-
-def lock_holders(path: Path) -> list[int]:
-    """Pids holding a lock on ``path``, from ``/proc/locks`` (Linux; [] elsewhere)."""
-    try:
-        st = os.stat(path)
-        with open("/proc/locks", encoding="ascii") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return []
-    # Match the inode only: btrfs reports another device number there than stat() does.
-    # Then confirm that the process has this very file open.
-    pids = set()
-    for line in lines:
-        parts = line.split()
-        if "->" in parts or len(parts) < 6 or not parts[4].isdigit():
-            continue  # waiters, and lines of a format we do not know
-        if parts[5].rsplit(":", 1)[-1] == str(st.st_ino) and _has_open(int(parts[4]), st):
-            pids.add(int(parts[4]))
-    return sorted(pids)
-
-
-def _has_open(pid: int, st: os.stat_result) -> bool:
-    fd_dir = f"/proc/{pid}/fd"
-    with contextlib.suppress(OSError):
-        for fd in os.listdir(fd_dir):
-            with contextlib.suppress(OSError):
-                if os.path.samestat(os.stat(os.path.join(fd_dir, fd)), st):
-                    return True
-    return False
-
-
-def _in_use_reason(layout: Layout, key: str) -> str:
-    pids = lock_holders(layout.in_use(key))
-    return "in use by " + (", ".join(f"pid {p}" for p in pids) if pids else "another process")
-
-
-# -- removing ------------------------------------------------------------------------------
-
-
 def remove_template(
     layout: Layout,
     key: str,
+    gen: int,
     *,
     lock_timeout: float = PRUNE_LOCK_TIMEOUT,
     still_wanted: Optional[Callable[[], Optional[str]]] = None,
 ) -> Optional[str]:
-    """Remove ``key``'s template and its side files; return why not, or None once removed.
-
-    Skips a template that a process is building (build lock) or using (in-use lock). Both
-    locks are held during the removal, so a builder or user arriving meanwhile waits and
-    then finds no template. ``still_wanted`` is asked again under the locks.
-    """
+    """Remove generation ``gen`` of ``key`` under the key's build lock (so that no builder is
+    making it, nor numbering the next one meanwhile); return why not, or None once removed.
+    The key's lock files go with its last generation."""
     import filelock
 
     lock = filelock.FileLock(str(layout.lock(key)), timeout=lock_timeout)
@@ -347,26 +311,14 @@ def remove_template(
     except filelock.Timeout:
         return f"being built by {_builder(layout, key)}"
     try:
-        with _unclaimed(layout.in_use(key)) as free:
-            if not free:
-                return _in_use_reason(layout, key)
-            reason = still_wanted() if still_wanted else None
-            if reason:
-                return reason
-            _delete(layout, key)
-            return None
+        reason = remove_generation(layout, key, gen, still_wanted=still_wanted)
+        if reason is None and not layout.generations_of(key):
+            # While still held: waiters notice the unlinked file and lock anew.
+            for side in (layout.owner_note(key), layout.lock(key)):
+                remove_tree(side, root=layout.root)
+        return reason
     finally:
         lock.release()
-
-
-def _delete(layout: Layout, key: str) -> None:
-    # Metadata first: once it is gone no reader trusts the tree, even half removed.
-    remove_tree(layout.meta(key), root=layout.root)
-    remove_tree(layout.template(key), root=layout.root)
-    remove_tree(layout.linked(key), root=layout.root)
-    # Lock files last, while still held: waiters notice the unlinked file and lock anew.
-    for side in (layout.lock(key).with_suffix(".owner"), layout.in_use(key), layout.lock(key)):
-        remove_tree(side, root=layout.root)
 
 
 def prune(
@@ -376,44 +328,57 @@ def prune(
     everything: bool = False,
     lock_timeout: float = PRUNE_LOCK_TIMEOUT,
 ) -> Report:
-    """Remove templates unused for ``older_than_days`` (or all): never one in use."""
+    """Remove templates unused for ``older_than_days`` (or all), and superseded generations:
+    never one in use."""
     report = Report()
     cutoff = time.time() - older_than_days * DAY
 
-    def too_recent(key: str) -> Optional[str]:
-        last = last_used(layout, key)
+    def too_recent(key: str, gen: int) -> Optional[str]:
+        last = last_used(layout, key, gen)
         if everything or last < cutoff:
             return None
         return f"used {(time.time() - last) / DAY:.1f} days ago"
 
-    for key in template_keys(layout):
-        path = layout.template(key)
-        if not path.is_dir() and not layout.meta(key).exists():
-            continue  # lock files only: `clean` handles those
-        if too_recent(key):
-            continue
-        meta = read_meta(layout, key)
-        what = f"template {meta.get('describe', '?') if meta else '(incomplete)'}"
-        size = allocated_bytes(path)
-        reason = remove_template(
-            layout, key, lock_timeout=lock_timeout, still_wanted=functools.partial(too_recent, key)
-        )
-        if reason is None:
-            report.removed.append(Item(str(path), what, size))
-        else:
-            report.skipped.append(Item(str(path), what, size, reason))
+    for key, gens in layout.generations().items():
+        for gen in gens:
+            path = layout.template(key, gen)
+            if not path.is_dir() and not layout.meta(key, gen).exists():
+                continue  # lock files only: `clean` handles those
+            old = superseded(layout, key, gen, gens) is not None
+            if not old and too_recent(key, gen):
+                continue
+            meta = read_meta(layout, key, gen)
+            what = f"template {meta.get('describe', '?') if meta else '(incomplete)'}"
+            if old:
+                what += f" (generation {gen}, superseded)"
+            size = allocated_bytes(path)
+            if old:
+                reason = remove_generation(layout, key, gen)
+            else:
+                wanted = functools.partial(too_recent, key, gen)
+                reason = remove_template(
+                    layout, key, gen, lock_timeout=lock_timeout, still_wanted=wanted
+                )
+            if reason is None:
+                report.removed.append(Item(str(path), what, size))
+            else:
+                report.skipped.append(Item(str(path), what, size, reason))
     prune_bytecode(layout, report)
     return report
 
 
-def last_used(layout: Layout, key: str) -> float:
-    """When a run last used ``key`` (its metadata's mtime; the tree's for a half-made one)."""
-    return _mtime(layout.meta(key)) or _mtime(layout.template(key))
+def last_used(layout: Layout, key: str, gen: int) -> float:
+    """When a run last used a generation (its metadata's mtime; the tree's for a half-made
+    one)."""
+    return _mtime(layout.meta(key, gen)) or _mtime(layout.template(key, gen))
 
 
 def clean_stale(layout: Layout) -> list[Path]:
-    """Remove run folders and build leftovers of processes that are provably gone."""
+    """Remove run folders and build leftovers of processes that are provably gone, and
+    superseded generations that nobody holds any more."""
     removed = []
+    for key in layout.generations():
+        removed += collect_generations(layout, key)
     for folder in (layout.clones, layout.tmp):
         for child in sorted(Path(e.path) for e in _children(folder)):
             with _reaping(child) as dead:
@@ -428,18 +393,25 @@ def clean(layout: Layout, *, kept: bool = False) -> Report:
     """Remove leftovers: stale clones and build dirs, orphan template parts, kept clones."""
     report = Report()
     for path in clean_stale(layout):
-        what = "stale clones" if path.parent == layout.clones else "build leftover"
+        what = {layout.clones: "stale clones", layout.tmp: "build leftover"}.get(
+            path.parent, "old generation"
+        )
         report.removed.append(Item(str(path), what))
-    for key in template_keys(layout):
-        path = layout.template(key)
-        if path.is_dir() and read_meta(layout, key) is not None:
-            continue  # a complete template: `prune` decides about those
-        has_dir = path.is_dir()
-        what = "incomplete template" if has_dir else "orphan template files"
-        # A free build lock means no builder: whatever is there will never be completed.
-        reason = remove_template(layout, key, lock_timeout=0)
-        item = Item(str(path if has_dir else layout.meta(key)), what, reason=reason or "")
-        (report.skipped if reason else report.removed).append(item)
+    for key, gens in layout.generations().items():
+        if not gens:  # only the key's lock files are left
+            reason = _remove_lock_files(layout, key)
+            item = Item(str(layout.lock(key)), "orphan template files", reason=reason or "")
+            (report.skipped if reason else report.removed).append(item)
+        for gen in gens:
+            has_dir = layout.template(key, gen).is_dir()
+            if has_dir and read_meta(layout, key, gen) is not None:
+                continue  # a complete template: `prune` decides about those
+            what = "incomplete template" if has_dir else "orphan template files"
+            path = layout.template(key, gen) if has_dir else layout.meta(key, gen)
+            # A free build lock means no builder: what is there will never be completed.
+            reason = remove_template(layout, key, gen, lock_timeout=0)
+            item = Item(str(path), what, reason=reason or "")
+            (report.skipped if reason else report.removed).append(item)
     for entry in _children(layout.templates):
         if META_TMP.match(entry.name) and _dead_writer(entry.name):
             with contextlib.suppress(OSError):
@@ -478,7 +450,7 @@ def clean_all(layout: Layout, *, lock_timeout: float = PRUNE_LOCK_TIMEOUT) -> Re
         if BUILD_DIR.match(child.name) or LEGACY_BUILD_DIR.match(child.name)
     ]
     report.skipped += live
-    if template_keys(layout) or any(item.what == "build" for item in live):
+    if layout.generations() or any(item.what == "build" for item in live):
         if os.path.lexists(layout.bytecode):
             reason = "templates or builds remain, which may use it"
             report.skipped.append(Item(str(layout.bytecode), "bytecode store", reason=reason))
@@ -503,14 +475,15 @@ def bytecode_in_use(layout: Layout) -> Optional[set[tuple[str, str]]]:
     """(store folder, entry name) of every bytecode store entry a template's metadata lists;
     None while a template is being built (its entries are listed only once it is done)."""
     used: set[tuple[str, str]] = set()
-    for key in template_keys(layout):
+    for key, gens in layout.generations().items():
         if is_held(layout.lock(key)):
             return None
-        meta = read_meta(layout, key)
-        store = meta.get("bytecode_store") if meta else None
-        if isinstance(store, dict):
-            folder = str(store.get("dir", ""))
-            used.update((folder, str(digest)) for digest in store.get("entries", ()))
+        for gen in gens:  # every generation: an old one may still be in use
+            meta = read_meta(layout, key, gen)
+            store = meta.get("bytecode_store") if meta else None
+            if isinstance(store, dict):
+                folder = str(store.get("dir", ""))
+                used.update((folder, str(digest)) for digest in store.get("entries", ()))
     return used
 
 
@@ -541,6 +514,24 @@ def prune_bytecode(layout: Layout, report: Report) -> None:
     if count:
         what = f"unused bytecode ({count} entr{'y' if count == 1 else 'ies'})"
         report.removed.append(Item(str(layout.bytecode), what, size))
+
+
+def _remove_lock_files(layout: Layout, key: str) -> Optional[str]:
+    """Remove the build lock and owner note of a key that has no generation left."""
+    import filelock
+
+    lock = filelock.FileLock(str(layout.lock(key)), timeout=0)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        return f"being built by {_builder(layout, key)}"
+    try:
+        if not layout.generations_of(key):
+            for side in (layout.owner_note(key), layout.lock(key)):
+                remove_tree(side, root=layout.root)
+        return None
+    finally:
+        lock.release()
 
 
 def _dead_writer(name: str) -> bool:

@@ -6,7 +6,6 @@ Pytest-free: the plugin drives it, and so can any other harness.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import stat
@@ -317,9 +316,8 @@ class CowEnvSession:
     ) -> Optional[tuple[Template, LinkMode]]:
         """``spec``'s template if it is built and fresh (for the pool thread), else None."""
         try:
-            key = self.cache.key(spec)
-            meta = json.loads(self.layout.meta(key).read_text(encoding="utf-8"))
-            if float(meta.get("created", 0)) < self.settings.rebuild_before:
+            meta = self.cache.newest_meta(self.cache.key(spec))
+            if meta is None or float(meta.get("created", 0)) < self.settings.rebuild_before:
                 return None
             # cache.get serialises callers per key: the test and this thread share one object
             template = self.cache.get(spec)
@@ -376,6 +374,8 @@ class CowEnvSession:
         if self._run_lock is not None:
             os.close(self._run_lock)
             self._run_lock = None
+        if self._cache is not None:
+            self._cache.close()  # lets go of its generations: superseded ones go now
 
     def clean_stale(self) -> list[Path]:
         """Remove run folders and build leftovers of processes that are gone."""

@@ -27,8 +27,12 @@ LEGACY_TMP_FILE = re.compile(r"^\..+\.(?P<pid>\d+)\.tmp$")
 # Clean-up touches only names that match these exactly (with the ones above): a look-alike
 # a user put there (`templates/notes/`, `templates/a.json`, `kept/todo.txt`) stays.
 KEY = r"[0-9a-f]{24}"  # spec.key()
-# Under templates/: a template, its metadata, build lock, lock owner note, in-use lock.
-TEMPLATE_ENTRY = re.compile(rf"^(?P<key>{KEY})(?P<side>\.json|\.lock|\.owner|\.inuse|\.linked)?$")
+# Under templates/ (see Layout.template): a generation's tree, metadata, in-use lock or
+# hard-linked mark, or the key's build lock or its owner note (`keyfile`).
+TEMPLATE_ENTRY = re.compile(
+    rf"^(?P<key>{KEY})(?:(?:\.(?P<gen>[1-9][0-9]*))?(?P<side>\.json|\.inuse|\.linked)?"
+    r"|(?P<keyfile>\.lock|\.owner))$"
+)
 # Under templates/: metadata being written (its owner is judged by TMP_FILE or LEGACY_TMP_FILE;
 # a generation number may follow the key).
 META_TMP = re.compile(rf"^\.{KEY}(?:\.\d+)?\.json\.[0-9a-f-]+\.tmp$")
@@ -62,21 +66,50 @@ class Layout:
         self.bytecode = self.root / "pyc"  # compiled sources shared by templates (_bytecode)
         self.kept = self.root / "kept"  # clones kept by --cowenv-keep
 
-    def template(self, key: str) -> Path:
-        return self.templates / key
+    # A template is published in immutable generations: `<key>.<n>` (the tree), `<key>.<n>.json`
+    # (its metadata, written last: the mark of completion) and `<key>.<n>.inuse` (the shared
+    # lock every process using it holds). A rebuild makes generation n+1; generation n goes once
+    # nobody holds it. Generation 0 is the layout of earlier versions: `<key>`, `<key>.json`,
+    # `<key>.inuse`; it is never built again, only listed and removed like a superseded one.
+    # One build lock per key (`<key>.lock`, its holder noted in `<key>.owner`).
 
-    def meta(self, key: str) -> Path:
-        return self.templates / f"{key}.json"
+    def template(self, key: str, gen: int) -> Path:
+        return self.templates / _gen_name(key, gen)
+
+    def meta(self, key: str, gen: int) -> Path:
+        return self.templates / f"{_gen_name(key, gen)}.json"
+
+    def in_use(self, key: str, gen: int) -> Path:
+        return self.templates / f"{_gen_name(key, gen)}.inuse"
 
     def lock(self, key: str) -> Path:
         return self.templates / f"{key}.lock"
 
-    def in_use(self, key: str) -> Path:
-        return self.templates / f"{key}.inuse"
+    def owner_note(self, key: str) -> Path:
+        return self.templates / f"{key}.owner"
 
-    def linked(self, key: str) -> Path:
-        """Present once a hardlink clone was made of ``key``'s template (see template.py)."""
-        return self.templates / f"{key}.linked"
+    def generations(self) -> dict[str, list[int]]:
+        """Every key under ``templates/`` (also one with only a lock file left) → the numbers
+        of its generations with anything on disk, oldest first."""
+        found: dict[str, set[int]] = {}
+        try:
+            names = os.listdir(self.templates)
+        except OSError:
+            return {}
+        for name in names:
+            match = TEMPLATE_ENTRY.match(name)
+            if match:
+                gens = found.setdefault(match["key"], set())
+                if not match["keyfile"]:
+                    gens.add(int(match["gen"] or 0))
+        return {key: sorted(gens) for key, gens in sorted(found.items())}
+
+    def generations_of(self, key: str) -> list[int]:
+        return self.generations().get(key, [])
+
+    def linked(self, key: str, gen: int) -> Path:
+        """Present once a hardlink clone was made of this generation (see template.py)."""
+        return self.templates / f"{_gen_name(key, gen)}.linked"
 
     def new_run_dir(self) -> Path:
         """A name for this process's clone folder (not created)."""
@@ -85,6 +118,10 @@ class Layout:
     def new_build_dir(self, key: str) -> Path:
         """A name for a build folder of ``key`` made by this process (not created)."""
         return self.tmp / f"{key}.{current().token()}.{uuid.uuid4().hex[:8]}"
+
+
+def _gen_name(key: str, gen: int) -> str:
+    return key if gen == 0 else f"{key}.{gen}"
 
 
 def temp_name(path: Path) -> Path:

@@ -1,7 +1,11 @@
 """Templates: build each environment spec once, cache it by content, share it safely.
 
-spec → key → (lock) → build in a private temp dir → relocate → compile → rename into place →
-write the metadata last, as the mark of completion.
+spec → key → (lock) → build in a private temp dir → relocate → compile → rename into place as
+a new generation → write the metadata last, as the mark of completion.
+
+A published generation never changes and is never removed while a process holds it (see
+``store.Layout``): a rebuild makes the next generation, and a process keeps cloning the
+generation it started with.
 """
 
 from __future__ import annotations
@@ -48,11 +52,12 @@ class Template:
     """A complete template environment on disk."""
 
     key: str
-    path: Path
+    path: Path  # the tree of one generation: it stays as it is while this process runs
     spec: TemplateSpec
     meta: dict[str, Any]
     tree: Tree
     built_now: bool = False
+    generation: int = 1
 
     @property
     def requirements(self) -> tuple[str, ...]:
@@ -68,7 +73,7 @@ class Template:
         return float(self.meta.get("build_seconds", 0.0))
 
     def __repr__(self) -> str:
-        return f"<Template {self.key} {self.spec.describe()}>"
+        return f"<Template {self.key}.{self.generation} {self.spec.describe()}>"
 
 
 @dataclass
@@ -81,7 +86,7 @@ class TemplateCache:
     _ready: dict[str, Template] = field(default_factory=dict)
     _failed: dict[str, TemplateBuildError] = field(default_factory=dict)
     _keys: dict[TemplateSpec, str] = field(default_factory=dict)
-    _in_use: dict[str, IO[bytes]] = field(default_factory=dict)
+    _in_use: dict[tuple[str, int], IO[bytes]] = field(default_factory=dict)
     _key_locks: dict[str, threading.Lock] = field(default_factory=dict)
     _mutex: threading.Lock = field(default_factory=threading.Lock)
     built: list[Template] = field(default_factory=list)
@@ -124,26 +129,73 @@ class TemplateCache:
             self._ready.pop(key, None)
             self._failed.pop(key, None)
 
+    def close(self) -> None:
+        """Let go of every generation this process holds, and remove those that a rebuild
+        has superseded meanwhile if nobody else holds them (else their last holder does, or
+        the next clean-up)."""
+        from .generations import collect_generations
+
+        with self._mutex:
+            held, self._in_use = self._in_use, {}
+            self._ready.clear()
+        for f in held.values():
+            f.close()
+        for key in sorted({key for key, _ in held}):
+            collect_generations(self.layout, key)
+
+    def newest_meta(self, key: str) -> Optional[dict[str, Any]]:
+        """The metadata of ``key``'s newest complete generation, or None."""
+        for gen in reversed(self.layout.generations_of(key)):
+            if gen == 0:
+                break
+            try:
+                meta = json.loads(self.layout.meta(key, gen).read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            return meta if isinstance(meta, dict) else None
+        return None
+
     # -- finding -------------------------------------------------------------------------
 
     def _get_or_build(self, spec: TemplateSpec, key: str) -> Template:
-        # Claim the template before looking at it: `prune` removes only what nobody claims,
-        # so a template found valid here cannot vanish before it is cloned.
-        if key not in self._in_use:
-            self._in_use[key] = hold_in_use(self.layout.in_use(key))
-        found = self._load(spec, key)
+        found = self._find(spec, key)
         if found is not None:
             return self._mark_used(found)
         with self._locked(key):
-            found = self._load(spec, key)  # another process may have built it meanwhile
-            if found is not None:
-                return self._mark_used(found)
-            self._discard(key)
-            return self._mark_used(self._build(spec, key))
+            found = self._find(spec, key)  # another process may have built it meanwhile
+            if found is None:
+                self._discard_dead_builds(key)
+                found = self._build(spec, key)
+        from .generations import collect_generations
 
-    def _load(self, spec: TemplateSpec, key: str) -> Optional[Template]:
+        collect_generations(self.layout, key)  # the ones it supersedes, if nobody holds them
+        return self._mark_used(found)
+
+    def _find(self, spec: TemplateSpec, key: str) -> Optional[Template]:
+        """The newest complete generation of ``key`` if it is valid, held by this process."""
+        complete = [
+            gen
+            for gen in self.layout.generations_of(key)
+            if gen > 0 and self.layout.meta(key, gen).exists()
+        ]
+        if not complete:
+            return None
+        gen = complete[-1]
+        # Claim the generation before looking at it: clean-up removes only what nobody
+        # holds, so a generation found valid here cannot vanish before it is cloned.
+        if (key, gen) not in self._in_use:
+            held = hold_existing(self.layout.in_use(key, gen))
+            if held is None:
+                return None  # removed meanwhile
+            self._in_use[(key, gen)] = held
+        found = self._load(spec, key, gen)
+        if found is None:
+            self._in_use.pop((key, gen)).close()  # stale or damaged: let it go
+        return found
+
+    def _load(self, spec: TemplateSpec, key: str, gen: int) -> Optional[Template]:
         """A valid template, or None (absent, half-made, damaged, stale or interpreter gone)."""
-        meta_path, tree_path = self.layout.meta(key), self.layout.template(key)
+        meta_path, tree_path = self.layout.meta(key, gen), self.layout.template(key, gen)
         interp = find_interpreter(spec.python)  # SpecError is the user's to read
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
@@ -154,24 +206,24 @@ class TemplateCache:
             if meta.get("interpreter") != interp.fingerprint():
                 return None
             tree = walk_tree(tree_path)
-            if not matches_manifest(tree, meta, linked=self.layout.linked(key).exists()):
+            if not matches_manifest(tree, meta, linked=self.layout.linked(key, gen).exists()):
                 return None
             if meta.get("write_bits"):
                 tree = tree.with_write_bits(meta["write_bits"])
         except (OSError, ValueError, TypeError, KeyError):
             return None
-        return Template(key, tree_path, spec, meta, tree)
+        return Template(key, tree_path, spec, meta, tree, generation=gen)
 
     def will_hardlink(self, template: Template) -> None:
         """Note that ``template`` is about to be hard-linked (which changes its files' ctimes),
         so that later loads check its manifest without ctimes and inodes."""
         with contextlib.suppress(OSError):
-            self.layout.linked(template.key).touch()
+            self.layout.linked(template.key, template.generation).touch()
 
     def _mark_used(self, template: Template) -> Template:
-        """Touch last-used (the in-use lock is already held: see `_get_or_build`)."""
+        """Touch last-used (the in-use lock is already held: see `_find`)."""
         with contextlib.suppress(OSError):
-            os.utime(self.layout.meta(template.key))
+            os.utime(self.layout.meta(template.key, template.generation))
         return template
 
     # -- building ------------------------------------------------------------------------
@@ -208,16 +260,28 @@ class TemplateCache:
                 owner.unlink()
             lock.release()
 
-    def _discard(self, key: str) -> None:
-        """Remove whatever earlier, failed or killed builds left under ``key`` (lock held)."""
-        root = self.layout.root
-        remove_tree(self.layout.meta(key), root=root)
-        remove_tree(self.layout.linked(key), root=root)
-        remove_tree(self.layout.template(key), root=root)
+    def _discard_dead_builds(self, key: str) -> None:
+        """Remove what earlier, failed or killed builds left under ``key`` (lock held)."""
+        from .generations import remove_generation
+
+        for gen in self.layout.generations_of(key):
+            if gen > 0 and not self.layout.meta(key, gen).exists():
+                remove_generation(self.layout, key, gen)  # never completed: not in use
         # Every builder of `key` holds its lock: build dirs of `key` now belong to dead ones.
         for leftover in self.layout.tmp.glob(f"{key}.*"):
             if BUILD_DIR.match(leftover.name) or LEGACY_BUILD_DIR.match(leftover.name):
-                _remove_quietly(leftover, root)
+                _remove_quietly(leftover, self.layout.root)
+
+    def _discard_generation(self, key: str, gen: int) -> None:
+        """Remove this process's own unfinished generation ``gen`` (lock held)."""
+        held = self._in_use.pop((key, gen), None)
+        root = self.layout.root
+        remove_tree(self.layout.meta(key, gen), root=root)
+        remove_tree(self.layout.template(key, gen), root=root)
+        remove_tree(self.layout.linked(key, gen), root=root)
+        remove_tree(self.layout.in_use(key, gen), root=root)
+        if held is not None:
+            held.close()
 
     def _make_build_dir(self, key: str) -> tuple[Path, int]:
         """A new build folder, named and locked by this process (see ``_owner``)."""
@@ -231,8 +295,10 @@ class TemplateCache:
     def _build(self, spec: TemplateSpec, key: str) -> Template:
         start = time.perf_counter()
         phases: dict[str, float] = {}
+        gen = max(self.layout.generations_of(key), default=0) + 1
+        self._in_use[(key, gen)] = hold_in_use(self.layout.in_use(key, gen))
         work, work_lock = self._make_build_dir(key)
-        env, final = work / "env", self.layout.template(key)
+        env, final = work / "env", self.layout.template(key, gen)
         done = False
         try:
             compiled = build_env(spec, env, work, self.layout.bytecode, phases)
@@ -270,7 +336,7 @@ class TemplateCache:
                 # Files no RECORD vouches for (see verify.py), by content.
                 "hashes": hashes,
             }
-            write_atomically(self.layout.meta(key), json.dumps(meta, indent=1))
+            write_atomically(self.layout.meta(key, gen), json.dumps(meta, indent=1))
             done = True
         except OSError as exc:
             raise TemplateBuildError(
@@ -284,8 +350,9 @@ class TemplateCache:
             os.close(work_lock)
             if not done:
                 with contextlib.suppress(OSError):
-                    self._discard(key)
-        return Template(key, final, spec, meta, writable if write_bits else tree, built_now=True)
+                    self._discard_generation(key, gen)
+        tree = writable if write_bits else tree
+        return Template(key, final, spec, meta, tree, built_now=True, generation=gen)
 
 
 def matches_manifest(tree: Tree, meta: dict[str, Any], *, linked: bool = False) -> bool:
@@ -430,15 +497,32 @@ def write_atomically(path: Path, text: str) -> None:
 
 
 def hold_in_use(path: Path) -> IO[bytes]:
-    """Open ``path`` with a shared lock held until the process ends (or the file is closed)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: prune relies on age only
-        return open(path, "ab")
+    """Create ``path`` if needed and hold a shared lock on it until the process ends (or the
+    file is closed)."""
     while True:
         f = open(path, "ab")  # noqa: SIM115 - held open on purpose
-        fcntl.flock(f.fileno(), fcntl.LOCK_SH)
-        if os.fstat(f.fileno()).st_nlink:
+        if _share(f):
             return f
-        f.close()  # `prune` removed the template and unlinked this file while we waited
+        f.close()  # it was removed, and this file unlinked, while we waited
 
+
+def hold_existing(path: Path) -> Optional[IO[bytes]]:
+    """Hold a shared lock on ``path`` as :func:`hold_in_use`, or None if it is gone."""
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - held open on purpose
+    except FileNotFoundError:
+        return None
+    if _share(f):
+        return f
+    f.close()
+    return None
+
+
+def _share(f: IO[bytes]) -> bool:
+    """Take a shared lock on ``f``: False if its file was unlinked before we had it."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: clean-up relies on age only
+        return True
+    fcntl.flock(f.fileno(), fcntl.LOCK_SH)
+    return os.fstat(f.fileno()).st_nlink > 0

@@ -25,7 +25,7 @@ from ._install import IndexOptions
 from ._venv import site_packages
 from .clone import Tree, remove_tree, walk_tree
 from .errors import CowEnvError
-from .maintenance import read_meta, template_keys
+from .maintenance import current_generation, read_meta, template_keys
 from .spec import TemplateSpec
 from .store import Layout
 from .template import TemplateCache, write_atomically
@@ -85,13 +85,16 @@ def verify_cache(
     import filelock
 
     if keys is None:
-        keys = [k for k in template_keys(layout) if layout.template(k).is_dir()]
+        keys = template_keys(layout)
     verdicts = []
     for key in keys:
-        path, meta_path = layout.template(key), layout.meta(key)
-        meta = read_meta(layout, key)
-        if meta is None:
+        gen = current_generation(layout, key)  # older ones are on their way out
+        if gen is None:
             continue  # not a complete template: `clean` removes such leftovers
+        path, meta_path = layout.template(key, gen), layout.meta(key, gen)
+        meta = read_meta(layout, key, gen)
+        if meta is None:
+            continue
         verdict = Verdict(key, str(path), str(meta.get("describe", "?")), "ok")
         verdicts.append(verdict)
         lock = filelock.FileLock(str(layout.lock(key)), timeout=lock_timeout)
@@ -101,7 +104,7 @@ def verify_cache(
             verdict.state, verdict.note = "skipped", "being built by another process"
             continue
         try:
-            meta = read_meta(layout, key)  # again, under the lock
+            meta = read_meta(layout, key, gen)  # again, under the lock
             if meta is None:
                 verdict.state, verdict.note = "skipped", "removed meanwhile"
                 continue

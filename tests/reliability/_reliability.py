@@ -277,6 +277,18 @@ def stray_entries(root: Path) -> list[str]:
     return sorted(stray)
 
 
+def template_of(root: Path, key: str) -> Path:
+    """The tree of the newest generation of template ``key`` (``templates/<key>.<n>``)."""
+    gens = [p for p in (root / "templates").glob(f"{key}.*") if p.is_dir()]
+    assert gens, f"no generation of {key} under {root}"
+    return max(gens, key=lambda p: int(p.name.rsplit(".", 1)[1]))
+
+
+def meta_of(template: Path) -> Path:
+    """The metadata file of a template generation's tree."""
+    return template.with_name(f"{template.name}.json")
+
+
 def template_dirs(root: Path) -> list[Path]:
     templates = root / "templates"
     return sorted(p for p in templates.iterdir() if p.is_dir()) if templates.is_dir() else []

@@ -18,7 +18,7 @@ from typing import Callable
 
 import pytest
 
-from ._reliability import acquire_each, stray_entries, tree_digest
+from ._reliability import acquire_each, stray_entries, template_of, tree_digest
 
 # One test per damaged template: each spec has its own template, damaged its own way.
 INNER = """
@@ -100,7 +100,8 @@ def test_damaged_templates_are_rebuilt_not_cloned(
 
     healthy = {}
     for (key, _, _), damage in zip(built, damages):
-        template, meta = cache / "templates" / key, cache / "templates" / f"{key}.json"
+        template = template_of(cache, key)
+        meta = template.with_name(f"{template.name}.json")
         healthy[key] = tree_digest(template, skip=RECORDS)
         unprotect(template)  # a read-only subvolume on btrfs
         DAMAGE[damage](template, meta)
@@ -111,9 +112,10 @@ def test_damaged_templates_are_rebuilt_not_cloned(
     result.assert_outcomes(passed=len(specs))
     result.stdout.fnmatch_lines([f"templates built: {len(specs)}: *"])
     for (key, created, _), damage in zip(built, damages):
-        rebuilt = json.loads((cache / "templates" / f"{key}.json").read_text())
+        template = template_of(cache, key)
+        rebuilt = json.loads(template.with_name(f"{template.name}.json").read_text())
         assert rebuilt["key"] == key and rebuilt["created"] > created, damage
-        digest = tree_digest(cache / "templates" / key, skip=RECORDS)
+        digest = tree_digest(template, skip=RECORDS)
         assert digest == healthy[key], f"{damage}: the rebuilt template differs"
     assert stray_entries(cache) == []
     record_property("faults", len(damages))

@@ -19,7 +19,13 @@ from typing import Callable
 
 import pytest
 
-from ._reliability import acquire_once, stray_entries, unprivileged_prefix
+from ._reliability import (
+    acquire_once,
+    meta_of,
+    stray_entries,
+    template_of,
+    unprivileged_prefix,
+)
 
 FILESYSTEMS = ["btrfs", "xfs", "ext4", "tmpfs"]
 
@@ -85,7 +91,7 @@ def test_same_size_same_mtime_edit_and_flipped_store_are_both_caught(
         pytest.skip("editing a read-only template in place needs root (as bit rot does not)")
     cache = real_dir(fs)
     key, created, _ = acquire_once(cache, wheelhouse, "alpha==1.0")
-    template = cache / "templates" / key
+    template = template_of(cache, key)
     entries = store_entries(cache)
     for entry in entries:
         flip_byte(entry)
@@ -100,7 +106,8 @@ def test_same_size_same_mtime_edit_and_flipped_store_are_both_caught(
     result = pytester.runpytest_subprocess("--cowenv-dir", str(cache), *offline)
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["templates built: 1: alpha==1.0*"])
-    meta = json.loads((cache / "templates" / f"{key}.json").read_text())
+    template = template_of(cache, key)  # the rebuilt generation
+    meta = json.loads(meta_of(template).read_text())
     assert meta["created"] > created
     assert meta["bytecode"] == {"reused": 0, "compiled": 2, "failed": 0, "dropped": 2}
     assert b"1.0" in next(template.glob("lib/python*/site-packages/alpha/__init__.py")).read_bytes()
@@ -128,7 +135,7 @@ def test_templates_are_read_only_and_clones_writable(
         pytest.skip("needs setpriv to drop root's permission override")
     cache = real_dir(fs)
     key, _, _ = acquire_once(cache, wheelhouse, "alpha==1.0")
-    template = cache / "templates" / key
+    template = template_of(cache, key)
     for dirpath, dirnames, filenames in os.walk(template):
         for name in [*dirnames, *filenames]:
             st = os.lstat(os.path.join(dirpath, name))
@@ -178,7 +185,7 @@ def test_rebuild_drops_torn_and_forged_store_entries(
     result = pytester.runpytest_subprocess("--cowenv-dir", str(cache), "--cowenv-rebuild", *offline)
     result.assert_outcomes(passed=1)
     assert "FORGED" not in result.stdout.str()
-    meta = json.loads((cache / "templates" / f"{key}.json").read_text())
+    meta = json.loads(meta_of(template_of(cache, key)).read_text())
     assert meta["created"] > created
     assert meta["bytecode"] == {"reused": 0, "compiled": 2, "failed": 0, "dropped": 2}
     # The bad entries were replaced by good ones, which the next build may reuse.
@@ -202,9 +209,10 @@ def test_prune_takes_the_store_entries_of_the_templates_it_removes(
     acquire_once(cache, wheelhouse, "alpha==2.0")
     # alpha/cli.py is the same in both versions: one entry serves both templates.
     assert len(store_entries(cache)) == 3
-    gone = json.loads((cache / "templates" / f"{old}.json").read_text())
-    away = (cache / "templates" / f"{old}.json").stat().st_mtime - 60 * 86400
-    os.utime(cache / "templates" / f"{old}.json", (away, away))
+    old_meta = meta_of(template_of(cache, old))
+    gone = json.loads(old_meta.read_text())
+    away = old_meta.stat().st_mtime - 60 * 86400
+    os.utime(old_meta, (away, away))
 
     out = cowenv_cli(cache, "prune", "--older-than", "30")
     assert "removed unused bytecode (1 entry)" in out
@@ -246,13 +254,14 @@ def test_verify_retrusts_a_restored_cache_and_rebuilds_a_damaged_template(
     again = acquire_once(cache, wheelhouse, "alpha==1.0")
     assert again[:2] == (key, created), "a verified template is reused, not rebuilt"
 
-    template = cache / "templates" / key
+    template = template_of(cache, key)
     edit_in_place(template, "lib/python*/site-packages/alpha/cli.py", b"'alpha'", b"'omega'")
     out = cowenv_cli(cache, "verify")
     assert f"{key}  alpha==1.0: rebuilt" in out, out
     assert "/site-packages/alpha/cli.py: content differs from its RECORD" in out
+    template = template_of(cache, key)  # the rebuilt generation
     assert b"'alpha'" in next(template.glob("lib/python*/site-packages/alpha/cli.py")).read_bytes()
-    rebuilt = json.loads((cache / "templates" / f"{key}.json").read_text())
+    rebuilt = json.loads(meta_of(template).read_text())
     assert rebuilt["created"] > created
 
     # A file of our own (a pyc we compiled) is proven by the hash recorded at build time.
@@ -270,5 +279,5 @@ def test_verify_retrusts_a_restored_cache_and_rebuilds_a_damaged_template(
     assert verdict["state"] == "damaged"
     (problem,) = verdict["problems"]
     assert problem.endswith(".pyc: content differs from the hash recorded at build"), problem
-    assert not (cache / "templates" / f"{key}.json").exists(), "marked for rebuild"
+    assert not meta_of(template).exists(), "marked for rebuild"
     record_property("faults", 3)

@@ -19,7 +19,7 @@ import pytest
 
 from _helpers import internal_frames
 
-from ._reliability import acquire_once, clone_digest, stray_entries, tree_digest
+from ._reliability import acquire_once, clone_digest, stray_entries, template_of, tree_digest
 
 VANDALS_AND_CHECKERS = """
 import os
@@ -93,7 +93,7 @@ def test_vandals_affect_no_sibling_and_not_the_template(
     cache = real_dir(fs)
     key, _, got = acquire_once(cache, wheelhouse, "alpha==1.0", "beta")
     assert got == strategy
-    template = cache / "templates" / key
+    template = template_of(cache, key)
     before = tree_digest(template)
     monkeypatch.setenv("PRISTINE", clone_digest(template))
     # _reliability, and the _helpers it imports from tests/

@@ -213,7 +213,10 @@ def _builder(layout: Layout, key: str) -> str:
 
 
 def allocated_bytes(path: Path) -> int:
-    """Bytes of blocks allocated to the files under ``path`` (apparent size where unknown)."""
+    """Bytes of blocks allocated to the files under ``path`` (apparent size where unknown);
+    0 for a symlink, which is never followed."""
+    if os.path.islink(path):
+        return 0
     total = 0
     for dirpath, _dirs, files in os.walk(path):
         for name in files:

@@ -108,6 +108,10 @@ class Backend(Protocol):
         if it is one that can go whole (a btrfs subvolume); False if not, after making it
         writable so that it can be emptied instead."""
 
+    def set_readonly_fd(self, fd: int, readonly: bool) -> bool:
+        """Protect (or unprotect) the template directory open as ``fd``; False if it is not
+        one that can be (or the flag was already so)."""
+
     def make_template_dir(self, path: str) -> bool:
         """Create ``path`` so that it can be cloned whole later; False means a plain mkdir."""
 
@@ -119,6 +123,9 @@ class PlainTemplateDirs:
     """For platforms whose templates are plain directories: nothing to destroy or protect."""
 
     def destroy_dir_at(self, parent_fd: int, name: str, fd: int) -> bool:
+        return False
+
+    def set_readonly_fd(self, fd: int, readonly: bool) -> bool:
         return False
 
     def make_template_dir(self, path: str) -> bool:

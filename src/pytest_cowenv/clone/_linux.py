@@ -160,10 +160,10 @@ class LinuxBackend:
                 if exc.errno not in _DESTROY_REFUSED:
                     raise
             # Unprivileged, a read-only subvolume cannot go: clear the flag, try again.
-            if attempt == 0 and not self._set_readonly_fd(fd, False):
+            if attempt == 0 and not self._flag_readonly(fd, False):
                 break
         # Without user_subvol_rm_allowed: emptied, then rmdir'ed (Linux >= 4.18).
-        self._set_readonly_fd(fd, False)
+        self._flag_readonly(fd, False)
         return False
 
     def make_template_dir(self, path: str) -> bool:
@@ -181,11 +181,14 @@ class LinuxBackend:
             return False
         fd = os.open(path, DIR_FLAGS | O_NOFOLLOW)
         try:
-            return self._set_readonly_fd(fd, readonly) is not None
+            return self._flag_readonly(fd, readonly) is not None
         finally:
             os.close(fd)
 
-    def _set_readonly_fd(self, fd: int, readonly: bool) -> Optional[bool]:
+    def set_readonly_fd(self, fd: int, readonly: bool) -> bool:
+        return bool(self._flag_readonly(fd, readonly))
+
+    def _flag_readonly(self, fd: int, readonly: bool) -> Optional[bool]:
         """Set the read-only flag of the subvolume open as ``fd``: whether it changed, or
         None if ``fd`` is no subvolume."""
         buf = bytearray(8)

@@ -10,7 +10,8 @@ Every destructive path of pytest-cowenv ends in :func:`remove`. Its rules:
   opened ``O_NOFOLLOW`` too: a symlink on the way refuses the deletion.
 - Nothing on another mount. A directory on another mount than its parent (a bind mount, an
   other filesystem) is refused. A btrfs subvolume on the same mount is part of the tree:
-  templates and clones on btrfs are subvolumes, destroyed whole by the back-end when it can.
+  templates and clones on btrfs are subvolumes, destroyed whole by the back-end when one is
+  what we were asked to delete.
 - Read-only directories are made writable through their descriptor, never by path.
 - ENOENT is success: another cleaner got there first.
 """
@@ -143,7 +144,7 @@ class _Dir:
 
 
 def _remove_at(parent: _Dir, name: str, path: str, pause: Optional[Pause]) -> None:
-    top = _enter(parent, name, path)
+    top = _enter(parent, name, path, top=True)
     if top is None:
         return
     stack = [top]
@@ -155,7 +156,7 @@ def _remove_at(parent: _Dir, name: str, path: str, pause: Optional[Pause]) -> No
                     pause()
                 here.subdirs = _remove_files(here.fd)
             if here.subdirs:
-                child = _enter(here, here.subdirs.pop(), path)
+                child = _enter(here, here.subdirs.pop(), path, top=False)
                 if child is not None:
                     stack.append(child)
                 continue
@@ -169,9 +170,9 @@ def _remove_at(parent: _Dir, name: str, path: str, pause: Optional[Pause]) -> No
             os.close(left.fd)
 
 
-def _enter(parent: _Dir, name: str, path: str) -> Optional[_Dir]:
-    """Remove ``name`` if it is not a directory (or is a subvolume destroyed whole); else
-    open it for the walk. None once it is gone."""
+def _enter(parent: _Dir, name: str, path: str, *, top: bool) -> Optional[_Dir]:
+    """Remove ``name`` if it is not a directory (or is the ``top`` subvolume, destroyed
+    whole); else open it for the walk. None once it is gone."""
     while True:
         try:
             fd = os.open(name, _OPEN_DIR, dir_fd=parent.fd)
@@ -198,9 +199,14 @@ def _enter(parent: _Dir, name: str, path: str) -> Optional[_Dir]:
                 f"refusing to remove {path}: {name} in it is on another mount; unmount it",
                 path,
             )
-        if subvolume and _platform.BACKEND.destroy_dir_at(parent.fd, name, fd):
+        # Only the top is destroyed whole (a clone: one ioctl). A destroyed subvolume frees
+        # its space later, in btrfs's cleaner thread: one inside the tree (a failed build's
+        # environment) is emptied file by file, so that its space is back when we return.
+        if subvolume and top and _platform.BACKEND.destroy_dir_at(parent.fd, name, fd):
             os.close(fd)
             return None
+        if subvolume and not top:
+            _platform.BACKEND.set_readonly_fd(fd, False)
         if stat.S_IMODE(st.st_mode) & 0o700 != 0o700:
             os.fchmod(fd, stat.S_IMODE(st.st_mode) | 0o700)
     except BaseException:

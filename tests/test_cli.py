@@ -24,10 +24,10 @@ import pytest
 from _helpers import unprotect_templates
 from _wheels import standard_wheelhouse
 from conftest import skip_without_uv
+from pytest_cowenv._atomic import hold_in_use
 from pytest_cowenv._owner import current
 from pytest_cowenv.fs import fs_type
 from pytest_cowenv.maintenance import is_held
-from pytest_cowenv.template import hold_in_use
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 DAY = 86400
@@ -108,7 +108,7 @@ def stop(proc: subprocess.Popen[str]) -> None:
         proc.wait(timeout=30)
 
 
-HOLD_IN_USE = "from pytest_cowenv.template import hold_in_use\nf = hold_in_use(Path(sys.argv[1]))"
+HOLD_IN_USE = "from pytest_cowenv._atomic import hold_in_use\nf = hold_in_use(Path(sys.argv[1]))"
 HOLD_BUILD_LOCK = "import filelock\nlock = filelock.FileLock(sys.argv[1])\nlock.acquire()"
 
 

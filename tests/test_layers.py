@@ -32,9 +32,9 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("clone engine", {"clone"}),  # the package and its private modules
     (
         "filesystem probes, installers, specs, cache layout",
-        {"fs", "_install", "spec", "_lock", "_plan", "store", "_content", "generations"},
+        {"fs", "_install", "spec", "_lock", "_plan", "store", "_atomic", "_content", "generations"},
     ),
-    ("templates and the clone handle", {"template", "env"}),
+    ("templates and the clone handle", {"template", "_build", "env"}),
     ("pool, clean-up, checks, report", {"pool", "maintenance", "verify", "report"}),
     ("session", {"session"}),
     ("front ends", {"plugin", "cli", "__main__"}),

@@ -23,6 +23,7 @@ import pytest
 
 from _helpers import INTERNAL_FRAME, fast_dir, remove_cache
 from _wheels import standard_wheelhouse
+from pytest_cowenv import _build as build_module
 from pytest_cowenv import spec as spec_module
 from pytest_cowenv import template as template_module
 from pytest_cowenv._install import build_wheel
@@ -225,7 +226,7 @@ def test_spec_errors_are_one_clear_line_and_not_retried(
     pytester: pytest.Pytester, run: Run, cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: Counter[str] = Counter()
-    real_build, real_discover = template_module.build_env, spec_module._discover
+    real_build, real_discover = build_module.build_env, spec_module._discover
 
     def counting_build(spec: Any, *args: Any, **kwargs: Any) -> Any:
         calls[f"build {spec.describe()}"] += 1
@@ -342,13 +343,13 @@ def test_project_is_built_once_and_installed(
     pytester: pytest.Pytester, run: Run, cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     builds: list[str] = []
-    real = build_wheel  # as template.py imported it
+    real = build_wheel  # as _build.py imported it
 
     def counting(project: Path, *args: Any, **kwargs: Any) -> Any:
         builds.append(project.name)
         return real(project, *args, **kwargs)
 
-    monkeypatch.setattr(template_module, "build_wheel", counting)
+    monkeypatch.setattr(build_module, "build_wheel", counting)
     make_project(pytester.path, "rootproj", 42)
     make_project(pytester.path / "tests" / "sub" / "other", "otherproj", 7)
     body = """

@@ -35,6 +35,7 @@ from pytest_cowenv import (
     TemplateSpec,
     clone_tree,
 )
+from pytest_cowenv import _build as build_module
 from pytest_cowenv import template as template_module
 from pytest_cowenv._install import IndexOptions, installer_identity, uv_binary
 from pytest_cowenv.clone import protect, remove_tree, unprotect, walk_tree
@@ -435,7 +436,7 @@ def test_unresolvable_requirement_fails_once_naming_it(
     root: Path, wheelhouse: Path, route: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     builds: list[TemplateSpec] = []
-    real_build_env = template_module.build_env
+    real_build_env = build_module.build_env
 
     def counting_build_env(spec: TemplateSpec, *args: Any) -> Any:
         builds.append(spec)

@@ -3,7 +3,7 @@
 Pytest-free; the command line (``cli.py``) and the session call it. Removal respects the two
 locks beside each template: the build lock of its key (a builder is at work) and the shared
 in-use lock of each generation, which every process using that generation holds (see
-``template.hold_in_use``). A generation that a newer complete one supersedes is removed as
+``_atomic.hold_in_use``). A generation that a newer complete one supersedes is removed as
 soon as nobody holds it, whatever its age.
 """
 

@@ -1,7 +1,7 @@
 """Templates: build each environment spec once, cache it by content, share it safely.
 
-spec → key → (lock) → build in a private temp dir → relocate → compile → rename into place as
-a new generation → write the metadata last, as the mark of completion.
+spec → key → (lock) → build in a private temp dir (:mod:`._build`) → rename into place as a
+new generation → write the metadata last (:mod:`._atomic`), as the mark of completion.
 
 A published generation never changes and is never removed while a process holds it (see
 ``store.Layout``): a rebuild makes the next generation, and a process keeps cloning the
@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -26,22 +25,16 @@ from pathlib import Path
 from typing import IO, Any, Optional
 
 from . import __version__
+from ._atomic import hold_existing, hold_in_use, write_atomically
+from ._build import build_env, timed
 from ._content import own_hashes
-from ._install import (
-    build_wheel,
-    clean_env,
-    failure_message,
-    installer_identity,
-    run_installer,
-)
+from ._install import installer_identity
 from ._owner import lock_dir
-from ._plan import install_commands
-from ._relocate import point_at_sources, relocate
 from ._venv import installed_distributions, site_packages
-from .clone import Tree, make_template_dir, protect, remove_tree, strip_write_bits, walk_tree
+from .clone import Tree, protect, remove_tree, strip_write_bits, walk_tree
 from .errors import LockTimeoutError, TemplateBuildError
 from .spec import FORMAT_VERSION, TemplateSpec, find_interpreter
-from .store import BUILD_DIR, LEGACY_BUILD_DIR, Layout, temp_name
+from .store import BUILD_DIR, LEGACY_BUILD_DIR, Layout
 
 DEFAULT_LOCK_TIMEOUT = float(os.environ.get("PYTEST_COWENV_LOCK_TIMEOUT", "900"))
 _COUNTS = ("reused", "compiled", "failed", "dropped")  # what byte-compiling did, in metadata
@@ -370,16 +363,6 @@ def matches_manifest(tree: Tree, meta: dict[str, Any], *, linked: bool = False) 
     return bool(tree.listing(stamps=False) == unstamped)
 
 
-@contextlib.contextmanager
-def timed(phases: dict[str, float], name: str) -> Iterator[None]:
-    """Add the seconds spent in the ``with`` block to ``phases[name]``."""
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        phases[name] = phases.get(name, 0.0) + time.perf_counter() - start
-
-
 def _with_space_hint(exc: TemplateBuildError, root: Path) -> TemplateBuildError:
     """An installer that ran out of space says so in its own words: add where and how much."""
     text = str(exc)
@@ -404,125 +387,3 @@ def _space_hint(root: Path, code: Optional[int]) -> str:
 def _remove_quietly(path: Path, root: Path) -> None:
     with contextlib.suppress(OSError):
         remove_tree(path, root=root)
-
-
-def build_env(
-    spec: TemplateSpec, env: Path, work: Path, bytecode: Path, phases: dict[str, float]
-) -> dict[str, Any]:
-    """Create, fill, relocate and byte-compile the environment ``env`` (a new path).
-
-    Returns what byte-compiling reports (see :func:`compile_env`); adds each phase's seconds
-    to ``phases``.
-    """
-    interp = find_interpreter(spec.python)
-    with timed(phases, "venv"):
-        make_template_dir(env)
-        create_base_env(env, interp.executable, pip=spec.pip, what=spec.describe())
-    python = env / "bin" / "python"
-    origins: dict[Path, Path] = {}
-    wheels: dict[str, Path] = {}
-    for local in map(Path, spec.local):
-        if local.is_dir():
-            with timed(phases, "wheels"):
-                wheel = build_wheel(local, work, interp.executable, spec.index)
-            origins[wheel] = local
-            wheels[str(local)] = wheel
-    for command in install_commands(spec, python, work, wheels):
-        with timed(phases, "install"):
-            run_installer(command, f"{spec.describe()}: installing failed")
-    with timed(phases, "relocate"):
-        relocate(env, env)
-        point_at_sources(site_packages(env), origins)
-    with timed(phases, "compile"):
-        return compile_env(env, spec, bytecode)
-
-
-# virtualenv keeps process-wide state (its app-data, interpreter cache): one build at a time.
-_VIRTUALENV = threading.Lock()
-
-
-def create_base_env(env: Path, python: str, *, pip: bool, what: str) -> None:
-    """A bare virtual environment at ``env`` (pip seeded only if asked), made in-process:
-    a ``python -m virtualenv`` would spend more time starting than creating."""
-    from virtualenv import cli_run
-
-    seed = ["--seeder", "app-data", "--no-setuptools", "--no-wheel"] if pip else ["--no-seed"]
-    args = ["--quiet", "--no-periodic-update", "--activators", "bash", "--python", python]
-    try:
-        with _VIRTUALENV:
-            cli_run([*args, *seed, str(env)], setup_logging=False, env=clean_env())
-    except (Exception, SystemExit) as exc:  # virtualenv reports with plain exceptions
-        raise TemplateBuildError(
-            f"{what}: creating the base environment with {python} failed: {exc}"
-        ) from None
-
-
-def compile_env(env: Path, spec: TemplateSpec, bytecode: Path) -> dict[str, Any]:
-    """Byte-compile site-packages with the environment's own interpreter (see _bytecode).
-
-    Returns the counts (``reused``, ``compiled``, ``failed``, ``dropped`` store entries that
-    failed their check) and the store entries used (``store`` folder, ``entries``)."""
-    script = Path(__file__).with_name("_bytecode.py")
-    # -I: nothing from the environment variables or the script's folder; -S: no .pth files run.
-    cmd = [str(env / "bin" / "python"), "-I", "-S", str(script)]
-    cmd += [str(site_packages(env)), str(bytecode)]
-    proc = subprocess.run(
-        cmd, capture_output=True, text=True, env=clean_env(), stdin=subprocess.DEVNULL, check=False
-    )
-    if proc.returncode != 0:
-        raise TemplateBuildError(
-            failure_message(
-                f"{spec.describe()}: byte-compiling failed",
-                cmd,
-                proc.returncode,
-                proc.stderr + proc.stdout,
-            )
-        )
-    report: dict[str, Any] = json.loads(proc.stdout.splitlines()[-1])
-    return report
-
-
-def write_atomically(path: Path, text: str) -> None:
-    tmp = temp_name(path)
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-
-
-def hold_in_use(path: Path) -> IO[bytes]:
-    """Create ``path`` if needed and hold a shared lock on it until the process ends (or the
-    file is closed)."""
-    while True:
-        f = open(path, "ab")  # noqa: SIM115 - held open on purpose
-        if _share(f):
-            return f
-        f.close()  # it was removed, and this file unlinked, while we waited
-
-
-def hold_existing(path: Path) -> Optional[IO[bytes]]:
-    """Hold a shared lock on ``path`` as :func:`hold_in_use`, or None if it is gone."""
-    try:
-        f = open(path, "rb")  # noqa: SIM115 - held open on purpose
-    except FileNotFoundError:
-        return None
-    if _share(f):
-        return f
-    f.close()
-    return None
-
-
-def _share(f: IO[bytes]) -> bool:
-    """Take a shared lock on ``f``: False if its file was unlinked before we had it."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: clean-up relies on age only
-        return True
-    fcntl.flock(f.fileno(), fcntl.LOCK_SH)
-    return os.fstat(f.fileno()).st_nlink > 0

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from ._atomic import write_atomically
 from ._content import problems
 from ._install import IndexOptions
 from ._venv import site_packages
@@ -28,7 +29,7 @@ from .errors import CowEnvError
 from .maintenance import current_generation, read_meta, template_keys
 from .spec import TemplateSpec
 from .store import Layout
-from .template import TemplateCache, write_atomically
+from .template import TemplateCache
 
 
 @dataclass

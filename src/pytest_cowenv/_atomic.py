@@ -1,0 +1,58 @@
+"""Files of the cache written whole or not at all, and the shared lock that marks a template
+in use (clean-up takes it exclusively before it removes one).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import IO, Optional
+
+from .store import temp_name
+
+
+def write_atomically(path: Path, text: str) -> None:
+    tmp = temp_name(path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def hold_in_use(path: Path) -> IO[bytes]:
+    """Create ``path`` if needed and hold a shared lock on it until the process ends (or the
+    file is closed)."""
+    while True:
+        f = open(path, "ab")  # noqa: SIM115 - held open on purpose
+        if _share(f):
+            return f
+        f.close()  # it was removed, and this file unlinked, while we waited
+
+
+def hold_existing(path: Path) -> Optional[IO[bytes]]:
+    """Hold a shared lock on ``path`` as :func:`hold_in_use`, or None if it is gone."""
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - held open on purpose
+    except FileNotFoundError:
+        return None
+    if _share(f):
+        return f
+    f.close()
+    return None
+
+
+def _share(f: IO[bytes]) -> bool:
+    """Take a shared lock on ``f``: False if its file was unlinked before we had it."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: clean-up relies on age only
+        return True
+    fcntl.flock(f.fileno(), fcntl.LOCK_SH)
+    return os.fstat(f.fileno()).st_nlink > 0

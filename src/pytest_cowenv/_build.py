@@ -1,0 +1,109 @@
+"""Building one environment for a spec, in a new directory: a bare venv, wheels of local
+projects, the install, relocation, byte-compiling. Nothing here knows the cache around it
+(:mod:`.template` keys, locks and publishes what this builds).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ._install import build_wheel, clean_env, failure_message, run_installer
+from ._plan import install_commands
+from ._relocate import point_at_sources, relocate
+from ._venv import site_packages
+from .clone import make_template_dir
+from .errors import TemplateBuildError
+from .spec import TemplateSpec, find_interpreter
+
+
+@contextlib.contextmanager
+def timed(phases: dict[str, float], name: str) -> Iterator[None]:
+    """Add the seconds spent in the ``with`` block to ``phases[name]``."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        phases[name] = phases.get(name, 0.0) + time.perf_counter() - start
+
+
+def build_env(
+    spec: TemplateSpec, env: Path, work: Path, bytecode: Path, phases: dict[str, float]
+) -> dict[str, Any]:
+    """Create, fill, relocate and byte-compile the environment ``env`` (a new path).
+
+    Returns what byte-compiling reports (see :func:`compile_env`); adds each phase's seconds
+    to ``phases``.
+    """
+    interp = find_interpreter(spec.python)
+    with timed(phases, "venv"):
+        make_template_dir(env)
+        create_base_env(env, interp.executable, pip=spec.pip, what=spec.describe())
+    python = env / "bin" / "python"
+    origins: dict[Path, Path] = {}
+    wheels: dict[str, Path] = {}
+    for local in map(Path, spec.local):
+        if local.is_dir():
+            with timed(phases, "wheels"):
+                wheel = build_wheel(local, work, interp.executable, spec.index)
+            origins[wheel] = local
+            wheels[str(local)] = wheel
+    for command in install_commands(spec, python, work, wheels):
+        with timed(phases, "install"):
+            run_installer(command, f"{spec.describe()}: installing failed")
+    with timed(phases, "relocate"):
+        relocate(env, env)
+        point_at_sources(site_packages(env), origins)
+    with timed(phases, "compile"):
+        return compile_env(env, spec, bytecode)
+
+
+# virtualenv keeps process-wide state (its app-data, interpreter cache): one build at a time.
+_VIRTUALENV = threading.Lock()
+
+
+def create_base_env(env: Path, python: str, *, pip: bool, what: str) -> None:
+    """A bare virtual environment at ``env`` (pip seeded only if asked), made in-process:
+    a ``python -m virtualenv`` would spend more time starting than creating."""
+    from virtualenv import cli_run
+
+    seed = ["--seeder", "app-data", "--no-setuptools", "--no-wheel"] if pip else ["--no-seed"]
+    args = ["--quiet", "--no-periodic-update", "--activators", "bash", "--python", python]
+    try:
+        with _VIRTUALENV:
+            cli_run([*args, *seed, str(env)], setup_logging=False, env=clean_env())
+    except (Exception, SystemExit) as exc:  # virtualenv reports with plain exceptions
+        raise TemplateBuildError(
+            f"{what}: creating the base environment with {python} failed: {exc}"
+        ) from None
+
+
+def compile_env(env: Path, spec: TemplateSpec, bytecode: Path) -> dict[str, Any]:
+    """Byte-compile site-packages with the environment's own interpreter (see _bytecode).
+
+    Returns the counts (``reused``, ``compiled``, ``failed``, ``dropped`` store entries that
+    failed their check) and the store entries used (``store`` folder, ``entries``)."""
+    script = Path(__file__).with_name("_bytecode.py")
+    # -I: nothing from the environment variables or the script's folder; -S: no .pth files run.
+    cmd = [str(env / "bin" / "python"), "-I", "-S", str(script)]
+    cmd += [str(site_packages(env)), str(bytecode)]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, env=clean_env(), stdin=subprocess.DEVNULL, check=False
+    )
+    if proc.returncode != 0:
+        raise TemplateBuildError(
+            failure_message(
+                f"{spec.describe()}: byte-compiling failed",
+                cmd,
+                proc.returncode,
+                proc.stderr + proc.stdout,
+            )
+        )
+    report: dict[str, Any] = json.loads(proc.stdout.splitlines()[-1])
+    return report

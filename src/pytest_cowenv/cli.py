@@ -364,7 +364,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         keys = [args.key] if args.key else None
         verdicts = verify_cache(layout, keys, rebuild=not args.no_rebuild)
         store = verify_store(layout)
-    lines = []
+    lines = [] if layout else [f"no cache at {root}"]
     for v in verdicts:
         note = f" ({v.note})" if v.note else ""
         lines.append(f"{v.key}  {v.describe}: {v.state}{note}")

@@ -28,6 +28,7 @@ from pytest_cowenv._atomic import hold_in_use
 from pytest_cowenv._owner import current
 from pytest_cowenv.fs import fs_type
 from pytest_cowenv.maintenance import is_held
+from pytest_cowenv.store import prepare_root
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 DAY = 86400
@@ -217,13 +218,22 @@ def test_prune_all_skips_a_template_in_use(cache: Path, wheels: Path, holder: An
     (skipped,) = report["skipped"]
     assert skipped["path"] == gamma["path"]
     assert skipped["reason"] == f"in use by pid {user.pid}"
-    assert sorted(p.name for p in templates.iterdir() if p.name.startswith(alpha["key"])) == []
+    assert sorted(p.name for p in templates.iterdir() if p.name.startswith(alpha["key"])) == [
+        f"{alpha['key']}.lock"  # the build lock stays
+    ]
     assert Path(gamma["path"] + ".json").exists() and Path(gamma["path"]).is_dir()
 
     stop(user)
+    lock = (templates / f"{gamma['key']}.lock").stat()
     text = cli("prune", "--all", "--dir", str(cache)).stdout
     assert f"removed template gamma: {gamma['path']}" in text
-    assert list(templates.iterdir()) == []
+    # Only the build locks stay, the very same files: a builder waiting on one never ends
+    # up holding a file that is gone while another locks a new one.
+    assert sorted(p.name for p in templates.iterdir()) == sorted(
+        f"{t['key']}.lock" for t in (alpha, gamma)
+    )
+    assert os.path.samestat((templates / f"{gamma['key']}.lock").stat(), lock)
+    assert cli_json("clean", "--dir", str(cache))["removed"] == []
 
 
 def test_prune_older_than(cache: Path, wheels: Path) -> None:
@@ -264,7 +274,7 @@ def test_a_user_waiting_during_prune_locks_the_new_file(tmp_path: Path) -> None:
 
 
 def test_clean_removes_only_what_dead_processes_left(tmp_path: Path, holder: Any) -> None:
-    root = tmp_path / "cache"
+    root = prepare_root(tmp_path / "cache").root  # a cache of ours: marked
     me = current()
     dead = replace(me, pid=999999, ticks=1).token()  # this host, boot and namespace; gone
     dead_run = _tree(root / "clones" / f"run-{dead}-abcdef" / "env-1")
@@ -355,12 +365,13 @@ def test_a_failed_build_exits_1_with_the_installers_words(
     assert words in proc.stderr
 
 
-def test_an_unusable_cache_dir_exits_1(tmp_path: Path) -> None:
+def test_an_unusable_cache_dir_exits_1_naming_the_clis_own_option(tmp_path: Path) -> None:
     proc = cli("build", "--dir", str(tmp_path / "no" / "such"), "alpha")
     assert proc.returncode == 1
     assert proc.stderr == f"pytest-cowenv build: error: cache dir {tmp_path / 'no' / 'such'}: " + (
-        f"its parent {tmp_path / 'no'} does not exist (create it, or pick another --cowenv-dir)\n"
-    )
+        f"its parent {tmp_path / 'no'} does not exist; create it, or choose another cache "
+        "directory (--dir)\n"
+    )  # the core names no flag: not pytest's --cowenv-dir
 
 
 # -- the README and the console script -----------------------------------------------------

@@ -620,8 +620,12 @@ def test_unused_plugin_imports_no_core(pytester: pytest.Pytester) -> None:
     loaded = [  # _defaults holds constants only
         "pytest_cowenv",
         "pytest_cowenv._defaults",
+        "pytest_cowenv._owner",  # the start-up vets the cache dir: store and its small leaves
+        "pytest_cowenv.errors",
+        "pytest_cowenv.marker",
         "pytest_cowenv.plugin",
         "pytest_cowenv.report",
+        "pytest_cowenv.store",
     ]
     assert outputs[1] == str(loaded)
 
@@ -635,7 +639,9 @@ def test_teardown_removes_clones_and_start_removes_stale_ones(
     from dataclasses import replace
 
     from pytest_cowenv._owner import current
+    from pytest_cowenv.store import prepare_root
 
+    prepare_root(cache)  # a cache of ours, where earlier runs left folders
     stale = cache / "clones" / f"run-{replace(current(), pid=999999999, ticks=1).token()}-abcdef"
     (stale / "env-1" / "bin").mkdir(parents=True)
     live = cache / "clones" / f"run-{current().token()}-abcdef"

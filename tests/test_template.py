@@ -39,6 +39,7 @@ from pytest_cowenv import _build as build_module
 from pytest_cowenv import template as template_module
 from pytest_cowenv._install import IndexOptions, installer_identity, uv_binary
 from pytest_cowenv.clone import protect, remove_tree, unprotect, walk_tree
+from pytest_cowenv.marker import mark
 from pytest_cowenv.store import Layout, prepare_root
 
 pytestmark = pytest.mark.usefixtures("offline_machine")
@@ -408,6 +409,7 @@ def test_subfolder_made_by_someone_else_in_a_shared_root_is_refused(tmp_path: Pa
     cache = tmp_path / "shared"
     cache.mkdir()
     cache.chmod(0o1777)
+    mark(str(cache))  # ours, but someone else was first to make a part of it
     (cache / "templates").mkdir()
     os.chown(cache / "templates", 4242, 4242)
     with pytest.raises(CacheDirError, match="templates belongs to uid 4242"):

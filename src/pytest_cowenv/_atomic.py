@@ -6,24 +6,42 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from pathlib import Path
 from typing import IO, Optional
 
+from .marker import write_new_file
 from .store import temp_name
 
 
 def write_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` so that a crash leaves the old file or the new one,
+    both complete: data synced before the rename, the directory synced after it."""
     tmp = temp_name(path)
+    data = text.encode("utf-8")
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            write_new_file(str(tmp), data, sync=True)
+        except FileExistsError:  # a dead namesake's leftover: removed, never written through
+            tmp.unlink()
+            write_new_file(str(tmp), data, sync=True)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+    sync_dir(path.parent)
+
+
+def sync_dir(path: Path) -> None:
+    """Make the entries of directory ``path`` (renames, new names) durable."""
+    if sys.platform == "win32":  # pragma: no cover - directories cannot be opened there
+        return
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def hold_in_use(path: Path) -> IO[bytes]:

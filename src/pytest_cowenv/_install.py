@@ -16,7 +16,7 @@ from functools import cache
 from pathlib import Path
 from typing import Callable, Optional
 
-from .errors import TemplateBuildError
+from .errors import TemplateBuildError, shown
 
 # Variables of the outer environment that must never steer a child interpreter.
 LEAKY_VARS = (
@@ -347,8 +347,10 @@ def build_wheel(project: Path, out_dir: Path, python: str, index: IndexOptions) 
             str(wheels),
             str(work),
         ]
-    run_installer(cmd, f"{project}: building a wheel failed")
+    run_installer(cmd, f"{shown(project)}: building a wheel failed")
     built = sorted(wheels.glob("*.whl"))
     if not built:
-        raise TemplateBuildError(f"{project}: the build produced no wheel in {wheels}")
+        raise TemplateBuildError(
+            f"{shown(project)}: the build produced no wheel in {shown(wheels)}"
+        )
     return built[0]

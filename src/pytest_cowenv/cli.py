@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, NoReturn, Optional
 
 from . import __version__
-from .errors import CowEnvError, SpecError
+from .errors import CowEnvError, SpecError, with_option
 from .store import ENV_DIR, default_root
 
 if TYPE_CHECKING:
@@ -146,7 +146,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SpecError as exc:
         return _fail(where, str(exc), 2)
     except (CowEnvError, OSError) as exc:
-        return _fail(where, str(exc), 1)
+        return _fail(where, with_option(str(exc), "--dir"), 1)
     except KeyboardInterrupt:
         return _fail(where, "interrupted", 130)
 
@@ -172,8 +172,10 @@ def _emit(args: argparse.Namespace, data: dict[str, Any], lines: list[str]) -> N
 def cmd_info(args: argparse.Namespace) -> int:
     from ._install import installer_identity
     from .fs import probe
+    from .maintenance import open_layout
 
     root = _root(args)
+    open_layout(root)  # refuses a directory that is not a cache of ours; creates nothing
     probe_at = root
     while not probe_at.is_dir() and probe_at.parent != probe_at:
         probe_at = probe_at.parent  # describe the filesystem the cache will be created on
@@ -332,7 +334,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 def cmd_prune(args: argparse.Namespace) -> int:
     from .maintenance import Report, open_layout, prune
 
-    layout = open_layout(_root(args))
+    layout = open_layout(_root(args), adopt=True)
     report = Report()
     if layout:
         report = prune(layout, older_than_days=args.older_than, everything=args.all)
@@ -342,7 +344,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 def cmd_clean(args: argparse.Namespace) -> int:
     from .maintenance import Report, clean, clean_all, open_layout
 
-    layout = open_layout(_root(args))
+    layout = open_layout(_root(args), adopt=True)
     if layout is None:
         report = Report()
     else:

@@ -10,6 +10,24 @@ from collections.abc import Sequence
 from typing import Optional
 
 
+def shown(value: object) -> str:
+    """A culprit as the user gave it, or its ``repr`` when it holds a newline or another
+    control character: a one-line error stays one line whatever the user typed."""
+    text = str(value)
+    return repr(text) if not text.isprintable() else text
+
+
+def with_option(message: str, option: str) -> str:
+    """``message`` with the front end's own option named where the core says "cache directory"
+    (the core knows no flags: the plugin says ``--cowenv-dir``, the command line ``--dir``)."""
+    phrase = "cache directory"
+    at = message.find(phrase)
+    if at < 0:
+        return message
+    at += len(phrase)
+    return f"{message[:at]} ({option}){message[at:]}"
+
+
 class CowEnvError(Exception):
     """Base class of every error pytest-cowenv raises on purpose."""
 

@@ -41,7 +41,7 @@ from .store import (
     RUN_DIR,
     TMP_FILE,
     Layout,
-    check_safe,
+    open_existing,
 )
 
 DAY = 86400.0
@@ -102,12 +102,10 @@ class Report:
         }
 
 
-def open_layout(root: Path) -> Optional[Layout]:
-    """The layout of an existing cache (vetted, never created), or None if there is none."""
-    if not root.is_dir():
-        return None
-    check_safe(root)
-    return Layout(root)
+def open_layout(root: Path, *, adopt: bool = False) -> Optional[Layout]:
+    """The layout of an existing cache (vetted, never created), or None if there is none.
+    A directory that is not ours raises CacheDirError (see ``store.open_existing``)."""
+    return open_existing(root, adopt=adopt)
 
 
 # -- reading -------------------------------------------------------------------------------
@@ -316,9 +314,10 @@ def remove_template(
     try:
         reason = remove_generation(layout, key, gen, still_wanted=still_wanted)
         if reason is None and not layout.generations_of(key):
-            # While still held: waiters notice the unlinked file and lock anew.
-            for side in (layout.owner_note(key), layout.lock(key)):
-                remove_tree(side, root=layout.root)
+            # The build lock itself stays: a filelock waiter that does not re-check the link
+            # count (before 3.20.4) would lock the unlinked file while a newcomer locks a new
+            # one, and two builders would number and publish the same generation.
+            remove_tree(layout.owner_note(key), root=layout.root)
         return reason
     finally:
         lock.release()
@@ -401,10 +400,8 @@ def clean(layout: Layout, *, kept: bool = False) -> Report:
         )
         report.removed.append(Item(str(path), what))
     for key, gens in layout.generations().items():
-        if not gens:  # only the key's lock files are left
-            reason = _remove_lock_files(layout, key)
-            item = Item(str(layout.lock(key)), "orphan template files", reason=reason or "")
-            (report.skipped if reason else report.removed).append(item)
+        if not gens:
+            continue  # only the key's build lock: it stays for good (see remove_template)
         for gen in gens:
             has_dir = layout.template(key, gen).is_dir()
             if has_dir and read_meta(layout, key, gen) is not None:
@@ -443,6 +440,11 @@ def clean_all(layout: Layout, *, lock_timeout: float = PRUNE_LOCK_TIMEOUT) -> Re
     pruned = prune(layout, everything=True, lock_timeout=lock_timeout)
     report.removed += pruned.removed
     report.skipped += pruned.skipped
+    for key, gens in layout.generations().items():
+        if not gens:  # what `prune` and `clean` leave of a removed template: its build lock
+            reason = _remove_lock_files(layout, key)
+            if reason:
+                report.skipped.append(Item(str(layout.lock(key)), "build lock", reason=reason))
     live = [
         Item(child.path, "run", reason="clones of a process not known to be gone")
         for child in _children(layout.clones)
@@ -453,7 +455,7 @@ def clean_all(layout: Layout, *, lock_timeout: float = PRUNE_LOCK_TIMEOUT) -> Re
         if BUILD_DIR.match(child.name) or LEGACY_BUILD_DIR.match(child.name)
     ]
     report.skipped += live
-    if layout.generations() or any(item.what == "build" for item in live):
+    if any(layout.generations().values()) or any(item.what == "build" for item in live):
         if os.path.lexists(layout.bytecode):
             reason = "templates or builds remain, which may use it"
             report.skipped.append(Item(str(layout.bytecode), "bytecode store", reason=reason))
@@ -520,7 +522,11 @@ def prune_bytecode(layout: Layout, report: Report) -> None:
 
 
 def _remove_lock_files(layout: Layout, key: str) -> Optional[str]:
-    """Remove the build lock and owner note of a key that has no generation left."""
+    """``clean --all`` only: remove the build lock and owner note of a key that has no
+    generation left, unlinked while we hold it. A builder that opened the lock a moment
+    before could still lock the removed file (filelock before 3.20.4 does not re-check the
+    link count): the risk of starting a build in a cache while removing it, which `prune`
+    and `clean` never take."""
     import filelock
 
     lock = filelock.FileLock(str(layout.lock(key)), timeout=0)

@@ -60,12 +60,14 @@ class Options:
         "rebuild_before",
         "requirements",
         "root",
+        "root_option",
     )
 
     def __init__(
         self,
         *,
         root: Optional[str] = None,
+        root_option: str = "--cowenv-dir",
         link_mode: str = "auto",
         keep: str = "none",
         rebuild_before: float = 0.0,
@@ -79,6 +81,7 @@ class Options:
     ) -> None:
         self.constraints = constraints
         self.root = root
+        self.root_option = root_option  # where the user set the cache directory, for errors
         self.link_mode = link_mode
         self.keep = keep
         self.rebuild_before = rebuild_before
@@ -228,9 +231,13 @@ def make_options(config: pytest.Config) -> Options:
         raise pytest.UsageError(f"{where}: {pool_raw!r} is not a whole number ≥ 0") from None
     root_raw, where = _pick(config, "dir", "PYTEST_COWENV_DIR")
     root = _path(config, str(root_raw), where) if root_raw else None
+    root_option = where if root else "--cowenv-dir"
     if root and not os.path.isdir(os.path.dirname(root)):
+        from .errors import shown
+
         raise pytest.UsageError(
-            f"{where}: the parent of {root} does not exist; create it or pick another directory"
+            f"{where}: the parent of {shown(root)} does not exist; create it or pick another "
+            "directory"
         )
     links = config.getoption("cowenv_find_links")
     if links:
@@ -256,6 +263,7 @@ def make_options(config: pytest.Config) -> Options:
         rebuild_before = time.time() if config.getoption("cowenv_rebuild") else 0.0
     return Options(
         root=root,
+        root_option=root_option,
         link_mode=mode,
         keep=keep,
         rebuild_before=rebuild_before,
@@ -284,9 +292,22 @@ def _ini_requirement(config: pytest.Config, line: str) -> str:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER_DOC)
-    config.stash[options_key] = make_options(config)
+    config.stash[options_key] = options = make_options(config)
+    _claim_cache_dir(options)
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(_XdistHooks(), "cowenv-xdist")
+
+
+def _claim_cache_dir(options: Options) -> None:
+    """Refuse, before any test runs, a cache directory that is not ours (deleting in it could
+    hit the user's files); make a missing or empty one ours (see ``store.claim_at_start``)."""
+    from .errors import CacheDirError, with_option
+    from .store import claim_at_start
+
+    try:
+        claim_at_start(options.root)
+    except CacheDirError as exc:
+        raise pytest.UsageError(with_option(str(exc), options.root_option)) from None
 
 
 def _session(config: pytest.Config) -> CowEnvSession:
@@ -377,15 +398,15 @@ def _check_options(options: dict[str, Any]) -> None:
 
 def _check_outside(local: tuple[str, ...], root: Optional[str]) -> None:
     """A cache inside a project would be hashed and copied into its own templates."""
-    from .errors import SpecError
+    from .errors import SpecError, shown
     from .store import default_root
 
     cache = Path(root or default_root()).resolve()
     for directory in map(Path, local):
         if directory.is_dir() and cache.is_relative_to(directory):
             raise SpecError(
-                f"{directory}: the cache dir {cache} is inside this project; pick a "
-                "--cowenv-dir outside it"
+                f"{shown(directory)}: the cache dir {shown(cache)} is inside this project; "
+                "pick a --cowenv-dir outside it"
             )
 
 
@@ -440,9 +461,10 @@ def _acquire(
     attributed to ``where`` (file, line) in the user's tests, never to our own lines.
     """
     from .clone import LinkMode
-    from .errors import CowEnvError, SpecError, TemplateBuildError
+    from .errors import CowEnvError, SpecError, TemplateBuildError, with_option
 
     session = _session(request.config)
+    option = request.config.stash[options_key].root_option
     failed = request.config.stash.setdefault(failed_specs_key, {})
     asked = _asked(requirements, options, request.path.parent)
     problem = failed.get(asked)
@@ -455,11 +477,11 @@ def _acquire(
                 spec, request.node.name, LinkMode(mode) if mode else None, warn=told.append
             )
         except (SpecError, TemplateBuildError) as exc:
-            failed[asked] = problem = str(exc)
+            failed[asked] = problem = with_option(str(exc), option)
         except CowEnvError as exc:  # clone errors may pass (disk space): not remembered
-            problem = str(exc)
+            problem = with_option(str(exc), option)
         else:
-            problem = _warn_at(where, told)
+            problem = _warn_at(where, [with_option(message, option) for message in told])
             if problem is None:
                 request.node.stash.setdefault(envs_key, []).append(env)
                 return env

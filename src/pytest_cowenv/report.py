@@ -11,7 +11,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import uuid
+from pathlib import Path
 from typing import Optional
+
+from .marker import write_new_file
 
 PROBE_MEMO = "fs-probe.json"
 _MEMO_FORMAT = 1
@@ -24,9 +28,7 @@ def header_line(root: Optional[str], link_mode: str = "auto", pool: int = 0) -> 
         from .store import default_root
 
         root = str(default_root())
-    # Made now rather than at first use, so that its probe can be remembered in it.
-    with contextlib.suppress(OSError):
-        os.makedirs(root, mode=0o700, exist_ok=True)
+    # The plugin's start-up has made a missing cache dir (and marked it ours) already.
     probe_at = root
     while not os.path.isdir(probe_at):  # cannot be made: describe the place it would be in
         parent = os.path.dirname(probe_at)
@@ -47,15 +49,17 @@ def header_line(root: Optional[str], link_mode: str = "auto", pool: int = 0) -> 
 
 
 def _safe(root: str) -> bool:
-    """Only a cache dir that passes ``store.check_safe`` may hold (and be trusted for) a memo.
-    The same rule, without importing the core: the header must stay nearly free."""
-    if not hasattr(os, "getuid"):  # pragma: no cover - Windows relies on ACLs
-        return True
+    """Only our own cache dir, vetted by ``store.check_safe``, may hold (and be trusted for)
+    a memo: a memo anywhere else could be anyone's."""
+    from .errors import CowEnvError
+    from .marker import classify
+    from .store import check_safe
+
     try:
-        st = os.stat(root)
-    except OSError:
+        check_safe(Path(root))
+    except (OSError, CowEnvError):
         return False
-    return st.st_uid == os.getuid() and not (st.st_mode & 0o002 and not st.st_mode & 0o1000)
+    return classify(root).kind == "ours"
 
 
 def probe_summary(path: str, remember: bool = False) -> tuple[str, str, str]:
@@ -79,11 +83,11 @@ def probe_summary(path: str, remember: bool = False) -> tuple[str, str, str]:
     if remember:
         data = {"format": _MEMO_FORMAT, "st_dev": dev, "fstype": answer[0]}
         data.update(strategy=answer[1], reason=answer[2])
-        tmp = f"{memo}.{os.getpid()}.tmp"
+        tmp = f"{memo}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
         try:
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(data, f)
+            write_new_file(tmp, json.dumps(data).encode())
             os.replace(tmp, memo)
         except OSError:  # a read-only cache still works; it is just probed every run
-            pass
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
     return answer

@@ -23,10 +23,10 @@ from ._install import IndexOptions
 from ._owner import lock_dir
 from .clone import LinkMode, Warn, clone_tree, remove_tree
 from .env import CowEnv
-from .errors import CacheDirError, CowEnvError, CowEnvWarning
+from .errors import CacheDirError, CowEnvError, CowEnvWarning, shown
 from .pool import ClonePool
 from .spec import TemplateSpec
-from .store import Layout, prepare_root
+from .store import Layout, check_kept, prepare_root
 from .template import Template, TemplateCache
 
 
@@ -338,9 +338,10 @@ class CowEnvSession:
             kept.parent.mkdir(exist_ok=True)
             if not stat.S_ISDIR(os.lstat(kept.parent).st_mode):
                 raise CacheDirError(
-                    f"cannot keep {env.path}: {kept.parent} is not a directory (a symlink?); "
-                    "remove it"
+                    f"cannot keep {shown(env.path)}: {shown(kept.parent)} is not a directory "
+                    "(a symlink?); remove it"
                 )
+            check_kept(self.layout)  # made by someone else since the start (a shared root)
             # rename() moves a symlink the test left in its place as the link itself.
             os.rename(env.path, kept)
             with self._lock:

@@ -26,7 +26,7 @@ from ._install import (
     uv_binary,
 )
 from ._reqfile import ReadFiles, file_item
-from .errors import SpecError
+from .errors import SpecError, shown
 
 FORMAT_VERSION = 1
 _LOCAL_SUFFIXES = (".whl", ".tar.gz", ".zip", ".tar.bz2")
@@ -189,7 +189,7 @@ class TemplateSpec:
 
     def describe(self) -> str:
         """Short human form, culprit first: ``-r requirements/test.txt, rich (python 3.12)``."""
-        items = list(self.shown) or ["(empty)"]
+        items = [shown(item) for item in self.shown] or ["(empty)"]  # stays one line
         extra = f" (python {self.python})" if self.python else ""
         return ", ".join(items) + extra + (" +pip" if self.pip else "")
 
@@ -278,9 +278,13 @@ def _looks_local(text: str) -> bool:
 def _existing(path: Path, as_given: str) -> Path:
     path = path.expanduser().resolve()
     if not path.exists():
-        raise SpecError(f"{as_given}: no such local wheel, sdist or project directory ({path})")
+        raise SpecError(
+            f"{shown(as_given)}: no such local wheel, sdist or project directory ({shown(path)})"
+        )
     if path.is_dir() and not any((path / n).exists() for n in ("pyproject.toml", "setup.py")):
-        raise SpecError(f"{as_given}: {path} is a directory without pyproject.toml or setup.py")
+        raise SpecError(
+            f"{shown(as_given)}: {shown(path)} is a directory without pyproject.toml or setup.py"
+        )
     return path
 
 
@@ -289,7 +293,8 @@ def normalise_requirement(text: str) -> str:
     try:
         req = Requirement(text)
     except InvalidRequirement as exc:
-        raise SpecError(f"{text!r}: invalid requirement ({exc})") from None
+        why = (str(exc).splitlines() or ["?"])[0]  # packaging adds lines pointing at the error
+        raise SpecError(f"{text!r}: invalid requirement ({why})") from None
     out: str = canonicalize_name(req.name)
     if req.extras:
         out += "[" + ",".join(sorted(canonicalize_name(e) for e in req.extras)) + "]"
@@ -360,7 +365,8 @@ def find_interpreter(python: Optional[str]) -> Interpreter:
         )
         values = json.loads(out.stdout)
     except (OSError, subprocess.SubprocessError, ValueError) as exc:
-        raise SpecError(f"python={python!r}: {exe} does not run ({exc})") from None
+        why = " ".join(str(exc).split())
+        raise SpecError(f"python={python!r}: {shown(exe)} does not run ({why})") from None
     return Interpreter(*values)
 
 

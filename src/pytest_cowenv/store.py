@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import re
 import stat
@@ -10,8 +12,9 @@ import uuid
 from pathlib import Path
 from typing import Optional, Union
 
+from . import marker
 from ._owner import TOKEN, current
-from .errors import CacheDirError
+from .errors import CacheDirError, shown
 
 ENV_DIR = "PYTEST_COWENV_DIR"
 
@@ -40,8 +43,9 @@ META_TMP = re.compile(rf"^\.{KEY}(?:\.\d+)?\.json\.[0-9a-f-]+\.tmp$")
 _ANY_RUN = r"run-[0-9a-f-]+-[0-9a-f]{6}"
 KEPT = re.compile(rf"^{_ANY_RUN}-[A-Za-z0-9_.]+-\d+$")
 # Files of ours directly in the root (fs-probe.json: report.PROBE_MEMO), which `clean --all`
-# removes with the rest.
-ROOT_FILES = ("fs-probe.json", "CACHEDIR.TAG")
+# removes with the rest, in this order: our marker last, so that an interrupted removal
+# leaves a directory that is still recognised as ours.
+ROOT_FILES = ("fs-probe.json", marker.CACHEDIR_TAG, marker.MARKER)
 
 
 def default_root() -> Path:
@@ -130,49 +134,207 @@ def temp_name(path: Path) -> Path:
 
 
 def prepare_root(root: Optional[Union[str, os.PathLike[str]]]) -> Layout:
-    """Create (if needed) and vet the cache root; refuse one that others could poison."""
-    path = Path(root).expanduser() if root else default_root()
+    """Create (if needed), vet and mark the cache root; refuse one that others could poison
+    or that is not ours (see ``marker``)."""
+    path = (Path(root).expanduser() if root else default_root()).absolute()
     if root and not path.parent.is_dir():
         raise CacheDirError(
-            f"cache dir {path}: its parent {path.parent} does not exist (create it, or pick "
-            "another --cowenv-dir)"
+            f"cache dir {shown(path)}: its parent {shown(path.parent)} does not exist; create "
+            "it, or choose another cache directory"
         )
     try:
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as exc:
-        raise CacheDirError(f"cache dir {path}: cannot create it ({exc.strerror})") from None
+        raise CacheDirError(f"cache dir {shown(path)}: cannot create it ({exc.strerror})") from None
     check_safe(path)
+    claim(path)
     layout = Layout(path)
     try:
         for sub in (layout.templates, layout.clones, layout.tmp, layout.bytecode):
             sub.mkdir(exist_ok=True)
             # In a shared (sticky) root, someone else could have made these first.
-            check_safe(sub)
+            check_safe(sub, parents=False)
     except OSError as exc:
         raise CacheDirError(
-            f"cache dir {path}: not writable ({exc.strerror}); pick another --cowenv-dir"
+            f"cache dir {shown(path)}: not writable ({exc.strerror}); fix its permissions or "
+            "choose another cache directory"
         ) from None
     for sub in (layout.templates, layout.clones, layout.tmp, layout.bytecode):
         if not os.access(sub, os.W_OK | os.X_OK):
             raise CacheDirError(
-                f"cache dir {path}: {sub.name}/ is not writable; fix its permissions or pick "
-                "another --cowenv-dir"
+                f"cache dir {shown(path)}: {sub.name}/ is not writable; fix its permissions or "
+                "choose another cache directory"
             )
+    check_kept(layout)
     return layout
 
 
-def check_safe(path: Path) -> None:
-    """A cache owned by someone else, or writable by all without the sticky bit, is refused."""
+def claim(path: Path) -> None:
+    """Mark ``path`` as ours if it is empty or a cache of the previous version; refuse it if
+    it is anything else. Call only on a vetted (``check_safe``) directory."""
+    state = marker.classify(str(path))
+    if state.kind == "foreign":
+        raise CacheDirError(foreign_message(path, state.why))
+    try:
+        if state.kind in ("empty", "legacy"):
+            marker.mark(str(path))
+        else:
+            marker.ensure_tag(str(path))
+    except OSError as exc:
+        raise CacheDirError(
+            f"cache dir {shown(path)}: not writable ({exc.strerror}); fix its permissions or "
+            "choose another cache directory"
+        ) from None
+
+
+def claim_at_start(root: Optional[str]) -> None:
+    """What a pytest run checks before it starts: a directory that is not ours is refused
+    (CacheDirError); a missing or empty one is made ours now, so that the header may keep
+    its probe there. Any other problem is left to the first test that needs the cache."""
+    path = Path(root) if root else default_root()
+    try:
+        path.mkdir(parents=not root, exist_ok=True, mode=0o700)
+        check_safe(path)
+    except (OSError, CacheDirError):
+        return
+    state = marker.classify(str(path))
+    if state.kind == "foreign":
+        raise CacheDirError(foreign_message(path, state.why))
+    with contextlib.suppress(CacheDirError):
+        claim(path)
+
+
+def open_existing(root: Path, *, adopt: bool = False) -> Optional[Layout]:
+    """The layout of an existing cache, vetted and never created; None if there is none (no
+    such directory, or an empty one). A cache of the previous version is marked only with
+    ``adopt``: commands that only look (``list``, ``info``) change nothing."""
+    state = marker.classify(str(root))
+    if state.kind in ("missing", "empty"):
+        return None
+    if state.kind == "foreign":
+        raise CacheDirError(foreign_message(root, state.why))
+    check_safe(root)
+    if state.kind == "legacy" and adopt:
+        claim(root)
+    layout = Layout(root)
+    check_kept(layout)
+    return layout
+
+
+def foreign_message(path: Path, why: str) -> str:
+    return (
+        f"cache dir {shown(path)} is not a pytest-cowenv cache ({why}): nothing in it is "
+        "touched; choose an empty or new cache directory, or a subdirectory such as "
+        f"{shown(path / 'pytest-cowenv')}"
+    )
+
+
+def check_kept(layout: Layout) -> None:
+    """``kept/`` is made on first need; one that someone else made is refused like the root."""
+    kept = layout.root / "kept"
+    # A link there is never followed by what deletes or keeps (see clone/_remove.py).
+    if kept.is_dir() and not kept.is_symlink():
+        check_safe(kept, parents=False)
+
+
+def check_safe(path: Path, *, parents: bool = True) -> None:
+    """A cache owned by someone else, or writable by others without the sticky bit, is
+    refused; so is one whose parents would let someone else replace it (``parents``).
+
+    Group-writable is as bad as world-writable, except for a user private group (one that
+    nobody else is in, as most Linux distributions give each user with umask 002).
+    """
     if not hasattr(os, "getuid"):  # pragma: no cover - Windows relies on ACLs
         return
     st = path.stat()
     if st.st_uid != os.getuid():
         raise CacheDirError(
-            f"cache dir {path} belongs to uid {st.st_uid}, not to you (uid {os.getuid()}): "
+            f"cache dir {shown(path)} belongs to uid {st.st_uid}, not to you (uid {os.getuid()}): "
             "a shared cache could be poisoned; use a directory of your own"
         )
-    if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
+    others = _writable_by_others(st)
+    if others:
+        fix = "o-w" if others == "everyone" else "g-w"
         raise CacheDirError(
-            f"cache dir {path} is writable by everyone without the sticky bit: "
-            f"run `chmod o-w {path}` or use another directory"
+            f"cache dir {shown(path)} is writable by {others} without the sticky bit: "
+            f"run `chmod {fix} {shown(path)}` or choose another cache directory"
         )
+    if parents:
+        for parent, pst in _ancestors(path):
+            _check_parent(path, parent, pst)
+
+
+def _writable_by_others(st: os.stat_result) -> str:
+    """Who besides the owner may rename entries of a directory: "" (nobody), "everyone" or
+    "its group (NAME)"."""
+    if st.st_mode & stat.S_ISVTX:
+        return ""
+    if st.st_mode & stat.S_IWOTH:
+        return "everyone"
+    if st.st_mode & stat.S_IWGRP and not _private_group(st.st_gid, os.getuid()):
+        return f"its group ({_group_name(st.st_gid)})"
+    return ""
+
+
+def _check_parent(path: Path, parent: str, st: os.stat_result) -> None:
+    if st.st_uid not in (0, os.getuid()):
+        raise CacheDirError(
+            f"cache dir {shown(path)}: its parent {shown(parent)} belongs to uid {st.st_uid}, "
+            "who could replace the cache with another; choose a cache directory whose parents "
+            "belong to you or to root"
+        )
+    others = _writable_by_others(st) if stat.S_ISDIR(st.st_mode) else ""
+    if others:
+        fix = "o-w" if others == "everyone" else "g-w"
+        raise CacheDirError(
+            f"cache dir {shown(path)}: its parent {shown(parent)} is writable by {others} "
+            "without the sticky bit, so others could replace the cache with another: run "
+            f"`chmod {fix} {shown(parent)}` or choose another cache directory"
+        )
+
+
+def _ancestors(path: Path) -> list[tuple[str, os.stat_result]]:
+    """Every directory above ``path``, as written and as resolved, up to ``/``; a symbolic
+    link on the way counts too (whoever owns it can point it elsewhere)."""
+    seen: dict[str, os.stat_result] = {}
+    for start in (os.path.abspath(path), os.path.realpath(path)):
+        here = start
+        while True:
+            parent = os.path.dirname(here)
+            if parent == here:
+                break
+            here = parent
+            if here not in seen:
+                lst = os.lstat(here)
+                if stat.S_ISLNK(lst.st_mode):  # where it points is on the resolved chain
+                    seen[f"{here} (a symbolic link)"] = lst
+                else:
+                    seen[here] = lst
+    return list(seen.items())
+
+
+@functools.cache
+def _private_group(gid: int, uid: int) -> bool:
+    """True if ``uid`` is the one and only member of group ``gid`` (primary or listed)."""
+    try:
+        import grp
+        import pwd
+
+        group, user = grp.getgrgid(gid), pwd.getpwuid(uid)
+        everyone = pwd.getpwall()
+    except (ImportError, KeyError):
+        return False
+    if any(member != user.pw_name for member in group.gr_mem):
+        return False
+    if any(other.pw_gid == gid and other.pw_uid != uid for other in everyone):
+        return False
+    return user.pw_gid == gid or user.pw_name in group.gr_mem
+
+
+def _group_name(gid: int) -> str:
+    try:
+        import grp
+
+        return grp.getgrgid(gid).gr_name
+    except (ImportError, KeyError):
+        return f"gid {gid}"

@@ -32,7 +32,8 @@ from ._install import installer_identity
 from ._owner import lock_dir
 from ._venv import installed_distributions, site_packages
 from .clone import Tree, protect, remove_tree, strip_write_bits, walk_tree
-from .errors import LockTimeoutError, TemplateBuildError
+from .errors import LockTimeoutError, TemplateBuildError, shown
+from .fs import sync_filesystem
 from .spec import FORMAT_VERSION, TemplateSpec, find_interpreter
 from .store import BUILD_DIR, LEGACY_BUILD_DIR, Layout
 
@@ -306,6 +307,10 @@ class TemplateCache:
                     tree = walk_tree(final)  # the manifest is of the tree as it stays
             with timed(phases, "hash"):
                 hashes = own_hashes(tree, site_packages(final))
+            with timed(phases, "sync"):
+                # The metadata says "complete": the tree it describes must be on disk first,
+                # or a crash could leave complete-looking metadata over lost file data.
+                sync_filesystem(str(final))
             meta = {
                 "format": FORMAT_VERSION,
                 "key": key,
@@ -379,8 +384,8 @@ def _space_hint(root: Path, code: Optional[int]) -> str:
 
     free = shutil.disk_usage(root).free / 2**20
     return (
-        f" (no space left: {fs_type(root)} at {root} has {free:.1f} MiB free;"
-        " free space or move --cowenv-dir)"
+        f" (no space left: {fs_type(root)} at {shown(root)} has {free:.1f} MiB free;"
+        " free space or choose another cache directory)"
     )
 
 

@@ -103,7 +103,10 @@ def test_cache_with_a_read_only_part(
 ) -> None:
     cache = tmp_path / "cache"
     if sub == "templates":
+        from pytest_cowenv.marker import mark
+
         cache.mkdir(mode=0o700)
+        mark(str(cache))  # ours, half made
         for name in ("templates", "clones", "tmp"):
             (cache / name).mkdir()
     else:
@@ -153,20 +156,34 @@ def test_probe_memo_outside_our_cache_is_not_trusted(
 
 @pytest.mark.parametrize(
     ("mode", "refused"),
-    [(0o777, True), (0o1777, False), (0o775, False)],
-    ids=["world-writable", "world-writable-sticky", "group-writable"],
+    [(0o777, "everyone"), (0o1777, ""), (0o775, ""), (0o775, "its group"), (0o1775, "")],
+    ids=[
+        "world-writable",
+        "world-writable-sticky",
+        "group-writable-private-group",
+        "group-writable-shared-group",
+        "group-writable-shared-group-sticky",
+    ],
 )
-def test_world_writable_cache_dir_without_sticky_bit_is_refused(
-    tmp_path: Path, mode: int, refused: bool, record_property: Callable[[str, object], None]
+def test_cache_dir_writable_by_others_without_sticky_bit_is_refused(
+    tmp_path: Path,
+    mode: int,
+    refused: str,
+    record_property: Callable[[str, object], None],
+    request: pytest.FixtureRequest,
 ) -> None:
     from pytest_cowenv.errors import CacheDirError
     from pytest_cowenv.store import prepare_root
 
     cache = tmp_path / "cache"
     cache.mkdir()
+    if "shared-group" in request.node.name:
+        if os.geteuid() != 0:
+            pytest.skip("only root can give a directory to a group it is not in")
+        os.chown(cache, 0, NOBODY)  # a group of someone else's (the tmp_path group is ours)
     cache.chmod(mode)
     if refused:
-        with pytest.raises(CacheDirError, match="writable by everyone without the sticky bit"):
+        with pytest.raises(CacheDirError, match=f"writable by {refused}.* without the sticky"):
             prepare_root(cache)
         assert os.listdir(cache) == []
         record_property("faults", 1)

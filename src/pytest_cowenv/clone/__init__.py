@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from .._fstype import fs_type
-from ..errors import CloneError, CowEnvWarning
+from ..errors import CloneError, CowEnvWarning, shown
 from . import _platform, _remove
 from ._base import DIR_FD, DIR_FLAGS, READ_FLAGS, UMASK, FileAtOp, FileOp, cannot_clone
 from ._portable import copy_file, copy_file_at, link_file, link_file_at
@@ -128,7 +128,7 @@ def clone_tree(
     """
     src, dst, mode = os.fspath(src), os.fspath(dst), LinkMode(mode)
     start = time.perf_counter()
-    exists = CloneError(f"cannot clone to {dst}: it already exists", errno.EEXIST)
+    exists = CloneError(f"cannot clone to {shown(dst)}: it already exists", errno.EEXIST)
     if os.path.lexists(dst):
         raise exists
     try:
@@ -149,13 +149,14 @@ def clone_tree(
 
 def _clone_error(src: str, dst: str, mode: LinkMode, exc: OSError) -> CloneError:
     parent = os.path.dirname(os.path.abspath(dst))
-    where = f"{_safe_fstype(parent)} at {parent}"
-    msg = f"cannot clone {src} to {dst} ({where}, mode {mode.value}): {_describe(exc)}"
+    where = f"{_safe_fstype(parent)} at {shown(parent)}"
+    msg = f"cannot clone {shown(src)} to {shown(dst)} ({where}, mode {mode.value}): "
+    msg += _describe(exc)
     if exc.errno == errno.ENOSPC:
         free = shutil.disk_usage(parent).free
-        msg += f"; {free / 2**20:.1f} MiB free there. Free space or choose another --cowenv-dir."
+        msg += f"; {free / 2**20:.1f} MiB free there. Free space or choose another cache directory."
     elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        msg += "; check the permissions of the cache directory (--cowenv-dir)."
+        msg += "; check the permissions of the cache directory."
     return CloneError(msg, exc.errno)
 
 
@@ -177,7 +178,8 @@ def _clone(
                 if mode is LinkMode.SNAPSHOT:
                     parent = os.path.dirname(os.path.abspath(dst))
                     raise CloneError(
-                        f"cannot {backend.dir_strategy} {src} ({_safe_fstype(src)}) to {dst} "
+                        f"cannot {backend.dir_strategy} {shown(src)} ({_safe_fstype(src)}) to "
+                        f"{shown(dst)} "
                         f"({_safe_fstype(parent)} at {parent}): {_describe(exc)}; a snapshot "
                         "stays on the template's filesystem: use link mode auto or clone",
                         exc.errno,
@@ -205,7 +207,7 @@ def _no_snapshot_reason(src: str, strategy: str) -> str:
         if fstype == "btrfs"
         else f"{fstype} has no subvolume snapshots (only btrfs does)"
     )
-    return f"cannot {strategy} {src} ({fstype}): {why}; use link mode auto or clone"
+    return f"cannot {strategy} {shown(src)} ({fstype}): {why}; use link mode auto or clone"
 
 
 def _clone_files(
@@ -228,11 +230,14 @@ def _clone_files(
     except OSError as exc:
         if not cannot_clone(exc):
             raise
-        where = f"{_safe_fstype(tree.root)} at {tree.root} → {_safe_fstype(parent)} at {parent}"
+        where = (
+            f"{_safe_fstype(tree.root)} at {shown(tree.root)} → "
+            f"{_safe_fstype(parent)} at {shown(parent)}"
+        )
         if mode is LinkMode.CLONE:
             raise CloneError(
-                f"cannot clone {tree.root} file by file ({where}): {_describe(exc)}. "
-                "Put --cowenv-dir on btrfs, XFS (reflink=1), APFS or ReFS, "
+                f"cannot clone {shown(tree.root)} file by file ({where}): {_describe(exc)}. "
+                "Put the cache directory on btrfs, XFS (reflink=1), APFS or ReFS, "
                 "or use link mode auto/copy.",
                 exc.errno,
             ) from exc
@@ -253,7 +258,8 @@ def _clone_files(
         message = (
             f"pytest-cowenv: {_safe_fstype(parent)} at {parent} cannot clone files from "
             f"{_safe_fstype(tree.root)} ({why}); environments are copied instead: slower "
-            "and full disk use. Put --cowenv-dir on btrfs, XFS (reflink=1), APFS or ReFS."
+            "and full disk use. Put the cache directory on btrfs, XFS (reflink=1), APFS "
+            "or ReFS."
         )
         if warn is None:
             warnings.warn(CowEnvWarning(message), stacklevel=4)  # clone_tree's caller

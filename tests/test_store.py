@@ -13,6 +13,7 @@ import pytest
 from _wheels import standard_wheelhouse
 from pytest_cowenv import store
 from pytest_cowenv import template as template_module
+from pytest_cowenv._atomic import write_atomically
 from pytest_cowenv._install import IndexOptions
 from pytest_cowenv.errors import CacheDirError, SpecError, shown, with_option
 from pytest_cowenv.fs import sync_filesystem
@@ -21,7 +22,7 @@ from pytest_cowenv.marker import CACHEDIR_TAG, MARKER, classify, write_new_file
 from pytest_cowenv.report import header_line
 from pytest_cowenv.spec import TemplateSpec
 from pytest_cowenv.store import prepare_root
-from pytest_cowenv.template import TemplateCache, write_atomically
+from pytest_cowenv.template import TemplateCache
 
 KEY = "0123456789abcdef01234567"
 AS_ROOT = pytest.mark.skipif(

@@ -62,7 +62,9 @@ class Case:
 
 
 def interleaved(
-    cases: Sequence[Case], repeat: int, warmup: int = 1,
+    cases: Sequence[Case],
+    repeat: int,
+    warmup: int = 1,
     sync_path: Optional[os.PathLike[str] | str] = None,
 ) -> None:
     """Run every case ``warmup + repeat`` times, interleaved; keep the last ``repeat``. Before
@@ -127,7 +129,9 @@ def used_bytes(path: os.PathLike[str] | str) -> int:
     if fs_type(path) == "btrfs" and shutil.which("btrfs"):
         out = subprocess.run(
             ["btrfs", "filesystem", "df", "-b", os.fspath(path)],
-            check=True, capture_output=True, text=True,
+            check=True,
+            capture_output=True,
+            text=True,
         ).stdout
         return sum(int(m) for m in re.findall(r"used=(\d+)", out))
     return physical_used_bytes(path)
@@ -163,8 +167,10 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
 
     def line(row: Sequence[str]) -> str:
-        cells = [str(c).ljust(w) if i == 0 else str(c).rjust(w)
-                 for i, (c, w) in enumerate(zip(row, widths))]
+        cells = [
+            str(c).ljust(w) if i == 0 else str(c).rjust(w)
+            for i, (c, w) in enumerate(zip(row, widths))
+        ]
         return "  ".join(cells).rstrip()
 
     rule = "  ".join("-" * w for w in widths)

@@ -42,11 +42,20 @@ from _common import (
 from pytest_cowenv.clone import clone_tree, make_template_dir, remove_tree, walk_tree
 from pytest_cowenv.fs import probe
 
-ENV_VARS = {"btrfs": "COWENV_TEST_BTRFS", "xfs": "COWENV_TEST_XFS",
-            "ext4": "COWENV_TEST_EXT4", "tmpfs": "COWENV_TEST_TMPFS"}
+ENV_VARS = {
+    "btrfs": "COWENV_TEST_BTRFS",
+    "xfs": "COWENV_TEST_XFS",
+    "ext4": "COWENV_TEST_EXT4",
+    "tmpfs": "COWENV_TEST_TMPFS",
+}
 W1_PACKAGES = ("requests", "rich")
-REFERENCE = {"snapshot": "cp --reflink", "clone": "cp --reflink", "clone+walk": "cp --reflink",
-             "copy": "cp -a", "shutil.copytree": "cp -a"}
+REFERENCE = {
+    "snapshot": "cp --reflink",
+    "clone": "cp --reflink",
+    "clone+walk": "cp --reflink",
+    "copy": "cp -a",
+    "shutil.copytree": "cp -a",
+}
 # (filesystem, tree, case, limit): the issue's targets; "ratio" limits compare with REFERENCE.
 TARGETS = [
     ("btrfs", "w1", "snapshot", "median ms", 5.0),
@@ -67,8 +76,18 @@ def build_w1(work: Path) -> Path:
     try:
         subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
         subprocess.run(
-            [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install",
-             "-q", *W1_PACKAGES], check=True, stderr=subprocess.DEVNULL,
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "--python",
+                str(venv / "bin" / "python"),
+                "install",
+                "-q",
+                *W1_PACKAGES,
+            ],
+            check=True,
+            stderr=subprocess.DEVNULL,
         )
     except subprocess.CalledProcessError:
         print("pip could not build the W1 venv: using a generated tree", file=sys.stderr)
@@ -118,25 +137,36 @@ def cases_for(where: Place, out: Path, reflink: bool) -> list[Case]:
         return Case(
             f"{mode}+walk" if walk else mode,
             lambda: clone_tree(src, dst, mode, tree=None if walk else tree),
-            cleanup=lambda: remove_tree(dst), time_cleanup=True,
+            cleanup=lambda: remove_tree(dst),
+            time_cleanup=True,
         )
 
     def command(name: str, argv: Sequence[str]) -> Case:
-        return Case(name, lambda: subprocess.run([*argv, src, dst], check=True),
-                    cleanup=lambda: subprocess.run(["rm", "-rf", dst], check=True),
-                    time_cleanup=True)
+        return Case(
+            name,
+            lambda: subprocess.run([*argv, src, dst], check=True),
+            cleanup=lambda: subprocess.run(["rm", "-rf", dst], check=True),
+            time_cleanup=True,
+        )
 
     cases = []
     if where.subvolume is not None:
         cases.append(ours("snapshot", src=str(where.subvolume)))
     if reflink:
-        cases += [ours("clone"), ours("clone", walk=True),
-                  command("cp --reflink", ["cp", "-a", "--reflink=always"])]
+        cases += [
+            ours("clone"),
+            ours("clone", walk=True),
+            command("cp --reflink", ["cp", "-a", "--reflink=always"]),
+        ]
     cases += [
         ours("copy"),
         command("cp -a", ["cp", "-a", "--reflink=never"]),
-        Case("shutil.copytree", lambda: shutil.copytree(src, dst, symlinks=True),
-             cleanup=lambda: shutil.rmtree(dst), time_cleanup=True),
+        Case(
+            "shutil.copytree",
+            lambda: shutil.copytree(src, dst, symlinks=True),
+            cleanup=lambda: shutil.rmtree(dst),
+            time_cleanup=True,
+        ),
     ]
     return cases
 
@@ -147,10 +177,16 @@ def report(fs_name: str, tree_name: str, files: int, cases: list[Case]) -> list[
     for case in cases:
         ref = by_name.get(REFERENCE.get(case.name, ""))
         ratio = f"{median(case.seconds) / median(ref.seconds):.2f}x {ref.name}" if ref else ""
-        rows.append([
-            f"{fs_name} {tree_name} ({files} files)", case.name, fmt_ms(median(case.seconds)),
-            fmt_ms(p95(case.seconds)), ratio, fmt_ms(median(case.cleanup_seconds)),
-        ])
+        rows.append(
+            [
+                f"{fs_name} {tree_name} ({files} files)",
+                case.name,
+                fmt_ms(median(case.seconds)),
+                fmt_ms(p95(case.seconds)),
+                ratio,
+                fmt_ms(median(case.cleanup_seconds)),
+            ]
+        )
     return rows
 
 
@@ -185,14 +221,19 @@ def sharing(fs_name: str, where: Place, out_dir: Path, count: int) -> list[str]:
             continue
         of = "of one tree in all" if mode == "snapshot" else "of a copy each"
         share, share_physical = (
-            (added / one_copy, added_physical / one_copy_physical) if mode == "snapshot"
+            (added / one_copy, added_physical / one_copy_physical)
+            if mode == "snapshot"
             else (added / n / one_copy, added_physical / n / one_copy_physical)
         )
-        line = (f"{fs_name}: {n} {mode}s add {added / 2**20:.2f} MiB, {added / n / 1024:.0f} KiB "
-                f"each: {share:.1%} {of}")
+        line = (
+            f"{fs_name}: {n} {mode}s add {added / 2**20:.2f} MiB, {added / n / 1024:.0f} KiB "
+            f"each: {share:.1%} {of}"
+        )
         if added_physical != added:
-            line += (f" (physical, DUP metadata written twice: {added_physical / n / 1024:.0f} "
-                     f"KiB each, {share_physical:.1%})")
+            line += (
+                f" (physical, DUP metadata written twice: {added_physical / n / 1024:.0f} "
+                f"KiB each, {share_physical:.1%})"
+            )
         limit = SHARING_TARGETS.get((fs_name, mode))
         if limit is not None:
             line = f"{'ok  ' if share <= limit else 'MISS'} {line} (target <= {limit:.0%})"
@@ -218,8 +259,12 @@ def syscalls_per_file(where: Place, out: Path, files: int) -> list[str]:
     }
     for name, argv in runs.items():
         with tempfile.NamedTemporaryFile("r") as log:
-            subprocess.run(["strace", "-f", "-o", log.name, *argv], check=True, env=env,
-                           stderr=subprocess.DEVNULL)
+            subprocess.run(
+                ["strace", "-f", "-o", log.name, *argv],
+                check=True,
+                env=env,
+                stderr=subprocess.DEVNULL,
+            )
             trace = log.read().splitlines()
         remove_tree(out)
         start = next((i for i, line in enumerate(trace) if f'write(2, "{marker}' in line), -1)
@@ -231,15 +276,18 @@ def syscalls_per_file(where: Place, out: Path, files: int) -> list[str]:
                 counts[call] = counts.get(call, 0) + 1
         top = sorted(counts.items(), key=lambda kv: -kv[1])[:8]
         total = sum(counts.values())
-        lines.append(f"{name}: {total / files:.1f} syscalls/file: "
-                     + ", ".join(f"{call} {n / files:.2f}" for call, n in top))
+        lines.append(
+            f"{name}: {total / files:.1f} syscalls/file: "
+            + ", ".join(f"{call} {n / files:.2f}" for call, n in top)
+        )
     return lines
 
 
 def parse_fs(values: Optional[list[str]]) -> dict[str, Path]:
     if not values:
-        return {name: Path(os.environ[var]) for name, var in ENV_VARS.items()
-                if os.environ.get(var)}
+        return {
+            name: Path(os.environ[var]) for name, var in ENV_VARS.items() if os.environ.get(var)
+        }
     found = {}
     for value in values:
         name, sep, path = value.partition("=")
@@ -269,23 +317,38 @@ def check_targets(results: dict[tuple[str, str, str], Case]) -> list[str]:
                 ref = results[(fs_name, tree_name, REFERENCE[case_name])]
                 value = median(case.seconds) / median(ref.seconds)
         verdict = "ok  " if value <= limit else "MISS"
-        lines.append(f"{verdict} {fs_name} {tree_name} {case_name} {what}: {value:.2f} "
-                     f"(target <= {limit})")
+        lines.append(
+            f"{verdict} {fs_name} {tree_name} {case_name} {what}: {value:.2f} (target <= {limit})"
+        )
     return lines
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--fs", action="append", metavar="NAME=PATH",
-                        help="a filesystem to measure (repeatable; default: COWENV_TEST_*)")
+    parser.add_argument(
+        "--fs",
+        action="append",
+        metavar="NAME=PATH",
+        help="a filesystem to measure (repeatable; default: COWENV_TEST_*)",
+    )
     parser.add_argument("--repeat", type=int, default=20, help="timed runs per case (20)")
     parser.add_argument("--trees", default="w1,10k", help="which trees: w1, 10k (both)")
-    parser.add_argument("--work", type=Path, default=REPO / "benchmarks" / "results" / "clone",
-                        help="where the source trees are built and kept")
-    parser.add_argument("--share", type=int, default=0, metavar="N",
-                        help="also measure the disk that N clones of W1 take (e.g. 50)")
-    parser.add_argument("--strace", action="store_true",
-                        help="also count system calls per file of a per-file clone")
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=REPO / "benchmarks" / "results" / "clone",
+        help="where the source trees are built and kept",
+    )
+    parser.add_argument(
+        "--share",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also measure the disk that N clones of W1 take (e.g. 50)",
+    )
+    parser.add_argument(
+        "--strace", action="store_true", help="also count system calls per file of a per-file clone"
+    )
     args = parser.parse_args(argv)
     filesystems = parse_fs(args.fs)
     if not filesystems:
@@ -305,14 +368,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 where = place(source, bench, tree_name, info.can_snapshot)
                 files = walk_tree(where.plain).nfiles
                 cases = cases_for(where, bench / "out", info.can_reflink)
-                print(f"timing {fs_name} ({info.fstype}) {tree_name}: "
-                      f"{', '.join(c.name for c in cases)}", file=sys.stderr)
+                print(
+                    f"timing {fs_name} ({info.fstype}) {tree_name}: "
+                    f"{', '.join(c.name for c in cases)}",
+                    file=sys.stderr,
+                )
                 interleaved(cases, args.repeat, sync_path=bench)
                 rows += report(fs_name, tree_name, files, cases)
                 results.update({(fs_name, tree_name, c.name): c for c in cases})
                 if tree_name == "w1" and args.strace and info.can_reflink:
-                    notes += [f"{fs_name} {line}"
-                              for line in syscalls_per_file(where, bench / "out", files)]
+                    notes += [
+                        f"{fs_name} {line}"
+                        for line in syscalls_per_file(where, bench / "out", files)
+                    ]
                 if tree_name == "w1" and args.share:
                     notes += sharing(fs_name, where, bench, args.share)
         finally:

@@ -58,7 +58,7 @@ TARGETS = {"xfs": 1.25, "btrfs": 1.15}  # suite time / shared-env time, single p
 WAIT_TARGET_MS = 1.0  # btrfs: median test-visible wait for a clone
 CPU_TARGET = 1.05  # CPU-bound test: loop time with the pool refilling / pool off
 
-SUITE = '''
+SUITE = """
 import os
 import subprocess
 import time
@@ -82,10 +82,10 @@ def test_one(python, i):
     subprocess.run([python, "-c", os.environ["BENCH_COMMAND"]], check=True)
     with open(os.environ["BENCH_LOG"], "a") as log:
         log.write(f"{time.perf_counter() - start}\\n")
-'''
+"""
 
 # Experiments that are not options: switched on by the benchmark only, in the suite's conftest.
-CONFTEST = '''
+CONFTEST = """
 import os
 
 from pytest_cowenv import pool
@@ -98,7 +98,7 @@ if os.environ.get("BENCH_NO_WARM"):
         self.warm = False
 
     pool.ClonePool.__init__ = _cold_init
-'''
+"""
 
 
 def load() -> str:
@@ -133,12 +133,20 @@ class Bench:
         self.log = base / "log.txt"
         self.last_output = ""
 
-    def run_suite(
-        self, mode: str, pool: int = 2, workers: int = 0, **env: str
-    ) -> None:
+    def run_suite(self, mode: str, pool: int = 2, workers: int = 0, **env: str) -> None:
         """One timed pytest run; its output is kept for :func:`summary_figures`."""
-        argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
-                f"--cowenv-dir={self.root}", f"--cowenv-pool={pool}", "test_suite.py"]
+        argv = [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-x",
+            f"--cowenv-dir={self.root}",
+            f"--cowenv-pool={pool}",
+            "test_suite.py",
+        ]
         if workers:
             argv += ["-n", str(workers)]
         full_env = {
@@ -209,27 +217,46 @@ def suite_section(benches: Sequence[Bench], rounds: int, workers: Sequence[int])
             rows = []
             for case in cases:
                 ratio = median(case.seconds) / base
-                rows.append([
-                    case.name,
-                    f"{median(case.seconds):.2f}",
-                    f"{ratio:.3f}",
-                    f"{median(case.wait_median):.2f}" if case.wait_median else "-",
-                    f"{median(case.wait_p95):.2f}" if case.wait_p95 else "-",
-                    f"{case.hits}/{case.misses}" if case.hits or case.misses else "-",
-                    f"{median(case.per_test) * 1e3:.0f}",
-                ])
+                rows.append(
+                    [
+                        case.name,
+                        f"{median(case.seconds):.2f}",
+                        f"{ratio:.3f}",
+                        f"{median(case.wait_median):.2f}" if case.wait_median else "-",
+                        f"{median(case.wait_p95):.2f}" if case.wait_p95 else "-",
+                        f"{case.hits}/{case.misses}" if case.hits or case.misses else "-",
+                        f"{median(case.per_test) * 1e3:.0f}",
+                    ]
+                )
                 if case.name == "pool 2" and bench.fs in TARGETS:
                     ok = ratio <= TARGETS[bench.fs]
-                    verdicts.append(f"{'MET' if ok else 'MISSED'}: {bench.fs} suite "
-                                    f"{ratio:.3f}x the shared env (target <= {TARGETS[bench.fs]})")
+                    verdicts.append(
+                        f"{'MET' if ok else 'MISSED'}: {bench.fs} suite "
+                        f"{ratio:.3f}x the shared env (target <= {TARGETS[bench.fs]})"
+                    )
                 if case.name == "pool 2" and bench.fs == "btrfs":
                     wait = median(case.wait_median)
                     ok = wait <= WAIT_TARGET_MS
-                    verdicts.append(f"{'MET' if ok else 'MISSED'}: btrfs median wait for a "
-                                    f"clone {wait:.2f} ms (target <= {WAIT_TARGET_MS})")
-            lines += ["", f"{bench.fs}: {bench.tests} tests{tag}, {rounds} rounds; {load()}",
-                      table(["case", "suite s", "x shared", "wait med ms", "wait p95 ms",
-                             "hits/misses", "test ms"], rows)]
+                    verdicts.append(
+                        f"{'MET' if ok else 'MISSED'}: btrfs median wait for a "
+                        f"clone {wait:.2f} ms (target <= {WAIT_TARGET_MS})"
+                    )
+            lines += [
+                "",
+                f"{bench.fs}: {bench.tests} tests{tag}, {rounds} rounds; {load()}",
+                table(
+                    [
+                        "case",
+                        "suite s",
+                        "x shared",
+                        "wait med ms",
+                        "wait p95 ms",
+                        "hits/misses",
+                        "test ms",
+                    ],
+                    rows,
+                ),
+            ]
     return [*lines, "", *verdicts]
 
 
@@ -249,9 +276,21 @@ def _pagecache(bench: Bench, rounds: int) -> list[str]:
     hot_py = [rel for rel, *_ in t.tree.files if rel.endswith(HOT_PY)]
     work = bench.base / "pagecache"
     work.mkdir(exist_ok=True)
-    results: dict[str, list[float]] = {k: [] for k in (
-        "template", "fresh clone", "same clone again", "after read", "after fadvise",
-        "after fadvise+py", "read cost", "fadvise cost", "fadvise+py cost", "clone cost")}
+    results: dict[str, list[float]] = {
+        k: []
+        for k in (
+            "template",
+            "fresh clone",
+            "same clone again",
+            "after read",
+            "after fadvise",
+            "after fadvise+py",
+            "read cost",
+            "fadvise cost",
+            "fadvise+py cost",
+            "clone cost",
+        )
+    }
     counter = iter(range(10**6))
 
     def fresh() -> Path:
@@ -300,12 +339,21 @@ def _pagecache(bench: Bench, rounds: int) -> list[str]:
     ]
     interleaved(cases, rounds)
     base = median(results["template"])
-    rows = [[k, f"{median(v) * 1e3:.1f}", f"{p95(v) * 1e3:.1f}",
-             f"{median(v) / base:.3f}" if not k.endswith("cost") else ""]
-            for k, v in results.items()]
-    return ["", f"{bench.fs}: first use of a clone, `python -c \"{COMMAND}\"`; "
-            f"hot files {len(hot)}, with .py {len(hot_py)}; {rounds} rounds; {load()}",
-            table(["what", "median ms", "p95 ms", "x template"], rows)]
+    rows = [
+        [
+            k,
+            f"{median(v) * 1e3:.1f}",
+            f"{p95(v) * 1e3:.1f}",
+            f"{median(v) / base:.3f}" if not k.endswith("cost") else "",
+        ]
+        for k, v in results.items()
+    ]
+    return [
+        "",
+        f'{bench.fs}: first use of a clone, `python -c "{COMMAND}"`; '
+        f"hot files {len(hot)}, with .py {len(hot_py)}; {rounds} rounds; {load()}",
+        table(["what", "median ms", "p95 ms", "x template"], rows),
+    ]
 
 
 def cpu_section(benches: Sequence[Bench], rounds: int, loops: int) -> list[str]:
@@ -330,7 +378,7 @@ def cpu_section(benches: Sequence[Bench], rounds: int, loops: int) -> list[str]:
         cpu: dict[str, list[float]] = {name: [] for name in sessions}
         names = list(sessions)
         for round_ in range(max(rounds, 12)):
-            for name in names[round_ % 3:] + names[: round_ % 3]:
+            for name in names[round_ % 3 :] + names[: round_ % 3]:
                 for session in sessions.values():
                     _settle(session, spec)
                 session = sessions[name]
@@ -345,18 +393,33 @@ def cpu_section(benches: Sequence[Bench], rounds: int, loops: int) -> list[str]:
         for name, session in sessions.items():
             ratio = median(wall[name]) / median(wall["pool off"])
             session.close()
-            rows.append([name, f"{median(wall[name]) * 1e3:.1f}", f"{p95(wall[name]) * 1e3:.1f}",
-                         f"{ratio:.3f}", f"{median(cpu[name]) / median(cpu['pool off']):.3f}",
-                         f"{session.stats.pool_hits}/{session.stats.pool_misses}"
-                         if session.stats.pool_hits or session.stats.pool_misses else "-"])
+            rows.append(
+                [
+                    name,
+                    f"{median(wall[name]) * 1e3:.1f}",
+                    f"{p95(wall[name]) * 1e3:.1f}",
+                    f"{ratio:.3f}",
+                    f"{median(cpu[name]) / median(cpu['pool off']):.3f}",
+                    f"{session.stats.pool_hits}/{session.stats.pool_misses}"
+                    if session.stats.pool_hits or session.stats.pool_misses
+                    else "-",
+                ]
+            )
             if name == "pool 2":
-                verdicts.append(f"{'MET' if ratio <= CPU_TARGET else 'MISSED'}: {bench.fs} "
-                                f"CPU-bound test {ratio:.3f}x with the pool on "
-                                f"(target <= {CPU_TARGET})")
-        lines += ["", f"{bench.fs}: CPU-bound tests ({loops} loop steps each), "
-                  f"{len(wall['pool off'])} per case; {load()}",
-                  table(["case", "test ms median", "p95", "x pool off", "cpu x pool off",
-                         "hits/misses"], rows)]
+                verdicts.append(
+                    f"{'MET' if ratio <= CPU_TARGET else 'MISSED'}: {bench.fs} "
+                    f"CPU-bound test {ratio:.3f}x with the pool on "
+                    f"(target <= {CPU_TARGET})"
+                )
+        lines += [
+            "",
+            f"{bench.fs}: CPU-bound tests ({loops} loop steps each), "
+            f"{len(wall['pool off'])} per case; {load()}",
+            table(
+                ["case", "test ms median", "p95", "x pool off", "cpu x pool off", "hits/misses"],
+                rows,
+            ),
+        ]
     return [*lines, "", *verdicts]
 
 
@@ -404,8 +467,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         base = Path(mount) / "bench-pool"
         base.mkdir(exist_ok=True)
         benches.append(Bench(name, base, args.tests))
-    lines = [f"benchmarks/pool.py {' '.join(sys.argv[1:])}",
-             f"{time.strftime('%Y-%m-%d %H:%M')}, {load()}"]
+    lines = [
+        f"benchmarks/pool.py {' '.join(sys.argv[1:])}",
+        f"{time.strftime('%Y-%m-%d %H:%M')}, {load()}",
+    ]
     print("\n".join(lines), flush=True)
     runs = {
         "suite": lambda: suite_section(

@@ -94,7 +94,7 @@ def main() -> None:
     parser.add_argument("--mode", default="clone", choices=["clone", "copy"])
     args = parser.parse_args()
     if not args.dir:
-        sys.exit("give --dir or set COWENV_TEST_XFS (eval \"$(bash scripts/cowfs.sh env)\")")
+        sys.exit('give --dir or set COWENV_TEST_XFS (eval "$(bash scripts/cowfs.sh env)")')
     mode = LinkMode(args.mode)
     base = Path(tempfile.mkdtemp(prefix="readonly-", dir=args.dir))
     try:
@@ -120,20 +120,28 @@ def main() -> None:
                     remove_tree(dst)
             if i == 0:
                 remove_tree(base / "before-0")
-        print(json.dumps({
-            "dir": args.dir,
-            "files": writable.nfiles,
-            "mode": str(mode),
-            "clone_ms_median": {k: round(median(v), 1) for k, v in times.items()},
-            "same_modes_in_clones": same,
-            "syscalls_per_clone": {
-                "before": sum(calls_before.values()),
-                "after": sum(calls_after.values()),
-                "before_by_name": calls_before,
-                "after_by_name": calls_after,
-            },
-            "load_check_cpu_ms": {"before": round(cpu_before, 2), "after": round(cpu_after, 2)},
-        }, indent=1))
+        print(
+            json.dumps(
+                {
+                    "dir": args.dir,
+                    "files": writable.nfiles,
+                    "mode": str(mode),
+                    "clone_ms_median": {k: round(median(v), 1) for k, v in times.items()},
+                    "same_modes_in_clones": same,
+                    "syscalls_per_clone": {
+                        "before": sum(calls_before.values()),
+                        "after": sum(calls_after.values()),
+                        "before_by_name": calls_before,
+                        "after_by_name": calls_after,
+                    },
+                    "load_check_cpu_ms": {
+                        "before": round(cpu_before, 2),
+                        "after": round(cpu_after, 2),
+                    },
+                },
+                indent=1,
+            )
+        )
     finally:
         for dirpath, _dirs, _files in os.walk(base):
             os.chmod(dirpath, 0o755)

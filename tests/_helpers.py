@@ -34,7 +34,9 @@ def internal_frames(text: str) -> list[str]:
 
 
 def wait_for(
-    predicate: Callable[[], T], timeout: float = 30.0, what: str = "the condition",
+    predicate: Callable[[], T],
+    timeout: float = 30.0,
+    what: str = "the condition",
     interval: float = 0.01,
 ) -> T:
     """Poll ``predicate`` until it returns something true, and return that; fail after

@@ -39,7 +39,7 @@ def real_fs_problem(name: str) -> Optional[str]:
     var = _env_var(name)
     root = os.environ.get(var)
     if not root:
-        return f"{var} is not set (mount one with: eval \"$(scripts/cowfs.sh up)\")"
+        return f'{var} is not set (mount one with: eval "$(scripts/cowfs.sh up)")'
     if not os.path.isdir(root):
         return f"{var}={root} is not a directory"
     actual = fs.fs_type(root)
@@ -171,7 +171,7 @@ LONG_NAME = "é" * 110 + ".py"  # 223 bytes in UTF-8 (NAME_MAX is 255)
 def make_identity_tree(root: Path) -> Path:
     """Fill ``root`` (an existing, empty directory) with everything a clone must reproduce."""
     files: dict[str, tuple[bytes, int]] = {
-        "bin/python-launcher": (b"#!/bin/sh\nexec python3 \"$@\"\n", 0o755),
+        "bin/python-launcher": (b'#!/bin/sh\nexec python3 "$@"\n', 0o755),
         "bin/tool": (b"#!/bin/sh\necho tool\n", 0o750),
         "lib/site-packages/pkg/__init__.py": (b"VALUE = 1\n", 0o644),
         "lib/site-packages/pkg/data.bin": (bytes(range(256)) * 300, 0o644),

@@ -201,8 +201,11 @@ def test_darwin_clone_file_restores_mode_and_times(
 
 @pytest.mark.parametrize(
     ("code", "fallback"),
-    [(getattr(errno, "ENOTSUP", errno.EOPNOTSUPP), True), (errno.EXDEV, True),
-     (errno.ENOSPC, False)],
+    [
+        (getattr(errno, "ENOTSUP", errno.EOPNOTSUPP), True),
+        (errno.EXDEV, True),
+        (errno.ENOSPC, False),
+    ],
 )
 def test_darwin_clone_file_errors(
     libsystem: FakeLibSystem, src_tree: Path, tmp_path: Path, code: int, fallback: bool
@@ -381,8 +384,17 @@ class FakeKernel32:
         return 1
 
     @win32_call
-    def DeviceIoControl(self, handle: int, code: int, inbuf: Any, insize: int,
-                        outbuf: Any, outsize: int, returned: Any, overlapped: Any) -> int:
+    def DeviceIoControl(
+        self,
+        handle: int,
+        code: int,
+        inbuf: Any,
+        insize: int,
+        outbuf: Any,
+        outsize: int,
+        returned: Any,
+        overlapped: Any,
+    ) -> int:
         assert (outbuf, outsize, overlapped) == (None, 0, None) and returned is not None
         if code == FSCTL_SET_SPARSE:
             assert (inbuf, insize) == (None, 0)
@@ -522,8 +534,12 @@ def test_windows_empty_file_and_cluster_cache(
     ],
 )
 def test_windows_errors_translate(
-    kernel32: FakeKernel32, src_tree: Path, tmp_path: Path,
-    code: int, expected: int, fallback: bool,
+    kernel32: FakeKernel32,
+    src_tree: Path,
+    tmp_path: Path,
+    code: int,
+    expected: int,
+    fallback: bool,
 ) -> None:
     kernel32.fail["FSCTL_DUPLICATE_EXTENTS_TO_FILE"] = code
     src, dst = src_tree / "bin" / "tool", tmp_path / "tool"
@@ -536,8 +552,13 @@ def test_windows_errors_translate(
 
 @pytest.mark.parametrize(
     "call",
-    ["GetFileInformationByHandle", "FSCTL_SET_SPARSE", "SetFileInformationByHandle",
-     "GetVolumePathNameW", "GetDiskFreeSpaceW"],
+    [
+        "GetFileInformationByHandle",
+        "FSCTL_SET_SPARSE",
+        "SetFileInformationByHandle",
+        "GetVolumePathNameW",
+        "GetDiskFreeSpaceW",
+    ],
 )
 def test_windows_every_call_is_checked(
     kernel32: FakeKernel32, src_tree: Path, tmp_path: Path, call: str
@@ -575,16 +596,22 @@ def test_windows_has_no_directory_clone(kernel32: FakeKernel32, tmp_path: Path) 
 
 
 def test_windows_engine_never_asks_for_a_directory_clone(
-    windows: WindowsBackend, kernel32: FakeKernel32, monkeypatch: pytest.MonkeyPatch,
-    src_tree: Path, tmp_path: Path,
+    windows: WindowsBackend,
+    kernel32: FakeKernel32,
+    monkeypatch: pytest.MonkeyPatch,
+    src_tree: Path,
+    tmp_path: Path,
 ) -> None:
     asked: list[str] = []
 
-    def access_denied(src: str, dst: str) -> None:  # what Windows answers (https://github.com/astral-sh/uv/issues/3547)
+    def access_denied(
+        src: str, dst: str
+    ) -> None:  # what Windows answers (https://github.com/astral-sh/uv/issues/3547)
         asked.append(src)
         raise PermissionError(errno.EACCES, "Access is denied", src)
 
     monkeypatch.setattr(windows, "clone_dir", access_denied)
+
     def clonable(src: str) -> bool:
         asked.append(src)
         return True

@@ -13,8 +13,13 @@ import pytest
 
 CACHEDIR_TAG, MARKER = "CACHEDIR.TAG", "pytest-cowenv-cache.json"  # what users see
 
-LOOK_ALIKES = ("tmp/x.123.y/", "templates/notes/", "templates/a.json", "kept/something",
-               "clones/x-1-2/")
+LOOK_ALIKES = (
+    "tmp/x.123.y/",
+    "templates/notes/",
+    "templates/a.json",
+    "kept/something",
+    "clones/x-1-2/",
+)
 
 
 def look_alike_dir(root: Path) -> Path:
@@ -38,7 +43,11 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "PYTEST_COWENV_DIR"}
     return subprocess.run(
         [sys.executable, "-m", "pytest_cowenv", *args],
-        capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=120,
+        capture_output=True,
+        text=True,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
         check=False,
     )
 
@@ -117,8 +126,8 @@ def test_a_cache_error_in_a_test_names_the_plugins_option(
 
 
 @pytest.mark.parametrize(
-    "command", [["list"], ["info"], ["clean"], ["clean", "--kept"], ["prune", "--all"],
-                ["build", "alpha"]]
+    "command",
+    [["list"], ["info"], ["clean"], ["clean", "--kept"], ["prune", "--all"], ["build", "alpha"]],
 )
 def test_every_command_refuses_a_directory_that_is_not_ours(
     tmp_path: Path, command: list[str]
@@ -175,8 +184,11 @@ def test_the_copy_fallback_warning_names_the_plugins_option(
     pytester._monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
     pytester._monkeypatch.delenv("PIP_FIND_LINKS", raising=False)
     result = pytester.runpytest_subprocess(
-        "-p", "no:cacheprovider", f"--cowenv-dir={ext4_dir / 'c'}",
-        f"--cowenv-find-links={wheels}", "--cowenv-offline",
+        "-p",
+        "no:cacheprovider",
+        f"--cowenv-dir={ext4_dir / 'c'}",
+        f"--cowenv-find-links={wheels}",
+        "--cowenv-offline",
     )
     result.assert_outcomes(passed=1)
     out = result.stdout.str()

@@ -97,8 +97,11 @@ def clone_quietly(src: Path, dst: Path, mode: str = "auto") -> tuple[CloneResult
     ],
 )
 def test_auto_picks_the_cheapest_strategy(
-    request: pytest.FixtureRequest, identity_tree: Callable[[Path], Path],
-    fs_name: str, subvolume: bool, expected: str,
+    request: pytest.FixtureRequest,
+    identity_tree: Callable[[Path], Path],
+    fs_name: str,
+    subvolume: bool,
+    expected: str,
 ) -> None:
     where: Path = request.getfixturevalue(f"{fs_name}_dir")
     template = identity_tree(make_template(where, subvolume))
@@ -164,8 +167,11 @@ IDENTITY_CASES = [
 
 @pytest.mark.parametrize(("fs_name", "subvolume", "mode"), IDENTITY_CASES)
 def test_clone_reproduces_the_tree_exactly(
-    request: pytest.FixtureRequest, identity_tree: Callable[[Path], Path],
-    fs_name: str, subvolume: bool, mode: str,
+    request: pytest.FixtureRequest,
+    identity_tree: Callable[[Path], Path],
+    fs_name: str,
+    subvolume: bool,
+    mode: str,
 ) -> None:
     where: Path = request.getfixturevalue(f"{fs_name}_dir")
     template = identity_tree(make_template(where, subvolume))
@@ -185,9 +191,7 @@ def test_clone_reproduces_the_tree_exactly(
 
 
 @pytest.mark.parametrize("fs_name", ["btrfs", "xfs", "ext4", "tmpfs"])
-def test_a_cloned_venv_runs_as_itself(
-    request: pytest.FixtureRequest, fs_name: str
-) -> None:
+def test_a_cloned_venv_runs_as_itself(request: pytest.FixtureRequest, fs_name: str) -> None:
     where: Path = request.getfixturevalue(f"{fs_name}_dir")
     template = where / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", template], check=True)
@@ -197,7 +201,9 @@ def test_a_cloned_venv_runs_as_itself(
     assert tree_state(where / "clone") == before
     out = subprocess.run(
         [where / "clone" / "bin" / "python", "-c", "import sys; print(sys.prefix)"],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.strip()
     assert out == str(where / "clone")
 
@@ -228,8 +234,11 @@ ISOLATED_CASES = [case for case in IDENTITY_CASES if case[2] != "hardlink"]
 
 @pytest.mark.parametrize(("fs_name", "subvolume", "mode"), ISOLATED_CASES)
 def test_changes_in_a_clone_stay_in_it(
-    request: pytest.FixtureRequest, identity_tree: Callable[[Path], Path],
-    fs_name: str, subvolume: bool, mode: str,
+    request: pytest.FixtureRequest,
+    identity_tree: Callable[[Path], Path],
+    fs_name: str,
+    subvolume: bool,
+    mode: str,
 ) -> None:
     where: Path = request.getfixturevalue(f"{fs_name}_dir")
     template = identity_tree(make_template(where, subvolume))
@@ -301,8 +310,11 @@ def test_fifty_snapshots_add_under_5_percent_of_one_tree(
 
 @pytest.mark.parametrize(("fs_name", "limit"), [("xfs", 0.06), ("btrfs", 0.12)])
 def test_fifty_file_clones_take_a_fraction_of_fifty_copies(
-    request: pytest.FixtureRequest, data_tree: Callable[..., Path],
-    used_space: Callable[[Path], int], fs_name: str, limit: float,
+    request: pytest.FixtureRequest,
+    data_tree: Callable[..., Path],
+    used_space: Callable[[Path], int],
+    fs_name: str,
+    limit: float,
 ) -> None:
     def measure(where: Path) -> float:
         """What 50 clones add, as a fraction of ``limit`` times 50 copies."""
@@ -365,7 +377,9 @@ def threads_used(monkeypatch: pytest.MonkeyPatch) -> set[int]:
 
 
 def big_template(
-    where: Path, identity_tree: Callable[[Path], Path], data_tree: Callable[..., Path],
+    where: Path,
+    identity_tree: Callable[[Path], Path],
+    data_tree: Callable[..., Path],
     subvolume: bool = False,
 ) -> Path:
     template = identity_tree(make_template(where, subvolume))
@@ -378,8 +392,12 @@ def big_template(
     [("btrfs", "clone"), ("xfs", "clone"), ("ext4", "copy"), ("tmpfs", "copy")],
 )
 def test_a_big_tree_is_made_by_several_threads_exactly(
-    request: pytest.FixtureRequest, identity_tree: Callable[[Path], Path],
-    data_tree: Callable[..., Path], threads_used: set[int], fs_name: str, strategy: str,
+    request: pytest.FixtureRequest,
+    identity_tree: Callable[[Path], Path],
+    data_tree: Callable[..., Path],
+    threads_used: set[int],
+    fs_name: str,
+    strategy: str,
 ) -> None:
     where: Path = request.getfixturevalue(f"{fs_name}_dir")
     template = big_template(where, identity_tree, data_tree)
@@ -391,7 +409,9 @@ def test_a_big_tree_is_made_by_several_threads_exactly(
 
 
 def test_workers_caps_the_threads(
-    xfs_dir: Path, identity_tree: Callable[[Path], Path], data_tree: Callable[..., Path],
+    xfs_dir: Path,
+    identity_tree: Callable[[Path], Path],
+    data_tree: Callable[..., Path],
     threads_used: set[int],
 ) -> None:
     """The pool clones with one thread: the other CPUs are the tests'."""
@@ -402,8 +422,11 @@ def test_workers_caps_the_threads(
 
 
 def test_a_big_tree_falls_back_to_a_copy_from_every_thread(
-    btrfs_dir: Path, ext4_dir: Path, identity_tree: Callable[[Path], Path],
-    data_tree: Callable[..., Path], threads_used: set[int],
+    btrfs_dir: Path,
+    ext4_dir: Path,
+    identity_tree: Callable[[Path], Path],
+    data_tree: Callable[..., Path],
+    threads_used: set[int],
 ) -> None:
     """Every worker meets EXDEV: one warning, one copy, nothing mixed."""
     template = big_template(btrfs_dir, identity_tree, data_tree)
@@ -413,8 +436,11 @@ def test_a_big_tree_falls_back_to_a_copy_from_every_thread(
 
 
 def test_an_error_in_one_thread_fails_the_whole_clone_and_leaves_nothing(
-    xfs_dir: Path, identity_tree: Callable[[Path], Path], data_tree: Callable[..., Path],
-    threads_used: set[int], fail_after: Callable[..., None],
+    xfs_dir: Path,
+    identity_tree: Callable[[Path], Path],
+    data_tree: Callable[..., Path],
+    threads_used: set[int],
+    fail_after: Callable[..., None],
 ) -> None:
     template = big_template(xfs_dir, identity_tree, data_tree)
     fail_after(fcntl, "ioctl", 150, errno.ENOSPC, when=is_ficlone)
@@ -425,7 +451,9 @@ def test_an_error_in_one_thread_fails_the_whole_clone_and_leaves_nothing(
 
 
 def test_a_pause_that_raises_stops_every_thread(
-    xfs_dir: Path, identity_tree: Callable[[Path], Path], data_tree: Callable[..., Path],
+    xfs_dir: Path,
+    identity_tree: Callable[[Path], Path],
+    data_tree: Callable[..., Path],
     threads_used: set[int],
 ) -> None:
     """How the pool abandons a clone when the session closes: no thread writes on after."""
@@ -544,8 +572,10 @@ def make_read_only(root: Path) -> None:
     [("btrfs", True), ("btrfs", False), ("xfs", False), ("ext4", False), ("tmpfs", False)],
 )
 def test_remove_tree_removes_every_kind_of_clone(
-    request: pytest.FixtureRequest, identity_tree: Callable[[Path], Path],
-    fs_name: str, subvolume: bool,
+    request: pytest.FixtureRequest,
+    identity_tree: Callable[[Path], Path],
+    fs_name: str,
+    subvolume: bool,
 ) -> None:
     where: Path = request.getfixturevalue(f"{fs_name}_dir")
     template = identity_tree(make_template(where, subvolume))
@@ -640,7 +670,10 @@ def fail_after(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., None]]
     ``module.name`` (and every later one) raises ``OSError(code)``."""
 
     def install(
-        module: Any, name: str, calls: int, code: int,
+        module: Any,
+        name: str,
+        calls: int,
+        code: int,
         when: Optional[Callable[..., bool]] = None,
     ) -> None:
         real = getattr(module, name)
@@ -664,18 +697,32 @@ def is_ficlone(_fd: int, request: int, *_: Any) -> bool:
 
 @pytest.mark.parametrize(
     ("fs_name", "subvolume", "strategy"),
-    [("btrfs", True, "snapshot"), ("btrfs", False, "clone"), ("xfs", False, "clone"),
-     ("ext4", False, "copy"), ("tmpfs", False, "copy")],
+    [
+        ("btrfs", True, "snapshot"),
+        ("btrfs", False, "clone"),
+        ("xfs", False, "clone"),
+        ("ext4", False, "copy"),
+        ("tmpfs", False, "copy"),
+    ],
 )
 def test_enospc_is_an_error_not_a_fallback_and_leaves_nothing(
-    request: pytest.FixtureRequest, identity_tree: Callable[[Path], Path],
-    fail_after: Callable[..., None], fs_name: str, subvolume: bool, strategy: str,
+    request: pytest.FixtureRequest,
+    identity_tree: Callable[[Path], Path],
+    fail_after: Callable[..., None],
+    fs_name: str,
+    subvolume: bool,
+    strategy: str,
 ) -> None:
     where: Path = request.getfixturevalue(f"{fs_name}_dir")
     template = identity_tree(make_template(where, subvolume))
     if strategy == "snapshot":
-        fail_after(_linux, "ioctl_buffer", 1, errno.ENOSPC,
-                   when=lambda _fd, req, *_: req == _linux.BTRFS_IOC_SNAP_CREATE_V2)
+        fail_after(
+            _linux,
+            "ioctl_buffer",
+            1,
+            errno.ENOSPC,
+            when=lambda _fd, req, *_: req == _linux.BTRFS_IOC_SNAP_CREATE_V2,
+        )
     elif strategy == "clone":
         fail_after(fcntl, "ioctl", 3, errno.ENOSPC, when=is_ficlone)
     else:
@@ -691,8 +738,10 @@ def test_enospc_is_an_error_not_a_fallback_and_leaves_nothing(
 
 @pytest.mark.parametrize("fs_name", ["btrfs", "xfs"])
 def test_a_refusal_midway_restarts_as_a_complete_copy(
-    request: pytest.FixtureRequest, identity_tree: Callable[[Path], Path],
-    fail_after: Callable[..., None], fs_name: str,
+    request: pytest.FixtureRequest,
+    identity_tree: Callable[[Path], Path],
+    fail_after: Callable[..., None],
+    fs_name: str,
 ) -> None:
     """E.g. an overlay that refuses FICLONE with EINVAL: auto copies with one warning, clone
     mode is an error, neither leaves a partial tree."""

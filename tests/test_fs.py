@@ -51,8 +51,12 @@ def test_probe_is_cached_per_device(
     assert len(calls) == 1
     fs.forget()
     assert fs.probe(where / "sub") == fs.FsInfo(
-        str(where / "sub"), first.fstype, first.can_snapshot, first.can_reflink,
-        first.can_hardlink, first.reason,
+        str(where / "sub"),
+        first.fstype,
+        first.can_snapshot,
+        first.can_reflink,
+        first.can_hardlink,
+        first.reason,
     )
     assert len(calls) == 2
 
@@ -101,9 +105,7 @@ def test_is_subvolume_only_for_btrfs_subvolume_roots(real_fs: tuple[str, Path]) 
 
 
 @pytest.mark.parametrize("strategy", ["snapshot", "clone", "hardlink", "copy"])
-def test_unavailable_reason_is_what_skips_use(
-    real_fs: tuple[str, Path], strategy: str
-) -> None:
+def test_unavailable_reason_is_what_skips_use(real_fs: tuple[str, Path], strategy: str) -> None:
     name, where = real_fs
     can_snapshot, can_reflink, _ = EXPECTED[name]
     able = {"snapshot": can_snapshot, "clone": can_reflink}.get(strategy, True)

@@ -25,8 +25,16 @@ LAYERS: list[tuple[str, set[str]]] = [
     (
         "leaves",  # import nothing of ours but other leaves
         {
-            "errors", "_defaults", "_fstype", "_owner", "_venv", "_relocate", "_bytecode",
-            "_groups", "_reqfile", "marker",
+            "errors",
+            "_defaults",
+            "_fstype",
+            "_owner",
+            "_venv",
+            "_relocate",
+            "_bytecode",
+            "_groups",
+            "_reqfile",
+            "marker",
         },
     ),
     ("clone engine", {"clone"}),  # the package and its private modules

@@ -41,9 +41,24 @@ def test_attrs_own_suite(cowenv):
 def attrs_sources(tmp_path_factory: pytest.TempPathFactory) -> Path:
     where = tmp_path_factory.mktemp("attrs-sdist")
     subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary",
-         ":all:", "--disable-pip-version-check", "-d", str(where), ATTRS],
-        check=True, capture_output=True, stdin=subprocess.DEVNULL, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "--disable-pip-version-check",
+            "-d",
+            str(where),
+            ATTRS,
+        ],
+        check=True,
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+        timeout=300,
     )
     (sdist,) = where.glob("attrs-*.tar.gz")
     with tarfile.open(sdist) as tar:
@@ -66,17 +81,19 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @pytest.mark.network
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "spec", ['project=SOURCES, groups=("tests",)', 'project=SOURCES, lock=SOURCES + "/uv.lock", '
-             'groups=("tests",)'], ids=["group", "uv.lock"]
+    "spec",
+    [
+        'project=SOURCES, groups=("tests",)',
+        'project=SOURCES, lock=SOURCES + "/uv.lock", groups=("tests",)',
+    ],
+    ids=["group", "uv.lock"],
 )
 def test_a_real_project_runs_its_suite_from_its_own_spec(
     pytester: pytest.Pytester, attrs_sources: Path, cache: Path, spec: str
 ) -> None:
     if "uv.lock" in spec:
         skip_without_uv()
-    pytester.makepyfile(
-        INNER.format(sources=str(attrs_sources), known=KNOWN_FAILURES, spec=spec)
-    )
+    pytester.makepyfile(INNER.format(sources=str(attrs_sources), known=KNOWN_FAILURES, spec=spec))
     result = pytester.runpytest_subprocess(
         "-p", "no:cacheprovider", "-s", f"--cowenv-dir={cache}", timeout=1800
     )

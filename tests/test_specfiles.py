@@ -173,7 +173,7 @@ def test_groups_follow_includes_and_key_only_on_what_they_read(tmp_path: Path) -
     key = made.key()
     (tmp_path / "pyproject.toml").write_text(PYPROJECT.replace('"first"', '"second"'))
     assert spec(base=tmp_path, groups=("test",)).key() == key, "an unrelated line changed it"
-    (tmp_path / "pyproject.toml").write_text(PYPROJECT.replace('lint = ["beta"]', 'lint = []'))
+    (tmp_path / "pyproject.toml").write_text(PYPROJECT.replace('lint = ["beta"]', "lint = []"))
     assert spec(base=tmp_path, groups=("test",)).key() != key
 
 
@@ -307,8 +307,9 @@ def test_requirement_beside_a_lock_must_agree_with_it(tmp_path: Path) -> None:
         (lambda t: t.replace('created-by = "tests"\n', ""), ["pylock.toml", "created-by"]),
         (lambda t: t + "[[packages\n", ["pylock.toml", "not valid TOML"]),
         (
-            lambda t: t.replace('name = "beta"', 'name = "beta"\nmarker = "os_name == \'x\'"', 1)
-            .replace("py3-none-any", "cp27-cp27m-win32"),
+            lambda t: t.replace(
+                'name = "beta"', 'name = "beta"\nmarker = "os_name == \'x\'"', 1
+            ).replace("py3-none-any", "cp27-cp27m-win32"),
             ["alpha"],
         ),
         (lambda t: t, ["undeclared", "docs"]),
@@ -351,9 +352,7 @@ def test_uv_lock_without_uv_says_so(tmp_path: Path) -> None:
 
 
 @pytest.mark.usefixtures("no_uv")
-@pytest.mark.parametrize(
-    "kwargs", [{"resolution": "lowest"}, {"exclude_newer": "2025-06-01"}]
-)
+@pytest.mark.parametrize("kwargs", [{"resolution": "lowest"}, {"exclude_newer": "2025-06-01"}])
 def test_uv_options_on_the_pip_route_say_what_is_missing(
     tmp_path: Path, kwargs: dict[str, str]
 ) -> None:
@@ -368,7 +367,6 @@ def test_bad_resolution_lists_the_choices(tmp_path: Path, monkeypatch: pytest.Mo
     made = spec("alpha", base=tmp_path, resolution="lowest-direct")
     assert made.resolution == "lowest-direct"
     assert made.key() != spec("alpha", base=tmp_path).key()
-
 
 
 # --- the command line and the install plan ------------------------------------------------

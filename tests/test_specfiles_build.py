@@ -62,7 +62,7 @@ test = ["alpha", {include-group = "more"}]
 more = ["gamma"]
 """
 
-TESTS = '''
+TESTS = """
 import json
 import pytest
 
@@ -101,9 +101,9 @@ def test_unknown_extra(cowenv): pass
 
 @pytest.mark.cowenv(lock="pylock.broken.toml")
 def test_broken_lock(cowenv): pass
-'''
+"""
 
-SUB_TESTS = '''
+SUB_TESTS = """
 import pytest
 
 def test_from_ini(cowenv):
@@ -112,7 +112,7 @@ def test_from_ini(cowenv):
 @pytest.mark.cowenv("-r ../requirements/plain.txt")
 def test_same_file_from_the_test_dir(cowenv):
     assert cowenv.run("python", "-c", "import alpha; print(alpha.VERSION)").stdout.strip() == "1.0"
-'''
+"""
 
 # test name -> words the first line of its error must hold
 ERRORS = {
@@ -162,15 +162,20 @@ def test_specs_as_projects_write_them(
     wheels = standard_wheelhouse(tmp_path / "wheels")
     make_project(pytester.path, wheels)
     pytester.makeini(
-        "[pytest]\ncowenv_requirements = -r requirements/plain.txt\n"
-        "cowenv_constraint = pins.txt\n"
+        "[pytest]\ncowenv_requirements = -r requirements/plain.txt\ncowenv_constraint = pins.txt\n"
     )
     pytester.makepyfile(test_specs=TESTS)
     sub = pytester.mkdir("sub")
     (sub / "test_sub.py").write_text(SUB_TESTS)
     result = pytester.runpytest_subprocess(
-        "-p", "no:cacheprovider", "-p", "no:randomly", "-rA",
-        f"--cowenv-dir={cache}", f"--cowenv-find-links={wheels}", "--cowenv-offline",
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "no:randomly",
+        "-rA",
+        f"--cowenv-dir={cache}",
+        f"--cowenv-find-links={wheels}",
+        "--cowenv-offline",
         timeout=600,
     )
     out = "\n".join(result.outlines + result.errlines)
@@ -194,7 +199,9 @@ def test_specs_as_projects_write_them(
         assert shown in built, built
     listed = subprocess.run(
         [sys.executable, "-m", "pytest_cowenv", "list", "--dir", str(cache), "--json"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     templates = json.loads(listed.stdout)["templates"]
     # The ini's file and the same file named from sub/ are one template.
@@ -213,16 +220,18 @@ def test_uv_route_lock_and_resolution(
     assert uv is not None
     wheels = standard_wheelhouse(tmp_path / "wheels")
     (pytester.path / "pyproject.toml").write_text(
-        PYPROJECT.replace('test = ["alpha"', 'test = ["alpha==2.0"')
-        .replace('version = "0.1"', 'version = "0.1"\nrequires-python = ">=3.9"')
+        PYPROJECT.replace('test = ["alpha"', 'test = ["alpha==2.0"').replace(
+            'version = "0.1"', 'version = "0.1"\nrequires-python = ">=3.9"'
+        )
         + "\n[tool.uv]\npackage = false\n"
     )
     subprocess.run(
         [uv, "lock", "--offline", "--no-index", "--find-links", str(wheels), "--quiet"],
-        cwd=pytester.path, check=True,
+        cwd=pytester.path,
+        check=True,
     )
     pytester.makepyfile(
-        test_uv='''
+        test_uv="""
         import pytest
 
         def version(env, module):
@@ -237,11 +246,15 @@ def test_uv_route_lock_and_resolution(
         @pytest.mark.cowenv("alpha", resolution="lowest")
         def test_lowest(cowenv):
             assert version(cowenv, "alpha") == "1.0"
-        '''
+        """
     )
     result = pytester.runpytest_subprocess(
-        "-p", "no:cacheprovider", f"--cowenv-dir={cache}", f"--cowenv-find-links={wheels}",
-        "--cowenv-offline", timeout=600,
+        "-p",
+        "no:cacheprovider",
+        f"--cowenv-dir={cache}",
+        f"--cowenv-find-links={wheels}",
+        "--cowenv-offline",
+        timeout=600,
     )
     result.assert_outcomes(passed=2)
     assert any("uv.lock [group test]" in line for line in result.outlines), result.outlines

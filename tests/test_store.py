@@ -68,8 +68,14 @@ def test_an_empty_existing_directory_is_made_ours(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "planted",
-    ["notes.txt", "tmp/x.123.y", "templates/notes/", "templates/a.json", "kept/something",
-     "clones/x-1-2/"],
+    [
+        "notes.txt",
+        "tmp/x.123.y",
+        "templates/notes/",
+        "templates/a.json",
+        "kept/something",
+        "clones/x-1-2/",
+    ],
 )
 def test_a_non_empty_unmarked_directory_is_refused_untouched(tmp_path: Path, planted: str) -> None:
     root = tmp_path / "mine"
@@ -305,9 +311,7 @@ def test_the_probe_memo_is_written_without_following_links(
 
 
 @pytest.mark.parametrize("fs", ["btrfs", "xfs", "ext4"])
-def test_sync_filesystem_works_on_real_filesystems(
-    request: pytest.FixtureRequest, fs: str
-) -> None:
+def test_sync_filesystem_works_on_real_filesystems(request: pytest.FixtureRequest, fs: str) -> None:
     place: Path = request.getfixturevalue(f"{fs}_dir")
     (place / "f").write_bytes(b"x" * 100_000)
     sync_filesystem(str(place))

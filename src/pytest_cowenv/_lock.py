@@ -162,9 +162,7 @@ def _target(python: Optional[str], given: str) -> tuple[dict[str, str], list[Any
     from packaging import markers, tags
 
     if python is None:
-        return {k: str(v) for k, v in markers.default_environment().items()}, list(
-            tags.sys_tags()
-        )
+        return {k: str(v) for k, v in markers.default_environment().items()}, list(tags.sys_tags())
     # The other interpreter asks our own packaging (pure Python) about itself.
     where = os.path.dirname(os.path.dirname(os.path.abspath(markers.__file__)))
     try:

@@ -65,15 +65,26 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--offline", action="store_true", help="no index at all (use --find-links)")
     build.add_argument("--project", metavar="DIR", help="also install the project at DIR")
     build.add_argument(
-        "-r", "--requirement", action="append", default=[], metavar="FILE",
+        "-r",
+        "--requirement",
+        action="append",
+        default=[],
+        metavar="FILE",
         help="requirements file (repeatable)",
     )
     build.add_argument(
-        "-c", "--constraint", action="append", default=[], metavar="FILE",
+        "-c",
+        "--constraint",
+        action="append",
+        default=[],
+        metavar="FILE",
         help="constraints file (repeatable)",
     )
     build.add_argument(
-        "--group", action="append", default=[], metavar="NAME",
+        "--group",
+        action="append",
+        default=[],
+        metavar="NAME",
         help="dependency group of pyproject.toml (of --project, else here) or of --lock",
     )
     build.add_argument(

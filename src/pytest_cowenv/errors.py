@@ -63,9 +63,7 @@ class LockTimeoutError(CowEnvError, TimeoutError):
 class CommandError(CowEnvError, subprocess.CalledProcessError):
     """A command run inside an environment exited non-zero."""
 
-    def __init__(
-        self, cmd: Sequence[str], returncode: int, stdout: str, stderr: str
-    ) -> None:
+    def __init__(self, cmd: Sequence[str], returncode: int, stdout: str, stderr: str) -> None:
         subprocess.CalledProcessError.__init__(self, returncode, list(cmd), stdout, stderr)
 
     def __str__(self) -> str:

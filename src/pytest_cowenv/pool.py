@@ -263,8 +263,12 @@ class ClonePool:
             # One thread: a clone made ahead has a whole test's time, and the other CPUs are
             # the tests'.
             result = clone_tree(
-                slot.template.path, making, slot.mode, tree=slot.template.tree,
-                pause=self._pause, workers=1,
+                slot.template.path,
+                making,
+                slot.mode,
+                tree=slot.template.tree,
+                pause=self._pause,
+                workers=1,
             )
             if self.warm:
                 self._warm(making, slot.template)

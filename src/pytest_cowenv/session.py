@@ -201,7 +201,9 @@ class CowEnvSession:
         with self._lock:
             if self._pool is None:
                 self._pool = ClonePool(
-                    run_dir, self.settings.pool, root=self.layout.root,
+                    run_dir,
+                    self.settings.pool,
+                    root=self.layout.root,
                     errors=self.stats.pool_errors,
                 )
             return self._pool

@@ -246,8 +246,7 @@ def _uv_options(
             raise SpecError(f"{name}={value!r} has no meaning with lock=: a lock is resolved")
         if uv_binary() is None:
             raise SpecError(
-                f"{name}={value!r} needs uv (pip cannot choose versions that way): "
-                "pip install uv"
+                f"{name}={value!r} needs uv (pip cannot choose versions that way): pip install uv"
             )
     if resolution is not None and resolution not in RESOLUTIONS:
         raise SpecError(f"resolution={resolution!r} is not one of {', '.join(RESOLUTIONS)}")

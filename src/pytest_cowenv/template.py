@@ -363,8 +363,11 @@ def matches_manifest(tree: Tree, meta: dict[str, Any], *, linked: bool = False) 
     if not isinstance(manifest, dict):
         return False
     drop = {"root": 1, "dirs": 2, "files": 4, "links": 2}  # fields before the stamps
-    unstamped = {k: [e[: drop[k]] for e in v] if k != "root" else v[:1]
-                 for k, v in manifest.items() if k in drop}
+    unstamped = {
+        k: [e[: drop[k]] for e in v] if k != "root" else v[:1]
+        for k, v in manifest.items()
+        if k in drop
+    }
     return bool(tree.listing(stamps=False) == unstamped)
 
 

@@ -257,9 +257,13 @@ def free_bytes(path: Path) -> int:
     """Free space once deletions have settled: btrfs frees a destroyed subvolume's blocks
     in the background, so an earlier test's clean-up would otherwise still be giving space
     back while this one measures (and a "does not fit" wheel would then fit)."""
-    if shutil.which("btrfs") and subprocess.run(
-        ["btrfs", "subvolume", "sync", str(path)], capture_output=True, check=False
-    ).returncode == 0:
+    if (
+        shutil.which("btrfs")
+        and subprocess.run(
+            ["btrfs", "subvolume", "sync", str(path)], capture_output=True, check=False
+        ).returncode
+        == 0
+    ):
         os.sync()
     return shutil.disk_usage(path).free
 

@@ -328,7 +328,11 @@ def test_a_mount_inside_a_stale_run_is_never_entered(
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "pytest_cowenv", "clean", "--dir", str(cache)],
-            capture_output=True, text=True, env=inner_env(), timeout=120, check=False,
+            capture_output=True,
+            text=True,
+            env=inner_env(),
+            timeout=120,
+            check=False,
         )
         assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
         sentinel.check("clean of a run folder with a bind mount inside")
@@ -395,7 +399,9 @@ def test_cleaners_racing_on_one_stale_tree(
         procs = [
             subprocess.Popen(
                 [sys.executable, "-c", CLEANER, str(cache), str(go)],
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=inner_env(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env=inner_env(),
             )
             for _ in range(cleaners)
         ]
@@ -486,7 +492,10 @@ def test_clean_all_removes_a_whole_cache_but_what_a_live_run_holds(
     (cache / "clones" / f"run-{DEAD_PID}-1-{HEX6}" / "env-1").mkdir(parents=True)
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLDER, str(cache), str(wheelhouse)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=inner_env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=inner_env(),
     )
     try:
         assert holder.stdout is not None

@@ -21,10 +21,21 @@ from _helpers import internal_frames
 
 from ._reliability import inner_env
 
-LOOK_ALIKES = ("tmp/x.123.y/", "templates/notes/", "templates/a.json", "kept/something/",
-               "clones/x-1-2/")
-COMMANDS = (["clean"], ["clean", "--kept"], ["prune", "--all"], ["list"], ["info"],
-            ["build", "alpha"])
+LOOK_ALIKES = (
+    "tmp/x.123.y/",
+    "templates/notes/",
+    "templates/a.json",
+    "kept/something/",
+    "clones/x-1-2/",
+)
+COMMANDS = (
+    ["clean"],
+    ["clean", "--kept"],
+    ["prune", "--all"],
+    ["list"],
+    ["info"],
+    ["build", "alpha"],
+)
 INNER = """
 import pytest
 
@@ -74,8 +85,9 @@ def test_a_directory_that_is_not_ours_is_refused_by_everyone(
     before = snapshot(root)
 
     pytester.makepyfile(INNER)
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--cowenv-dir", str(root),
-                                           *offline)
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--cowenv-dir", str(root), *offline
+    )
     out = "\n".join(result.outlines + result.errlines)
     assert result.ret == pytest.ExitCode.USAGE_ERROR, out
     (error,) = [line for line in result.errlines if line.strip()]
@@ -86,8 +98,12 @@ def test_a_directory_that_is_not_ours_is_refused_by_everyone(
     for command in COMMANDS:
         proc = subprocess.run(
             [sys.executable, "-m", "pytest_cowenv", *command, "--dir", str(root)],
-            capture_output=True, text=True, env=inner_env(), stdin=subprocess.DEVNULL,
-            timeout=120, check=False,
+            capture_output=True,
+            text=True,
+            env=inner_env(),
+            stdin=subprocess.DEVNULL,
+            timeout=120,
+            check=False,
         )
         assert proc.returncode == 1 and proc.stdout == "", (command, proc.stdout, proc.stderr)
         (line,) = proc.stderr.splitlines()

@@ -142,9 +142,7 @@ def clone_tree(
             raise _clone_error(src, dst, mode, exc) from exc
         raise
     files, nbytes = (tree.nfiles, tree.nbytes) if tree else (0, 0)
-    return CloneResult(
-        src, dst, strategy, files, nbytes, time.perf_counter() - start, reason
-    )
+    return CloneResult(src, dst, strategy, files, nbytes, time.perf_counter() - start, reason)
 
 
 def _clone_error(src: str, dst: str, mode: LinkMode, exc: OSError) -> CloneError:
@@ -398,6 +396,4 @@ def remove_tree(
     called before each directory is listed. Raises :class:`~pytest_cowenv.errors.UnsafeRemovalError`
     (an ``OSError``) when the rules refuse.
     """
-    _remove.remove(
-        os.fspath(path), None if root is None else os.fspath(root), pause
-    )
+    _remove.remove(os.fspath(path), None if root is None else os.fspath(root), pause)

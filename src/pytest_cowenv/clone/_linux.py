@@ -25,7 +25,12 @@ _V2_NAME_OFFSET = 56  # after "=qQQ32s": fd, transid, flags, union
 _V1_NAME_OFFSET = 8  # after the int64 fd
 # What SNAP_DESTROY answers when it may not (or cannot) destroy a subvolume whole.
 _DESTROY_REFUSED = (
-    errno.EPERM, errno.EACCES, errno.EROFS, errno.ENOTEMPTY, errno.ENOTTY, errno.EOPNOTSUPP,
+    errno.EPERM,
+    errno.EACCES,
+    errno.EROFS,
+    errno.ENOTEMPTY,
+    errno.ENOTTY,
+    errno.EOPNOTSUPP,
     errno.EINVAL,
 )
 
@@ -118,13 +123,20 @@ class LinuxBackend:
     ) -> None:
         sfd = os.open(src, READ_FLAGS)
         try:
-            _clone_into(sfd, os.open(dst, CREATE_FLAGS, mode & 0o777), dst, mode, atime_ns,
-                        mtime_ns, size)
+            _clone_into(
+                sfd, os.open(dst, CREATE_FLAGS, mode & 0o777), dst, mode, atime_ns, mtime_ns, size
+            )
         finally:
             os.close(sfd)
 
     def clone_file_at(
-        self, src_dir: int, dst_dir: int, name: str, mode: int, atime_ns: int, mtime_ns: int,
+        self,
+        src_dir: int,
+        dst_dir: int,
+        name: str,
+        mode: int,
+        atime_ns: int,
+        mtime_ns: int,
         size: int,
     ) -> None:
         # Per file: open, open(O_EXCL), FICLONE, [fchmod], futimens, close, close.

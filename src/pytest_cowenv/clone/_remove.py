@@ -215,7 +215,6 @@ def _enter(parent: _Dir, name: str, path: str, *, top: bool) -> Optional[_Dir]:
     return _Dir(parent.fd, name, fd, st.st_dev, mount)
 
 
-
 def _make_searchable(pfd: int, name: str) -> None:
     """Give ourselves rwx on the directory ``name`` without following a link to it."""
     if _O_PATH:

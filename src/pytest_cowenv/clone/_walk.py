@@ -55,6 +55,7 @@ class Tree:
     def listing(self, *, stamps: bool = True) -> dict[str, Any]:
         """A JSON-able description of the tree's shape, to detect later damage: names, kinds,
         modes, sizes, mtimes and (with ``stamps``) inodes and ctimes."""
+
         def st(rel: str) -> list[int]:
             return list(self.stamps.get(rel, (0, 0))) if stamps else []
 

@@ -56,20 +56,26 @@ def make_wheel(
     return path
 
 
+def make_alpha(directory: Path, version: str) -> Path:
+    """``alpha`` at ``version``: a module that knows its version and a console script
+    ``alpha`` that prints it."""
+    return make_wheel(
+        directory,
+        "alpha",
+        version,
+        modules={
+            "alpha/__init__.py": f"VERSION = {version!r}\n",
+            "alpha/cli.py": "import alpha\n\ndef main():\n    print('alpha', alpha.VERSION)\n",
+        },
+        scripts={"alpha": "alpha.cli:main"},
+    )
+
+
 def standard_wheelhouse(directory: Path) -> Path:
     """A small offline index: ``alpha`` 1.0/2.0 (console script ``alpha``), ``beta`` (needs
     alpha), ``gamma`` (a package with a data file)."""
     for version in ("1.0", "2.0"):
-        make_wheel(
-            directory,
-            "alpha",
-            version,
-            modules={
-                "alpha/__init__.py": f"VERSION = {version!r}\n",
-                "alpha/cli.py": "import alpha\n\ndef main():\n    print('alpha', alpha.VERSION)\n",
-            },
-            scripts={"alpha": "alpha.cli:main"},
-        )
+        make_alpha(directory, version)
     make_wheel(
         directory,
         "beta",

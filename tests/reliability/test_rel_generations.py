@@ -18,7 +18,7 @@ from typing import Callable
 import pytest
 
 from _helpers import internal_frames
-from _wheels import make_wheel
+from _wheels import make_alpha
 
 from ._reliability import cowenv_cli, inner_env, stray_entries
 
@@ -77,19 +77,6 @@ def test_rebuilt(cowenv):
 """
 
 
-def _alpha(wheels: Path, version: str) -> None:
-    make_wheel(
-        wheels,
-        "alpha",
-        version,
-        modules={
-            "alpha/__init__.py": f"VERSION = {version!r}\n",
-            "alpha/cli.py": "import alpha\n\ndef main():\n    print('alpha', alpha.VERSION)\n",
-        },
-        scripts={"alpha": "alpha.cli:main"},
-    )
-
-
 @pytest.mark.parametrize(
     ("fs", "strategy"), [("btrfs", "snapshot"), ("xfs", "clone"), ("ext4", "copy")]
 )
@@ -103,7 +90,7 @@ def test_a_rebuild_never_changes_a_template_under_its_user(
 ) -> None:
     cache = real_dir(fs) / "cache"
     wheels = tmp_path / "wheels"
-    _alpha(wheels, "1.0")
+    make_alpha(wheels, "1.0")
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLDER, str(cache), str(wheels)],
         env=inner_env(),
@@ -117,7 +104,7 @@ def test_a_rebuild_never_changes_a_template_under_its_user(
         assert first["strategy"] == strategy and first["resolved"] == "1.0", first
         old = Path(first["template"])
 
-        _alpha(wheels, "2.0")  # a newer release, same spec: the rebuild installs it
+        make_alpha(wheels, "2.0")  # a newer release, same spec: the rebuild installs it
         pytester.makepyfile(REBUILDER)
         result = pytester.runpytest_subprocess(
             "-s", "--cowenv-rebuild", "--cowenv-dir", str(cache),

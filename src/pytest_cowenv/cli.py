@@ -355,7 +355,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 def cmd_clean(args: argparse.Namespace) -> int:
     from .maintenance import Report, clean, clean_all, open_layout
 
-    layout = open_layout(_root(args), adopt=True)
+    layout = open_layout(_root(args), adopt=True, remains=args.all)
     if layout is None:
         report = Report()
     else:

@@ -102,10 +102,10 @@ class Report:
         }
 
 
-def open_layout(root: Path, *, adopt: bool = False) -> Optional[Layout]:
+def open_layout(root: Path, *, adopt: bool = False, remains: bool = False) -> Optional[Layout]:
     """The layout of an existing cache (vetted, never created), or None if there is none.
     A directory that is not ours raises CacheDirError (see ``store.open_existing``)."""
-    return open_existing(root, adopt=adopt)
+    return open_existing(root, adopt=adopt, remains=remains)
 
 
 # -- reading -------------------------------------------------------------------------------

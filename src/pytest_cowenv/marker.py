@@ -49,9 +49,19 @@ _LEGACY = {
 }
 
 
+# What a cache of this version holds under templates/ besides the previous version's names:
+# generations (`<key>.<n>/` and their side files). A root without our marker whose every entry
+# is one of these names is what `rm -rf` leaves of a cache (it removes the marker, then fails
+# on read-only btrfs templates): "remains", which only `clean --all` opens, to remove it.
+_REMAINS_TEMPLATES = re.compile(
+    rf"{_KEY}\.[1-9][0-9]*/|{_KEY}\.[1-9][0-9]*\.(json|inuse|linked)|"
+    rf"\.{_KEY}(\.\d+)?\.json\.[0-9a-f-]+\.tmp"
+)
+
+
 class RootState(NamedTuple):
-    """What a directory is to us. ``kind``: "missing", "empty", "ours", "legacy" or "foreign";
-    ``why``: for "foreign", what shows it is not ours (one line)."""
+    """What a directory is to us. ``kind``: "missing", "empty", "ours", "legacy", "remains"
+    or "foreign"; ``why``: for "foreign", what shows it is not ours (one line)."""
 
     kind: str
     why: str = ""
@@ -77,6 +87,8 @@ def classify(root: str) -> RootState:
     stranger = _first_stranger(root, names)
     if stranger is None:
         return RootState("legacy")
+    if _first_stranger(root, names, remains=True) is None and _has_generation(root):
+        return RootState("remains")
     return RootState("foreign", f"it holds {stranger} and no {MARKER}")
 
 
@@ -105,23 +117,39 @@ def _our_tag(path: str) -> bool:
         return False
 
 
-def _first_stranger(root: str, names: list[str]) -> Optional[str]:
-    """What shows that the previous version did not make this (``'sub/name'``), or None."""
+def _first_stranger(root: str, names: list[str], *, remains: bool = False) -> Optional[str]:
+    """What shows that the previous version did not make this (``'sub/name'``), or None.
+    With ``remains``: what shows that no version made it, whichever of its folders are left."""
     for name in sorted(names):
         shown = _shown(root, name)
-        if not _LEGACY[""].fullmatch(shown):
+        if not _LEGACY[""].fullmatch(shown) and not (remains and name == CACHEDIR_TAG):
             return repr(shown)
         if shown.endswith("/") and name in _LEGACY:
             sub = os.path.join(root, name)
             for child in sorted(os.listdir(sub)):
-                if not _LEGACY[name].fullmatch(_shown(sub, child)):
-                    return repr(f"{name}/{_shown(sub, child)}")
+                child_shown = _shown(sub, child)
+                if _LEGACY[name].fullmatch(child_shown):
+                    continue
+                if remains and name == "templates" and _REMAINS_TEMPLATES.fullmatch(child_shown):
+                    continue
+                return repr(f"{name}/{child_shown}")
+    if remains:
+        return None
     # Its header wrote a probe memo in every run, also one that never made a cache.
     made = [name for name in (*_LEGACY_DIRS, "kept") if name in names]
     if made and len(made) < len(_LEGACY_DIRS):
         missing = next(name for name in _LEGACY_DIRS if name not in names)
         return f"{made[0]}/ but no {missing}/"
     return None
+
+
+def _has_generation(root: str) -> bool:
+    """Whether ``templates/`` holds a template generation (what `rm -rf` cannot remove)."""
+    try:
+        names = os.listdir(os.path.join(root, "templates"))
+    except OSError:
+        return False
+    return any(re.fullmatch(rf"{_KEY}\.[1-9][0-9]*", name) for name in names)
 
 
 def _shown(parent: str, name: str) -> str:

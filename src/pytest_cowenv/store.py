@@ -175,6 +175,8 @@ def claim(path: Path) -> None:
     state = marker.classify(str(path))
     if state.kind == "foreign":
         raise CacheDirError(foreign_message(path, state.why))
+    if state.kind == "remains":
+        raise CacheDirError(remains_message(path))
     try:
         if state.kind in ("empty", "legacy"):
             marker.mark(str(path))
@@ -200,19 +202,24 @@ def claim_at_start(root: Optional[str]) -> None:
     state = marker.classify(str(path))
     if state.kind == "foreign":
         raise CacheDirError(foreign_message(path, state.why))
+    if state.kind == "remains":
+        raise CacheDirError(remains_message(path))
     with contextlib.suppress(CacheDirError):
         claim(path)
 
 
-def open_existing(root: Path, *, adopt: bool = False) -> Optional[Layout]:
+def open_existing(root: Path, *, adopt: bool = False, remains: bool = False) -> Optional[Layout]:
     """The layout of an existing cache, vetted and never created; None if there is none (no
     such directory, or an empty one). A cache of the previous version is marked only with
-    ``adopt``: commands that only look (``list``, ``info``) change nothing."""
+    ``adopt``: commands that only look (``list``, ``info``) change nothing. What is left of
+    a cache whose marker was removed opens only with ``remains`` (to remove it all)."""
     state = marker.classify(str(root))
     if state.kind in ("missing", "empty"):
         return None
     if state.kind == "foreign":
         raise CacheDirError(foreign_message(root, state.why))
+    if state.kind == "remains" and not remains:
+        raise CacheDirError(remains_message(root))
     check_safe(root)
     if state.kind == "legacy" and adopt:
         claim(root)
@@ -226,6 +233,15 @@ def foreign_message(path: Path, why: str) -> str:
         f"cache dir {shown(path)} is not a pytest-cowenv cache ({why}): nothing in it is "
         "touched; choose an empty or new cache directory, or a subdirectory such as "
         f"{shown(path / 'pytest-cowenv')}"
+    )
+
+
+def remains_message(path: Path) -> str:
+    return (
+        f"cache dir {shown(path)} holds what is left of a pytest-cowenv cache whose marker "
+        f"{marker.MARKER} was removed (`rm -rf` cannot remove read-only btrfs templates): "
+        "remove it with `pytest-cowenv clean --all` pointed at it, or choose another cache "
+        "directory"
     )
 
 

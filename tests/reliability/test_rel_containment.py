@@ -514,3 +514,30 @@ def test_clean_all_removes_a_whole_cache_but_what_a_live_run_holds(
     out = cowenv_cli(cache, "clean", "--all")
     assert "removed template alpha==1.0" in out and "removed bytecode store" in out, out
     assert not cache.exists(), os.listdir(cache)
+
+
+def test_what_rm_rf_leaves_of_a_btrfs_cache_is_removed_by_clean_all(
+    real_dir: Callable[[str], Path], wheelhouse: Path
+) -> None:
+    """`rm -rf` removes the marker, then stops at the read-only template subvolumes: what is
+    left is refused as a cache (the refusal names `clean --all`), and `clean --all` removes
+    it."""
+    cache = real_dir("btrfs") / "cache"
+    acquire_once(cache, wheelhouse, "alpha==1.0")
+    rm = subprocess.run(["rm", "-rf", str(cache)], capture_output=True, text=True, check=False)
+    assert rm.returncode != 0 and "Read-only file system" in rm.stderr, rm.stderr
+    assert template_dirs(cache), "rm -rf removed the templates: nothing left to prove"
+    listed = subprocess.run(
+        [sys.executable, "-m", "pytest_cowenv", "list"],
+        capture_output=True,
+        text=True,
+        env={**inner_env(), "PYTEST_COWENV_DIR": str(cache)},
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    err = listed.stderr.strip()
+    assert listed.returncode == 1 and len(err.splitlines()) == 1, err
+    assert "pytest-cowenv clean --all" in err and "Traceback" not in err, err
+    out = cowenv_cli(cache, "clean", "--all")
+    assert "removed" in out, out
+    assert not cache.exists(), os.listdir(cache)

@@ -360,15 +360,18 @@ def test_btrfs_template_to_ext4_copies_in_auto_and_refuses_in_clone(
 
 
 @pytest.fixture
-def threads_used(monkeypatch: pytest.MonkeyPatch) -> set[int]:
-    """Force three workers on trees from 256 files; collects the threads that made files."""
+def threads_used(monkeypatch: pytest.MonkeyPatch) -> set[str]:
+    """Force three workers on trees from 256 files; collects ``thread:operation`` of the
+    threads that made files. By name: a thread's ident is reused once it ends, and a helper
+    may end before the next starts; with the operation: a copy after a refused clone is a
+    second round of threads."""
     import pytest_cowenv.clone as engine
 
-    seen: set[int] = set()
+    seen: set[str] = set()
     real = engine._files_at
 
     def recording(*args: Any) -> None:
-        seen.add(threading.get_ident())
+        seen.add(f"{threading.current_thread().name}:{getattr(args[3], '__name__', '?')}")
         real(*args)
 
     monkeypatch.setattr(engine, "WORKERS", 3)
@@ -395,7 +398,7 @@ def test_a_big_tree_is_made_by_several_threads_exactly(
     request: pytest.FixtureRequest,
     identity_tree: Callable[[Path], Path],
     data_tree: Callable[..., Path],
-    threads_used: set[int],
+    threads_used: set[str],
     fs_name: str,
     strategy: str,
 ) -> None:
@@ -404,7 +407,12 @@ def test_a_big_tree_is_made_by_several_threads_exactly(
     result, warned = clone_quietly(template, where / "clone")
     assert result.strategy == strategy
     assert len(warned) == (strategy == "copy")  # the one "cannot clone here" warning
-    assert len(threads_used) == 3
+    last_round = {
+        used.rsplit(":", 1)[0]
+        for used in threads_used
+        if used.endswith(":copy_file_at") == (strategy == "copy")
+    }
+    assert len(last_round) == 3, threads_used
     assert tree_state(where / "clone") == tree_state(template)
 
 
@@ -412,12 +420,12 @@ def test_workers_caps_the_threads(
     xfs_dir: Path,
     identity_tree: Callable[[Path], Path],
     data_tree: Callable[..., Path],
-    threads_used: set[int],
+    threads_used: set[str],
 ) -> None:
     """The pool clones with one thread: the other CPUs are the tests'."""
     template = big_template(xfs_dir, identity_tree, data_tree)
     clone_tree(template, xfs_dir / "clone", workers=1)
-    assert threads_used == {threading.get_ident()}
+    assert {used.rsplit(":", 1)[0] for used in threads_used} == {threading.current_thread().name}
     assert tree_state(xfs_dir / "clone") == tree_state(template)
 
 
@@ -426,7 +434,7 @@ def test_a_big_tree_falls_back_to_a_copy_from_every_thread(
     ext4_dir: Path,
     identity_tree: Callable[[Path], Path],
     data_tree: Callable[..., Path],
-    threads_used: set[int],
+    threads_used: set[str],
 ) -> None:
     """Every worker meets EXDEV: one warning, one copy, nothing mixed."""
     template = big_template(btrfs_dir, identity_tree, data_tree)
@@ -439,7 +447,7 @@ def test_an_error_in_one_thread_fails_the_whole_clone_and_leaves_nothing(
     xfs_dir: Path,
     identity_tree: Callable[[Path], Path],
     data_tree: Callable[..., Path],
-    threads_used: set[int],
+    threads_used: set[str],
     fail_after: Callable[..., None],
 ) -> None:
     template = big_template(xfs_dir, identity_tree, data_tree)
@@ -454,7 +462,7 @@ def test_a_pause_that_raises_stops_every_thread(
     xfs_dir: Path,
     identity_tree: Callable[[Path], Path],
     data_tree: Callable[..., Path],
-    threads_used: set[int],
+    threads_used: set[str],
 ) -> None:
     """How the pool abandons a clone when the session closes: no thread writes on after."""
     template = big_template(xfs_dir, identity_tree, data_tree)
@@ -464,7 +472,7 @@ def test_a_pause_that_raises_stops_every_thread(
         pass
 
     def pause() -> None:
-        calls.append(threading.get_ident())
+        calls.append(threading.current_thread().name)  # idents are reused, names are not
         if len(calls) > 20:
             raise Stop
 

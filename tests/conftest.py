@@ -241,6 +241,10 @@ def used_bytes(path: Path) -> int:
         return (st.f_blocks - st.f_bfree) * st.f_frsize
     if shutil.which("btrfs") is None:
         pytest.skip("btrfs-progs (the btrfs command) is not installed")
+    # Subvolumes destroyed earlier (by this test or another worker's) are cleaned up in the
+    # background, which allocates and frees metadata while we measure: wait for it first.
+    subprocess.run(["btrfs", "subvolume", "sync", str(path)], check=False, capture_output=True)
+    os.sync()
     out = subprocess.run(
         ["btrfs", "filesystem", "df", "-b", str(path)], check=True, capture_output=True, text=True
     ).stdout

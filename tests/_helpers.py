@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -99,3 +101,13 @@ def remove_cache(cache_root: Path) -> None:
             remove_tree(child)
     if os.path.lexists(cache_root):
         remove_tree(cache_root)
+
+
+def settle_btrfs(path: Path) -> None:
+    """Wait until btrfs has cleaned up the subvolumes destroyed on ``path``'s filesystem (it
+    frees their blocks, and writes metadata, in the background), then sync. A no-op wait on
+    other filesystems."""
+    if shutil.which("btrfs"):
+        cmd = ["btrfs", "subvolume", "sync", str(path)]
+        subprocess.run(cmd, check=False, capture_output=True, timeout=120)
+    os.sync()

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 import pytest
 
+from _helpers import settle_btrfs
 from pytest_cowenv import fs
 from pytest_cowenv._install import uv_binary
 from pytest_cowenv.clone import forget_decisions, remove_tree
@@ -243,8 +244,7 @@ def used_bytes(path: Path) -> int:
         pytest.skip("btrfs-progs (the btrfs command) is not installed")
     # Subvolumes destroyed earlier (by this test or another worker's) are cleaned up in the
     # background, which allocates and frees metadata while we measure: wait for it first.
-    subprocess.run(["btrfs", "subvolume", "sync", str(path)], check=False, capture_output=True)
-    os.sync()
+    settle_btrfs(path)
     out = subprocess.run(
         ["btrfs", "filesystem", "df", "-b", str(path)], check=True, capture_output=True, text=True
     ).stdout

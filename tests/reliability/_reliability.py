@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Optional
 
-from _helpers import wait_for
+from _helpers import settle_btrfs, wait_for
 
 # pytest's and xdist's variables of the outer run, which would make an inner run act like it.
 OUTER_VARS = (
@@ -254,17 +254,10 @@ def exclusive(mount: str) -> Iterator[None]:
 
 
 def free_bytes(path: Path) -> int:
-    """Free space once deletions have settled: btrfs frees a destroyed subvolume's blocks
-    in the background, so an earlier test's clean-up would otherwise still be giving space
-    back while this one measures (and a "does not fit" wheel would then fit)."""
-    if (
-        shutil.which("btrfs")
-        and subprocess.run(
-            ["btrfs", "subvolume", "sync", str(path)], capture_output=True, check=False
-        ).returncode
-        == 0
-    ):
-        os.sync()
+    """Free space once deletions have settled: an earlier test's clean-up could otherwise
+    still be giving space back while this one measures (and a "does not fit" wheel would
+    then fit)."""
+    settle_btrfs(path)
     return shutil.disk_usage(path).free
 
 

@@ -8,8 +8,6 @@ machine's pip configuration cleared, so that what it proves does not depend on t
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +15,7 @@ from typing import Callable
 
 import pytest
 
-from _helpers import unprotect_templates
+from _helpers import settle_btrfs, unprotect_templates
 from _wheels import standard_wheelhouse
 
 from ._reliability import OUTER_VARS, mount_of
@@ -41,15 +39,7 @@ def real_dir(request: pytest.FixtureRequest) -> Iterator[Callable[[str], Path]]:
     for name, path in made:
         _remove(path)
         if name == "smallbtrfs":
-            _reclaim(mount_of(name))
-
-
-def _reclaim(mount: Path) -> None:
-    """Wait until btrfs has freed the subvolumes just destroyed. Its cleaner frees their space
-    in the background, and the next test on a filesystem this small would find it full."""
-    if shutil.which("btrfs"):
-        cmd = ["btrfs", "subvolume", "sync", str(mount)]
-        subprocess.run(cmd, check=False, capture_output=True, timeout=120)
+            settle_btrfs(mount_of(name))  # the next test there would find it full
 
 
 def _remove(path: Path) -> None:

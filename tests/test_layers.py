@@ -34,6 +34,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "_bytecode",
             "_groups",
             "_reqfile",
+            "_names",
             "marker",
         },
     ),

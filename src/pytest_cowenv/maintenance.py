@@ -23,6 +23,16 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from . import _owner
+from ._names import (
+    BUILD_DIR,
+    KEPT,
+    LEGACY_BUILD_DIR,
+    LEGACY_RUN_DIR,
+    LEGACY_TMP_FILE,
+    META_TMP,
+    RUN_DIR,
+    TMP_FILE,
+)
 from .clone import remove_tree
 from .generations import (
     collect_generations,
@@ -30,19 +40,7 @@ from .generations import (
     remove_generation,
     superseded,
 )
-from .store import (
-    BUILD_DIR,
-    KEPT,
-    LEGACY_BUILD_DIR,
-    LEGACY_RUN_DIR,
-    LEGACY_TMP_FILE,
-    META_TMP,
-    ROOT_FILES,
-    RUN_DIR,
-    TMP_FILE,
-    Layout,
-    open_existing,
-)
+from .store import ROOT_FILES, Layout, open_existing
 
 DAY = 86400.0
 PRUNE_LOCK_TIMEOUT = 2.0  # seconds to wait for a template's build lock before skipping it
@@ -120,7 +118,7 @@ def read_meta(layout: Layout, key: str, gen: int) -> Optional[dict[str, Any]]:
 
 
 def template_keys(layout: Layout) -> list[str]:
-    """Every key under ``templates/`` (names that match ``store.TEMPLATE_ENTRY`` exactly:
+    """Every key under ``templates/`` (names that match ``_names.TEMPLATE_ENTRY`` exactly:
     nothing else there is ours)."""
     return list(layout.generations())
 

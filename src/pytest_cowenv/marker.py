@@ -5,7 +5,8 @@ tools skip it) and our own marker ``MARKER``, which records the cache format. Ev
 deletes under a root first asks :func:`classify`: a non-empty directory without our marker is
 somebody else's, and nothing in it is touched.
 
-A leaf module: the plugin asks it at start-up, so it imports nothing of the core.
+A leaf module: the plugin asks it at start-up, so it imports nothing of the core (only the
+leaf ``_names``, whose patterns name this version's entries).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import re
 import stat
 import uuid
 from typing import NamedTuple, Optional
+
+from ._names import KEY, META_TMP, is_generation
 
 CACHEDIR_TAG = "CACHEDIR.TAG"
 TAG_SIGNATURE = "Signature: 8a477f597d28d172789f06886806bc55"
@@ -32,7 +35,6 @@ _MARKER_TMP = re.compile(r"\.pytest-cowenv-cache\.\d+\.[0-9a-f]{8}\.tmp")
 # What the previous version (no marker) made, by exact name. Such a cache is adopted only
 # when its root holds all four folders it always created and every entry, in the root and
 # one level down, is one of these: a look-alike (`tmp/notes`, `templates/a.json`) is foreign.
-_KEY = r"[0-9a-f]{24}"
 _RUN = r"run-\d+-\d+-[0-9a-f]{6}"
 _LEGACY_DIRS = ("templates", "clones", "tmp", "pyc")
 _LEGACY = {
@@ -40,23 +42,20 @@ _LEGACY = {
         r"(templates|clones|tmp|pyc|kept|\.cowenv-probe-\w+)/|fs-probe\.json(\.\d+\.tmp)?"
     ),
     "templates": re.compile(
-        rf"{_KEY}/|{_KEY}\.(json|lock|inuse|owner)|\.{_KEY}\.json\.\d+\.tmp|\.cowenv-probe-\w+/"
+        rf"{KEY}/|{KEY}\.(json|lock|inuse|owner)|\.{KEY}\.json\.\d+\.tmp|\.cowenv-probe-\w+/"
     ),
     "clones": re.compile(rf"{_RUN}/"),
-    "tmp": re.compile(rf"{_KEY}\.\d+\.[0-9a-f]{{8}}/"),
+    "tmp": re.compile(rf"{KEY}\.\d+\.[0-9a-f]{{8}}/"),
     "kept": re.compile(rf"{_RUN}-[A-Za-z0-9_.]+-\d+/"),
     "pyc": re.compile(r"[A-Za-z0-9_.-]+-[0-9a-f]{8}/"),  # <cache_tag>-<magic number>
 }
 
 
 # What a cache of this version holds under templates/ besides the previous version's names:
-# generations (`<key>.<n>/` and their side files). A root without our marker whose every entry
-# is one of these names is what `rm -rf` leaves of a cache (it removes the marker, then fails
-# on read-only btrfs templates): "remains", which only `clean --all` opens, to remove it.
-_REMAINS_TEMPLATES = re.compile(
-    rf"{_KEY}\.[1-9][0-9]*/|{_KEY}\.[1-9][0-9]*\.(json|inuse|linked)|"
-    rf"\.{_KEY}(\.\d+)?\.json\.[0-9a-f-]+\.tmp"
-)
+# generations (`<key>.<n>/` and their side files, `_names.is_generation`) and their metadata
+# being written. A root without our marker whose every entry is one of these names is what
+# `rm -rf` leaves of a cache (it removes the marker, then fails on read-only btrfs templates):
+# "remains", which only `clean --all` opens, to remove it.
 
 
 class RootState(NamedTuple):
@@ -130,7 +129,7 @@ def _first_stranger(root: str, names: list[str], *, remains: bool = False) -> Op
                 child_shown = _shown(sub, child)
                 if _LEGACY[name].fullmatch(child_shown):
                     continue
-                if remains and name == "templates" and _REMAINS_TEMPLATES.fullmatch(child_shown):
+                if remains and name == "templates" and _of_this_version(child_shown):
                     continue
                 return repr(f"{name}/{child_shown}")
     if remains:
@@ -149,7 +148,13 @@ def _has_generation(root: str) -> bool:
         names = os.listdir(os.path.join(root, "templates"))
     except OSError:
         return False
-    return any(re.fullmatch(rf"{_KEY}\.[1-9][0-9]*", name) for name in names)
+    return any(is_generation(name, is_dir=True) for name in names)
+
+
+def _of_this_version(shown: str) -> bool:
+    """Whether a name under templates/ (``name/`` for a directory) is one this version makes."""
+    name = shown.rstrip("/")
+    return is_generation(name, is_dir=shown.endswith("/")) or META_TMP.match(name) is not None
 
 
 def _shown(parent: str, name: str) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import re
 import stat
 import sys
 import uuid
@@ -13,35 +12,12 @@ from pathlib import Path
 from typing import Optional, Union
 
 from . import marker
-from ._owner import TOKEN, current
+from ._names import TEMPLATE_ENTRY
+from ._owner import current
 from .errors import CacheDirError, shown
 
 ENV_DIR = "PYTEST_COWENV_DIR"
 
-# Names that carry their owner (see _owner.Owner.token): a process's clone folder under
-# `clones/`, a build folder under `tmp/`, an unfinished file (see write_atomically).
-RUN_DIR = re.compile(rf"^run-{TOKEN}-[0-9a-f]{{6}}$")
-BUILD_DIR = re.compile(rf"^[0-9a-f]{{24}}\.{TOKEN}\.[0-9a-f]{{8}}$")
-TMP_FILE = re.compile(rf"^\..+\.{TOKEN}\.tmp$")
-# The same names as earlier versions wrote them: only the pid (and start ticks of run folders).
-LEGACY_RUN_DIR = re.compile(r"^run-(?P<pid>\d+)-(?P<ticks>\d+)-[0-9a-f]+$")
-LEGACY_BUILD_DIR = re.compile(r"^[0-9a-f]{24}\.(?P<pid>\d+)\.[0-9a-f]+$")
-LEGACY_TMP_FILE = re.compile(r"^\..+\.(?P<pid>\d+)\.tmp$")
-# Clean-up touches only names that match these exactly (with the ones above): a look-alike
-# a user put there (`templates/notes/`, `templates/a.json`, `kept/todo.txt`) stays.
-KEY = r"[0-9a-f]{24}"  # spec.key()
-# Under templates/ (see Layout.template): a generation's tree, metadata, in-use lock or
-# hard-linked mark, or the key's build lock or its owner note (`keyfile`).
-TEMPLATE_ENTRY = re.compile(
-    rf"^(?P<key>{KEY})(?:(?:\.(?P<gen>[1-9][0-9]*))?(?P<side>\.json|\.inuse|\.linked)?"
-    r"|(?P<keyfile>\.lock|\.owner))$"
-)
-# Under templates/: metadata being written (its owner is judged by TMP_FILE or LEGACY_TMP_FILE;
-# a generation number may follow the key).
-META_TMP = re.compile(rf"^\.{KEY}(?:\.\d+)?\.json\.[0-9a-f-]+\.tmp$")
-# Under kept/: `<run folder>-<env name>-<n>` (see CowEnvSession.kept_path).
-_ANY_RUN = r"run-[0-9a-f-]+-[0-9a-f]{6}"
-KEPT = re.compile(rf"^{_ANY_RUN}-[A-Za-z0-9_.]+-\d+$")
 # Files of ours directly in the root (fs-probe.json: report.PROBE_MEMO), which `clean --all`
 # removes with the rest, in this order: our marker last, so that an interrupted removal
 # leaves a directory that is still recognised as ours.

@@ -29,13 +29,14 @@ from ._atomic import hold_existing, hold_in_use, write_atomically
 from ._build import build_env, timed
 from ._content import own_hashes
 from ._install import installer_identity
+from ._names import BUILD_DIR, LEGACY_BUILD_DIR
 from ._owner import lock_dir
 from ._venv import installed_distributions, site_packages
 from .clone import Tree, protect, remove_tree, strip_write_bits, walk_tree
 from .errors import LockTimeoutError, TemplateBuildError, shown
 from .fs import sync_filesystem
 from .spec import FORMAT_VERSION, TemplateSpec, find_interpreter
-from .store import BUILD_DIR, LEGACY_BUILD_DIR, Layout
+from .store import Layout
 
 DEFAULT_LOCK_TIMEOUT = float(os.environ.get("PYTEST_COWENV_LOCK_TIMEOUT", "900"))
 _COUNTS = ("reused", "compiled", "failed", "dropped")  # what byte-compiling did, in metadata

@@ -44,7 +44,7 @@ LAYERS: list[tuple[str, set[str]]] = [
         {"fs", "_install", "spec", "_lock", "_plan", "store", "_atomic", "_content", "generations"},
     ),
     ("templates and the clone handle", {"template", "_build", "env"}),
-    ("pool, clean-up, checks, report", {"pool", "maintenance", "verify", "report"}),
+    ("pool, clean-up, checks, report", {"pool", "maintenance", "verify", "report", "_coverage"}),
     ("session", {"session"}),
     ("front ends", {"plugin", "cli", "__main__"}),
 ]

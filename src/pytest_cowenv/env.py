@@ -10,7 +10,7 @@ import time
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from ._install import IndexOptions, clean_env, install_command, run_installer
 from ._relocate import relocate
@@ -46,6 +46,7 @@ class CowEnv:
         self._index = index
         self.clone_seconds = 0.0
         self.keep = False
+        self._after_install: Optional[Callable[[CowEnv], object]] = None  # the session's coverage
 
     def __repr__(self) -> str:
         return f"<CowEnv {self.path} ({self.strategy}) {self.template.spec.describe()}>"
@@ -160,6 +161,8 @@ class CowEnv:
         # importlib's directory cache must see the change within this same second.
         now = time.time_ns()
         os.utime(self.site_packages, ns=(now, now))
+        if self._after_install is not None:
+            self._after_install(self)
 
     def _install_wheel(self, wheel: Path) -> None:
         from installer import install

@@ -19,12 +19,14 @@ import pytest
 from ._defaults import DEFAULT_POOL
 
 if TYPE_CHECKING:
+    from ._coverage import CloneCoverage
     from .env import CowEnv
     from .session import CowEnvSession, Settings
     from .spec import TemplateSpec
 
 LINK_MODES = ("auto", "snapshot", "clone", "hardlink", "copy")
 KEEP_VALUES = ("none", "failed", "all")
+COV_VALUES = ("auto", "on", "off")  # as _coverage.MODES, which this module must not import
 SPEC_KEYWORDS = ("groups", "extras", "lock", "resolution", "exclude_newer")
 MARKER_KEYWORDS = ("python", "project", "link_mode", "pip", *SPEC_KEYWORDS)
 MARKER_DOC = (
@@ -50,6 +52,7 @@ class Options:
 
     __slots__ = (
         "constraints",
+        "cov",
         "find_links",
         "index_url",
         "keep",
@@ -78,8 +81,10 @@ class Options:
         requirements: tuple[str, ...] = (),
         pool: int = DEFAULT_POOL,
         constraints: tuple[str, ...] = (),
+        cov: str = "auto",
     ) -> None:
         self.constraints = constraints
+        self.cov = cov
         self.root = root
         self.root_option = root_option  # where the user set the cache directory, for errors
         self.link_mode = link_mode
@@ -114,6 +119,7 @@ options_key = pytest.StashKey[Options]()
 session_key = pytest.StashKey["CowEnvSession"]()
 failed_specs_key = pytest.StashKey[dict[str, str]]()
 envs_key = pytest.StashKey[list["CowEnv"]]()
+coverage_key = pytest.StashKey[Optional["CloneCoverage"]]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -179,6 +185,26 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         ini_type="linelist",
         action="append",
         metavar="FILE",
+    )
+    group.addoption(
+        "--cowenv-cov",
+        dest="cowenv_cov",
+        action="store_const",
+        const="on",
+        help="measure coverage in every Python process of the clones, combined into this "
+        "run's (default: when this run measures coverage, with pytest-cov or coverage run)",
+    )
+    group.addoption(
+        "--no-cowenv-cov",
+        dest="cowenv_cov",
+        action="store_const",
+        const="off",
+        help="never measure coverage in clones",
+    )
+    parser.addini(
+        "cowenv_cov",
+        f"measure coverage in clones: {'|'.join(COV_VALUES)} (default auto: when this run "
+        "measures coverage, with pytest-cov or coverage run)",
     )
     parser.addini(
         "cowenv_requirements",
@@ -261,6 +287,7 @@ def make_options(config: pytest.Config) -> Options:
         rebuild_before = float(workerinput["cowenv_rebuild_before"])  # the controller's start
     else:
         rebuild_before = time.time() if config.getoption("cowenv_rebuild") else 0.0
+    cov = _choice(_pick(config, "cov"), COV_VALUES, "auto")
     return Options(
         root=root,
         root_option=root_option,
@@ -276,6 +303,7 @@ def make_options(config: pytest.Config) -> Options:
         ),
         pool=pool,
         constraints=constraints,
+        cov=cov,
     )
 
 
@@ -314,8 +342,34 @@ def _session(config: pytest.Config) -> CowEnvSession:
     if session_key not in config.stash:
         from .session import CowEnvSession
 
-        config.stash[session_key] = CowEnvSession(config.stash[options_key].settings())
+        config.stash[session_key] = CowEnvSession(
+            config.stash[options_key].settings(), coverage=config.stash.get(coverage_key, None)
+        )
     return config.stash[session_key]
+
+
+@pytest.hookimpl(trylast=True)  # after pytest-cov has started its Coverage (in xdist workers too)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    config = session.config
+    mode = config.stash[options_key].cov
+    if mode == "off" or (mode == "auto" and "coverage" not in sys.modules):
+        return  # nothing measures this run: import nothing
+    from ._coverage import detect
+    from .errors import CowEnvError
+
+    try:
+        config.stash[coverage_key] = detect(mode, _pytest_cov(config), (str(config.rootpath),))
+    except CowEnvError as exc:
+        raise pytest.UsageError(f"--cowenv-cov: {exc}") from None
+
+
+def _pytest_cov(config: pytest.Config) -> Any:
+    """The ``Coverage`` of pytest-cov when it measures this run (``--cov``), else None."""
+    plugin = config.pluginmanager.getplugin("_cov")
+    controller = getattr(plugin, "cov_controller", None)
+    if plugin is None or getattr(plugin, "_disabled", False) or controller is None:
+        return None
+    return getattr(controller, "cov", None)
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -344,6 +398,8 @@ class _XdistHooks:
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     config = session.config
+    if session_key in config.stash:
+        config.stash[session_key].finish_coverage()
     if hasattr(config, "workerinput") and session_key in config.stash:
         config.workeroutput["cowenv_stats"] = config.stash[session_key].stats.as_dict()  # type: ignore[attr-defined]
 

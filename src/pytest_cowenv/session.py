@@ -16,7 +16,7 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from ._defaults import DEFAULT_POOL
 from ._install import IndexOptions
@@ -28,6 +28,9 @@ from .pool import ClonePool
 from .spec import TemplateSpec
 from .store import Layout, check_kept, prepare_root
 from .template import Template, TemplateCache
+
+if TYPE_CHECKING:
+    from ._coverage import CloneCoverage
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,9 @@ class Stats:
     pool_misses: int = 0  # clones made while the test waited, with the pool on
     wait_ms: list[float] = field(default_factory=list)  # what each acquire waited for its clone
     pool_errors: list[str] = field(default_factory=list)  # what failed in the pool thread
+    coverage_clones: int = 0  # clones whose processes were measured
+    coverage_files: int = 0  # their coverage data files, combined into the run's
+    coverage_notes: list[str] = field(default_factory=list)  # what was not measured, and why
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -78,22 +84,30 @@ class Stats:
             "pool_misses": self.pool_misses,
             "wait_ms": self.wait_ms,
             "pool_errors": self.pool_errors,
+            "coverage_clones": self.coverage_clones,
+            "coverage_files": self.coverage_files,
+            "coverage_notes": self.coverage_notes,
         }
 
     def merge(self, other: dict[str, Any]) -> None:
-        self.clones += other["clones"]
-        self.clone_ms += other["clone_ms"]
-        self.remove_ms += other["remove_ms"]
-        self.strategies.update(other["strategies"])
-        self.shared_bytes += other["shared_bytes"]
-        self.copied_bytes += other["copied_bytes"]
-        self.built.update(other["built"])
-        self.reused += [r for r in other["reused"] if r not in self.reused]
-        self.kept += other["kept"]
+        self.clones += other.get("clones", 0)
+        self.clone_ms += other.get("clone_ms", [])
+        self.remove_ms += other.get("remove_ms", [])
+        self.strategies.update(other.get("strategies", {}))
+        self.shared_bytes += other.get("shared_bytes", 0)
+        self.copied_bytes += other.get("copied_bytes", 0)
+        self.built.update(other.get("built", {}))
+        self.reused += [r for r in other.get("reused", []) if r not in self.reused]
+        self.kept += other.get("kept", [])
         self.pool_hits += other.get("pool_hits", 0)
         self.pool_misses += other.get("pool_misses", 0)
         self.wait_ms += other.get("wait_ms", [])
         self.pool_errors += other.get("pool_errors", [])
+        self.coverage_clones += other.get("coverage_clones", 0)
+        self.coverage_files += other.get("coverage_files", 0)
+        self.coverage_notes += [
+            n for n in other.get("coverage_notes", []) if n not in self.coverage_notes
+        ]
 
     def summary_lines(self) -> list[str]:
         lines = []
@@ -131,6 +145,12 @@ class Stats:
                 f"disk: clones copied {_mib(self.copied_bytes)} where copies would take "
                 f"{_mib(total)} ({_mib(self.shared_bytes)} shared with templates)"
             )
+        if self.coverage_clones:
+            lines.append(
+                f"coverage: {self.coverage_files} data files of {self.coverage_clones} clones "
+                "combined into the run's"
+            )
+        lines += [f"coverage: {note}" for note in self.coverage_notes]
         lines += [f"kept clone: {k}" for k in self.kept]
         return lines
 
@@ -154,8 +174,9 @@ def _mib(n: int) -> str:
 class CowEnvSession:
     """Makes and removes this process's clones; lazily creates the cache on first use."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, coverage: Optional[CloneCoverage] = None) -> None:
         self.settings = settings
+        self.coverage = coverage  # measures the clones' processes, when the run measures
         self.stats = Stats()
         self._layout: Optional[Layout] = None
         self._cache: Optional[TemplateCache] = None
@@ -279,6 +300,10 @@ class CowEnvSession:
             pool.start(template, mode)  # from the second use on, or when collection said so
         env = CowEnv(dst, template, result.strategy, self.settings.index)
         env.clone_seconds = result.seconds
+        if self.coverage is not None:
+            measure = self.coverage
+            measure.prepare(env, spec.local)
+            env._after_install = lambda e: measure.prepare(e, spec.local)
         with self._lock:
             self.stats.clones += 1
             self.stats.clone_ms.append(result.seconds * 1000)
@@ -335,6 +360,8 @@ class CowEnvSession:
 
     def release(self, env: CowEnv, keep: bool = False) -> Optional[Path]:
         """Remove a clone, or move it to :meth:`kept_path` and return where it went."""
+        if self.coverage is not None:
+            self.coverage.collect(env)  # its processes are done; it still has its own path
         if keep:
             kept = self.kept_path(env)
             kept.parent.mkdir(exist_ok=True)
@@ -358,6 +385,21 @@ class CowEnvSession:
         with self._lock:
             self.stats.remove_ms.append((time.perf_counter() - start) * 1000)
         return None
+
+    def finish_coverage(self) -> None:
+        """Hand the clones' coverage to the run's measurement and count it in :attr:`stats`
+        (at the end of the tests: before pytest-cov reports, or coverage saves at exit)."""
+        if self.coverage is None:
+            return
+        self.coverage.finish()
+        got = self.coverage.stats
+        self.stats.merge(
+            {
+                "coverage_clones": got.clones,
+                "coverage_files": got.files,
+                "coverage_notes": self.coverage.notes(),
+            }
+        )
 
     def close(self) -> None:
         """Stop the pool thread, then remove whatever clones this process still has: unused

@@ -39,6 +39,14 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else math.nan
 
 
+def quartiles(values: Sequence[float]) -> tuple[float, float]:
+    """The first and third quartiles (inclusive method); the value itself twice for one."""
+    if len(values) < 2:
+        return (values[0], values[0]) if values else (math.nan, math.nan)
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q3
+
+
 def p95(values: Sequence[float]) -> float:
     """The 95th percentile (inclusive method); the value itself for a single sample."""
     if len(values) < 2:
@@ -199,6 +207,23 @@ def _cell(v: Any) -> str:
 def load() -> str:
     one, five, fifteen = os.getloadavg()
     return f"load average {one:.1f} / {five:.1f} / {fifteen:.1f} (1/5/15 min)"
+
+
+def header() -> str:
+    """What every benchmark output starts with, so that a figure taken from it can be judged
+    and re-measured: the command, the date, the machine (cores, kernel, Python) and its load."""
+    import platform
+
+    command = " ".join(
+        ["python", os.path.relpath(os.path.abspath(sys.argv[0]), REPO), *sys.argv[1:]]
+    )
+    return (
+        f"command: {command}\n"
+        f"date: {time.strftime('%Y-%m-%d %H:%M %Z')}\n"
+        f"machine: {os.cpu_count()} cores, Linux {platform.release()}, "
+        f"Python {platform.python_version()}\n"
+        f"start: {load()}"
+    )
 
 
 def mounts() -> dict[str, str]:

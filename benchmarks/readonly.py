@@ -39,7 +39,7 @@ bits = {bits}
 if bits:
     tree = tree.with_write_bits(bits)
 os.write(2, b"MARK-START\\n")
-clone_tree(sys.argv[1], sys.argv[2], LinkMode(sys.argv[3]), tree=tree, workers=1)
+clone_tree(sys.argv[1], sys.argv[2], LinkMode(sys.argv[3]), tree=tree)
 os.write(2, b"MARK-END\\n")
 """
 
@@ -112,7 +112,7 @@ def main() -> None:
             for name, tree in (("before", writable), ("after", protected)):
                 dst = base / f"{name}-{i}"
                 start = time.perf_counter()
-                clone_tree(src, dst, mode, tree=tree, workers=1)
+                clone_tree(src, dst, mode, tree=tree)
                 times[name].append((time.perf_counter() - start) * 1000)
                 if i == 0:
                     same &= name == "before" or modes(dst) == modes(base / "before-0")

@@ -356,26 +356,27 @@ def test_btrfs_template_to_ext4_copies_in_auto_and_refuses_in_clone(
         assert not (ext4_dir / mode).exists()
 
 
-# --- big trees: several threads ----------------------------------------------------------
+# --- big trees: one thread ----------------------------------------------------------------
 
 
 @pytest.fixture
-def threads_used(monkeypatch: pytest.MonkeyPatch) -> set[str]:
-    """Force three workers on trees from 256 files; collects ``thread:operation`` of the
-    threads that made files. By name: a thread's ident is reused once it ends, and a helper
-    may end before the next starts; with the operation: a copy after a refused clone is a
-    second round of threads."""
+def made_by(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """Collects ``(thread name, operation)`` for every directory whose files are made, and
+    fails the test if the clone starts a thread (a per-file clone runs in its caller's)."""
     import pytest_cowenv.clone as engine
 
-    seen: set[str] = set()
+    seen: list[tuple[str, str]] = []
     real = engine._files_at
 
     def recording(*args: Any) -> None:
-        seen.add(f"{threading.current_thread().name}:{getattr(args[3], '__name__', '?')}")
+        seen.append((threading.current_thread().name, getattr(args[3], "__name__", "?")))
         real(*args)
 
-    monkeypatch.setattr(engine, "WORKERS", 3)
+    def no_thread(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a per-file clone started a thread")
+
     monkeypatch.setattr(engine, "_files_at", recording)
+    monkeypatch.setattr(threading.Thread, "start", no_thread)
     return seen
 
 
@@ -391,63 +392,56 @@ def big_template(
 
 
 @pytest.mark.parametrize(
-    ("fs_name", "strategy"),
-    [("btrfs", "clone"), ("xfs", "clone"), ("ext4", "copy"), ("tmpfs", "copy")],
+    ("fs_name", "strategy", "operation"),
+    [
+        ("btrfs", "clone", "clone_files_at"),
+        ("xfs", "clone", "clone_files_at"),
+        ("ext4", "copy", "copy_files_at"),
+        ("tmpfs", "copy", "copy_files_at"),
+    ],
 )
-def test_a_big_tree_is_made_by_several_threads_exactly(
+def test_a_big_tree_is_made_exactly_by_the_callers_thread_a_directory_at_a_time(
     request: pytest.FixtureRequest,
     identity_tree: Callable[[Path], Path],
     data_tree: Callable[..., Path],
-    threads_used: set[str],
+    made_by: list[tuple[str, str]],
     fs_name: str,
     strategy: str,
+    operation: str,
 ) -> None:
     where: Path = request.getfixturevalue(f"{fs_name}_dir")
     template = big_template(where, identity_tree, data_tree)
+    tree = walk_tree(template)
     result, warned = clone_quietly(template, where / "clone")
     assert result.strategy == strategy
     assert len(warned) == (strategy == "copy")  # the one "cannot clone here" warning
-    last_round = {
-        used.rsplit(":", 1)[0]
-        for used in threads_used
-        if used.endswith(":copy_file_at") == (strategy == "copy")
-    }
-    assert len(last_round) == 3, threads_used
+    # Each directory with files once, by name inside it; a refused clone (ext4, tmpfs) may
+    # have begun a first round before the copy.
+    last_round = made_by[-len(tree.files_by_dir) :]
+    assert last_round == [(threading.current_thread().name, operation)] * len(tree.files_by_dir)
     assert tree_state(where / "clone") == tree_state(template)
 
 
-def test_workers_caps_the_threads(
-    xfs_dir: Path,
-    identity_tree: Callable[[Path], Path],
-    data_tree: Callable[..., Path],
-    threads_used: set[str],
-) -> None:
-    """The pool clones with one thread: the other CPUs are the tests'."""
-    template = big_template(xfs_dir, identity_tree, data_tree)
-    clone_tree(template, xfs_dir / "clone", workers=1)
-    assert {used.rsplit(":", 1)[0] for used in threads_used} == {threading.current_thread().name}
-    assert tree_state(xfs_dir / "clone") == tree_state(template)
-
-
-def test_a_big_tree_falls_back_to_a_copy_from_every_thread(
+def test_a_big_tree_falls_back_to_a_copy_once(
     btrfs_dir: Path,
     ext4_dir: Path,
     identity_tree: Callable[[Path], Path],
     data_tree: Callable[..., Path],
-    threads_used: set[str],
+    made_by: list[tuple[str, str]],
 ) -> None:
-    """Every worker meets EXDEV: one warning, one copy, nothing mixed."""
+    """The first file meets EXDEV: one warning, one copy, nothing mixed."""
     template = big_template(btrfs_dir, identity_tree, data_tree)
     result, warned = clone_quietly(template, ext4_dir / "auto")
     assert result.strategy == "copy" and len(warned) == 1 and "EXDEV" in warned[0]
+    assert [op for _, op in made_by][:2] == ["clone_files_at", "copy_files_at"]
     assert tree_state(ext4_dir / "auto") == tree_state(template)
 
 
-def test_an_error_in_one_thread_fails_the_whole_clone_and_leaves_nothing(
+def test_an_error_midway_fails_the_whole_clone_and_leaves_nothing(
     xfs_dir: Path,
     identity_tree: Callable[[Path], Path],
     data_tree: Callable[..., Path],
-    threads_used: set[str],
+    made_by: list[tuple[str, str]],
     fail_after: Callable[..., None],
 ) -> None:
     template = big_template(xfs_dir, identity_tree, data_tree)
@@ -458,13 +452,13 @@ def test_an_error_in_one_thread_fails_the_whole_clone_and_leaves_nothing(
     assert not os.path.lexists(xfs_dir / "clone")
 
 
-def test_a_pause_that_raises_stops_every_thread(
+def test_a_pause_that_raises_stops_the_clone_at_once(
     xfs_dir: Path,
     identity_tree: Callable[[Path], Path],
     data_tree: Callable[..., Path],
-    threads_used: set[str],
+    made_by: list[tuple[str, str]],
 ) -> None:
-    """How the pool abandons a clone when the session closes: no thread writes on after."""
+    """How the pool abandons a clone when the session closes: no file is made after it."""
     template = big_template(xfs_dir, identity_tree, data_tree)
     calls = []
 
@@ -472,14 +466,15 @@ def test_a_pause_that_raises_stops_every_thread(
         pass
 
     def pause() -> None:
-        calls.append(threading.current_thread().name)  # idents are reused, names are not
+        calls.append(len(made_by))
         if len(calls) > 20:
             raise Stop
 
     with pytest.raises(Stop):
         clone_tree(template, xfs_dir / "clone", pause=pause)
     assert not os.path.lexists(xfs_dir / "clone")
-    assert len(set(calls)) == 3
+    assert calls == list(range(21))  # between directories, and none made after the raise
+    assert len(made_by) == 20
 
 
 # --- removal -------------------------------------------------------------------------------

@@ -135,33 +135,6 @@ def test_pooled_clone_is_fresh(root: Path, make_session: Callable[..., CowEnvSes
     assert session.stats.pool_misses == 2
 
 
-def test_the_pool_clones_with_one_thread_and_a_missed_test_with_all(
-    root: Path, make_session: Callable[..., CowEnvSession], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A clone made ahead leaves the other CPUs to the running test; a test that waits for its
-    clone gets every thread."""
-    import pytest_cowenv.session as session_module
-
-    asked: list[tuple[str, int | None]] = []
-
-    def spy(module: Any, who: str) -> None:
-        real = module.clone_tree
-
-        def clone_tree(*args: Any, **kwargs: Any) -> Any:
-            asked.append((who, kwargs.get("workers")))
-            return real(*args, **kwargs)
-
-        monkeypatch.setattr(module, "clone_tree", clone_tree)
-
-    spy(pool_module, "pool")
-    spy(session_module, "test")
-    session = make_session(root)
-    spec, pool = pooled(session, [SPEC])
-    wait_for(lambda: pool.ready(session.cache.get(spec), LinkMode.AUTO) == 2)
-    assert ("test", None) in asked and ("pool", 1) in asked
-    assert {workers for who, workers in asked if who == "pool"} == {1}
-
-
 def test_rebuilt_template_is_never_served_stale(
     root: Path, make_session: Callable[..., CowEnvSession]
 ) -> None:

@@ -260,15 +260,8 @@ class ClonePool:
         making = self.ready_dir / f".making-{name}"
         ready = self.ready_dir / f"{slot.template.key[:12]}-{name}"
         try:
-            # One thread: a clone made ahead has a whole test's time, and the other CPUs are
-            # the tests'.
             result = clone_tree(
-                slot.template.path,
-                making,
-                slot.mode,
-                tree=slot.template.tree,
-                pause=self._pause,
-                workers=1,
+                slot.template.path, making, slot.mode, tree=slot.template.tree, pause=self._pause
             )
             if self.warm:
                 self._warm(making, slot.template)

@@ -300,7 +300,7 @@ def test_a_failed_clone_removes_only_itself(
             raise KeyboardInterrupt  # the clone is abandoned: the engine removes dst
 
     with pytest.raises(KeyboardInterrupt):
-        clone_tree(src, dst, "copy", pause=plant_then_fail, workers=1)
+        clone_tree(src, dst, "copy", pause=plant_then_fail)
     assert not os.path.lexists(dst)
     sentinel.check(f"a failed clone with a link {where} its destination")
     record_property("plants", 1)

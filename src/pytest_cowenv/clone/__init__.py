@@ -13,16 +13,17 @@ import shutil
 import threading
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 from .._fstype import fs_type
 from ..errors import CloneError, CowEnvWarning, shown
 from . import _platform, _remove
-from ._base import DIR_FD, DIR_FLAGS, READ_FLAGS, UMASK, FileAtOp, FileOp, cannot_clone
-from ._portable import copy_file, copy_file_at, link_file, link_file_at
+from ._base import DIR_FD, DIR_FLAGS, READ_FLAGS, UMASK, FileOp, FilesAtOp, Named, cannot_clone
+from ._portable import copy_file, copy_files_at, link_file, link_files_at
 from ._templates import can_snapshot, make_template_dir, probe_reflink, protect, unprotect
-from ._walk import Named, Tree, strip_write_bits, walk_tree
+from ._walk import Tree, strip_write_bits, walk_tree
 
 __all__ = [
     "READ_FLAGS",
@@ -41,14 +42,8 @@ __all__ = [
     "walk_tree",
 ]
 
-# Called between directories of a file-by-file clone, from any of its threads; raising in it
-# abandons the clone.
+# Called between directories of a file-by-file clone; raising in it abandons the clone.
 Pause = Callable[[], None]
-# File-by-file clones and copies of trees this big share the work among WORKERS threads.
-WORKERS = min(os.cpu_count() or 1, 4)
-PARALLEL_MIN_FILES = 256
-# What the caller asked of a file-by-file clone: its pause, and at most how many threads.
-_How = tuple[Optional[Pause], int]
 # Told the one warning per filesystem pair that clones fall back to copies.
 Warn = Callable[[str], None]
 
@@ -112,15 +107,14 @@ def clone_tree(
     *,
     tree: Optional[Tree] = None,
     pause: Optional[Pause] = None,
-    workers: Optional[int] = None,
     warn: Optional[Warn] = None,
 ) -> CloneResult:
     """Make the new directory ``dst`` a replica of ``src``.
 
     ``tree`` is ``src``'s walk, when the caller keeps one (templates do). ``pause`` is called
     between directories of a file-by-file clone: a background caller raises in it to stop.
-    ``workers`` caps the threads of a file-by-file clone (default :data:`WORKERS`): a
-    background caller leaves the other CPUs to the tests. The first fallback to copies
+    A file-by-file clone runs in the caller's thread alone (see :func:`_per_file`). The
+    first fallback to copies
     between two filesystems is told once per process: to ``warn`` when given (a front end
     that knows whose clone it is), else as a :class:`CowEnvWarning` from the caller. Raises
     :class:`CloneError` when an explicit mode is impossible here or the filesystem fails;
@@ -132,7 +126,7 @@ def clone_tree(
     if os.path.lexists(dst):
         raise exists
     try:
-        strategy, reason, tree = _clone(src, dst, mode, tree, (pause, workers or WORKERS), warn)
+        strategy, reason, tree = _clone(src, dst, mode, tree, pause, warn)
     except BaseException as exc:
         if isinstance(exc, FileExistsError) and exc.filename in (None, dst):
             raise exists from exc  # made meanwhile by someone else: not ours to remove
@@ -159,7 +153,12 @@ def _clone_error(src: str, dst: str, mode: LinkMode, exc: OSError) -> CloneError
 
 
 def _clone(
-    src: str, dst: str, mode: LinkMode, tree: Optional[Tree], how: _How, warn: Optional[Warn]
+    src: str,
+    dst: str,
+    mode: LinkMode,
+    tree: Optional[Tree],
+    pause: Optional[Pause],
+    warn: Optional[Warn],
 ) -> tuple[str, Optional[str], Optional[Tree]]:
     backend = _platform.BACKEND
     reason: Optional[str] = None
@@ -190,12 +189,12 @@ def _clone(
     if tree is None:
         tree = walk_tree(src)
     if mode is LinkMode.COPY:
-        _per_file(tree, dst, _COPY, how)
+        _per_file(tree, dst, _COPY, pause)
         return "copy", reason, tree
     if mode is LinkMode.HARDLINK:
-        _per_file(tree, dst, _HARDLINK, how)
+        _per_file(tree, dst, _HARDLINK, pause)
         return "hardlink", reason, tree
-    return (*_clone_files(tree, dst, mode, reason, how, warn), tree)
+    return (*_clone_files(tree, dst, mode, reason, pause, warn), tree)
 
 
 def _no_snapshot_reason(src: str, strategy: str) -> str:
@@ -213,7 +212,7 @@ def _clone_files(
     dst: str,
     mode: LinkMode,
     reason: Optional[str],
-    how: _How,
+    pause: Optional[Pause],
     warn: Optional[Warn],
 ) -> tuple[str, Optional[str]]:
     parent = os.path.dirname(os.path.abspath(dst)) or "."
@@ -221,10 +220,10 @@ def _clone_files(
     with _lock:
         decided = _decisions.get(key)
     if decided and decided[0] == "copy" and mode is LinkMode.AUTO:
-        _per_file(tree, dst, _COPY, how)
+        _per_file(tree, dst, _COPY, pause)
         return "copy", decided[1]
     try:
-        _per_file(tree, dst, _clone_ops(), how)
+        _per_file(tree, dst, _clone_ops(), pause)
     except OSError as exc:
         if not cannot_clone(exc):
             raise
@@ -243,7 +242,7 @@ def _clone_files(
         # as a copy rather than mixing clones and copies in one tree.
         why = _describe(exc)
         remove_tree(dst)
-        _per_file(tree, dst, _COPY, how)
+        _per_file(tree, dst, _COPY, pause)
     else:
         with _lock:
             _decisions.setdefault(key, ("clone", reason))
@@ -268,25 +267,31 @@ def _clone_files(
 
 @dataclass(frozen=True)
 class _FileOps:
-    """One way to make a file: by path, and (faster, where the OS has ``dir_fd``) by name
-    relative to open source and destination directories, which spares the kernel a full
-    path lookup per file."""
+    """One way to make files: one by path, and (faster, where the OS has ``dir_fd``) a whole
+    directory's by name between open source and destination directories."""
 
     by_path: FileOp
-    at: Optional[FileAtOp] = None
+    at: Optional[FilesAtOp] = None
 
 
-_COPY = _FileOps(copy_file, copy_file_at)
-_HARDLINK = _FileOps(link_file, link_file_at)
+_COPY = _FileOps(copy_file, copy_files_at)
+_HARDLINK = _FileOps(link_file, link_files_at)
 
 
 def _clone_ops() -> _FileOps:
     backend = _platform.BACKEND
-    return _FileOps(backend.clone_file, getattr(backend, "clone_file_at", None))
+    return _FileOps(backend.clone_file, getattr(backend, "clone_files_at", None))
 
 
-def _per_file(tree: Tree, dst: str, ops: _FileOps, how: _How) -> None:
-    pause, most = how
+def _per_file(tree: Tree, dst: str, ops: _FileOps, pause: Optional[Pause]) -> None:
+    """Make ``dst`` from ``tree`` file by file, in the caller's thread.
+
+    One thread on purpose: a file costs a handful of short system calls, each of which drops
+    and takes back the GIL, so a second thread spends more handing the GIL over than it
+    saves, and the filesystem serialises much of the rest (one directory lock per create,
+    one allocation group or b-tree per clone). ``benchmarks/clone.py --workers 1,2,4``
+    measures it (docs/bench-clone.txt).
+    """
     src = tree.root
     root_mode = tree.root_entry[1]
     # Directories are made owner-writable so that their children can be created, even in
@@ -294,24 +299,16 @@ def _per_file(tree: Tree, dst: str, ops: _FileOps, how: _How) -> None:
     os.mkdir(dst, (root_mode & 0o777) | 0o700)
     for rel, mode, _at, _mt, _size in tree.dirs:
         os.mkdir(dst + rel, (mode & 0o777) | 0o700)
-    file_at = ops.at if DIR_FD else None
-    groups = tree.files_by_dir
-
-    def make(first: int, step: int, failed: threading.Event) -> None:
-        for rel_dir, files in groups[first::step]:
-            if failed.is_set():
-                return  # another worker failed: the clone is abandoned anyway
-            if pause is not None:
-                pause()
-            if file_at is not None:
-                _files_at(src + rel_dir, dst + rel_dir, files, file_at)
-            else:
-                for name, mode, at, mt, size in files:
-                    rel = f"{rel_dir}{os.sep}{name}"
-                    ops.by_path(src + rel, dst + rel, mode, at, mt, size)
-
-    workers = most if len(tree.files) >= PARALLEL_MIN_FILES else 1
-    _in_parallel(make, min(workers, len(groups)))
+    files_at = ops.at if DIR_FD else None
+    for rel_dir, files in tree.files_by_dir:
+        if pause is not None:
+            pause()
+        if files_at is not None:
+            _files_at(src + rel_dir, dst + rel_dir, files, files_at)
+        else:
+            for name, mode, at, mt, size in files:
+                rel = f"{rel_dir}{os.sep}{name}"
+                ops.by_path(src + rel, dst + rel, mode, at, mt, size)
     for rel, target, at, mt in tree.links:
         os.symlink(target, dst + rel)
         if os.utime in os.supports_follow_symlinks:
@@ -322,52 +319,12 @@ def _per_file(tree: Tree, dst: str, ops: _FileOps, how: _How) -> None:
     _finish_dir(dst, root_mode, tree.root_entry[2], tree.root_entry[3])
 
 
-def _in_parallel(work: Callable[[int, int, threading.Event], None], workers: int) -> None:
-    """Run ``work(i, workers, failed)`` for each i in ``workers`` threads (the caller's is
-    one of them), then raise the first error any of them met. A clone is system calls that
-    release the GIL, and most of their cost is in the kernel, so threads share it out."""
-    failed = threading.Event()
-    if workers <= 1:
-        work(0, 1, failed)
-        return
-    errors: list[BaseException] = []
-
-    def run(first: int) -> None:
-        try:
-            work(first, workers, failed)
-        except BaseException as exc:  # raised again in the caller's thread below
-            errors.append(exc)
-            failed.set()
-
-    helpers = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(1, workers)]
-    for helper in helpers:
-        helper.start()
-    try:
-        work(0, workers, failed)
-    except Exception as exc:
-        errors.append(exc)
-        failed.set()
-    except BaseException:  # Ctrl-C: stop the helpers too, and let it through
-        failed.set()
-        raise
-    finally:
-        # Never return while a helper still writes: the caller removes the partial clone.
-        for helper in helpers:
-            helper.join()
-    if errors:
-        # A filesystem that cannot clone refuses in every thread alike; prefer an error that
-        # is not a "cannot clone" (ENOSPC, EIO...) so that it is never taken for a fallback.
-        real = [e for e in errors if not (isinstance(e, OSError) and cannot_clone(e))]
-        raise (real or errors)[0]
-
-
-def _files_at(src_dir: str, dst_dir: str, files: list[Named], file_at: FileAtOp) -> None:
+def _files_at(src_dir: str, dst_dir: str, files: Sequence[Named], files_at: FilesAtOp) -> None:
     sdir = os.open(src_dir, DIR_FLAGS)
     try:
         ddir = os.open(dst_dir, DIR_FLAGS)
         try:
-            for name, mode, at, mt, size in files:
-                file_at(sdir, ddir, name, mode, at, mt, size)
+            files_at(sdir, ddir, files)
         finally:
             os.close(ddir)
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import sys
+from collections.abc import Sequence
 from typing import Callable, Protocol
 
 # errnos that mean "this filesystem (pair) cannot clone": fall back, never report.
@@ -59,9 +60,13 @@ DIR_FD = os.open in os.supports_dir_fd and O_DIRECTORY != 0
 
 # Make one file: (src path, dst path, mode, atime_ns, mtime_ns, size).
 FileOp = Callable[[str, str, int, int, int, int], None]
-# The same by name inside open directories: (src dir fd, dst dir fd, name, mode, atime_ns,
-# mtime_ns, size): the kernel resolves one path component instead of the whole path.
-FileAtOp = Callable[[int, int, str, int, int, int, int], None]
+# (name, mode, atime_ns, mtime_ns, size): a file inside its directory.
+Named = tuple[str, int, int, int, int]
+# Make every file of one directory by name, between open source and destination directories
+# (src dir fd, dst dir fd, files): the kernel resolves one path component per file instead of
+# the whole path, and the loop runs inside the operation, so the interpreter adds no call per
+# file to the handful of system calls that make it.
+FilesAtOp = Callable[[int, int, Sequence[Named]], None]
 
 
 def finish_file(fd: int, path: str, mode: int, atime_ns: int, mtime_ns: int) -> None:
@@ -97,8 +102,8 @@ class Backend(Protocol):
     ) -> None:
         """Create ``dst`` as a copy-on-write clone of ``src`` with the given mode and times."""
 
-    # Optional, where the OS has dir_fd (see FileAtOp); the engine prefers it when present:
-    # def clone_file_at(self, src_dir_fd, dst_dir_fd, name, mode, atime_ns, mtime_ns, size)
+    # Optional, where the OS has dir_fd (see FilesAtOp); the engine prefers it when present:
+    # def clone_files_at(self, src_dir_fd, dst_dir_fd, files)
 
     def probe_reflink(self, src: str, dst: str) -> None:
         """Clone ``src`` to ``dst`` once, raising OSError if this filesystem cannot."""

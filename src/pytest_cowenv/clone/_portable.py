@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 
-from ._base import CREATE_FLAGS, READ_FLAGS, UTIME_FD, finish_file
+from ._base import CREATE_FLAGS, READ_FLAGS, UTIME_FD, Named, finish_file
 
 _CHUNK = 1 << 30
 
@@ -26,20 +27,19 @@ def copy_file(src: str, dst: str, mode: int, atime_ns: int, mtime_ns: int, size:
         os.utime(dst, ns=(atime_ns, mtime_ns))
 
 
-def copy_file_at(
-    src_dir: int, dst_dir: int, name: str, mode: int, atime_ns: int, mtime_ns: int, size: int
-) -> None:
-    """:func:`copy_file` of ``name`` between two open directories."""
-    sfd = os.open(name, READ_FLAGS, dir_fd=src_dir)
-    try:
-        dfd = os.open(name, CREATE_FLAGS, mode & 0o777, dir_fd=dst_dir)
+def copy_files_at(src_dir: int, dst_dir: int, files: Sequence[Named]) -> None:
+    """:func:`copy_file` of each of ``files`` between two open directories."""
+    for name, mode, atime_ns, mtime_ns, size in files:
+        sfd = os.open(name, READ_FLAGS, dir_fd=src_dir)
         try:
-            _copy_data(sfd, dfd, size)
-            finish_file(dfd, name, mode, atime_ns, mtime_ns)
+            dfd = os.open(name, CREATE_FLAGS, mode & 0o777, dir_fd=dst_dir)
+            try:
+                _copy_data(sfd, dfd, size)
+                finish_file(dfd, name, mode, atime_ns, mtime_ns)
+            finally:
+                os.close(dfd)
         finally:
-            os.close(dfd)
-    finally:
-        os.close(sfd)
+            os.close(sfd)
 
 
 if sys.platform.startswith("linux"):
@@ -70,8 +70,7 @@ def link_file(src: str, dst: str, mode: int, atime_ns: int, mtime_ns: int, size:
     os.link(src, dst, follow_symlinks=False)
 
 
-def link_file_at(
-    src_dir: int, dst_dir: int, name: str, mode: int, atime_ns: int, mtime_ns: int, size: int
-) -> None:
-    """:func:`link_file` of ``name`` between two open directories."""
-    os.link(name, name, src_dir_fd=src_dir, dst_dir_fd=dst_dir, follow_symlinks=False)
+def link_files_at(src_dir: int, dst_dir: int, files: Sequence[Named]) -> None:
+    """:func:`link_file` of each of ``files`` between two open directories."""
+    for name, *_ in files:
+        os.link(name, name, src_dir_fd=src_dir, dst_dir_fd=dst_dir, follow_symlinks=False)

@@ -9,12 +9,12 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
+from ._base import Named
+
 # (relative path with a leading separator, mode, atime_ns, mtime_ns, size)
 Entry = tuple[str, int, int, int, int]
 # (relative path, link target, atime_ns, mtime_ns)
 Link = tuple[str, str, int, int]
-# (name, mode, atime_ns, mtime_ns, size): an Entry inside its directory
-Named = tuple[str, int, int, int, int]
 # (inode, ctime_ns): what user space cannot set back after changing a file
 Stamp = tuple[int, int]
 _WRITE = 0o222

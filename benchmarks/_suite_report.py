@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -23,8 +22,7 @@ def machine(ctx: Context) -> str:
     uv = subprocess.run(["uv", "--version"], capture_output=True, text=True).stdout.strip()
     peers = ", ".join(f"{p} {v.get(p, 'not installed')}" for p in PEERS)
     return (
-        f"machine: {platform.node()}, {os.cpu_count()} cores, Linux {platform.release()}, "
-        f"Python {platform.python_version()}\n"
+        f"host: {platform.node()}\n"
         f"tools: pytest {v.get('pytest')}, pytest-cowenv {v.get('pytest-cowenv')}, "
         f"pytest-xdist {v.get('pytest-xdist')}, {uv}, virtualenv {v.get('virtualenv')}, "
         f"pip {v.get('pip')}, {peers}\n"

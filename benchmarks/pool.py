@@ -42,7 +42,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Callable, Optional
 
-from _common import REPO, Case, interleaved, median, p95, table
+from _common import REPO, Case, header, interleaved, median, p95, table
 
 from pytest_cowenv.clone import clone_tree, remove_tree
 from pytest_cowenv.session import CowEnvSession, Settings
@@ -467,10 +467,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         base = Path(mount) / "bench-pool"
         base.mkdir(exist_ok=True)
         benches.append(Bench(name, base, args.tests))
-    lines = [
-        f"benchmarks/pool.py {' '.join(sys.argv[1:])}",
-        f"{time.strftime('%Y-%m-%d %H:%M')}, {load()}",
-    ]
+    lines = [header(), load()]
     print("\n".join(lines), flush=True)
     runs = {
         "suite": lambda: suite_section(
@@ -483,6 +480,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         found = runs[name]()
         print("\n".join(found), flush=True)  # a long run shows each section as it ends
         lines += found
+    lines.append(f"end: {load()}")
+    print(lines[-1])
     text = "\n".join(lines)
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / f"pool-{time.strftime('%Y%m%d-%H%M%S')}.txt"

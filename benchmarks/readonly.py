@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import make_tree, median
+from _common import header, load, make_tree, median
 
 from pytest_cowenv.clone import LinkMode, Tree, clone_tree, remove_tree, strip_write_bits, walk_tree
 
@@ -96,6 +96,7 @@ def main() -> None:
     if not args.dir:
         sys.exit('give --dir or set COWENV_TEST_XFS (eval "$(bash scripts/cowfs.sh env)")')
     mode = LinkMode(args.mode)
+    print(header(), flush=True)
     base = Path(tempfile.mkdtemp(prefix="readonly-", dir=args.dir))
     try:
         src = make_tree(base / "src", args.files, args.files * 5000)
@@ -142,6 +143,7 @@ def main() -> None:
                 indent=1,
             )
         )
+        print(f"end: {load()}")
     finally:
         for dirpath, _dirs, _files in os.walk(base):
             os.chmod(dirpath, 0o755)

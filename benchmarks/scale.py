@@ -32,6 +32,7 @@ from _common import (
     RESULTS,
     W1,
     Case,
+    header,
     interleaved,
     load,
     make_tree,
@@ -247,7 +248,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     found = {fs: p for fs, p in mounts().items() if fs in ("btrfs", "xfs")}
     if not found:
         sys.exit('no btrfs or XFS mount: run eval "$(bash scripts/cowfs.sh up)" first')
-    print(f"start: {load()}")
+    print(header())
     wh = wheelhouse()
     sources: list[Source] = []
     for fs, mount in found.items():

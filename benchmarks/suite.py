@@ -21,14 +21,13 @@ fail) and ``_suite_report`` (tables, CSV, chart).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
-from _common import RESULTS, load, mounts, wheelhouse
+from _common import RESULTS, header, load, mounts, wheelhouse
 from _suite_clones import disk_part, first_use
 from _suite_prep import bench_venv, generate_suite
 from _suite_report import machine, print_disk, print_first_use, report, write_csv, write_png
@@ -89,9 +88,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     ctx.raw.mkdir(exist_ok=True)
     rows = plan(args, found, ctx.venv)
-    print("command: python " + " ".join([os.path.relpath(sys.argv[0]), *sys.argv[1:]]))
+    print(header())
     print(machine(ctx))
-    print(f"start: {load()}")
     for peer, error in ctx.venv.peer_errors.items():
         print(f"{peer}: {error}")
 

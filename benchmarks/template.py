@@ -39,7 +39,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from _common import Case, interleaved, median, table
+from _common import Case, header, interleaved, load, median, table
 
 from pytest_cowenv.clone import remove_tree, unprotect
 
@@ -189,6 +189,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 ],
             )
         )
+    print(header(), flush=True)
     print(f"building W1 in {work} ({args.repeat} rounds after a warm-up) ...", flush=True)
     try:
         interleaved(cases, args.repeat, warmup=1)
@@ -196,6 +197,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         wipe(work)
     # The warm-up round's figures are dropped, as interleaved() drops its times.
     report(cases, {name: runs[-args.repeat :] for name, runs in phases.items()}, args.repeat)
+    print(f"end: {load()}")
     return 0
 
 

@@ -281,3 +281,58 @@ def test_clone_sees_only_coverage_of_the_outer_env(pytester: pytest.Pytester, ru
     )
     probe = "import sys; print('coverage' in sys.modules)"
     assert pytester.run(kept / "bin" / "python", "-c", probe).outlines == ["False"]
+
+
+PYENV = Path("~/.pyenv/versions").expanduser()  # now: pytester moves HOME
+
+
+def other_python(supported: bool) -> str:
+    """An interpreter of another minor version than this one that this coverage runs on
+    (``supported``) or not (its ``Requires-Python``); the test skips without one."""
+    import glob
+    import shutil
+    import subprocess
+    from importlib.metadata import metadata
+
+    from packaging.specifiers import SpecifierSet
+
+    allowed = SpecifierSet((metadata("coverage").get_all("Requires-Python") or [""])[0])
+    for minor in range(8, 16):
+        if minor == sys.version_info[1] or (f"3.{minor}.0" in allowed) != supported:
+            continue
+        pyenv = glob.glob(f"{PYENV}/3.{minor}*/bin/python3.{minor}")
+        for found in [shutil.which(f"python3.{minor}"), *pyenv]:
+            if not found:
+                continue
+            probe = [found, "-c", "import sys; print(sys.executable)"]
+            done = subprocess.run(probe, capture_output=True, text=True, check=False)
+            if done.returncode == 0:  # a pyenv shim for a version that is not selected fails
+                return done.stdout.strip()
+    pytest.skip(f"no python3.X {'that' if supported else 'that not'} coverage supports on PATH")
+
+
+@pytest.mark.parametrize("supported", [True, False], ids=["supported", "unsupported"])
+def test_clone_of_another_python(pytester: pytest.Pytester, run: Run, supported: bool) -> None:
+    """A clone of another Python runs the outer coverage package without its compiled
+    tracer (quietly: the test's stderr stays empty), if that coverage supports the version;
+    otherwise the summary says it was not measured."""
+    python = other_python(supported)
+    pytester.makepyfile(
+        test_other=f"""
+        import pytest
+
+        @pytest.mark.cowenv(project=True, python={python!r})
+        def test_script(cowenv):
+            done = cowenv.run("mytool", "1")
+            assert (done.stdout.strip(), done.stderr) == ("positive", "")
+        """
+    )
+    result = run("--cov=mypkg", "--cov-report=json:cov.json", "test_other.py")
+    result.assert_outcomes(passed=1)
+    if supported:
+        core = read_report(pytester.path / "cov.json")[CORE_FILE]
+        assert {2, 3} <= set(core["executed_lines"])
+    else:
+        result.stdout.fnmatch_lines(
+            ["coverage: clones of a Python that this run's coverage does not support *(python3.*)"]
+        )

@@ -55,7 +55,10 @@ LAYERS: list[tuple[str, set[str]]] = [
         },
     ),
     ("templates and the clone handle", {"template", "_build", "env"}),
-    ("pool, clean-up, checks, report", {"pool", "maintenance", "verify", "report", "_coverage"}),
+    (
+        "pool, clean-up, checks, report",
+        {"pool", "reuse", "maintenance", "verify", "report", "_coverage"},
+    ),
     ("session", {"session"}),
     ("front ends", {"plugin", "matrix", "cli", "__main__"}),
 ]

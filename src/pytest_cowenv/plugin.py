@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 LINK_MODES = ("auto", "snapshot", "clone", "hardlink", "copy")
 KEEP_VALUES = ("none", "failed", "all")
 COV_VALUES = ("auto", "on", "off")  # as _coverage.MODES, which this module must not import
+REUSE_VALUES = ("yes", "no")
 SPEC_KEYWORDS = ("groups", "extras", "lock", "resolution", "exclude_newer")
 MARKER_KEYWORDS = ("python", "project", "link_mode", "pip", *SPEC_KEYWORDS, "matrix")
 MARKER_DOC = (
@@ -63,6 +64,7 @@ class Options:
         "pool",
         "rebuild_before",
         "requirements",
+        "reuse",
         "root",
         "root_option",
     )
@@ -83,9 +85,11 @@ class Options:
         pool: int = DEFAULT_POOL,
         constraints: tuple[str, ...] = (),
         cov: str = "auto",
+        reuse: bool = True,
     ) -> None:
         self.constraints = constraints
         self.cov = cov
+        self.reuse = reuse
         self.root = root
         self.root_option = root_option  # where the user set the cache directory, for errors
         self.link_mode = link_mode
@@ -113,6 +117,7 @@ class Options:
             requirements=self.requirements,
             pool=self.pool,
             constraints=self.constraints,
+            reuse=self.reuse,
         )
 
 
@@ -156,6 +161,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "clones made ahead per template in use; 0 turns the pool off "
         f"(env PYTEST_COWENV_POOL; default {DEFAULT_POOL})",
         metavar="N",
+    )
+    option(
+        "reuse",
+        f"give a clone that provably did not change to a later test: {'|'.join(REUSE_VALUES)} "
+        "(env PYTEST_COWENV_REUSE; default yes; needs the pool)",
+        metavar="WHICH",
     )
     option(
         "find-links",
@@ -257,6 +268,7 @@ def make_options(config: pytest.Config) -> Options:
     """Read and validate every option; a bad value is a :class:`pytest.UsageError`."""
     mode = _choice(_pick(config, "link_mode", "PYTEST_COWENV_LINK_MODE"), LINK_MODES, "auto")
     keep = _choice(_pick(config, "keep", "PYTEST_COWENV_KEEP"), KEEP_VALUES, "none")
+    reuse = _choice(_pick(config, "reuse", "PYTEST_COWENV_REUSE"), REUSE_VALUES, "yes")
     pool_raw, where = _pick(config, "pool", "PYTEST_COWENV_POOL")
     try:
         pool = DEFAULT_POOL if pool_raw is None else int(pool_raw)
@@ -313,6 +325,7 @@ def make_options(config: pytest.Config) -> Options:
         pool=pool,
         constraints=constraints,
         cov=cov,
+        reuse=reuse == "yes",
     )
 
 

@@ -5,6 +5,10 @@ collects this file, one per minor (``pytest==8.2.*``, ``pytest==8.3.*``, …); `
 one test per minor, each in an environment of its own (the plugin's wheel and that pytest,
 built once and cached). The floor is the plugin's own ``pytest>=8.2``. Select one with
 ``-k "pytest==8.3"``.
+
+Coverage of the plugin's own code, which runs only in the clones (its suite, by runpytest):
+``python -m pytest examples/test_matrix_plugin.py --cov=pytest_passrate --cov-branch``
+reports ``examples/matrix_plugin/src/pytest_passrate/__init__.py``, combined over every minor.
 """
 
 from pathlib import Path

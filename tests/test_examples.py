@@ -3,6 +3,7 @@ that they cannot rot. Building them needs the package index (pytest, attrs, hatc
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -35,10 +36,11 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     remove_cache(root)
 
 
-def run_examples(*args: str) -> pytest.RunResult:
-    """``python -m pytest examples/ …`` from the repository root, as a user runs it."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
-    cmd = [sys.executable, "-m", "pytest", "examples/", "-p", "no:cacheprovider", *args]
+def run_examples(*args: str, path: str = "examples/") -> pytest.RunResult:
+    """``python -m pytest examples/ …`` from the repository root, as a user runs it (no
+    coverage variable of this suite's own measurement: the examples measure what they say)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "COVERAGE_"))}
+    cmd = [sys.executable, "-m", "pytest", path, "-p", "no:cacheprovider", *args]
     start = time.perf_counter()
     proc = subprocess.run(
         cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, check=False
@@ -77,3 +79,28 @@ def test_examples_pass(cache: Path) -> None:
     result.stdout.fnmatch_lines(
         ["*= cowenv =*", f"templates built: {tests}: *", f"clones: {tests} *"]
     )
+
+
+@pytest.mark.network
+@pytest.mark.slow
+def test_matrix_example_reports_its_plugin_coverage(cache: Path, tmp_path: Path) -> None:
+    """The plugin's code runs only in the clones (its own suite, by runpytest), yet the outer
+    run reports it at its sources, fully covered: one minor of pytest is enough to show it."""
+    report = tmp_path / "cov.json"
+    result = run_examples(
+        f"--cowenv-dir={cache}",
+        "-p",
+        "no:xdist",
+        "-k",
+        "pytest==8.2",
+        "--cov=pytest_passrate",
+        "--cov-branch",
+        f"--cov-report=json:{report}",
+        path="examples/test_matrix_plugin.py",
+    )
+    assert result.ret == 0, result.stdout.str() + result.stderr.str()
+    result.stdout.fnmatch_lines(["coverage: * data files of 1 clones combined into the run's"])
+    files = json.loads(report.read_text())["files"]
+    assert sorted(files) == ["examples/matrix_plugin/src/pytest_passrate/__init__.py"]
+    (summary,) = (f["summary"] for f in files.values())
+    assert summary["percent_covered"] == 100.0, summary

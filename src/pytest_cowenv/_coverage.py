@@ -358,23 +358,20 @@ class CloneCoverage:
         )
         if not files:
             return
-        import coverage
+        from coverage import CoverageData
+        from coverage.data import combine_parallel_data
+        from coverage.files import PathAliases
 
-        combiner = coverage.Coverage(data_file=None, config_file=False)
-        combiner.set_option("run:relative_files", self.measured.relative_files)
-        cwd = os.getcwd()
-        combiner.set_option(
-            "paths",
-            {
-                f"cowenv{i}": [
-                    os.path.relpath(root, cwd) if self.measured.relative_files else root,
-                    str(site_dir),
-                ]
-                for i, root in enumerate(sorted(roots))
-            },
-        )
-        combiner.combine(files, keep=True)  # the files go with the clone
-        data = combiner.get_data()
+        # `coverage combine` with [paths] aliases, at the data level: creating a Coverage
+        # object would tell coverage's own measurement of this process (started by its
+        # process-start hook, as in xdist workers under `patch = subprocess`) not to save.
+        relative = self.measured.relative_files
+        aliases = PathAliases(relative=relative)
+        for root in sorted(roots):
+            aliases.add(str(site_dir), os.path.relpath(root) if relative else root)
+        data = CoverageData(no_disk=True)
+        # keep: the files are the clone's, removed with it
+        combine_parallel_data(data, aliases=aliases, data_paths=files, keep=True)
         prefix = str(env.path) + os.sep
         left = [f for f in data.measured_files() if f.startswith(prefix)]
         if left:

@@ -8,11 +8,11 @@ Trees: ``w1``, a real venv with requests and rich (~1.3k files, ~15 MB; a genera
 1.2k files and 20 MB if pip cannot build it), and ``10k``, 10,000 generated files (40 MB).
 On each filesystem every available strategy of ``clone_tree`` (snapshot, clone, copy) runs
 interleaved with ``cp -a --reflink=always``, ``cp -a`` and ``shutil.copytree``; each run is
-preceded by an untimed ``sync``. The table shows medians and p95 in ms, the ratio of the
-medians to the matching cp (per-file clone and snapshot: ``cp --reflink``; copy: ``cp -a``)
-with the interquartile range of the ratios taken round by round (the spread a re-run's ratio
-should fall in), and the time to remove what the run made (``remove_tree`` for ours,
-``rm -rf`` for cp, ``shutil.rmtree``). ``--threads 2,4`` adds per-file clones whose
+preceded by an untimed ``sync``. The table shows medians, interquartile ranges and p95 in ms,
+the ratio to the matching cp (per-file clone and snapshot: ``cp --reflink``; copy: ``cp -a``)
+as the median and interquartile range of the ratios taken round by round (the spread a
+re-run's ratio should fall in), and the time to remove what the run made (``remove_tree`` for
+ours, ``rm -rf`` for cp, ``shutil.rmtree``). ``--threads 2,4`` adds per-file clones whose
 directories are shared among that many threads, to check that the engine's one thread is
 still the faster choice on this machine.
 """
@@ -264,6 +264,7 @@ def report(fs_name: str, tree_name: str, files: int, cases: list[Case]) -> list[
                 f"{fs_name} {tree_name} ({files} files)",
                 case.name,
                 fmt_ms(median(case.seconds)),
+                "-".join(f"{q * 1e3:.1f}" for q in quartiles(case.seconds)),
                 fmt_ms(p95(case.seconds)),
                 ratio,
                 fmt_ms(median(case.cleanup_seconds)),
@@ -494,7 +495,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 remove_tree(bench / entry)
             os.rmdir(bench)
 
-    columns = ["filesystem, tree", "case", "median ms", "p95 ms", "ratio (IQR)", "remove ms"]
+    columns = [
+        "filesystem, tree",
+        "case",
+        "median ms",
+        "IQR ms",
+        "p95 ms",
+        "ratio (IQR)",
+        "remove ms",
+    ]
     print(
         f"\nclone benchmark: median of {args.repeat} interleaved runs, each after a sync; "
         "ratio: median and IQR of the round-by-round ratios\n"

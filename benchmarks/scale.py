@@ -123,11 +123,12 @@ class Point:
     ms: float
     disk_per_clone: float  # bytes, statvfs after sync
     data_bytes: int
+    rounds: list[float]  # ms of each round, in round order
 
 
-def time_cases(sources: list[Source], reps: int) -> dict[tuple[str, str, str], float]:
-    """Median ms per (fs, tree, method): every case once per round, rounds interleaved, each
-    clone removed (untimed) before the next; ``_common.interleaved`` syncs before each."""
+def time_cases(sources: list[Source], reps: int) -> dict[tuple[str, str, str], list[float]]:
+    """ms of each round per (fs, tree, method): every case once per round, rounds interleaved,
+    each clone removed (untimed) before the next; ``_common.interleaved`` syncs before each."""
     cases = {}
     for src in sources:
         for method in methods_for(src.fs):
@@ -140,7 +141,7 @@ def time_cases(sources: list[Source], reps: int) -> dict[tuple[str, str, str], f
                 cleanup=functools.partial(remove_tree, dst),
             )
     interleaved(list(cases.values()), repeat=reps)
-    return {key: median(case.seconds) * 1000 for key, case in cases.items()}
+    return {key: [t * 1000 for t in case.seconds] for key, case in cases.items()}
 
 
 def disk_per_clone(src: Source, method: str, clones: int) -> float:
@@ -159,10 +160,11 @@ def disk_per_clone(src: Source, method: str, clones: int) -> float:
     return added / clones
 
 
-def slope_us(points: list[Point]) -> float:
-    """Least-squares slope of time against files, in µs per file."""
+def slope_us(points: list[Point], round_: Optional[int] = None) -> float:
+    """Least-squares slope of time against files, in µs per file: of the medians, or of one
+    round's times."""
     xs = [p.files for p in points]
-    ys = [p.ms * 1000 for p in points]
+    ys = [(p.ms if round_ is None else p.rounds[round_]) * 1000 for p in points]
     mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
     var = sum((x - mx) ** 2 for x in xs)
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var if var else float("nan")
@@ -272,9 +274,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     src.name,
                     src.files,
                     method,
-                    times[(src.fs, src.name, method)],
+                    median(times[(src.fs, src.name, method)]),
                     disk_per_clone(src, method, clones),
                     src.tree.nbytes,
+                    times[(src.fs, src.name, method)],
                 )
             )
 
@@ -329,6 +332,7 @@ def print_report(points: list[Point], conc: list[ConcPoint], found: dict[str, st
                 "data MiB",
                 "method",
                 "ms",
+                "rounds ms",
                 "µs/file",
                 "KiB/clone",
                 "of the data",
@@ -341,6 +345,7 @@ def print_report(points: list[Point], conc: list[ConcPoint], found: dict[str, st
                     p.data_bytes / 2**20,
                     p.method,
                     p.ms,
+                    f"{min(p.rounds):.1f}-{max(p.rounds):.1f}",
                     p.ms * 1000 / p.files,
                     p.disk_per_clone / 1024,
                     f"{p.disk_per_clone / p.data_bytes * 100:.1f} %",
@@ -357,16 +362,19 @@ def print_report(points: list[Point], conc: list[ConcPoint], found: dict[str, st
             if len(pts) < 2:
                 continue
             flat = max(p.ms for p in pts) / min(p.ms for p in pts)
+            per_round = [slope_us(pts, r) for r in range(min(len(p.rounds) for p in pts))]
             rows.append(
                 [
                     fs,
                     method,
                     f"{slope_us(pts):.1f}",
+                    f"{min(per_round):.1f}-{max(per_round):.1f}",
                     f"{flat:.1f}x",
                     f"{pts[0].files}→{pts[-1].files} files",
                 ]
             )
-    print(show(["fs", "method", "slope µs/file", "largest/smallest time", "range"], rows))
+    columns = ["fs", "method", "slope µs/file", "rounds", "largest/smallest time", "range"]
+    print(show(columns, rows))
     print("\n-- concurrent clones of the real W1 template")
     print(
         show(

@@ -29,8 +29,6 @@ _EXPORTS = {
     "TemplateSpec": "spec",
     "Template": "template",
     "TemplateCache": "template",
-    "versions": "matrix",
-    "Versions": "matrix",
 }
 
 __all__ = [
@@ -53,8 +51,6 @@ __all__ = [
     "clone_tree",
     "probe",
     "remove_tree",
-    "versions",
-    "Versions",
 ]
 
 if TYPE_CHECKING:
@@ -71,7 +67,6 @@ if TYPE_CHECKING:
         TemplateBuildError,
     )
     from .fs import FsInfo, probe
-    from .matrix import Versions, versions
     from .spec import TemplateSpec
     from .template import Template, TemplateCache
 

@@ -287,10 +287,9 @@ def _per_file(tree: Tree, dst: str, ops: _FileOps, pause: Optional[Pause]) -> No
     """Make ``dst`` from ``tree`` file by file, in the caller's thread.
 
     One thread on purpose: a file costs a handful of short system calls, each of which drops
-    and takes back the GIL, so a second thread spends more handing the GIL over than it
-    saves, and the filesystem serialises much of the rest (one directory lock per create,
-    one allocation group or b-tree per clone). ``benchmarks/clone.py --workers 1,2,4``
-    measures it (docs/bench-clone.txt).
+    and takes back the GIL, so a second thread spends on handing the GIL over what it gains
+    by overlapping them; threads sharing out the directories were slower than one on every
+    filesystem measured. ``benchmarks/clone.py --threads 2,4`` re-checks it on a machine.
     """
     src = tree.root
     root_mode = tree.root_entry[1]

@@ -11,16 +11,22 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Callable
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 import pytest
 
 from _helpers import fast_dir, remove_cache
 from _wheels import standard_wheelhouse
 from pytest_cowenv._coverage import CLONE_DIR, PTH_NAME
+
+if TYPE_CHECKING:
+    from pytest_cowenv.env import CowEnv
 
 pytest.importorskip("pytest_cov", reason="pip install -e '.[test]' installs pytest-cov")
 
@@ -281,3 +287,170 @@ def test_clone_sees_only_coverage_of_the_outer_env(pytester: pytest.Pytester, ru
     )
     probe = "import sys; print('coverage' in sys.modules)"
     assert pytester.run(kept / "bin" / "python", "-c", probe).outlines == ["False"]
+
+
+PYENV = Path("~/.pyenv/versions").expanduser()  # now: pytester moves HOME
+
+
+def other_python(supported: bool) -> str:
+    """An interpreter of another minor version than this one that this coverage runs on
+    (``supported``) or not (its ``Requires-Python``); the test skips without one."""
+    import glob
+    from importlib.metadata import metadata
+
+    from packaging.specifiers import SpecifierSet
+
+    allowed = SpecifierSet((metadata("coverage").get_all("Requires-Python") or [""])[0])
+    for minor in range(8, 16):
+        if minor == sys.version_info[1] or (f"3.{minor}.0" in allowed) != supported:
+            continue
+        pyenv = glob.glob(f"{PYENV}/3.{minor}*/bin/python3.{minor}")
+        for found in [shutil.which(f"python3.{minor}"), *pyenv]:
+            if not found:
+                continue
+            probe = [found, "-c", "import sys; print(sys.executable)"]
+            done = subprocess.run(probe, capture_output=True, text=True, check=False)
+            if done.returncode == 0:  # a pyenv shim for a version that is not selected fails
+                return done.stdout.strip()
+    pytest.skip(f"no python3.X {'that' if supported else 'that not'} coverage supports on PATH")
+
+
+@pytest.mark.parametrize("supported", [True, False], ids=["supported", "unsupported"])
+def test_clone_of_another_python(pytester: pytest.Pytester, run: Run, supported: bool) -> None:
+    """A clone of another Python runs the outer coverage package without its compiled
+    tracer (quietly: the test's stderr stays empty), if that coverage supports the version;
+    otherwise the summary says it was not measured."""
+    python = other_python(supported)
+    pytester.makepyfile(
+        test_other=f"""
+        import pytest
+
+        @pytest.mark.cowenv(project=True, python={python!r})
+        def test_script(cowenv):
+            done = cowenv.run("mytool", "1")
+            assert (done.stdout.strip(), done.stderr) == ("positive", "")
+        """
+    )
+    result = run("--cov=mypkg", "--cov-report=json:cov.json", "test_other.py")
+    result.assert_outcomes(passed=1)
+    if supported:
+        core = read_report(pytester.path / "cov.json")[CORE_FILE]
+        assert {2, 3} <= set(core["executed_lines"])
+    else:
+        result.stdout.fnmatch_lines(
+            ["coverage: clones of a Python that this run's coverage does not support *(python3.*)"]
+        )
+
+
+# --- the core in-process (no pytest run inside): a venv made here stands for a clone ---------
+
+
+@pytest.fixture
+def own_measurement_kept() -> Iterator[None]:
+    """These tests make Coverage objects; coverage then takes this process for one that
+    measures itself and tells its auto-started measurement (CI's `patch = subprocess` in an
+    xdist worker) not to save: this keeps it saving."""
+    import coverage
+
+    auto = getattr(coverage.process_startup, "coverage", None)
+    saving = getattr(auto, "_auto_save", False)
+    yield
+    if auto is not None:
+        auto._auto_save = saving
+
+
+def fake_clone(path: Path) -> CowEnv:
+    """A venv at ``path`` with the handle's two attributes the coverage core reads."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True)
+    spec = SimpleNamespace(describe=lambda: "fake")
+    return cast("CowEnv", SimpleNamespace(path=path, template=SimpleNamespace(spec=spec)))
+
+
+@pytest.mark.usefixtures("own_measurement_kept")
+def test_core_maps_a_clones_lines_to_the_sources(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import coverage
+
+    from pytest_cowenv._coverage import CloneCoverage, measured
+    from pytest_cowenv._venv import site_packages
+
+    project = make_project(tmp_path / "proj")
+    env = fake_clone(tmp_path / "clone")
+    shutil.copytree(project / "src" / "mypkg", site_packages(env.path) / "mypkg")
+    shutil.copytree(project / "src" / "mypkg", site_packages(env.path) / "ghost")  # no source
+    outer = coverage.Coverage(data_file=None, config_file=False, branch=True)
+    outer.set_option("run:source", ["mypkg", "ghost"])
+    measure = CloneCoverage(measured(outer), (), live=outer)
+
+    def no_coverage_object(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a Coverage object would stop this process's own measurement")
+
+    # (coverage's process-start hook measures xdist workers under `patch = subprocess`; a
+    # Coverage made later in the process tells that measurement not to save.)
+    monkeypatch.setattr(coverage.Coverage, "__init__", no_coverage_object)
+    assert measure.prepare(env, (str(project),))
+    assert measure.stats.unmapped == ["ghost"]
+    code = "from mypkg.core import sign; sign(1)"
+    # The outer run's own process-start config (coverage's `patch = subprocess`) never applies.
+    leaked = dict(os.environ, COVERAGE_PROCESS_CONFIG="not for clones")
+    subprocess.run([env.path / "bin" / "python", "-c", code], check=True, env=leaked)
+    measure.collect(env)
+    measure.finish()
+    data = outer.get_data()
+    core = str(project / CORE_FILE)
+    package = project / "src" / "mypkg"
+    assert data.measured_files() == {str(package / f) for f in ("__init__.py", "core.py", "cli.py")}
+    assert set(data.lines(core) or ()) == {1, 2, 3, 7, 11}
+    assert (2, 3) in (data.arcs(core) or ())
+    assert measure.stats.clones == 1 and measure.stats.files == 1
+    assert measure.notes() == [
+        "measured in clones but no source found outside them (not reported): ghost"
+    ]
+
+
+@pytest.mark.usefixtures("own_measurement_kept")
+def test_core_reads_the_outer_configuration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import coverage
+
+    from pytest_cowenv._coverage import detect, measured
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "src").mkdir()
+    (tmp_path / ".coveragerc").write_text(
+        "[run]\nsource = src, mypkg\nsource_pkgs = other\nomit = src/skip.py, */vendored/*\n"
+        "patch = subprocess, _exit\ndisable_warnings = no-data-collected\ntimid = True\n"
+    )
+    what = measured(coverage.Coverage())
+    assert what.source_dirs == (str((tmp_path / "src").resolve()),)
+    assert what.source_names == ("other", "mypkg")
+    assert what.omit == (str(tmp_path / "src" / "skip.py"), "*/vendored/*")
+    assert what.patch == ("_exit",) and what.quiet == ("no-data-collected",)
+    assert ("timid", "True") in what.carried and not what.everything
+
+    monkeypatch.setattr(coverage.Coverage, "current", classmethod(lambda cls: None))
+    assert detect("off", None) is None
+    assert detect("auto", None) is None  # nothing measures this process
+    on = detect("on", None)  # beside the configured data file, for `coverage combine`
+    assert on is not None and on._beside == str(tmp_path / ".coverage")
+
+
+def test_a_package_installed_later_is_measured(pytester: pytest.Pytester, run: Run) -> None:
+    pytester.makepyfile(
+        test_later="""
+        from pathlib import Path
+
+        import pytest
+
+        @pytest.mark.cowenv("alpha==1.0")
+        def test_later(cowenv):
+            cowenv.install(str(Path(__file__).parent))  # this project, into this clone only
+            assert cowenv.run("mytool", "0").stdout.strip() == "not positive"
+        """
+    )
+    result = run("--cov=mypkg", "--cov-branch", "--cov-report=json:cov.json", "test_later.py")
+    result.assert_outcomes(passed=1)
+    core = read_report(pytester.path / "cov.json")[CORE_FILE]
+    assert {2, 4} <= set(core["executed_lines"]) and 3 in core["missing_lines"]

@@ -41,12 +41,26 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("clone engine", {"clone"}),  # the package and its private modules
     (
         "filesystem probes, installers, specs, cache layout",
-        {"fs", "_install", "spec", "_lock", "_plan", "store", "_atomic", "_content", "generations"},
+        {
+            "fs",
+            "_install",
+            "spec",
+            "_lock",
+            "_plan",
+            "store",
+            "_atomic",
+            "_content",
+            "generations",
+            "_releases",
+        },
     ),
     ("templates and the clone handle", {"template", "_build", "env"}),
-    ("pool, clean-up, checks, report", {"pool", "maintenance", "verify", "report", "_coverage"}),
+    (
+        "pool, clean-up, checks, report",
+        {"pool", "reuse", "maintenance", "verify", "report", "_coverage"},
+    ),
     ("session", {"session"}),
-    ("front ends", {"plugin", "cli", "__main__"}),
+    ("front ends", {"plugin", "matrix", "cli", "__main__"}),
 ]
 # The engine's own white-box tests reach its back-ends directly; nothing else may.
 WHITE_BOX = {"test_backends_faked.py", "test_clone_engine.py"}

@@ -273,7 +273,7 @@ def test_spec_errors_are_one_clear_line_and_not_retried(
     result.assert_outcomes(passed=1, errors=8)
     first_lines = {
         "test_unknown_keyword": "cowenv: unknown keyword bogus; allowed: python, project, "
-        "link_mode, pip, groups, extras, lock, resolution, exclude_newer",
+        "link_mode, pip, groups, extras, lock, resolution, exclude_newer, matrix",
         "test_invalid_requirement": "'alpha>>1': invalid requirement *",
         "test_missing_wheel": "dist/missing-1.0-py3-none-any.whl: no such local wheel*",
         "test_no_python_1": "python='9.9': no such interpreter*",
@@ -477,7 +477,7 @@ def test_markers_lists_the_full_signature(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_inprocess("--markers")
     signature = (
         "cowenv(*requirements, python=None, project=False, link_mode=None, pip=False, "
-        "groups=(), extras=(), lock=None, resolution=None, exclude_newer=None)"
+        "groups=(), extras=(), lock=None, resolution=None, exclude_newer=None, matrix=None)"
     )
     result.stdout.fnmatch_lines([f"@pytest.mark.{signature}: *"])
     assert MARKER_DOC.startswith(signature)
@@ -620,9 +620,11 @@ def test_unused_plugin_imports_no_core(pytester: pytest.Pytester) -> None:
     loaded = [  # _defaults holds constants only
         "pytest_cowenv",
         "pytest_cowenv._defaults",
+        "pytest_cowenv._names",  # the exact names of cache entries (store and marker)
         "pytest_cowenv._owner",  # the start-up vets the cache dir: store and its small leaves
         "pytest_cowenv.errors",
         "pytest_cowenv.marker",
+        "pytest_cowenv.matrix",  # pytest glue of versions() and matrix=: no core at import
         "pytest_cowenv.plugin",
         "pytest_cowenv.report",
         "pytest_cowenv.store",

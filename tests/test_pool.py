@@ -89,9 +89,9 @@ def btrfs_root(roots: Callable[[str], Path]) -> Path:
 def make_session(wheelhouse: Path) -> Iterator[Callable[..., CowEnvSession]]:
     made: list[CowEnvSession] = []
 
-    def make(root: Path, pool: int = 2) -> CowEnvSession:
+    def make(root: Path, pool: int = 2, reuse: bool = True) -> CowEnvSession:
         index = IndexOptions(find_links=(str(wheelhouse),), offline=True)
-        session = CowEnvSession(Settings(root=str(root), pool=pool, index=index))
+        session = CowEnvSession(Settings(root=str(root), pool=pool, index=index, reuse=reuse))
         made.append(session)
         return session
 
@@ -125,7 +125,9 @@ def test_pooled_clone_is_fresh(root: Path, make_session: Callable[..., CowEnvSes
         wait_for(lambda: pool.ready(template, LinkMode.AUTO) == 2)
         env = session.acquire(spec, f"test_{i}")
         assert session.stats.pool_hits == i + 1
-        assert env.path.parent == session.run_dir and env.path.name == f"test_{i}-{i + 3}"
+        # In a folder of its own, named for its test: the folder moves, the clone stays put.
+        assert env.path.parent.parent == session.run_dir and env.path.name == "env"
+        assert env.path.parent.name == f"test_{i}-{i + 3}"
         # Exactly the template: nothing a previous test wrote, nothing half-made.
         assert walk_tree(env.path).listing(stamps=False) == template.tree.listing(stamps=False)
         (env.path / "used-by").write_text(f"test_{i}")
@@ -138,7 +140,7 @@ def test_pooled_clone_is_fresh(root: Path, make_session: Callable[..., CowEnvSes
 def test_rebuilt_template_is_never_served_stale(
     root: Path, make_session: Callable[..., CowEnvSession]
 ) -> None:
-    session = make_session(root)
+    session = make_session(root, reuse=False)  # every ready clone here is one made ahead
     spec, pool = pooled(session, ["alpha==2.0"])
     old = session.cache.get(spec)
     wait_for(lambda: pool.ready(old, LinkMode.AUTO) == 2)
@@ -261,7 +263,7 @@ def test_transient_background_failure_falls_back_and_recovers(
         return real(*args, **kwargs)
 
     monkeypatch.setattr(pool_module, "clone_tree", fail_once)
-    session = make_session(root)
+    session = make_session(root, reuse=False)  # no clone given back stands in for one
     spec, pool = pooled(session, [SPEC])
     wait_for(lambda: pool.errors == ["injected failure"])
     env = session.acquire(spec, "after-failure")  # a miss, made here: and it restarts the pool
@@ -275,7 +277,8 @@ def test_no_clones_ahead_on_a_nearly_full_disk(
     root: Path, make_session: Callable[..., CowEnvSession], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(pool_module, "MIN_FREE", 1 << 60)  # never room to spare
-    session = make_session(root)
+    # A clone given back takes no more room than it did: only clones made ahead are meant.
+    session = make_session(root, reuse=False)
     spec = session.spec([SPEC])
     for i in range(3):
         env = session.acquire(spec, f"t{i}")
@@ -473,7 +476,7 @@ def test_two_workers_never_share_a_clone(
     result.assert_outcomes(passed=16)
     clones = (pytester.path / "clones.log").read_text().split()
     assert len(clones) == 16 and len(set(clones)) == 16
-    assert len({Path(c).parent for c in clones}) == 2  # one run folder per worker
+    assert len({Path(c).parent.parent for c in clones}) == 2  # one run folder per worker
     assert run_dirs(root) == []
 
 

@@ -29,6 +29,8 @@ _EXPORTS = {
     "TemplateSpec": "spec",
     "Template": "template",
     "TemplateCache": "template",
+    "versions": "matrix",
+    "Versions": "matrix",
 }
 
 __all__ = [
@@ -51,6 +53,8 @@ __all__ = [
     "clone_tree",
     "probe",
     "remove_tree",
+    "versions",
+    "Versions",
 ]
 
 if TYPE_CHECKING:
@@ -67,6 +71,7 @@ if TYPE_CHECKING:
         TemplateBuildError,
     )
     from .fs import FsInfo, probe
+    from .matrix import Versions, versions
     from .spec import TemplateSpec
     from .template import Template, TemplateCache
 

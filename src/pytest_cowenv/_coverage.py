@@ -39,7 +39,7 @@ CLONE_DIR = ".cowenv-coverage"  # in the clone's root: the rc file, coverage's l
 PTH_NAME = "00_cowenv_coverage.pth"  # sorts first: coverage starts before other .pth code
 # [run] options carried into the clones as they are (the rest is derived, or meaningless
 # there: plugins and contexts live in the outer environment).
-CARRIED = ("timid", "cover_pylib", "disable_warnings", "sigterm")
+CARRIED = ("timid", "cover_pylib", "sigterm")
 
 # Runs in every Python process of the clone, from the .pth file: no-op once the clone's
 # coverage folder is gone (a kept clone, moved), silent when coverage cannot start (the error
@@ -74,6 +74,7 @@ class Measured:
     relative_files: bool
     carried: tuple[tuple[str, str], ...]  # other [run] options, as rc lines
     patch: tuple[str, ...]  # coverage's [run] patch, without subprocess (we start clones)
+    quiet: tuple[str, ...] = ()  # [run] disable_warnings
 
     @property
     def everything(self) -> bool:
@@ -173,6 +174,7 @@ def measured(cov: Coverage) -> Measured:
         relative_files=bool(_option(cov, "run:relative_files")),
         carried=tuple(carried),
         patch=tuple(p for p in _option(cov, "run:patch") or () if p != "subprocess"),
+        quiet=tuple(_option(cov, "run:disable_warnings") or ()),
     )
 
 
@@ -222,7 +224,7 @@ class CloneCoverage:
         (again after an install: the rc file then names the new packages). ``local``: the
         spec's local projects, where its installed packages may come from."""
         site_dir = site_packages(env.path)
-        if site_dir.parent.name != f"python{sys.version_info[0]}.{sys.version_info[1]}":
+        if not _supported(site_dir.parent.name):
             with self._lock:
                 shown = f"{env.template.spec.describe()} ({site_dir.parent.name})"
                 if shown not in self.stats.other_python:
@@ -315,6 +317,9 @@ class CloneCoverage:
             "relative_files = False",
             f"source_pkgs ={_rc_value(names)}",
         ]
+        # Another Python than the outer one cannot load its compiled tracer: coverage says so
+        # on stderr in every process (the tests' output) and measures in Python instead.
+        lines.append(f"disable_warnings ={_rc_value(['no-ctracer', *what.quiet])}")
         if what.source_dirs:
             lines.append(f"source ={_rc_value(what.source_dirs)}")
         if what.omit:
@@ -353,23 +358,20 @@ class CloneCoverage:
         )
         if not files:
             return
-        import coverage
+        from coverage import CoverageData
+        from coverage.data import combine_parallel_data
+        from coverage.files import PathAliases
 
-        combiner = coverage.Coverage(data_file=None, config_file=False)
-        combiner.set_option("run:relative_files", self.measured.relative_files)
-        cwd = os.getcwd()
-        combiner.set_option(
-            "paths",
-            {
-                f"cowenv{i}": [
-                    os.path.relpath(root, cwd) if self.measured.relative_files else root,
-                    str(site_dir),
-                ]
-                for i, root in enumerate(sorted(roots))
-            },
-        )
-        combiner.combine(files, keep=True)  # the files go with the clone
-        data = combiner.get_data()
+        # `coverage combine` with [paths] aliases, at the data level: creating a Coverage
+        # object would tell coverage's own measurement of this process (started by its
+        # process-start hook, as in xdist workers under `patch = subprocess`) not to save.
+        relative = self.measured.relative_files
+        aliases = PathAliases(relative=relative)
+        for root in sorted(roots):
+            aliases.add(str(site_dir), os.path.relpath(root) if relative else root)
+        data = CoverageData(no_disk=True)
+        # keep: the files are the clone's, removed with it
+        combine_parallel_data(data, aliases=aliases, data_paths=files, keep=True)
         prefix = str(env.path) + os.sep
         left = [f for f in data.measured_files() if f.startswith(prefix)]
         if left:
@@ -416,12 +418,30 @@ class CloneCoverage:
             )
         if s.other_python:
             notes.append(
-                "clones of another Python than this run's are not measured: "
+                "clones of a Python that this run's coverage does not support are not measured: "
                 + ", ".join(s.other_python)
             )
         notes += [f"could not start in a clone: {e}" for e in s.errors[:1]]
         notes += [f"could not combine a clone's data: {e}" for e in s.failed[:1]]
         return notes
+
+
+def _supported(lib_name: str) -> bool:
+    """Whether the outer coverage package runs on the clone's Python (``lib/python3.12``):
+    the versions its ``Requires-Python`` allows. Another version than the outer one runs it
+    without its compiled tracer."""
+    from importlib.metadata import PackageNotFoundError, metadata
+
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+    version = lib_name[len("python") :]
+    if version == f"{sys.version_info[0]}.{sys.version_info[1]}":
+        return True
+    try:
+        requires = (metadata("coverage").get_all("Requires-Python") or [""])[0]
+        return SpecifierSet(requires).contains(f"{version}.0")
+    except (PackageNotFoundError, InvalidSpecifier):
+        return False
 
 
 def _inside(path: Path, directory: str) -> bool:

@@ -5,3 +5,4 @@ whether any test asks for an environment.
 """
 
 DEFAULT_POOL = 2  # clones kept ready ahead of the tests, per template in use
+VERSIONS_EXPIRY = 600.0  # seconds a listing of releases (versions()) is reused

@@ -39,6 +39,11 @@ META_TMP = re.compile(rf"^\.{KEY}(?:\.\d+)?\.json\.[0-9a-f-]+\.tmp$")
 _ANY_RUN = r"run-[0-9a-f-]+-[0-9a-f]{6}"
 KEPT = re.compile(rf"^{_ANY_RUN}-[A-Za-z0-9_.]+-\d+$")
 
+# Under versions/ (see _releases.list_releases): a listing of a project's releases, or the
+# lock its listers take; a listing being written (store.temp_name).
+LISTING = re.compile(rf"^{KEY}\.(?:json|lock)$")
+LISTING_TMP = re.compile(rf"^\.{KEY}\.json\.{TOKEN}\.tmp$")
+
 
 def is_generation(name: str, *, is_dir: bool) -> bool:
     """Whether ``name`` under templates/ is a numbered generation's tree (``is_dir``) or one

@@ -23,12 +23,15 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from . import _owner
+from ._defaults import VERSIONS_EXPIRY
 from ._names import (
     BUILD_DIR,
     KEPT,
     LEGACY_BUILD_DIR,
     LEGACY_RUN_DIR,
     LEGACY_TMP_FILE,
+    LISTING,
+    LISTING_TMP,
     META_TMP,
     RUN_DIR,
     TMP_FILE,
@@ -364,6 +367,7 @@ def prune(
             else:
                 report.skipped.append(Item(str(path), what, size, reason))
     prune_bytecode(layout, report)
+    prune_listings(layout, report, everything=everything)
     return report
 
 
@@ -423,6 +427,7 @@ def clean(layout: Layout, *, kept: bool = False) -> Report:
                 remove_tree(entry.path, root=layout.root)
                 report.removed.append(Item(entry.path, "kept clone"))
     prune_bytecode(layout, report)
+    prune_listings(layout, report)
     return report
 
 
@@ -461,7 +466,17 @@ def clean_all(layout: Layout, *, lock_timeout: float = PRUNE_LOCK_TIMEOUT) -> Re
         size = allocated_bytes(layout.bytecode)
         remove_tree(layout.bytecode, root=layout.root)
         report.removed.append(Item(str(layout.bytecode), "bytecode store", size))
-    folders = (layout.templates, layout.clones, layout.tmp, layout.kept, layout.bytecode)
+    for entry in _children(layout.versions):  # the listers' locks: a lister only lists again
+        if LISTING.match(entry.name):
+            remove_tree(entry.path, root=layout.root)
+    folders = (
+        layout.templates,
+        layout.clones,
+        layout.tmp,
+        layout.kept,
+        layout.bytecode,
+        layout.versions,
+    )
     for folder in folders:
         with contextlib.suppress(OSError):  # only if empty: a look-alike of the user's stays
             os.rmdir(folder)
@@ -517,6 +532,27 @@ def prune_bytecode(layout: Layout, report: Report) -> None:
     if count:
         what = f"unused bytecode ({count} entr{'y' if count == 1 else 'ies'})"
         report.removed.append(Item(str(layout.bytecode), what, size))
+
+
+def prune_listings(layout: Layout, report: Report, *, everything: bool = False) -> None:
+    """Remove the release listings of ``versions()`` that are stale (all with
+    ``everything``), and unfinished ones of writers that are gone. A listing is a cache of
+    the index: one removed under a run only costs that run a listing."""
+    stale_before = time.time() - VERSIONS_EXPIRY
+    count = size = 0
+    for entry in _children(layout.versions):
+        if LISTING.match(entry.name) and entry.name.endswith(".json"):
+            with contextlib.suppress(OSError):
+                st = entry.stat(follow_symlinks=False)
+                if everything or st.st_mtime < stale_before:
+                    remove_tree(entry.path, root=layout.root)
+                    count, size = count + 1, size + st.st_size
+        elif LISTING_TMP.match(entry.name) and _dead_writer(entry.name):
+            with contextlib.suppress(OSError):
+                remove_tree(entry.path, root=layout.root)
+    if count:
+        what = f"release listings ({count})"
+        report.removed.append(Item(str(layout.versions), what, size))
 
 
 def _remove_lock_files(layout: Layout, key: str) -> Optional[str]:

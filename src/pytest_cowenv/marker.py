@@ -19,7 +19,7 @@ import stat
 import uuid
 from typing import NamedTuple, Optional
 
-from ._names import KEY, META_TMP, is_generation
+from ._names import KEY, LISTING, LISTING_TMP, META_TMP, is_generation
 
 CACHEDIR_TAG = "CACHEDIR.TAG"
 TAG_SIGNATURE = "Signature: 8a477f597d28d172789f06886806bc55"
@@ -121,6 +121,14 @@ def _first_stranger(root: str, names: list[str], *, remains: bool = False) -> Op
     With ``remains``: what shows that no version made it, whichever of its folders are left."""
     for name in sorted(names):
         shown = _shown(root, name)
+        if remains and shown == "versions/":
+            sub = os.path.join(root, name)
+            for child in sorted(os.listdir(sub)):
+                if not (LISTING.match(child) or LISTING_TMP.match(child)) or _shown(
+                    sub, child
+                ).endswith("/"):
+                    return repr(f"{name}/{_shown(sub, child)}")
+            continue  # release listings of versions(), kept in versions/
         if not _LEGACY[""].fullmatch(shown) and not (remains and name == CACHEDIR_TAG):
             return repr(shown)
         if shown.endswith("/") and name in _LEGACY:

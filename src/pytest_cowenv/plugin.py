@@ -27,18 +27,20 @@ if TYPE_CHECKING:
 LINK_MODES = ("auto", "snapshot", "clone", "hardlink", "copy")
 KEEP_VALUES = ("none", "failed", "all")
 COV_VALUES = ("auto", "on", "off")  # as _coverage.MODES, which this module must not import
+REUSE_VALUES = ("yes", "no")
 SPEC_KEYWORDS = ("groups", "extras", "lock", "resolution", "exclude_newer")
-MARKER_KEYWORDS = ("python", "project", "link_mode", "pip", *SPEC_KEYWORDS)
+MARKER_KEYWORDS = ("python", "project", "link_mode", "pip", *SPEC_KEYWORDS, "matrix")
 MARKER_DOC = (
     "cowenv(*requirements, python=None, project=False, link_mode=None, pip=False, "
-    "groups=(), extras=(), lock=None, resolution=None, exclude_newer=None): "
+    "groups=(), extras=(), lock=None, resolution=None, exclude_newer=None, matrix=None): "
     "give the `cowenv` fixture a private copy-on-write virtual environment with these "
     "requirements (PEP 508 strings, local wheels, project directories, '-r file' or "
     "'-c file'; paths are relative to the test file). python: version or path of the "
     "interpreter; project: True for the project at rootdir or a directory; link_mode: "
     "auto|snapshot|clone|hardlink|copy; pip: seed pip into the environment; groups/extras: "
     "dependency groups and extras of the project's pyproject.toml (or the lock's); lock: "
-    "a pylock.toml or uv.lock to install exactly; resolution/exclude_newer: passed to uv."
+    "a pylock.toml or uv.lock to install exactly; resolution/exclude_newer: passed to uv; "
+    "matrix: {axis: [requirements] or versions(...)}, one test per combination."
 )
 
 
@@ -62,6 +64,7 @@ class Options:
         "pool",
         "rebuild_before",
         "requirements",
+        "reuse",
         "root",
         "root_option",
     )
@@ -82,9 +85,11 @@ class Options:
         pool: int = DEFAULT_POOL,
         constraints: tuple[str, ...] = (),
         cov: str = "auto",
+        reuse: bool = True,
     ) -> None:
         self.constraints = constraints
         self.cov = cov
+        self.reuse = reuse
         self.root = root
         self.root_option = root_option  # where the user set the cache directory, for errors
         self.link_mode = link_mode
@@ -112,6 +117,7 @@ class Options:
             requirements=self.requirements,
             pool=self.pool,
             constraints=self.constraints,
+            reuse=self.reuse,
         )
 
 
@@ -155,6 +161,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "clones made ahead per template in use; 0 turns the pool off "
         f"(env PYTEST_COWENV_POOL; default {DEFAULT_POOL})",
         metavar="N",
+    )
+    option(
+        "reuse",
+        f"give a clone that provably did not change to a later test: {'|'.join(REUSE_VALUES)} "
+        "(env PYTEST_COWENV_REUSE; default yes; needs the pool)",
+        metavar="WHICH",
     )
     option(
         "find-links",
@@ -206,6 +218,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         f"measure coverage in clones: {'|'.join(COV_VALUES)} (default auto: when this run "
         "measures coverage, with pytest-cov or coverage run)",
     )
+    option(
+        "refresh-versions",
+        "list the releases that versions() asks for again, not from the cache of listings "
+        "(which are reused for 10 minutes)",
+        ini_type="none",
+        action="store_true",
+        default=False,
+    )
     parser.addini(
         "cowenv_requirements",
         "requirements of the `cowenv` fixture when no marker gives any ('-r FILE' and "
@@ -248,6 +268,7 @@ def make_options(config: pytest.Config) -> Options:
     """Read and validate every option; a bad value is a :class:`pytest.UsageError`."""
     mode = _choice(_pick(config, "link_mode", "PYTEST_COWENV_LINK_MODE"), LINK_MODES, "auto")
     keep = _choice(_pick(config, "keep", "PYTEST_COWENV_KEEP"), KEEP_VALUES, "none")
+    reuse = _choice(_pick(config, "reuse", "PYTEST_COWENV_REUSE"), REUSE_VALUES, "yes")
     pool_raw, where = _pick(config, "pool", "PYTEST_COWENV_POOL")
     try:
         pool = DEFAULT_POOL if pool_raw is None else int(pool_raw)
@@ -304,6 +325,7 @@ def make_options(config: pytest.Config) -> Options:
         pool=pool,
         constraints=constraints,
         cov=cov,
+        reuse=reuse == "yes",
     )
 
 
@@ -322,6 +344,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER_DOC)
     config.stash[options_key] = options = make_options(config)
     _claim_cache_dir(options)
+    from .matrix import configure
+
+    configure(config, options.find_links, options.index_url, options.offline, options.root)
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(_XdistHooks(), "cowenv-xdist")
 
@@ -480,6 +505,10 @@ def _make_spec(
 ) -> TemplateSpec:
     """The spec of a marker or factory call: relative paths are taken from ``base_dir``."""
     _check_options(kwargs)
+    if kwargs.get("matrix") is not None:
+        from .errors import SpecError
+
+        raise SpecError("matrix= parametrizes tests: give it to the cowenv marker")
     project = kwargs.get("project")
     # The ini's requirements stand in for a marker that names no environment at all; a
     # marker with groups, extras or a lock names one.
@@ -573,14 +602,19 @@ def cowenv(request: pytest.FixtureRequest) -> Iterator[CowEnv]:
 
     Its spec comes from the closest ``@pytest.mark.cowenv(*requirements, python=None,
     project=False, link_mode=None, pip=False, groups=(), extras=(), lock=None,
-    resolution=None, exclude_newer=None)`` marker (function, then class, then module
-    ``pytestmark``); when that gives no requirements, from the ini option
-    ``cowenv_requirements``. The template is built once and cached across runs; the test
-    gets a copy-on-write clone, removed at teardown (see ``--cowenv-keep``).
+    resolution=None, exclude_newer=None, matrix=None)`` marker (function, then class, then
+    module ``pytestmark``); when that gives no requirements, from the ini option
+    ``cowenv_requirements``. With ``matrix``, the test runs once per combination of its axes,
+    each with that combination's requirements added. The template is built once and cached
+    across runs; the test gets a copy-on-write clone, removed at teardown (see
+    ``--cowenv-keep``).
     """
-    marker = request.node.get_closest_marker("cowenv")
-    args, kwargs = (marker.args, dict(marker.kwargs)) if marker else ((), {})
-    env = _acquire(request, args, kwargs, _test_line(request))
+    from .matrix import marker_request
+
+    asked = marker_request(request.node, getattr(request, "param", None))
+    if isinstance(asked, str):
+        pytest.fail(asked, pytrace=False)
+    env = _acquire(request, *asked, _test_line(request))
     yield env
     _release(request, env)
 
@@ -611,12 +645,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     not known before they happen."""
     if config.stash[options_key].pool <= 0 or config.option.collectonly:
         return
+    from .matrix import marker_request
+
     groups: dict[str, list[Any]] = {}  # one spec computation per distinct marker and folder
     for item in items:
         if "cowenv" not in getattr(item, "fixturenames", ()):
             continue
-        marker = item.get_closest_marker("cowenv")
-        args, kwargs = (marker.args, dict(marker.kwargs)) if marker else ((), {})
+        callspec = getattr(item, "callspec", None)
+        request = marker_request(item, callspec.params.get("cowenv") if callspec else None)
+        if isinstance(request, str):
+            continue  # the test fails at setup, saying why
+        args, kwargs = request
         asked = _asked(args, kwargs, item.path.parent)
         groups.setdefault(asked, [args, kwargs, item.path.parent, 0])[3] += 1
     if sum(group[3] for group in groups.values()) < 2:

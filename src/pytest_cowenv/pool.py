@@ -9,6 +9,11 @@ done), comes from the template object the caller holds now (a rebuilt template d
 pool), and leaves the pool exactly once (a deque popped under the lock). A clone that fails
 in the background is simply not there: the test clones synchronously and meets the same
 error itself.
+
+Each clone lives in a folder of its own (``<folder>/env``): the folder is what is renamed
+(into the run folder for a test, back into ``pool/`` after it), so the clone's root keeps
+the ctime it was recorded with. A used clone goes back to the pool only by the proof in
+:mod:`~pytest_cowenv.reuse` (its steps are named there); anything else goes to the trash.
 """
 
 from __future__ import annotations
@@ -19,12 +24,13 @@ import os
 import shutil
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
 
+from . import reuse
 from .clone import READ_FLAGS, CloneResult, LinkMode, clone_tree, remove_tree
 
 if TYPE_CHECKING:
@@ -32,7 +38,7 @@ if TYPE_CHECKING:
 
 # A background job that may find a template worth pooling (see ClonePool.prime).
 Primer = Callable[[], Optional[tuple["Template", LinkMode]]]
-Made = tuple[Path, CloneResult]
+ENV = "env"  # the clone's name inside its folder
 
 MIN_FREE = 64 << 20  # bytes a pool never takes from a filesystem, beyond two template copies
 # The test's thread counts as busy above half a CPU over the last look (at least MIN_WINDOW
@@ -51,13 +57,36 @@ class _Stopped(Exception):
     """Raised inside a background clone when the pool closes: abandon it (it is removed)."""
 
 
+@dataclass(eq=False)
+class Lease:
+    """One clone in its folder (``folder/env``), and what reusing it takes."""
+
+    folder: Path
+    result: CloneResult
+    template: Template
+    mode: LinkMode
+    record: Optional[reuse.Record] = None  # None: it is never reused
+    uses: int = 0  # tests that had it before
+    handed_out_ns: int = 0  # reuse.coarse_now() when the current test got it
+    handed_out_boot_ns: int = 0  # reuse.boot_ns() then
+
+    @property
+    def path(self) -> Path:
+        return self.folder / ENV
+
+    def hand_out(self) -> None:
+        """Note the time: call it after the folder has its test's name, before the test."""
+        self.handed_out_ns = reuse.coarse_now()
+        self.handed_out_boot_ns = reuse.boot_ns()
+
+
 @dataclass
 class _Slot:
     """The ready clones of one template in one link mode."""
 
     template: Template
     mode: LinkMode
-    ready: deque[Made] = field(default_factory=deque)
+    ready: deque[Lease] = field(default_factory=deque)
     making: bool = False
     failed: bool = False  # the last background clone failed: wait for a test to succeed
 
@@ -79,6 +108,8 @@ class ClonePool:
         root: Optional[Path] = None,
         warm: bool = WARM,
         errors: Optional[list[str]] = None,
+        reuse_clones: bool = True,
+        discarded: Optional[Counter[str]] = None,
     ) -> None:
         self.size = size
         self.warm = warm
@@ -87,11 +118,16 @@ class ClonePool:
         self.trash_dir = run_dir / "trash"
         self.ready_dir.mkdir(exist_ok=True)
         self.trash_dir.mkdir(exist_ok=True)
+        self.reuse = reuse_clones and reuse.supported(self.ready_dir)
+        # Why used clones went to the trash (for the summary): "reuse off", "changed", ...
+        self.discarded: Counter[str] = Counter() if discarded is None else discarded
         # Beyond this many clones awaiting deletion, `discard` deletes in the caller: the
         # thread is falling behind (CPU-bound tests starve it), and copies cost real disk.
         self.trash_limit = 2 * size + 2
         self._slots: dict[tuple[str, LinkMode], _Slot] = {}
-        self._trash: deque[Path] = deque()
+        self._trash: deque[Path] = deque()  # folders
+        self._returned: deque[Lease] = deque()  # used clones awaiting the proof
+        self._snapshot_wants: dict[str, tuple[Template, reuse.Record]] = {}
         self._primers: deque[Primer] = deque()
         self._warm_lists: dict[str, tuple[Template, list[str]]] = {}
         self._cond = threading.Condition()
@@ -105,8 +141,10 @@ class ClonePool:
 
     # -- the test's side -----------------------------------------------------------------
 
-    def take(self, template: Template, mode: LinkMode) -> Optional[Made]:
-        """A ready clone of ``template`` (the caller now owns it), or None.
+    def take(self, template: Template, mode: LinkMode) -> Optional[Lease]:
+        """A ready clone of ``template`` (the caller now owns it), or None. With none ready,
+        a used one awaiting its proof is proven here, in the caller's thread: cheaper than a
+        clone.
 
         The thread does not refill until :meth:`start`: the caller renames its clone first,
         and on btrfs a rename waits for the transaction commit that a snapshot makes.
@@ -119,7 +157,18 @@ class ClonePool:
                 self._drop(slot)
                 return None
             self._watch.follow(threading.get_ident())
-            return slot.ready.popleft() if slot.ready else None
+            lease = slot.ready.popleft() if slot.ready else None
+            used = None
+            if lease is None:
+                mine = [u for u in self._returned if u.template is template and u.mode is mode]
+                if not mine:
+                    return None
+                used = mine[0]
+                self._returned.remove(used)
+        if used is not None:
+            with self.foreground():
+                lease = self._proven([used])[0]
+        return lease
 
     def ready(self, template: Template, mode: LinkMode) -> int:
         """How many clones of ``template`` are ready now."""
@@ -145,25 +194,67 @@ class ClonePool:
             self._primers.append(primer)
             self._wake()
 
+    def record(self, lease: Lease) -> None:
+        """Record a clone made in the test's thread, if that is free: a btrfs snapshot's
+        record is its template's walk (``reuse.record``). Others are never reused."""
+        if self.reuse and lease.result.strategy == "snapshot":
+            lease.record = self._snapshot_record(lease)
+
+    def give_back(self, lease: Lease, reusable: bool = True) -> None:
+        """A test is done with ``lease`` (its folder where the test had it): back to the pool
+        once proven unchanged, else to the trash. ``reusable=False`` (a kept clone, whose
+        folder is left): to the trash, not counted as discarded."""
+        why = self._refused(lease) if reusable else None
+        if why is not None or not reusable:
+            if why is not None:
+                self.discarded[why] += 1
+            self.discard(lease.folder)
+            return
+        target = self.ready_dir / f"{lease.template.key[:12]}-{next(self._names)}"
+        try:
+            os.rename(lease.folder, target)  # step 3: the path the test knew is gone
+        except OSError:
+            self.discarded["rename failed"] += 1
+            self.discard(lease.folder)
+            return
+        lease.folder = target
+        with self._cond:
+            self._returned.append(lease)
+            self._wake()
+
+    def _refused(self, lease: Lease) -> Optional[str]:
+        """Why ``lease`` cannot go back to the pool, before any proof; None if it may try."""
+        if not self.reuse:
+            return "reuse off"
+        if lease.record is None:
+            return "not recorded"
+        if self._stop.is_set():
+            return "closing"
+        if not reuse.eligible(lease.record, lease.handed_out_ns):
+            return "made in its test's tick"
+        if reuse.coarse_now() < lease.handed_out_ns:
+            return "the clock went back"
+        return None
+
     def foreground(self) -> contextlib.AbstractContextManager[None]:
         """Around a clone or deletion the test's thread makes itself (the pool was behind):
         the pool thread works on beside it instead of standing aside as for a busy test."""
         return self._watch.ours()
 
     def discard(self, path: Path) -> None:
-        """Hand a used clone over for deletion: a rename now, the deletion later."""
+        """Hand a used clone's folder over for deletion: a rename now, the deletion later."""
         with self._cond:
             backlog = len(self._trash)
             closed = self._stop.is_set()
         if backlog >= self.trash_limit or closed:
             with self.foreground():
-                remove_tree(path, root=self.root)
+                remove_folder(path, self.root)
             return
         target = self.trash_dir / f"{path.name}.{next(self._names)}"
         try:
             os.rename(path, target)
         except OSError:  # not expected in our own folder, but never worth failing a test
-            remove_tree(path, root=self.root)
+            remove_folder(path, self.root)
             return
         with self._cond:
             self._trash.append(target)
@@ -182,17 +273,19 @@ class ClonePool:
             if thread.is_alive():
                 return False
         with self._cond:
-            leftovers = [p for s in self._slots.values() for p, _r in s.ready]
+            leftovers = [lease.folder for s in self._slots.values() for lease in s.ready]
+            leftovers += [lease.folder for lease in self._returned]
             leftovers += self._trash
             self._slots.clear()
             self._trash.clear()
+            self._returned.clear()
         for path in leftovers:
             with contextlib.suppress(OSError):
-                remove_tree(path, root=self.root)
+                remove_folder(path, self.root)
         for folder in (self.ready_dir, self.trash_dir):
             for child in _children(folder):  # anything a failed rename left
                 with contextlib.suppress(OSError):
-                    remove_tree(child, root=self.root)
+                    remove_folder(child, self.root)
             with contextlib.suppress(OSError):
                 folder.rmdir()
         return True
@@ -212,11 +305,15 @@ class ClonePool:
         if self._slots.get((slot.template.key, slot.mode)) is slot:
             del self._slots[(slot.template.key, slot.mode)]
         while slot.ready:
-            self._trash.append(slot.ready.popleft()[0])
+            self._trash.append(slot.ready.popleft().folder)
         self._cond.notify()
 
     def _next_job(self) -> Optional[Callable[[], None]]:
         """What to do next, most urgent first (lock held)."""
+        if self._returned:
+            batch = list(self._returned)
+            self._returned.clear()
+            return lambda: self._prove(batch)
         if len(self._trash) > self.size:
             return self._delete_one
         if self._primers:
@@ -260,16 +357,29 @@ class ClonePool:
         making = self.ready_dir / f".making-{name}"
         ready = self.ready_dir / f"{slot.template.key[:12]}-{name}"
         try:
+            making.mkdir()
             result = clone_tree(
-                slot.template.path, making, slot.mode, tree=slot.template.tree, pause=self._pause
+                slot.template.path,
+                making / ENV,
+                slot.mode,
+                tree=slot.template.tree,
+                pause=self._pause,
             )
+            lease = Lease(making, result, slot.template, slot.mode)
+            if self.reuse and slot.mode is not LinkMode.HARDLINK:
+                self._pause()
+                if result.strategy == "snapshot":
+                    lease.record = self._snapshot_record(lease)
+                else:
+                    lease.record = reuse.record(os.fspath(lease.path))  # step 1
             if self.warm:
-                self._warm(making, slot.template)
+                self._warm(making / ENV, slot.template)
             os.rename(making, ready)
+            lease.folder = ready
         except Exception as exc:
             if os.path.lexists(making):  # clone_tree removes its own; a failed warm or rename
                 with contextlib.suppress(OSError):
-                    remove_tree(making, root=self.root)
+                    remove_folder(making, self.root)
             with self._cond:
                 slot.making = False
                 if isinstance(exc, _Stopped):
@@ -283,9 +393,71 @@ class ClonePool:
         with self._cond:
             slot.making = False
             if self._slots.get((slot.template.key, slot.mode)) is slot:
-                slot.ready.append((ready, result))
+                slot.ready.append(lease)
                 return
             self._trash.append(ready)  # the template was rebuilt meanwhile
+
+    def _snapshot_record(self, lease: Lease) -> reuse.Record:
+        """A btrfs snapshot's record: its template's walk (kept per template), its own root."""
+        known = self._snapshot_wants.get(lease.template.key)
+        if known is None or known[0] is not lease.template:
+            base = reuse.template_record(lease.template.tree)
+            known = self._snapshot_wants[lease.template.key] = (lease.template, base)
+        return reuse.snapshot_record(os.fspath(lease.path), known[1])
+
+    def _prove(self, batch: list[Lease]) -> None:
+        """Steps 4 and 5 for used clones (in the thread): back to their pool, or trash."""
+        for lease in self._proven(batch):
+            if lease is None:
+                continue
+            with self._cond:
+                slot = self._slots.get((lease.template.key, lease.mode))
+                if (
+                    slot is not None
+                    and slot.template is lease.template
+                    and len(slot.ready) < 2 * self.size
+                    and not self._stop.is_set()
+                ):
+                    # Taken first: its files are in the page cache, a new clone's are not.
+                    slot.ready.appendleft(lease)
+                    continue
+                self._trash.append(lease.folder)  # rebuilt, forgotten or plenty
+
+    def _proven(self, batch: list[Lease]) -> list[Optional[Lease]]:
+        """``batch`` with None for each clone that failed the proof (trashed, reason kept)."""
+        records = [lease.record for lease in batch]
+        assert all(records)
+        held = reuse.holders(
+            [(self._inodes(lease), os.fspath(lease.folder)) for lease in batch],
+            min(lease.handed_out_boot_ns for lease in batch),
+        )
+        out: list[Optional[Lease]] = []
+        for i, lease in enumerate(batch):
+            assert lease.record is not None
+            why = "in use by a process" if i in held else None
+            if why is None and _extra(lease.folder):
+                why = "its folder holds more"
+            if why is None and reuse.changed(os.fspath(lease.path), lease.record) is not None:
+                why = "changed"
+            if why is None:
+                lease.uses += 1
+                out.append(lease)
+                continue
+            self.discarded[why] += 1
+            with self._cond:
+                self._trash.append(lease.folder)
+                self._cond.notify()
+            out.append(None)
+        return out
+
+    def _inodes(self, lease: Lease) -> frozenset[tuple[int, int]]:
+        """The clone's inodes and its folder's: a handle on either reaches into it."""
+        assert lease.record is not None
+        try:
+            st = os.lstat(lease.folder)
+        except OSError:
+            return lease.record.inodes
+        return lease.record.inodes | {(st.st_dev, st.st_ino)}
 
     def _delete_one(self) -> None:
         with self._cond:
@@ -293,7 +465,7 @@ class ClonePool:
                 return
             path = self._trash.popleft()
         # Pausing between directories, like a clone made ahead (a btrfs snapshot: one ioctl).
-        remove_tree(path, root=self.root, pause=self._pause)
+        remove_folder(path, self.root, pause=self._pause)
 
     def _room_for(self, template: Template) -> bool:
         """Whether a clone made ahead leaves room for a full copy more: it may be one (on
@@ -412,6 +584,22 @@ class _TestWatch:
             # test a GIL hand-over.
             time.sleep(backoff)
             backoff = min(2 * backoff, MAX_BACKOFF)
+
+
+def remove_folder(folder: Path, root: Path, pause: Optional[Callable[[], None]] = None) -> None:
+    """Delete a clone's folder: the clone first, so that a btrfs snapshot is destroyed whole
+    (``remove_tree`` empties a subvolume it meets inside a tree), then what else is there."""
+    with contextlib.suppress(OSError):  # not a folder (a link in its place): removed next
+        remove_tree(folder / ENV, root=root, pause=pause)
+    remove_tree(folder, root=root, pause=pause)
+
+
+def _extra(folder: Path) -> bool:
+    """Whether the test left anything in the clone's folder beside the clone."""
+    try:
+        return os.listdir(folder) != [ENV]
+    except OSError:
+        return True
 
 
 def _children(folder: Path) -> list[Path]:

@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any, Optional
 from ._defaults import DEFAULT_POOL
 from ._install import IndexOptions
 from ._owner import lock_dir
-from .clone import LinkMode, Warn, clone_tree, remove_tree
+from .clone import LinkMode, Warn, clone_tree
 from .env import CowEnv
 from .errors import CacheDirError, CowEnvError, CowEnvWarning, shown
-from .pool import ClonePool
+from .pool import ENV, ClonePool, Lease, remove_folder
 from .spec import TemplateSpec
 from .store import Layout, check_kept, prepare_root
 from .template import Template, TemplateCache
@@ -46,6 +46,7 @@ class Settings:
     requirements: tuple[str, ...] = ()
     pool: int = DEFAULT_POOL
     constraints: tuple[str, ...] = ()  # constraints files applied to every template build
+    reuse: bool = True  # give provably unchanged clones to later tests (needs the pool)
 
 
 @dataclass
@@ -68,6 +69,9 @@ class Stats:
     coverage_clones: int = 0  # clones whose processes were measured
     coverage_files: int = 0  # their coverage data files, combined into the run's
     coverage_notes: list[str] = field(default_factory=list)  # what was not measured, and why
+    fresh: int = 0  # clones handed to a test for the first time
+    recycled: int = 0  # clones handed to a test after another test had them
+    discarded: Counter[str] = field(default_factory=Counter)  # used clones trashed, by why
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -87,6 +91,9 @@ class Stats:
             "coverage_clones": self.coverage_clones,
             "coverage_files": self.coverage_files,
             "coverage_notes": self.coverage_notes,
+            "fresh": self.fresh,
+            "recycled": self.recycled,
+            "discarded": dict(self.discarded),
         }
 
     def merge(self, other: dict[str, Any]) -> None:
@@ -108,6 +115,9 @@ class Stats:
         self.coverage_notes += [
             n for n in other.get("coverage_notes", []) if n not in self.coverage_notes
         ]
+        self.fresh += other.get("fresh", 0)
+        self.recycled += other.get("recycled", 0)
+        self.discarded.update(other.get("discarded", {}))
 
     def summary_lines(self) -> list[str]:
         lines = []
@@ -123,6 +133,11 @@ class Stats:
             lines.append(
                 f"clone ms: median {_pct(self.clone_ms, 50):.1f}, "
                 f"p95 {_pct(self.clone_ms, 95):.1f} (making one, in the test or ahead)"
+            )
+            why = ", ".join(f"{k} {v}" for k, v in sorted(self.discarded.items()))
+            lines.append(
+                f"clones reused: {self.recycled}, fresh: {self.fresh}, discarded after use: "
+                f"{sum(self.discarded.values())}" + (f" ({why})" if why else "")
             )
             if self.pool_hits or self.pool_misses:
                 lines.append(
@@ -187,6 +202,7 @@ class CowEnvSession:
         self._pool: Optional[ClonePool] = None
         self._uses: Counter[tuple[str, LinkMode]] = Counter()
         self._expected: set[tuple[TemplateSpec, LinkMode]] = set()
+        self._leases: dict[CowEnv, Lease] = {}
 
     @property
     def layout(self) -> Layout:
@@ -226,6 +242,8 @@ class CowEnvSession:
                     self.settings.pool,
                     root=self.layout.root,
                     errors=self.stats.pool_errors,
+                    reuse_clones=self.settings.reuse,
+                    discarded=self.stats.discarded,
                 )
             return self._pool
 
@@ -278,46 +296,68 @@ class CowEnvSession:
                 self.stats.built.setdefault(spec.describe(), template.build_seconds)
             elif spec.describe() not in self.stats.reused:
                 self.stats.reused.append(spec.describe())
-        dst = self.run_dir / f"{_safe_name(name)}-{seq}"
+        folder = self.run_dir / f"{_safe_name(name)}-{seq}"
         pool = self.pool
         start = time.perf_counter()
-        made = pool.take(template, mode) if pool else None
-        if made is not None:
-            result = made[1]
+        lease = pool.take(template, mode) if pool else None
+        if lease is not None and pool is not None:
             try:
-                os.rename(made[0], dst)
+                os.rename(lease.folder, folder)
+                lease.folder = folder
             except OSError:  # never expected (same folder tree); a fresh clone is still right
+                pool.give_back(lease, reusable=False)
+                lease = None
+        if lease is None:
+            folder.mkdir()
+            try:
+                with pool.foreground() if pool else contextlib.nullcontext():
+                    result = clone_tree(
+                        template.path,
+                        folder / ENV,
+                        mode,
+                        tree=template.tree,
+                        warn=warn or told.append,
+                    )
+            except BaseException:
                 with contextlib.suppress(OSError):
-                    remove_tree(made[0], root=self.layout.root)
-                made = None
-        if made is None:
-            with pool.foreground() if pool else contextlib.nullcontext():
-                result = clone_tree(
-                    template.path, dst, mode, tree=template.tree, warn=warn or told.append
-                )
+                    folder.rmdir()
+                raise
+            lease = Lease(folder, result, template, mode)
+            if pool:
+                pool.record(lease)
+            made = False
+        else:
+            result = lease.result
+            made = True
+        lease.hand_out()  # no test had it before this line: see reuse, step 2
         waited = (time.perf_counter() - start) * 1000
         if pool and pooled:
             pool.start(template, mode)  # from the second use on, or when collection said so
-        env = CowEnv(dst, template, result.strategy, self.settings.index)
+        env = CowEnv(lease.path, template, result.strategy, self.settings.index)
         env.clone_seconds = result.seconds
         if self.coverage is not None:
             measure = self.coverage
             measure.prepare(env, spec.local)
             env._after_install = lambda e: measure.prepare(e, spec.local)
         with self._lock:
+            self._leases[env] = lease
             self.stats.clones += 1
-            self.stats.clone_ms.append(result.seconds * 1000)
             self.stats.wait_ms.append(waited)
             if pool:
-                if made is None:
-                    self.stats.pool_misses += 1
-                else:
+                if made:
                     self.stats.pool_hits += 1
+                else:
+                    self.stats.pool_misses += 1
             self.stats.strategies[result.strategy] += 1
-            if result.strategy == "copy":
-                self.stats.copied_bytes += result.bytes
+            if lease.uses:
+                self.stats.recycled += 1
             else:
-                self.stats.shared_bytes += template.tree.nbytes
+                self.stats.fresh += 1
+                self.stats.clone_ms.append(result.seconds * 1000)
+                if result.strategy == "copy":
+                    self.stats.copied_bytes += result.bytes
+                else:
+                    self.stats.shared_bytes += template.tree.nbytes
         for message in told:
             warnings.warn(CowEnvWarning(message), stacklevel=2)
         return env
@@ -356,14 +396,17 @@ class CowEnvSession:
 
     def kept_path(self, env: CowEnv) -> Path:
         """Where :meth:`release` moves a kept clone (known before the test ends, for reports)."""
-        return self.layout.kept / f"{env.path.parent.name}-{env.path.name}"
+        return self.layout.kept / f"{env.path.parent.parent.name}-{env.path.parent.name}"
 
     def release(self, env: CowEnv, keep: bool = False) -> Optional[Path]:
-        """Remove a clone, or move it to :meth:`kept_path` and return where it went."""
+        """Give a clone back (to the pool, if it proves unchanged: see ``reuse``; else to be
+        removed), or move it to :meth:`kept_path` and return where it went."""
         if self.coverage is not None:
             self.coverage.collect(env)  # its processes are done; it still has its own path
-        if keep:
-            kept = self.kept_path(env)
+        with self._lock:
+            lease = self._leases.pop(env, None)
+        kept = self.kept_path(env) if keep else None
+        if kept is not None:
             kept.parent.mkdir(exist_ok=True)
             if not stat.S_ISDIR(os.lstat(kept.parent).st_mode):
                 raise CacheDirError(
@@ -375,16 +418,18 @@ class CowEnvSession:
             os.rename(env.path, kept)
             with self._lock:
                 self.stats.kept.append(str(kept))
-            return kept
         start = time.perf_counter()
-        if os.path.lexists(env.path):
-            if self._pool is not None:
-                self._pool.discard(env.path)  # a rename now; the pool thread deletes it
-            else:
-                remove_tree(env.path, root=self.layout.root)
+        folder = env.path.parent
+        if self._pool is not None and lease is not None:
+            self._pool.give_back(lease, reusable=kept is None)  # a rename; the rest behind
+        elif os.path.lexists(folder):
+            remove_folder(folder, self.layout.root)
+            if kept is None:
+                with self._lock:
+                    self.stats.discarded["pool off"] += 1
         with self._lock:
             self.stats.remove_ms.append((time.perf_counter() - start) * 1000)
-        return None
+        return kept
 
     def finish_coverage(self) -> None:
         """Hand the clones' coverage to the run's measurement and count it in :attr:`stats`
@@ -413,7 +458,7 @@ class CowEnvSession:
                 if child.name in busy:
                     continue
                 with contextlib.suppress(OSError):
-                    remove_tree(child, root=self.layout.root)
+                    remove_folder(child, self.layout.root)
             with contextlib.suppress(OSError):
                 self._run_dir.rmdir()
         if self._run_lock is not None:

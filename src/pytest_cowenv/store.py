@@ -45,6 +45,7 @@ class Layout:
         self.tmp = self.root / "tmp"
         self.bytecode = self.root / "pyc"  # compiled sources shared by templates (_bytecode)
         self.kept = self.root / "kept"  # clones kept by --cowenv-keep
+        self.versions = self.root / "versions"  # release listings (_releases), made on need
 
     # A template is published in immutable generations: `<key>.<n>` (the tree), `<key>.<n>.json`
     # (its metadata, written last: the mark of completion) and `<key>.<n>.inuse` (the shared

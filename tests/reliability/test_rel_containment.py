@@ -148,11 +148,13 @@ def test_keep_below(cowenv):
 
 
 def test_run_folder_below(cowenv):
-    # The session's close and the pool's close empty these folders.
-    os.symlink(SENTINEL, cowenv.path.parent / "planted")
+    # The session's close and the pool's close empty these folders (the run folder holds
+    # each clone's own folder, and pool/ and trash/).
+    run = cowenv.path.parent.parent
+    os.symlink(SENTINEL, run / "planted")
     for folder in ("pool", "trash"):
-        if (cowenv.path.parent / folder).is_dir():
-            os.symlink(SENTINEL, cowenv.path.parent / folder / "planted")
+        if (run / folder).is_dir():
+            os.symlink(SENTINEL, run / folder / "planted")
 """
 INNER_TESTS = 11
 # Links planted by INNER: at and below a released clone, a kept one, and the run folder (with
@@ -506,7 +508,7 @@ def test_clean_all_removes_a_whole_cache_but_what_a_live_run_holds(
         assert "skipped run" in out and "skipped bytecode store" in out, out
         assert held.is_dir() and len(template_dirs(cache)) == 1
         assert not (cache / "kept").exists()
-        assert os.listdir(cache / "clones") == [held.parent.name]
+        assert os.listdir(cache / "clones") == [held.parent.parent.name]  # its run folder
     finally:
         assert holder.stdin is not None
         holder.stdin.close()

@@ -1,0 +1,370 @@
+"""Which releases of a project the configured index offers, and one requirement per group.
+
+The listing comes from pip's index API (``pip index versions``, run verbosely so that its log
+also names the yanked files it skipped), with the index options template builds use: when uv
+builds templates, pip runs ``--isolated`` with uv's index settings, since uv reads neither
+pip's configuration nor its variables. A listing is cached in the cache root
+(``versions/<key>.json``) and reused while it was written after the caller's ``fresh_after``:
+processes that share it (the workers of one xdist run) all read the one listing the first of
+them wrote."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple, Optional, Union
+from urllib.parse import unquote
+
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import (
+    InvalidSdistFilename,
+    InvalidWheelFilename,
+    canonicalize_name,
+    parse_sdist_filename,
+    parse_wheel_filename,
+)
+from packaging.version import InvalidVersion, Version
+
+from ._install import IndexOptions, _index_args, clean_env, resolver_environment, uv_binary
+from .errors import SpecError
+
+EACH = ("major", "minor", "patch", "all", "lowest", "highest")
+LISTING_FORMAT = 1
+PIP_TIMEOUT = 300.0  # seconds for one listing, retries included
+
+_AVAILABLE = re.compile(r"^Available versions: (?P<versions>.*)$", re.MULTILINE)
+# pip's debug log: "Skipping link: yanked for reason: <reason>: <url> (from <page>) ..."
+_YANKED = re.compile(r"Skipping link: yanked for reason: .*: (?P<url>\S+) \(from ", re.MULTILINE)
+_LOCATION = re.compile(r"^\* (?P<url>\S+)$", re.MULTILINE)
+_UNREACHABLE = re.compile(
+    r"^Could not fetch URL (?P<url>\S+?): (?P<why>.*?)(?: - skipping)?$", re.M
+)
+
+
+@dataclass(frozen=True)
+class Release:
+    version: str
+    yanked: bool = False
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What the index offers of ``name``: every release (prereleases and yanked included)."""
+
+    name: str
+    releases: tuple[Release, ...]
+    where: str  # the index and links asked, for messages
+    listed_at: float
+
+
+def parse(requirement: str) -> Requirement:
+    """``requirement`` parsed, or a SpecError that names it."""
+    try:
+        parsed = Requirement(requirement)
+    except InvalidRequirement as exc:
+        first = str(exc).splitlines()[0]
+        raise SpecError(f"versions({requirement!r}): not a requirement: {first}") from None
+    if parsed.url:
+        raise SpecError(f"versions({requirement!r}): a URL has no versions to list; give a name")
+    return parsed
+
+
+def source(index: IndexOptions) -> str:
+    """Which index and links a listing asks, as a message names them."""
+    links = f"find-links {', '.join(index.find_links)}" if index.find_links else ""
+    if index.offline:
+        return f"{links or 'no find-links'} (offline: no index)"
+    if index.index_url:
+        url = index.index_url
+    elif uv_binary():
+        url = f"{_uv_env().default or 'https://pypi.org/simple'} (as uv uses it)"
+    else:
+        url = f"{os.environ.get('PIP_INDEX_URL') or 'of pip (its configuration)'}"
+    return f"index {url}" + (f" and {links}" if links else "")
+
+
+def list_releases(
+    name: str, index: IndexOptions, *, cache_dir: Optional[Path], fresh_after: float
+) -> Listing:
+    """The releases of ``name``: from ``cache_dir`` if a listing written after ``fresh_after``
+    is there, else listed now (and written there). One lister at a time per listing: a
+    waiter reads what the first one wrote."""
+    key = listing_key(name, index)
+    if cache_dir is None:
+        return _list_now(name, index)
+    import filelock
+
+    path = cache_dir / f"{key}.json"
+    with filelock.FileLock(str(cache_dir / f"{key}.lock"), timeout=PIP_TIMEOUT * 2):
+        cached = _read(path, name, fresh_after)
+        if cached is not None:
+            return cached
+        listing = _list_now(name, index)
+        _write(path, listing)
+        return listing
+
+
+def listing_key(name: str, index: IndexOptions) -> str:
+    """What a listing depends on: the project, the index options and variables, the
+    installer (uv or pip) and the interpreter (pip lists what it could install here)."""
+    data = {
+        "name": canonicalize_name(name),
+        "index": [list(index.find_links), index.index_url, index.offline],
+        "env": resolver_environment(),
+        "uv": bool(uv_binary()),
+        "python": [sys.executable, sys.version, sys.platform],
+        "format": LISTING_FORMAT,
+    }
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _read(path: Path, name: str, fresh_after: float) -> Optional[Listing]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        listed_at = float(data["listed_at"])
+        releases = tuple(Release(str(v), bool(y)) for v, y in data["releases"])
+        where = str(data["where"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if listed_at < fresh_after or data.get("format") != LISTING_FORMAT:
+        return None
+    return Listing(name, releases, where, listed_at)
+
+
+def _write(path: Path, listing: Listing) -> None:
+    from ._atomic import write_atomically
+
+    data = {
+        "format": LISTING_FORMAT,
+        "name": listing.name,
+        "listed_at": listing.listed_at,
+        "where": listing.where,
+        "releases": [[r.version, r.yanked] for r in listing.releases],
+    }
+    # A cache that cannot be written only costs the next run a listing.
+    with contextlib.suppress(OSError):
+        write_atomically(path, json.dumps(data) + "\n")
+
+
+def pip_command(name: str, index: IndexOptions) -> list[str]:
+    """``pip index versions`` for ``name`` with the index options of template builds."""
+    cmd = [sys.executable, "-m", "pip", "index", "versions", name, "--pre", "-vv"]
+    cmd += ["--disable-pip-version-check", "--no-input", "--retries", "2"]
+    if uv_binary():
+        cmd += ["--isolated", *_uv_args()]
+    return cmd + _index_args(index, uv=False)
+
+
+class _UvIndex(NamedTuple):
+    default: str
+    extra: list[str]
+    links: list[str]
+    offline: bool
+
+
+def _uv_env() -> _UvIndex:
+    """uv's index settings from its variables (its configuration files are not read)."""
+    env = os.environ
+    # UV_INDEX entries may be named: "name=https://…".
+    extra = [
+        u.split("=", 1)[1] if "=" in u.split("://")[0] else u
+        for u in env.get("UV_INDEX", "").split()
+    ]
+    return _UvIndex(
+        default=env.get("UV_DEFAULT_INDEX") or env.get("UV_INDEX_URL") or "",
+        extra=extra + env.get("UV_EXTRA_INDEX_URL", "").split(),
+        links=env.get("UV_FIND_LINKS", "").replace(",", " ").split(),
+        offline=_true(env.get("UV_OFFLINE")) or _true(env.get("UV_NO_INDEX")),
+    )
+
+
+def _true(value: Optional[str]) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _uv_args() -> list[str]:
+    env = _uv_env()
+    args = ["--index-url", env.default] if env.default else []
+    for url in env.extra:
+        args += ["--extra-index-url", url]
+    for link in env.links:
+        args += ["--find-links", link]
+    if env.offline:
+        args.append("--no-index")
+    cert = os.environ.get("SSL_CERT_FILE")  # uv's; pip --isolated reads no PIP_CERT
+    if cert:
+        args += ["--cert", cert]
+    return args
+
+
+def _list_now(name: str, index: IndexOptions) -> Listing:
+    cmd = pip_command(name, index)
+    where = source(index)
+    try:
+        proc = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            env=clean_env({"PYTHONIOENCODING": "utf-8"}),
+            stdin=subprocess.DEVNULL,
+            timeout=PIP_TIMEOUT,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise SpecError(
+            f"listing the releases of {name} on {where} took over {PIP_TIMEOUT:.0f} s"
+        ) from None
+    output = proc.stdout + proc.stderr
+    if "No module named pip" in output:
+        raise SpecError(
+            f"listing the releases of {name} needs pip beside pytest ({sys.executable}): "
+            "pip install pip"
+        )
+    found = _AVAILABLE.search(output)
+    versions = [v.strip() for v in found["versions"].split(",")] if found else []
+    yanked = _yanked_versions(canonicalize_name(name), output) - set(versions)
+    releases = tuple(Release(v) for v in versions if v) + tuple(Release(v, True) for v in yanked)
+    if not releases:
+        unreachable = [
+            (m["url"], m["why"]) for m in _UNREACHABLE.finditer(output) if "404" not in m["why"]
+        ]
+        if unreachable:
+            url, why = unreachable[0]
+            raise SpecError(
+                f"listing the releases of {name}: {url} is unreachable ({_short(why)}); "
+                "to list offline, give find-links and offline"
+            )
+        if proc.returncode != 0 and "No matching distribution" not in output:
+            last = [ln for ln in output.splitlines() if ln.strip()][-1:] or ["no output"]
+            raise SpecError(
+                f"listing the releases of {name} failed (pip exit code {proc.returncode}): "
+                f"{last[0].strip()}"
+            )
+    return Listing(name, releases, where, time.time())
+
+
+def _short(why: str) -> str:
+    """The cause at the end of a urllib3 error, not the whole chain."""
+    found = re.findall(r"(?:\[Errno [^\]]+\] [^'\")]+|Name or service not known|timed out)", why)
+    return found[-1].strip() if found else why[:200]
+
+
+def _yanked_versions(name: str, output: str) -> set[str]:
+    found = set()
+    for match in _YANKED.finditer(output):
+        filename = unquote(match["url"].split("#")[0].split("?")[0].rsplit("/", 1)[-1])
+        try:
+            if filename.endswith(".whl"):
+                dist, version, _build, _tags = parse_wheel_filename(filename)
+            else:
+                dist, version = parse_sdist_filename(filename)
+        except (InvalidWheelFilename, InvalidSdistFilename):
+            continue
+        if canonicalize_name(dist) == name:
+            found.add(str(version))
+    return found
+
+
+def select(
+    requirement: str,
+    listing: Listing,
+    each: Union[str, tuple[str, ...]] = "minor",
+    *,
+    latest: Optional[int] = None,
+    pre: bool = False,
+    yanked: bool = False,
+) -> list[str]:
+    """One requirement string per ``each`` group of the releases that satisfy
+    ``requirement``, oldest first: ``name==8.3.*`` for a minor (``name==8.*`` for a major)
+    whose newest matching release is a final, not yanked, and every release of it matches;
+    else the exact ``name==<newest>`` (always for ``patch``, ``all``, ``lowest``,
+    ``highest``). ``latest``: only the newest N groups. Several kinds (a tuple, such as
+    ``("lowest", "highest")``): the strings of each, in order, without repeats."""
+    kinds = (each,) if isinstance(each, str) else tuple(each)
+    if not kinds or any(kind not in EACH for kind in kinds):
+        raise SpecError(f"versions({requirement!r}, each={each!r}): give one of {', '.join(EACH)}")
+    if latest is not None and (
+        isinstance(latest, bool) or not isinstance(latest, int) or latest < 1
+    ):
+        raise SpecError(f"versions({requirement!r}, latest={latest!r}): give a whole number ≥ 1")
+    req = parse(requirement)
+    considered: list[tuple[Version, bool]] = []
+    for release in listing.releases:
+        try:
+            version = Version(release.version)
+        except InvalidVersion:
+            continue
+        if (release.yanked and not yanked) or (version.is_prerelease and not pre):
+            continue
+        considered.append((version, release.yanked))
+    matching = sorted((v, y) for v, y in considered if req.specifier.contains(v, prereleases=True))
+    if not matching:
+        found = sorted(v for v, _ in considered)
+        have = f"it has {found[0]} … {found[-1]}" if found else f"it has no release of {req.name}"
+        left_out = [k for k, on in (("prereleases", pre), ("yanked releases", yanked)) if not on]
+        if left_out:
+            have += f" ({' and '.join(left_out)} left out)"
+        raise SpecError(f"versions({requirement!r}): no release matches on {listing.where}; {have}")
+    out: list[str] = []
+    for kind in kinds:
+        chosen = _one_kind(req, kind, considered, matching, latest)
+        out += [r for r in chosen if r not in out]
+    return out
+
+
+def _one_kind(
+    req: Requirement,
+    each: str,
+    considered: list[tuple[Version, bool]],
+    matching: list[tuple[Version, bool]],
+    latest: Optional[int],
+) -> list[str]:
+    if each in ("lowest", "highest"):
+        return [_pinned(req, matching[0][0] if each == "lowest" else matching[-1][0])]
+    groups: dict[tuple[Any, ...], list[tuple[Version, bool]]] = {}
+    for version, is_yanked in matching:
+        groups.setdefault(_group(version, each), []).append((version, is_yanked))
+    keys = sorted(groups)
+    if latest is not None:
+        keys = keys[-latest:]
+    out = []
+    for key in keys:
+        newest, newest_yanked = groups[key][-1]
+        whole = [v for v, _ in considered if _group(v, each) == key]
+        wildcard = (
+            each in ("major", "minor")
+            and not newest.is_prerelease
+            and not newest_yanked
+            and all(req.specifier.contains(v, prereleases=True) for v in whole)
+        )
+        if wildcard:
+            out.append(_with(req, "==" + ".".join(map(str, key)) + ".*"))
+        else:
+            out.append(_pinned(req, newest))
+    return out
+
+
+def _group(version: Version, each: str) -> tuple[Any, ...]:
+    """The group ``version`` falls in: its major, minor or patch release, or itself."""
+    release = (*version.release, 0, 0)
+    size = {"major": 1, "minor": 2, "patch": 3}.get(each)
+    return release[:size] if size else (version,)
+
+
+def _pinned(req: Requirement, version: Version) -> str:
+    return _with(req, f"=={version}")
+
+
+def _with(req: Requirement, specifier: str) -> str:
+    """``req``'s name, extras and marker with ``specifier`` instead of its own."""
+    extras = f"[{','.join(sorted(req.extras))}]" if req.extras else ""
+    marker = f"; {req.marker}" if req.marker else ""
+    return f"{req.name}{extras}{specifier}{marker}"

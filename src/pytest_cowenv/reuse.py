@@ -1,0 +1,215 @@
+"""When a used clone may serve another test: the proof that nothing changed it.
+
+A clone goes back to the pool instead of the trash only if all of this holds (the pool and
+the session do the steps in this order; each step is needed for the next to mean anything):
+
+1. **It was recorded before any test had it.** :func:`record` takes, for every directory,
+   file and symlink of the clone (its root included), the inode, size, mode, mtime and ctime.
+   A btrfs snapshot's entries *are* the template's inodes, so its record is the template's
+   walk, with the new root's own stat; any other clone is walked after it was made.
+2. **It was handed out at least one timestamp tick after its newest ctime.** The kernel
+   stamps a change with the coarse clock (``CLOCK_REALTIME_COARSE``; later ctimes are never
+   earlier, also with Linux's multigrain timestamps, which only make them finer), truncated
+   to the filesystem's granularity. A change in the tick the clone was made in could give a
+   file the ctime it already had; one made once that clock has passed the newest recorded
+   ctime by a granule cannot (:func:`eligible`).
+3. **Its path died with its test.** At release the folder holding it is renamed to a name no
+   test is told, so a process that only knows the path (in its argv, its environment, a
+   string) reaches nothing there any more. The clone's root is never renamed: its ctime stays
+   its own.
+4. **No process holds a way back in.** After that rename, :func:`holders` finds every process
+   whose cwd, root or open file is one of the clone's inodes (or its folder), or which maps
+   a file of it. Whatever it finds sends the clone to the trash. A process this user may not
+   inspect (another user's) counts as a holder if it started after the clone was handed out.
+5. **Nothing changed.** :func:`changed` finds every recorded path with its recorded inode,
+   size, mode, mtime and ctime. Any write, truncate, chmod, chown, xattr change, hard link or
+   utime gives an inode a new ctime (steps 1-2: a different one); a create, delete or rename
+   gives its directory one, so unchanged directories hold exactly the recorded names.
+
+Only on the filesystems where this was tested (:data:`PROVEN`) and only on Linux (``/proc``).
+The scan of step 4 is not atomic: a process that, while it runs, opens a file relative to a
+directory handle and closes that handle between the scan's listing of its descriptors and
+its look at them, or that has its own cwd per thread (``unshare(CLONE_FS)``), is not seen;
+a process that was given the clone's new name by someone is out of reach of any proof.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Optional
+
+from ._fstype import fs_type
+from .clone import Tree, walk_tree
+
+# Where steps 1-5 were proven by tests on real mounts (tests/test_reuse.py).
+PROVEN = frozenset({"btrfs", "xfs", "ext4", "tmpfs"})
+SUPPORTED = sys.platform.startswith("linux") and os.path.isdir("/proc/self/fd")
+CLOCK_REALTIME_COARSE = getattr(time, "CLOCK_REALTIME_COARSE", 5)  # Linux's number
+CLOCK_BOOTTIME = getattr(time, "CLOCK_BOOTTIME", 7)
+_SYMLINK_MODE = stat.S_IFLNK | 0o777  # Linux symlinks have no modes of their own
+# (inode, size, mode, mtime_ns, ctime_ns): what an entry must still have
+Want = tuple[int, int, int, int, int]
+
+
+def coarse_now() -> int:
+    """The clock the kernel stamps changes with, in nanoseconds."""
+    return time.clock_gettime_ns(CLOCK_REALTIME_COARSE)
+
+
+@dataclass(frozen=True)
+class Record:
+    """What a clone was right after it was made (step 1)."""
+
+    wants: tuple[tuple[str, Want], ...]  # relative path ("" for the root) → its stat
+    dev: int  # the clone's st_dev (a btrfs snapshot has its own)
+    newest_ns: int  # the newest ctime
+    granule_ns: int  # the filesystem's timestamp granularity, as far as the ctimes show
+
+    @property
+    def inodes(self) -> frozenset[tuple[int, int]]:
+        return frozenset((self.dev, want[0]) for _rel, want in self.wants)
+
+
+def supported(path: str | os.PathLike[str]) -> bool:
+    """Whether clones at ``path`` may be reused at all (this OS, a proven filesystem)."""
+    if not SUPPORTED:
+        return False
+    try:
+        return fs_type(path) in PROVEN
+    except OSError:
+        return False
+
+
+def record(clone: str) -> Record:
+    """Step 1 for a clone made file by file: walk it."""
+    wants = _wants(walk_tree(clone))
+    return _record(wants, os.lstat(clone).st_dev)
+
+
+def template_record(tree: Tree) -> Record:
+    """What every snapshot of the template walked as ``tree`` starts as (see
+    :func:`snapshot_record`): a btrfs snapshot's entries are the template's inodes."""
+    return _record(_wants(tree), 0)
+
+
+def snapshot_record(clone: str, template: Record) -> Record:
+    """Step 1 for a btrfs snapshot: its template's record, with its own root (a new
+    subvolume, which has an inode of its own) and device."""
+    root = os.lstat(clone)
+    want = (root.st_ino, root.st_size, root.st_mode, root.st_mtime_ns, root.st_ctime_ns)
+    return Record(
+        (("", want), *template.wants[1:]),
+        root.st_dev,
+        max(template.newest_ns, root.st_ctime_ns),
+        min(template.granule_ns, _granule([root.st_ctime_ns])),
+    )
+
+
+def _record(wants: list[tuple[str, Want]], dev: int) -> Record:
+    ctimes = {want[4] for _rel, want in wants}
+    return Record(tuple(wants), dev, max(ctimes), _granule(ctimes))
+
+
+def _wants(tree: Tree) -> list[tuple[str, Want]]:
+    """Every entry of a walk with what it must keep, the root first."""
+    stamps = tree.stamps
+    wants: list[tuple[str, Want]] = []
+    for rel, mode, _at, mtime, size in [tree.root_entry, *tree.dirs, *tree.files]:
+        ino, ctime = stamps[rel]
+        wants.append((rel, (ino, size, mode, mtime, ctime)))
+    for rel, target, _at, mtime in tree.links:
+        ino, ctime = stamps[rel]
+        wants.append((rel, (ino, len(os.fsencode(target)), _SYMLINK_MODE, mtime, ctime)))
+    return wants
+
+
+def _granule(ctimes: Iterable[int]) -> int:
+    """The largest power of ten (at most a second) that divides every ctime: a filesystem
+    that keeps seconds only (ext4 with small inodes) shows whole seconds. A finer one is
+    taken for coarser by chance only, which costs a reuse, never a wrong one."""
+    granule = 1
+    values = list(ctimes)
+    while granule < 10**9 and all(c % (granule * 10) == 0 for c in values):
+        granule *= 10
+    return granule
+
+
+def eligible(rec: Record, handed_out_ns: int) -> bool:
+    """Step 2: every change from ``handed_out_ns`` (a :func:`coarse_now` reading taken
+    when the test got the clone) on gets a ctime that no recorded entry has."""
+    return handed_out_ns >= rec.newest_ns + rec.granule_ns
+
+
+def changed(clone: str, rec: Record) -> Optional[str]:
+    """Step 5: the first entry that is not as recorded, said in words; None if none is."""
+    lstat = os.lstat
+    for rel, want in rec.wants:
+        try:
+            st = lstat(clone + rel)
+        except OSError as exc:
+            return f"{rel or '/'}: {exc.strerror}"
+        if (st.st_ino, st.st_size, st.st_mode, st.st_mtime_ns, st.st_ctime_ns) != want:
+            return f"{rel or '/'} changed"
+    return None
+
+
+def holders(
+    clones: Sequence[tuple[frozenset[tuple[int, int]], str]], since_boot_ns: int
+) -> dict[int, str]:
+    """Step 4 for several clones at once: ``clones`` are (their inodes as (st_dev, st_ino),
+    the path of the folder they are now in), ``since_boot_ns`` the ``CLOCK_BOOTTIME`` of the
+    earliest hand-out. Returns, by index into ``clones``, who holds each held one."""
+    found: dict[int, str] = {}
+    try:
+        pids = [p for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return dict.fromkeys(range(len(clones)), "/proc cannot be read")
+    since_ticks = since_boot_ns * os.sysconf("SC_CLK_TCK") // 10**9
+    for pid in pids:
+        base = f"/proc/{pid}/"
+        try:
+            handles = [base + "cwd", base + "root"]
+            handles += [f"{base}fd/{fd}" for fd in os.listdir(base + "fd")]
+            with open(base + "maps", encoding="utf-8", errors="replace") as f:
+                maps = f.read()
+        except FileNotFoundError:
+            continue  # gone
+        except PermissionError:
+            if _started_at(base) >= since_ticks:
+                for i in range(len(clones)):
+                    found.setdefault(i, f"pid {pid} (another user's, started since)")
+            continue
+        except OSError:
+            continue
+        for handle in handles:
+            try:
+                st = os.stat(handle)
+            except OSError:
+                continue  # closed meanwhile, or not a file (an anonymous inode)
+            for i, (inodes, _folder) in enumerate(clones):
+                if (st.st_dev, st.st_ino) in inodes:
+                    found.setdefault(i, f"pid {pid} ({handle.rpartition('/')[2]})")
+        for i, (_inodes, folder) in enumerate(clones):
+            if folder + os.sep in maps:
+                found.setdefault(i, f"pid {pid} (a mapped file)")
+    return found
+
+
+def _started_at(base: str) -> int:
+    """A process's start, in clock ticks since boot; a process gone meanwhile is -1."""
+    try:
+        with open(base + "stat", encoding="utf-8", errors="replace") as f:
+            fields = f.read().rpartition(")")[2].split()
+        return int(fields[19])  # field 22 of the whole line
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
+def boot_ns() -> int:
+    """Now, on the clock process start times count from."""
+    return time.clock_gettime_ns(CLOCK_BOOTTIME)

@@ -1,0 +1,124 @@
+"""Tried as a new user would: a real pytest plugin from the index (pytest-mock's unmodified
+sdist) runs its own suite in a clone, under ``pytest --cov``; the outer report gives its
+sources at least the coverage that the suite's own tox command (``coverage run
+--source={envsitepackagesdir}/pytest_mock -m pytest tests``) reports in a plain venv."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from _helpers import fast_dir, remove_cache
+
+pytest.importorskip("pytest_cov", reason="pip install -e '.[test]' installs pytest-cov")
+
+PLUGIN = "pytest-mock==3.17.0"
+# Its tox.ini: deps coverage, mock, pytest-asyncio; the plugin installed from its sources.
+SPEC = '"pytest-asyncio", "mock", "coverage", project=SOURCES'
+
+IN_CLONES = """
+import pytest
+
+SOURCES = {sources!r}
+
+@pytest.mark.cowenv({spec})
+def test_own_suite(cowenv):
+    result = cowenv.runpytest("-p", "no:cacheprovider", "tests", cwd=SOURCES, timeout=1200)
+    assert result.ret == 0, "\\n".join(result.outlines[-30:])
+"""
+# The suite's own command, in a venv with the same packages (no cowenv measurement: the
+# outer run does not measure, and --no-cowenv-cov says so).
+DIRECT = """
+import pytest
+
+SOURCES = {sources!r}
+
+@pytest.mark.cowenv({spec})
+def test_own_command(cowenv):
+    source = str(cowenv.site_packages / "pytest_mock")
+    cowenv.run("coverage", "run", "--branch", "--source", source, "-m", "pytest",
+               "-p", "no:cacheprovider", "tests", cwd=SOURCES, timeout=1200)
+    cowenv.run("coverage", "json", "-o", {report!r}, cwd=SOURCES)
+"""
+
+
+DOWNLOAD = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:"]
+
+
+@pytest.fixture(scope="module")
+def plugin_sources(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    where = tmp_path_factory.mktemp("plugin-sdist")
+    subprocess.run(
+        [*DOWNLOAD, "-d", str(where), PLUGIN],
+        check=True,
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+        timeout=300,
+    )
+    (sdist,) = where.glob("pytest_mock-*.tar.gz")
+    with tarfile.open(sdist) as tar:
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(where, filter="data")
+        else:  # pragma: no cover - an interpreter without extraction filters
+            tar.extractall(where)
+    (sources,) = (p for p in where.iterdir() if p.is_dir())
+    return sources
+
+
+@pytest.fixture
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    root = fast_dir(tmp_path_factory, "cowenv-newuser-cov")
+    yield root / "cache"
+    remove_cache(root / "cache")
+    remove_cache(root)
+
+
+def total(report: Path) -> float:
+    return float(json.loads(report.read_text())["totals"]["percent_covered"])
+
+
+@pytest.mark.network
+@pytest.mark.slow
+def test_plugin_coverage_from_clones_is_at_least_its_own(
+    pytester: pytest.Pytester,
+    plugin_sources: Path,
+    cache: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in list(os.environ):
+        if name.startswith("COVERAGE_"):  # this suite's own measurement (CI) stays outside
+            monkeypatch.delenv(name)
+    sources = str(plugin_sources)
+    pytester.makepyfile(
+        test_in_clones=IN_CLONES.format(sources=sources, spec=SPEC),
+        test_direct=DIRECT.format(
+            sources=sources, spec=SPEC, report=str(pytester.path / "direct.json")
+        ),
+    )
+    common = ["-p", "no:cacheprovider", f"--cowenv-dir={cache}"]
+    direct = pytester.runpytest_subprocess(
+        *common, "--no-cowenv-cov", "test_direct.py", timeout=1800
+    )
+    direct.assert_outcomes(passed=1)
+    clones = pytester.runpytest_subprocess(
+        *common,
+        "--cov=pytest_mock",
+        "--cov-branch",
+        "--cov-report=json:clones.json",
+        "test_in_clones.py",
+        timeout=1800,
+    )
+    clones.assert_outcomes(passed=1)
+    report = json.loads((pytester.path / "clones.json").read_text())
+    reported = sorted(report["files"])
+    assert reported and all(f.startswith(f"{sources}/src/pytest_mock/") for f in reported)
+    measured, own = total(pytester.path / "clones.json"), total(pytester.path / "direct.json")
+    print(f"pytest-mock coverage: {measured:.1f} % from clones, {own:.1f} % by its own command")
+    assert measured >= own

@@ -1,0 +1,482 @@
+"""A used clone goes back to the pool only if it provably did not change (``reuse``).
+
+Every proof obligation of ``pytest_cowenv.reuse`` has a test here that fails if its check is
+weakened, on each real filesystem (btrfs, XFS, ext4, tmpfs from ``scripts/cowfs.sh``): each
+change is made and then *undone* as far as user space can (same bytes, same size, same
+mode, same mtime), so that only the ctime tells; a process left holding the clone, or only
+knowing its path; a clone handed out in the tick of its newest ctime.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from _helpers import remove_cache, wait_for
+from _wheels import standard_wheelhouse
+from conftest import real_fs_problem
+from pytest_cowenv import reuse
+from pytest_cowenv._install import IndexOptions
+from pytest_cowenv.clone import LinkMode, remove_tree
+from pytest_cowenv.env import CowEnv
+from pytest_cowenv.pool import Lease
+from pytest_cowenv.session import CowEnvSession, Settings
+
+FILESYSTEMS = ("btrfs", "xfs", "ext4", "tmpfs")
+SPEC = "alpha==1.0"
+TICK = time.clock_getres(reuse.CLOCK_REALTIME_COARSE)
+
+
+@pytest.fixture(autouse=True)
+def _offline_machine(offline_machine: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PYTEST_COWENV_POOL", raising=False)
+    monkeypatch.delenv("PYTEST_COWENV_REUSE", raising=False)
+
+
+@pytest.fixture(scope="module")
+def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return standard_wheelhouse(tmp_path_factory.mktemp("wheels"))
+
+
+@pytest.fixture(scope="module")
+def roots() -> Iterator[Callable[[str], Path]]:
+    """A cache root per real filesystem, shared by this module (one template build each)."""
+    made: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in made:
+            problem = real_fs_problem(name)
+            if problem:
+                pytest.skip(f"needs a real {name} mount: {problem}")
+            mount = os.environ[f"COWENV_TEST_{name.upper()}"]
+            made[name] = Path(tempfile.mkdtemp(prefix="reuse-", dir=mount))
+        return made[name] / "cache"
+
+    yield get
+    for path in made.values():
+        remove_cache(path / "cache")
+        remove_tree(path)
+
+
+@pytest.fixture(params=FILESYSTEMS)
+def root(request: pytest.FixtureRequest, roots: Callable[[str], Path]) -> Path:
+    return roots(request.param)
+
+
+@pytest.fixture
+def make_session(wheelhouse: Path) -> Iterator[Callable[..., CowEnvSession]]:
+    made: list[CowEnvSession] = []
+
+    def make(root: Path, reuse: bool = True) -> CowEnvSession:
+        index = IndexOptions(find_links=(str(wheelhouse),), offline=True)
+        session = CowEnvSession(Settings(root=str(root), pool=2, index=index, reuse=reuse))
+        made.append(session)
+        return session
+
+    yield make
+    for session in made:
+        session.close()
+
+
+@pytest.fixture
+def session(root: Path, make_session: Callable[..., CowEnvSession]) -> CowEnvSession:
+    return make_session(root)
+
+
+def recorded(session: CowEnvSession) -> CowEnv:
+    """A clone made ahead (so recorded, on every filesystem) whose newest ctime the coarse
+    clock has passed: one that may be reused if nothing changes it."""
+    spec = session.spec([SPEC])
+    template = session.cache.get(spec)
+    pool = session.pool
+    assert pool is not None and pool.reuse
+    pool.start(template, LinkMode.AUTO)
+    wait_for(lambda: pool.ready(template, LinkMode.AUTO) >= 1)
+    time.sleep(2 * TICK)
+    env = session.acquire(spec, "first")
+    assert lease_of(session, env).record is not None
+    return env
+
+
+def lease_of(session: CowEnvSession, env: CowEnv) -> Lease:
+    return session._leases[env]
+
+
+def fate(session: CowEnvSession, env: CowEnv) -> str:
+    """Release ``env`` and wait for the pool's verdict: "reused" or why it was discarded."""
+    pool = session.pool
+    assert pool is not None
+    lease = lease_of(session, env)
+    before = dict(session.stats.discarded)
+    session.release(env)
+    slot = pool._slots[(lease.template.key, lease.mode)]
+
+    def verdict() -> str:
+        if lease in slot.ready:
+            return "reused"
+        grew = [k for k, v in session.stats.discarded.items() if v > before.get(k, 0)]
+        return grew[0] if grew else ""
+
+    return wait_for(verdict, what="the pool's verdict")
+
+
+def test_an_unchanged_clone_serves_the_next_test(session: CowEnvSession) -> None:
+    env = recorded(session)
+    root_ino = os.lstat(env.path).st_ino
+    # A test that reads: imports, runs the environment's python, lists its files.
+    env.run("python", "-c", "import alpha")
+    assert sorted(os.listdir(env.site_packages))
+    assert fate(session, env) == "reused"
+    assert not env.path.parent.exists()  # its folder's name died with its test
+    pool = session.pool
+    assert pool is not None
+    again = session.acquire(env.template.spec, "second")
+    # The clone is the same (its root's inode), in a folder named for the new test.
+    assert os.lstat(again.path).st_ino == root_ino and again.path.parent.name == "second-2"
+    assert session.stats.recycled == 1
+    summary = session.stats.summary_lines()
+    assert any(line.startswith("clones reused: 1, fresh: ") for line in summary), summary
+    session.release(again)
+
+
+def _write_back(path: Path) -> None:
+    """New bytes, then the old ones, and the old mtime: only the ctime can tell."""
+    st = path.stat()
+    data = path.read_bytes()
+    path.write_bytes(b"x" * len(data))
+    path.write_bytes(data)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def _truncate_back(path: Path) -> None:
+    st = path.stat()
+    data = path.read_bytes()
+    os.truncate(path, 0)
+    path.write_bytes(data)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def _restoring_dir(path: Path) -> contextlib.AbstractContextManager[None]:
+    """Around a change to ``path``'s entries: its mtime put back afterwards."""
+
+    @contextlib.contextmanager
+    def keep() -> Iterator[None]:
+        st = path.stat()
+        yield
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+    return keep()
+
+
+def _create_delete(path: Path) -> None:
+    with _restoring_dir(path.parent):
+        (path.parent / "planted").write_text("x")
+        (path.parent / "planted").unlink()
+
+
+def _delete_recreate(path: Path) -> None:
+    st = path.stat()
+    data = path.read_bytes()
+    with _restoring_dir(path.parent):
+        path.unlink()
+        path.write_bytes(data)
+        os.chmod(path, st.st_mode & 0o7777)
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def _rename_back(path: Path) -> None:
+    with _restoring_dir(path.parent):
+        os.rename(path, path.with_name("moved"))
+        os.rename(path.with_name("moved"), path)
+
+
+def _chmod_back(path: Path) -> None:
+    mode = path.stat().st_mode & 0o7777
+    os.chmod(path, 0o600)
+    os.chmod(path, mode)
+
+
+def _chown_same(path: Path) -> None:
+    st = path.stat()
+    os.chown(path, st.st_uid, st.st_gid)  # allowed to anyone: to the same owner
+
+
+def _xattr_back(path: Path) -> None:
+    os.setxattr(path, "user.cowenv-test", b"1")
+    os.removexattr(path, "user.cowenv-test")
+
+
+def _hardlink_back(path: Path) -> None:
+    """A second name for the file (one outside the clone could write it later), then gone.
+    Inside the clone: btrfs links no file across subvolumes."""
+    with _restoring_dir(path.parent):
+        os.link(path, path.with_name("linked"))
+        os.unlink(path.with_name("linked"))
+
+
+def _utime_same(path: Path) -> None:
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def _chmod_root_back(path: Path) -> None:
+    """The clone's root itself (it is never renamed: its ctime is its own)."""
+    root = path.parents[4]  # <clone>/lib/pythonX.Y/site-packages/alpha/__init__.py
+    mode = root.stat().st_mode & 0o7777
+    os.chmod(root, 0o700)
+    os.chmod(root, mode)
+
+
+CHANGES: dict[str, Callable[[Path], None]] = {
+    "write": _write_back,
+    "truncate": _truncate_back,
+    "create": _create_delete,
+    "delete": _delete_recreate,
+    "rename": _rename_back,
+    "chmod": _chmod_back,
+    "chown": _chown_same,
+    "xattr": _xattr_back,
+    "hardlink": _hardlink_back,
+    "utime": _utime_same,
+    "chmod-root": _chmod_root_back,
+}
+
+
+@pytest.mark.parametrize("change", CHANGES)
+def test_every_change_sends_the_clone_to_the_trash(session: CowEnvSession, change: str) -> None:
+    env = recorded(session)
+    target = env.site_packages / "alpha" / "__init__.py"
+    assert target.is_file()
+    CHANGES[change](target)
+    assert fate(session, env) == "changed"
+    # The next test gets another clone, exactly the template.
+    session.release(session.acquire(env.template.spec, "next"))
+    assert session.stats.recycled == 0
+
+
+def test_a_change_in_the_tick_of_the_newest_ctime_is_not_trusted(session: CowEnvSession) -> None:
+    """Step 2: handed out in the coarse-clock tick of its newest ctime, a clone could be
+    changed without a new ctime. Simulated by the hand-out time (the kernel decides the
+    rest); nothing else is changed."""
+    env = recorded(session)
+    lease = lease_of(session, env)
+    assert lease.record is not None
+    lease.handed_out_ns = lease.record.newest_ns + lease.record.granule_ns - 1
+    assert fate(session, env) == "made in its test's tick"
+
+
+def test_tick_rule_counts_the_filesystems_granularity() -> None:
+    whole_seconds = reuse.Record((), 0, 5 * 10**9, reuse._granule([5 * 10**9, 3 * 10**9]))
+    assert whole_seconds.granule_ns == 10**9
+    assert not reuse.eligible(whole_seconds, 5 * 10**9 + 999_999_999)
+    assert reuse.eligible(whole_seconds, 6 * 10**9)
+    fine = reuse.Record((), 0, 5 * 10**9 + 7, reuse._granule([5 * 10**9 + 7, 3 * 10**9]))
+    assert fine.granule_ns == 1
+    assert not reuse.eligible(fine, 5 * 10**9 + 7)
+    assert reuse.eligible(fine, 5 * 10**9 + 8)
+
+
+def test_a_clone_made_in_the_tests_thread_off_btrfs_is_not_reused(
+    session: CowEnvSession,
+) -> None:
+    """Recording a file-by-file clone costs a walk: a clone the test waited for is not
+    recorded (and so never reused); a btrfs snapshot's record is its template's walk."""
+    spec = session.spec([SPEC])
+    env = session.acquire(spec, "first")  # the pool has not started: made here
+    lease = lease_of(session, env)
+    assert (lease.record is not None) == (env.strategy == "snapshot")
+    session.release(env)
+
+
+# -- processes the test left behind ---------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _process(argv: list[str], cwd: Path | None = None) -> Iterator[subprocess.Popen[str]]:
+    proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+HOLD_FD = "import sys, time; f = open(sys.argv[1]); print('ready', flush=True); time.sleep(60)"
+# A mapping with no descriptor left (Python's own mmap keeps a duplicate): only the
+# process's maps show it.
+HOLD_MAP = """
+import ctypes, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                      ctypes.c_int, ctypes.c_long]
+fd = os.open(sys.argv[1], os.O_RDONLY)
+assert libc.mmap(None, 1, 1, 1, fd, 0) not in (None, ctypes.c_void_p(-1).value)
+os.close(fd)
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_process_in_the_clone_keeps_it_from_the_next_test(session: CowEnvSession) -> None:
+    env = recorded(session)
+    with _process(["sh", "-c", "echo ready; exec sleep 60"], cwd=env.site_packages):
+        assert fate(session, env) == "in use by a process"
+
+
+def test_a_process_with_a_file_open_keeps_it(session: CowEnvSession) -> None:
+    env = recorded(session)
+    with _process([sys.executable, "-c", HOLD_FD, str(env.path / "pyvenv.cfg")]):
+        assert fate(session, env) == "in use by a process"
+
+
+def test_a_process_with_a_file_mapped_keeps_it(session: CowEnvSession) -> None:
+    env = recorded(session)
+    init = env.site_packages / "alpha" / "__init__.py"
+    with _process([sys.executable, "-c", HOLD_MAP, str(init)]):
+        assert fate(session, env) == "in use by a process"
+
+
+def test_this_process_holding_a_file_keeps_it(session: CowEnvSession) -> None:
+    env = recorded(session)
+    with open(env.path / "pyvenv.cfg", "rb"):
+        assert fate(session, env) == "in use by a process"
+
+
+def test_a_process_holding_the_clones_folder_keeps_it(session: CowEnvSession) -> None:
+    env = recorded(session)
+    with _process(["sh", "-c", "echo ready; exec sleep 60"], cwd=env.path.parent):
+        assert fate(session, env) == "in use by a process"
+
+
+def test_a_process_that_only_knows_the_path_cannot_reach_the_next_test(
+    session: CowEnvSession, tmp_path: Path
+) -> None:
+    """Step 3: the path the test knew is gone once it is released, so a process with no
+    handle into the clone writes nothing into the test that gets it next."""
+    env = recorded(session)
+    cfg = env.path / "pyvenv.cfg"
+    before = cfg.read_bytes()
+    late = subprocess.Popen(
+        ["sh", "-c", f"read go; echo planted >> '{cfg}'"],
+        cwd=tmp_path,
+        stdin=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert fate(session, env) == "reused"
+        again = session.acquire(env.template.spec, "next")
+        assert session.stats.recycled == 1
+        assert late.stdin is not None
+        late.stdin.write(b"go\n")
+        late.stdin.close()
+        assert late.wait(30) != 0  # no such file any more
+        assert (again.path / "pyvenv.cfg").read_bytes() == before
+        session.release(again)
+    finally:
+        late.kill()
+        late.wait()
+
+
+# -- the switch and the summary, in real runs -------------------------------------------------
+
+SUITE = """
+import os
+import time
+
+import pytest
+
+
+@pytest.mark.cowenv("alpha==1.0")
+@pytest.mark.parametrize("i", range(int(os.environ.get("TESTS", "8"))))
+def test_env(cowenv, i, request):
+    marker = cowenv.path / "written-by"
+    assert not marker.exists(), marker.read_text()
+    cowenv.run("python", "-c", "import alpha")
+    if i % 2 and os.environ.get("WRITE_HALF"):
+        marker.write_text(request.node.nodeid)
+    time.sleep(0.05)
+"""
+
+
+def _run(pytester: pytest.Pytester, root: Path, wheelhouse: Path, *extra: str) -> str:
+    pytester.makepyfile(test_suite=SUITE)
+    result = pytester.runpytest_subprocess(
+        "-p",
+        "no:cacheprovider",
+        f"--cowenv-dir={root}",
+        f"--cowenv-find-links={wheelhouse}",
+        "--cowenv-offline",
+        "-W",
+        "ignore::pytest_cowenv.CowEnvWarning",
+        *extra,
+    )
+    result.assert_outcomes(passed=8)
+    return result.stdout.str()
+
+
+def _reused(out: str) -> int:
+    return int(out.split("clones reused: ")[1].split(",")[0])
+
+
+def test_a_read_only_suite_reuses_its_clones(
+    root: Path, pytester: pytest.Pytester, wheelhouse: Path
+) -> None:
+    out = _run(pytester, root, wheelhouse)
+    assert _reused(out) >= 1, out
+
+
+def test_a_suite_that_writes_never_sees_another_tests_writes(
+    root: Path, pytester: pytest.Pytester, wheelhouse: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WRITE_HALF", "1")
+    out = _run(pytester, root, wheelhouse)
+    assert "changed " in out.split("discarded after use: ")[1], out
+
+
+@pytest.mark.parametrize("how", ["option", "env", "ini"])
+def test_reuse_no_turns_it_off(
+    roots: Callable[[str], Path],
+    pytester: pytest.Pytester,
+    wheelhouse: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    how: str,
+) -> None:
+    extra: tuple[str, ...] = ()
+    if how == "option":
+        extra = ("--cowenv-reuse=no",)
+    elif how == "env":
+        monkeypatch.setenv("PYTEST_COWENV_REUSE", "no")
+    else:
+        pytester.makeini("[pytest]\ncowenv_reuse = no\n")
+    out = _run(pytester, roots("btrfs"), wheelhouse, *extra)
+    assert _reused(out) == 0 and "reuse off 8" in out, out
+
+
+def test_a_bad_reuse_value_stops_the_run(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest_subprocess("--cowenv-reuse=maybe")
+    assert result.ret == 4
+    result.stderr.fnmatch_lines(["*--cowenv-reuse: 'maybe' is not one of yes, no*"])
+
+
+def test_kept_clones_are_not_reused(
+    roots: Callable[[str], Path], pytester: pytest.Pytester, wheelhouse: Path
+) -> None:
+    root = roots("btrfs")
+    out = _run(pytester, root, wheelhouse, "--cowenv-keep=all")
+    assert _reused(out) == 0, out
+    kept = [line.split("kept clone: ")[1] for line in out.splitlines() if "kept clone: " in line]
+    assert len(kept) == 8 and all((Path(k) / "pyvenv.cfg").is_file() for k in kept), out
+    for path in kept:
+        remove_tree(path, root=root)

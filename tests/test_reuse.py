@@ -275,11 +275,11 @@ def test_a_change_in_the_tick_of_the_newest_ctime_is_not_trusted(session: CowEnv
 
 
 def test_tick_rule_counts_the_filesystems_granularity() -> None:
-    whole_seconds = reuse.Record((), 0, 5 * 10**9, reuse._granule([5 * 10**9, 3 * 10**9]))
+    whole_seconds = reuse.Record((), 0, 0, 5 * 10**9, reuse._granule([5 * 10**9, 3 * 10**9]))
     assert whole_seconds.granule_ns == 10**9
     assert not reuse.eligible(whole_seconds, 5 * 10**9 + 999_999_999)
     assert reuse.eligible(whole_seconds, 6 * 10**9)
-    fine = reuse.Record((), 0, 5 * 10**9 + 7, reuse._granule([5 * 10**9 + 7, 3 * 10**9]))
+    fine = reuse.Record((), 0, 0, 5 * 10**9 + 7, reuse._granule([5 * 10**9 + 7, 3 * 10**9]))
     assert fine.granule_ns == 1
     assert not reuse.eligible(fine, 5 * 10**9 + 7)
     assert reuse.eligible(fine, 5 * 10**9 + 8)

@@ -158,17 +158,25 @@ class ClonePool:
                 return None
             self._watch.follow(threading.get_ident())
             lease = slot.ready.popleft() if slot.ready else None
-            used = None
-            if lease is None:
-                mine = [u for u in self._returned if u.template is template and u.mode is mode]
-                if not mine:
-                    return None
-                used = mine[0]
+            if lease is not None:
+                return lease
+            mine = [u for u in self._returned if u.template is template and u.mode is mode]
+            if not mine:
+                return None
+            for used in mine:
                 self._returned.remove(used)
-        if used is not None:
-            with self.foreground():
-                lease = self._proven([used])[0]
-        return lease
+        # All of them at once: one look at the processes serves the batch.
+        with self.foreground():
+            proven = [u for u in self._proven(mine) if u is not None]
+        if not proven:
+            return None
+        with self._cond:
+            if self._slots.get((template.key, mode)) is slot and not self._stop.is_set():
+                slot.ready.extendleft(reversed(proven[1:]))
+            else:
+                self._trash.extend(u.folder for u in proven[1:])
+                self._cond.notify()
+        return proven[0]
 
     def ready(self, template: Template, mode: LinkMode) -> int:
         """How many clones of ``template`` are ready now."""
@@ -425,30 +433,43 @@ class ClonePool:
 
     def _proven(self, batch: list[Lease]) -> list[Optional[Lease]]:
         """``batch`` with None for each clone that failed the proof (trashed, reason kept)."""
-        records = [lease.record for lease in batch]
-        assert all(records)
-        held = reuse.holders(
-            [(self._inodes(lease), os.fspath(lease.folder)) for lease in batch],
-            min(lease.handed_out_boot_ns for lease in batch),
-        )
-        out: list[Optional[Lease]] = []
+        out: list[Optional[Lease]] = [None] * len(batch)
+        rest = []
         for i, lease in enumerate(batch):
             assert lease.record is not None
-            why = "in use by a process" if i in held else None
+            if reuse.changed(os.fspath(lease.path), lease.record, dirs_only=True):
+                self._refuse(lease, "changed")  # no need to look further
+            else:
+                rest.append(i)
+        held = (
+            reuse.holders(
+                [(self._inodes(batch[i]), os.fspath(batch[i].folder)) for i in rest],
+                min(batch[i].handed_out_boot_ns for i in rest),
+            )
+            if rest
+            else {}
+        )
+        for n, i in enumerate(rest):
+            lease = batch[i]
+            assert lease.record is not None
+            why = "in use by a process" if n in held else None
             if why is None and _extra(lease.folder):
                 why = "its folder holds more"
             if why is None and reuse.changed(os.fspath(lease.path), lease.record) is not None:
                 why = "changed"
             if why is None:
                 lease.uses += 1
-                out.append(lease)
-                continue
-            self.discarded[why] += 1
-            with self._cond:
-                self._trash.append(lease.folder)
-                self._cond.notify()
-            out.append(None)
+                out[i] = lease
+            else:
+                self._refuse(lease, why)
         return out
+
+    def _refuse(self, lease: Lease, why: str) -> None:
+        """A used clone failed the proof: to the trash, and the reason counted."""
+        self.discarded[why] += 1
+        with self._cond:
+            self._trash.append(lease.folder)
+            self._cond.notify()
 
     def _inodes(self, lease: Lease) -> frozenset[tuple[int, int]]:
         """The clone's inodes and its folder's: a handle on either reaches into it."""

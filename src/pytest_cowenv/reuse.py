@@ -41,6 +41,7 @@ import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Optional
 
 from ._fstype import fs_type
@@ -66,11 +67,12 @@ class Record:
     """What a clone was right after it was made (step 1)."""
 
     wants: tuple[tuple[str, Want], ...]  # relative path ("" for the root) → its stat
+    dirs: int  # the first ``dirs`` wants are the root and the directories
     dev: int  # the clone's st_dev (a btrfs snapshot has its own)
     newest_ns: int  # the newest ctime
     granule_ns: int  # the filesystem's timestamp granularity, as far as the ctimes show
 
-    @property
+    @cached_property
     def inodes(self) -> frozenset[tuple[int, int]]:
         return frozenset((self.dev, want[0]) for _rel, want in self.wants)
 
@@ -87,14 +89,14 @@ def supported(path: str | os.PathLike[str]) -> bool:
 
 def record(clone: str) -> Record:
     """Step 1 for a clone made file by file: walk it."""
-    wants = _wants(walk_tree(clone))
-    return _record(wants, os.lstat(clone).st_dev)
+    tree = walk_tree(clone)
+    return _record(_wants(tree), 1 + len(tree.dirs), os.lstat(clone).st_dev)
 
 
 def template_record(tree: Tree) -> Record:
     """What every snapshot of the template walked as ``tree`` starts as (see
     :func:`snapshot_record`): a btrfs snapshot's entries are the template's inodes."""
-    return _record(_wants(tree), 0)
+    return _record(_wants(tree), 1 + len(tree.dirs), 0)
 
 
 def snapshot_record(clone: str, template: Record) -> Record:
@@ -104,15 +106,16 @@ def snapshot_record(clone: str, template: Record) -> Record:
     want = (root.st_ino, root.st_size, root.st_mode, root.st_mtime_ns, root.st_ctime_ns)
     return Record(
         (("", want), *template.wants[1:]),
+        template.dirs,
         root.st_dev,
         max(template.newest_ns, root.st_ctime_ns),
         min(template.granule_ns, _granule([root.st_ctime_ns])),
     )
 
 
-def _record(wants: list[tuple[str, Want]], dev: int) -> Record:
+def _record(wants: list[tuple[str, Want]], dirs: int, dev: int) -> Record:
     ctimes = {want[4] for _rel, want in wants}
-    return Record(tuple(wants), dev, max(ctimes), _granule(ctimes))
+    return Record(tuple(wants), dirs, dev, max(ctimes), _granule(ctimes))
 
 
 def _wants(tree: Tree) -> list[tuple[str, Want]]:
@@ -145,10 +148,12 @@ def eligible(rec: Record, handed_out_ns: int) -> bool:
     return handed_out_ns >= rec.newest_ns + rec.granule_ns
 
 
-def changed(clone: str, rec: Record) -> Optional[str]:
-    """Step 5: the first entry that is not as recorded, said in words; None if none is."""
+def changed(clone: str, rec: Record, dirs_only: bool = False) -> Optional[str]:
+    """Step 5: the first entry that is not as recorded, said in words; None if none is.
+    ``dirs_only``: the root and the directories only, where most changes show (a file
+    created, deleted or renamed): a quick look that can refuse a clone, never accept one."""
     lstat = os.lstat
-    for rel, want in rec.wants:
+    for rel, want in rec.wants[: rec.dirs] if dirs_only else rec.wants:
         try:
             st = lstat(clone + rel)
         except OSError as exc:
@@ -170,13 +175,16 @@ def holders(
     except OSError:
         return dict.fromkeys(range(len(clones)), "/proc cannot be read")
     since_ticks = since_boot_ns * os.sysconf("SC_CLK_TCK") // 10**9
+    folders = [b" " + os.fsencode(folder) + b"/" for _inodes, folder in clones]
     for pid in pids:
         base = f"/proc/{pid}/"
         try:
+            # Kernel threads and zombies have no program: no descriptors, cwd or mappings of
+            # a user's files. Most of /proc is kernel threads.
+            os.readlink(base + "exe")
             handles = [base + "cwd", base + "root"]
             handles += [f"{base}fd/{fd}" for fd in os.listdir(base + "fd")]
-            with open(base + "maps", encoding="utf-8", errors="replace") as f:
-                maps = f.read()
+            maps = _read(base + "maps")
         except FileNotFoundError:
             continue  # gone
         except PermissionError:
@@ -194,10 +202,24 @@ def holders(
             for i, (inodes, _folder) in enumerate(clones):
                 if (st.st_dev, st.st_ino) in inodes:
                     found.setdefault(i, f"pid {pid} ({handle.rpartition('/')[2]})")
-        for i, (_inodes, folder) in enumerate(clones):
-            if folder + os.sep in maps:
+        for i, folder in enumerate(folders):
+            if folder in maps:
                 found.setdefault(i, f"pid {pid} (a mapped file)")
     return found
+
+
+def _read(path: str) -> bytes:
+    """A whole /proc file, in as few reads as it takes."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        chunks: list[bytes] = []
+        while True:
+            chunk = os.read(fd, 1 << 18)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
 
 
 def _started_at(base: str) -> int:

@@ -285,16 +285,19 @@ def test_tick_rule_counts_the_filesystems_granularity() -> None:
     assert reuse.eligible(fine, 5 * 10**9 + 8)
 
 
-def test_a_clone_made_in_the_tests_thread_off_btrfs_is_not_reused(
-    session: CowEnvSession,
-) -> None:
-    """Recording a file-by-file clone costs a walk: a clone the test waited for is not
-    recorded (and so never reused); a btrfs snapshot's record is its template's walk."""
+def test_a_clone_the_test_waited_for_is_reused_too(session: CowEnvSession) -> None:
+    """A clone made in the test's thread (the pool had none ready) is recorded before the
+    test gets it: a btrfs snapshot by its template's walk, another by a walk of its own and
+    a wait for the coarse clock to pass its newest ctime."""
     spec = session.spec([SPEC])
-    env = session.acquire(spec, "first")  # the pool has not started: made here
-    lease = lease_of(session, env)
-    assert (lease.record is not None) == (env.strategy == "snapshot")
-    session.release(env)
+    first = session.acquire(spec, "first")  # the pool starts on the second use: made here
+    second = session.acquire(spec, "second")
+    assert session.stats.pool_misses == 2
+    lease = lease_of(session, first)
+    assert lease.record is not None
+    assert reuse.eligible(lease.record, lease.handed_out_ns)
+    assert fate(session, first) == "reused"
+    session.release(second)
 
 
 # -- processes the test left behind ---------------------------------------------------------

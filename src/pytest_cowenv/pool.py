@@ -203,10 +203,17 @@ class ClonePool:
             self._wake()
 
     def record(self, lease: Lease) -> None:
-        """Record a clone made in the test's thread, if that is free: a btrfs snapshot's
-        record is its template's walk (``reuse.record``). Others are never reused."""
-        if self.reuse and lease.result.strategy == "snapshot":
+        """Record a clone made in the test's thread (``reuse``, step 1): a btrfs snapshot's
+        record is its template's walk; another clone is walked (a small part of what making
+        it cost), and then the coarse clock is let pass its newest ctime (step 2), at most a
+        tick, so that it may serve later tests too."""
+        if not self.reuse or lease.mode is LinkMode.HARDLINK:
+            return
+        if lease.result.strategy == "snapshot":
             lease.record = self._snapshot_record(lease)
+            return
+        lease.record = reuse.record(os.fspath(lease.path))
+        reuse.wait_past(lease.record)
 
     def give_back(self, lease: Lease, reusable: bool = True) -> None:
         """A test is done with ``lease`` (its folder where the test had it): back to the pool
@@ -361,6 +368,11 @@ class ClonePool:
             self.start(*found)
 
     def _make(self, slot: _Slot) -> None:
+        with self._cond:
+            if self._returned:  # given back while this waited for the test: proving is cheaper
+                slot.making = False
+                self._cond.notify()
+                return
         name = next(self._names)
         making = self.ready_dir / f".making-{name}"
         ready = self.ready_dir / f"{slot.template.key[:12]}-{name}"

@@ -148,6 +148,16 @@ def eligible(rec: Record, handed_out_ns: int) -> bool:
     return handed_out_ns >= rec.newest_ns + rec.granule_ns
 
 
+def wait_past(rec: Record) -> None:
+    """Sleep until a clone handed out now would be :func:`eligible` (at most a tick or a
+    granule: a clone made just now)."""
+    while True:
+        short = rec.newest_ns + rec.granule_ns - coarse_now()
+        if short <= 0:
+            return
+        time.sleep(min(short, 10**9) / 1e9)
+
+
 def changed(clone: str, rec: Record, dirs_only: bool = False) -> Optional[str]:
     """Step 5: the first entry that is not as recorded, said in words; None if none is.
     ``dirs_only``: the root and the directories only, where most changes show (a file

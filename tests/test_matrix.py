@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Callable
@@ -222,13 +223,21 @@ def test_bounds(cowenv):
 
 def test_plain():
     pass
+
+@pytest.mark.parametrize("req", versions("alpha>=2"))
+def test_param(req):
+    pass
+
+def test_factory(cowenv_factory):
+    cowenv_factory("alpha", matrix={"alpha": ["alpha==1.0"]})
 """
 
 
 def test_matrix_makes_one_test_per_combination(pytester: pytest.Pytester, run: Run) -> None:
     pytester.makepyfile(MATRIX_TESTS)
     result = run("-v")
-    result.assert_outcomes(passed=7)
+    result.assert_outcomes(passed=8, failed=1)
+    result.stdout.fnmatch_lines(["matrix= parametrizes tests: give it to the cowenv marker"])
     assert ids(result, "test_suite") == [
         "alpha==1.2.*-beta==1.0",
         "alpha==1.2.*-beta==2.0",
@@ -247,6 +256,7 @@ def test_matrix_makes_one_test_per_combination(pytester: pytest.Pytester, run: R
                 "test_suite[alpha==2.0.*-beta==1.0]",
                 "test_suite[alpha==2.0.*-beta==2.0]",
                 "test_bounds[alpha==2.0]",
+                "test_param[alpha==2.0.*]",
             ],
         ),
         ("alpha==1.2.* and beta==2", ["test_suite[alpha==1.2.*-beta==2.0]"]),
@@ -266,8 +276,8 @@ def test_matrix_under_xdist_builds_each_combination_once(
     pytester: pytest.Pytester, run: Run
 ) -> None:
     pytester.makepyfile(MATRIX_TESTS)
-    result = run("-n", "2", "-v", subprocess=True)
-    result.assert_outcomes(passed=7)
+    result = run("-n", "2", "-v", "-k", "not factory", subprocess=True)
+    result.assert_outcomes(passed=8)
     built = [line for line in result.outlines if line.startswith("templates built:")]
     assert built and built[0].startswith("templates built: 6:"), result.outlines
 
@@ -351,7 +361,7 @@ def test_an_unreachable_index_is_named(pytester: pytest.Pytester, cache: Path) -
 # --- the cache of listings ------------------------------------------------------------------
 
 
-def test_clean_removes_stale_listings_and_clean_all_the_folder(
+def test_prune_removes_old_listings_and_clean_all_the_folder(
     pytester: pytest.Pytester, run: Run, cache: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from pytest_cowenv.cli import main
@@ -371,8 +381,10 @@ def test_clean_removes_stale_listings_and_clean_all_the_folder(
     assert len(listings) == 2
     mine = cache / "versions" / "notes.txt"
     mine.write_text("mine")
-    os.utime(listings[0], (1, 1))  # long expired
-    assert main(["clean", "--dir", str(cache)]) == 0
+    os.utime(listings[0], (1, 1))  # written in 1970
+    assert main(["clean", "--dir", str(cache)]) == 0  # an old listing may stand in offline
+    assert sorted((cache / "versions").glob("*.json")) == listings
+    assert main(["prune", "--older-than", "30", "--dir", str(cache)]) == 0
     assert "release listings (1)" in capsys.readouterr().out
     assert sorted((cache / "versions").glob("*.json")) == listings[1:]
     assert main(["clean", "--all", "--dir", str(cache)]) == 0
@@ -392,6 +404,80 @@ def test_a_cache_left_by_rm_rf_may_keep_its_listings(tmp_path: Path) -> None:
     assert marker.classify(str(tmp_path)).kind == "remains"
     (tmp_path / "versions" / "notes.txt").touch()
     assert marker.classify(str(tmp_path)).kind == "foreign"  # not a name of ours
+
+
+# --- an index over HTTP ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def http_index(wheelhouse: Path, tmp_path: Path) -> Iterator[tuple[str, Callable[[], None]]]:
+    """A simple (PEP 503) index of the wheelhouse on localhost, where ``alpha`` 2.0 is yanked
+    (PEP 592); yields its URL and a function that stops it."""
+    import functools
+    import http.server
+    import threading
+
+    page = tmp_path / "index" / "simple" / "alpha"
+    page.mkdir(parents=True)
+    links = []
+    for wheel in sorted(wheelhouse.glob("alpha-*.whl")):
+        shutil.copy(wheel, page / wheel.name)
+        yanked = ' data-yanked="broken"' if "-2.0-" in wheel.name else ""
+        links.append(f'<a href="{wheel.name}"{yanked}>{wheel.name}</a>')
+    (page / "index.html").write_text("<html><body>" + "".join(links) + "</body></html>")
+    handler = functools.partial(
+        http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "index")
+    )
+    handler.log_message = lambda *args: None  # type: ignore[attr-defined]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    stopped: list[bool] = []
+
+    def stop() -> None:
+        if not stopped:
+            server.shutdown()
+            server.server_close()
+            stopped.append(True)
+
+    yield f"http://127.0.0.1:{server.server_address[1]}/simple", stop
+    stop()
+
+
+def test_an_index_over_http_yanked_and_unreachable(
+    pytester: pytest.Pytester, cache: Path, http_index: tuple[str, Callable[[], None]]
+) -> None:
+    url, stop = http_index
+    pytester.makepyfile(
+        """
+        import pytest
+        from pytest_cowenv import versions
+
+        @pytest.mark.parametrize("req", versions("alpha", "patch"))
+        def test_without_yanked(req): pass
+
+        @pytest.mark.parametrize("req", versions("alpha", "patch", yanked=True))
+        def test_with_yanked(req): pass
+        """
+    )
+    args = ["-p", "no:cacheprovider", "-v", f"--cowenv-dir={cache}", f"--cowenv-index-url={url}"]
+    result = pytester.runpytest_inprocess(*args)
+    assert ids(result, "test_without_yanked") == ["alpha==1.0", "alpha==1.1", "alpha==1.2.1"]
+    assert ids(result, "test_with_yanked") == [
+        "alpha==1.0",
+        "alpha==1.1",
+        "alpha==1.2.1",
+        "alpha==2.0",
+    ]
+    stop()
+    offline = pytester.runpytest_inprocess(*args, "--cowenv-refresh-versions")
+    offline.assert_outcomes(passed=7)  # the listing of the first run stands in
+    offline.stdout.fnmatch_lines(
+        [
+            f"*CowEnvWarning: listing the releases of alpha: {url}/alpha/ is unreachable (*); "
+            "using its listing of * from the cache"
+        ]
+    )
 
 
 # --- the real index -------------------------------------------------------------------------

@@ -4,6 +4,7 @@ in a clone built from that group, and from its lock with uv."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import tarfile
@@ -100,3 +101,75 @@ def test_a_real_project_runs_its_suite_from_its_own_spec(
     result.assert_outcomes(passed=1)
     shown = "uv.lock [group tests]" if "uv.lock" in spec else "pyproject.toml [group tests]"
     assert any(shown in line for line in result.outlines), result.outlines
+
+
+RERUNFAILURES = "pytest-rerunfailures==16.7"
+# Fails in a plain venv with pytest 8.2.1 too (pip install pytest==8.2.1 and the sdist).
+KNOWN_ON_821 = "tests/test_pytest_rerunfailures.py::test_only_rerun_ini_override"
+
+MATRIX_INNER = """
+import pytest
+from pytest_cowenv import versions
+
+SOURCES = {sources!r}
+
+# The plugin's own floor, from its pyproject.toml: pytest!=8.2.2,>=8.2.
+@pytest.mark.cowenv(project=SOURCES, matrix={{"pytest": versions("pytest>=8.2,!=8.2.2")}})
+def test_rerunfailures_suite(cowenv):
+    pytest_version = cowenv.template.resolved["pytest"]
+    deselect = ["--deselect", {known!r}] if pytest_version == "8.2.1" else []
+    result = cowenv.runpytest("-q", "-p", "no:cacheprovider", *deselect, "tests", cwd=SOURCES,
+                              timeout=1200)
+    print("inner:", pytest_version, result.outlines[-1])
+    assert result.ret == 0, "\\n".join(result.outlines[-30:])
+    outcomes = result.parseoutcomes()
+    assert outcomes["passed"] >= 200 and "failed" not in outcomes, outcomes
+"""
+
+
+def _sdist_sources(requirement: str, where: Path) -> Path:
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "--disable-pip-version-check",
+            "-d",
+            str(where),
+            requirement,
+        ],
+        check=True,
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+        timeout=300,
+    )
+    (sdist,) = where.glob("*.tar.gz")
+    with tarfile.open(sdist) as tar:
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(where, filter="data")
+        else:  # pragma: no cover - an interpreter without extraction filters
+            tar.extractall(where)
+    (sources,) = (p for p in where.iterdir() if p.is_dir())
+    return sources
+
+
+@pytest.mark.network
+@pytest.mark.slow
+def test_a_real_plugin_runs_its_suite_once_per_pytest_minor(
+    pytester: pytest.Pytester, tmp_path_factory: pytest.TempPathFactory, cache: Path
+) -> None:
+    sources = _sdist_sources(RERUNFAILURES, tmp_path_factory.mktemp("rerunfailures-sdist"))
+    pytester.makepyfile(MATRIX_INNER.format(sources=str(sources), known=KNOWN_ON_821))
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-s", "-p", "no:xdist", f"--cowenv-dir={cache}", timeout=3600
+    )
+    minors = re.findall(r"inner: (\S+) (.*)", result.stdout.str())
+    versions = [version for version, _ in minors]
+    # 8.2 is pinned to 8.2.1: the requirement cuts 8.2.2 out of the minor.
+    assert versions[:4] == ["8.2.1", "8.3.5", "8.4.2", "9.0.3"], minors
+    result.assert_outcomes(passed=len(minors))

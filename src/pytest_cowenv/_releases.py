@@ -18,7 +18,7 @@ import re
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple, Optional, Union
 from urllib.parse import unquote
@@ -43,7 +43,6 @@ PIP_TIMEOUT = 300.0  # seconds for one listing, retries included
 _AVAILABLE = re.compile(r"^Available versions: (?P<versions>.*)$", re.MULTILINE)
 # pip's debug log: "Skipping link: yanked for reason: <reason>: <url> (from <page>) ..."
 _YANKED = re.compile(r"Skipping link: yanked for reason: .*: (?P<url>\S+) \(from ", re.MULTILINE)
-_LOCATION = re.compile(r"^\* (?P<url>\S+)$", re.MULTILINE)
 _UNREACHABLE = re.compile(
     r"^Could not fetch URL (?P<url>\S+?): (?P<why>.*?)(?: - skipping)?$", re.M
 )
@@ -63,6 +62,11 @@ class Listing:
     releases: tuple[Release, ...]
     where: str  # the index and links asked, for messages
     listed_at: float
+    stale_because: str = ""  # why an older listing stands in (the index is unreachable)
+
+
+class Unreachable(SpecError):
+    """The index cannot be reached, and no wheel directory has the project."""
 
 
 def parse(requirement: str) -> Requirement:
@@ -107,7 +111,13 @@ def list_releases(
         cached = _read(path, name, fresh_after)
         if cached is not None:
             return cached
-        listing = _list_now(name, index)
+        try:
+            listing = _list_now(name, index)
+        except Unreachable as exc:
+            older = _read(path, name, 0.0)
+            if older is None:
+                raise
+            return replace(older, stale_because=str(exc))
         _write(path, listing)
         return listing
 
@@ -238,7 +248,7 @@ def _list_now(name: str, index: IndexOptions) -> Listing:
         ]
         if unreachable:
             url, why = unreachable[0]
-            raise SpecError(
+            raise Unreachable(
                 f"listing the releases of {name}: {url} is unreachable ({_short(why)}); "
                 "to list offline, give find-links and offline"
             )

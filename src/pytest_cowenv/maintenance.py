@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from . import _owner
-from ._defaults import VERSIONS_EXPIRY
 from ._names import (
     BUILD_DIR,
     KEPT,
@@ -367,7 +366,7 @@ def prune(
             else:
                 report.skipped.append(Item(str(path), what, size, reason))
     prune_bytecode(layout, report)
-    prune_listings(layout, report, everything=everything)
+    prune_listings(layout, report, older_than=0 if everything else older_than_days * DAY)
     return report
 
 
@@ -534,17 +533,18 @@ def prune_bytecode(layout: Layout, report: Report) -> None:
         report.removed.append(Item(str(layout.bytecode), what, size))
 
 
-def prune_listings(layout: Layout, report: Report, *, everything: bool = False) -> None:
-    """Remove the release listings of ``versions()`` that are stale (all with
-    ``everything``), and unfinished ones of writers that are gone. A listing is a cache of
-    the index: one removed under a run only costs that run a listing."""
-    stale_before = time.time() - VERSIONS_EXPIRY
+def prune_listings(layout: Layout, report: Report, *, older_than: Optional[float] = None) -> None:
+    """Remove the release listings of ``versions()`` written more than ``older_than``
+    seconds ago (all if 0; None: none), and unfinished ones of writers that are gone. A
+    listing past its expiry stands in while the index cannot be reached; one removed under a
+    run only costs that run a listing."""
+    cutoff = None if older_than is None else time.time() - older_than
     count = size = 0
     for entry in _children(layout.versions):
         if LISTING.match(entry.name) and entry.name.endswith(".json"):
             with contextlib.suppress(OSError):
                 st = entry.stat(follow_symlinks=False)
-                if everything or st.st_mtime < stale_before:
+                if cutoff is not None and (older_than == 0 or st.st_mtime < cutoff):
                     remove_tree(entry.path, root=layout.root)
                     count, size = count + 1, size + st.st_size
         elif LISTING_TMP.match(entry.name) and _dead_writer(entry.name):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import re
 import time
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
@@ -52,12 +53,22 @@ class RunContext:
         from ._releases import list_releases
 
         if name not in self.listings:
-            self.listings[name] = list_releases(
+            listing = list_releases(
                 name,
                 IndexOptions(*self.index),
                 cache_dir=_listing_dir(self.root),
                 fresh_after=self.fresh_after,
             )
+            if listing.stale_because:
+                from .errors import CowEnvWarning
+
+                when = time.strftime("%Y-%m-%d %H:%M", time.localtime(listing.listed_at))
+                why = listing.stale_because.split("; to list offline")[0]
+                warnings.warn(
+                    CowEnvWarning(f"{why}; using its listing of {when} from the cache"),
+                    stacklevel=2,
+                )
+            self.listings[name] = listing
         return self.listings[name]
 
 

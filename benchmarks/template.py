@@ -1,28 +1,32 @@
-"""How long a cold template build of W1 takes, against plain uv and virtualenv + pip.
+"""How soon the first test of a cold W1 spec starts, against ``uv venv && uv pip install``.
 
-    eval "$(bash scripts/cowfs.sh env)"             # builds on btrfs when it is mounted
-    python benchmarks/template.py                    # 3 timed rounds after 1 warm-up round
-    python benchmarks/template.py --repeat 5 --no-pip --dir /some/where
+    eval "$(bash scripts/cowfs.sh env)"              # builds on btrfs when it is mounted
+    python benchmarks/template.py                     # 5 timed rounds after 1 warm-up round
+    python benchmarks/template.py --repeat 9 --out docs/bench-template.txt
 
-W1 = requests, rich, pytest, httpx, pydantic, from the machine's usual index (pip.conf, uv's
-defaults). The warm-up round fills the package caches of uv and pip, so every timed build is a
-cold *environment* with a warm *package* cache. Rounds are interleaved (see ``_common``).
+W1 = requests, rich, pytest, httpx, pydantic: from the package index (uv's default, as a user
+has it), and offline from a local wheelhouse (``--wheelhouse``, default the benchmarks' W1
+wheelhouse). uv's package cache (``UV_CACHE_DIR``) is on the same filesystem as the
+environments and warm (the warm-up round fills it): every timed run is a cold *environment*
+with a warm *package* cache. ``PYTHONDONTWRITEBYTECODE`` is unset, as on a user's machine.
+Rounds are interleaved (see ``_common``).
 
-Rows, each a fresh process doing what a user's first run would do:
+Rows, each a fresh process:
 
-- ``cowenv, uv``: a new cache root each run: virtualenv, uv install, relocation, byte-compiling
-  every module from scratch, publishing. The honest cold figure.
-- ``cowenv, uv, warm pyc store``: a template never built before, but whose modules another
-  template already compiled (``<root>/pyc``): the case of a second spec, or a changed one.
-- ``uv venv + uv pip install``: the issue's reference (no bytecode: it compiles on import).
-- ``uv venv + uv pip install --compile-bytecode``: the same work as a template (all modules
-  compiled), for comparison.
-- ``cowenv, pip`` (``PYTEST_COWENV_NO_UV=1``) and ``virtualenv + pip install`` (seeded; pip
-  compiles while installing), unless ``--no-pip``.
+- ``pytest alone``: a test file with one test that needs no environment: pytest's own start.
+- ``cowenv, index`` and ``cowenv, wheelhouse``: the same test asking for W1 through the
+  ``cowenv`` fixture, in a new cache directory each run (``--cowenv-find-links WHEELHOUSE
+  --cowenv-offline`` for the second).
+- ``uv, index`` and ``uv, wheelhouse``: ``uv venv --python <the same interpreter>`` and
+  ``uv pip install`` of W1 (``--no-index --offline --find-links WHEELHOUSE`` for the second).
 
-Medians in seconds, the ratio to ``uv venv + uv pip install``, and the median time of each
-build phase of our rows (from the template's metadata; ``total`` includes the interpreter
-start and imports).
+Each test records when it starts and when its first ``python -c "import requests, rich, httpx,
+pydantic"`` in the environment is done (neither environment has bytecode by then: both compile
+what they import); after the uv commands the same import is timed. The figure the targets are
+about, *cost to the first test*, is the first test's start minus pytest's own start (the
+``pytest alone`` row, same round), against the uv commands' time. The second table shows where
+a cowenv build's time goes (its template's metadata) and the compile that runs behind the
+tests, whose end pytest waits for before it exits (``exit``).
 """
 
 from __future__ import annotations
@@ -30,50 +34,40 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
-from _common import Case, header, interleaved, load, median, table
+from _common import W1, Case, header, interleaved, load, median, table, wheelhouse
 
 from pytest_cowenv.clone import remove_tree, unprotect
 
-W1 = ("requests", "rich", "pytest", "httpx", "pydantic")
-UV_REF = "uv venv + uv pip install"
-PIP_REF = "virtualenv + pip install"
-BUILD = """
-import json, sys, time
-start = time.perf_counter()
-from pytest_cowenv import TemplateCache, TemplateSpec
-from pytest_cowenv.store import prepare_root
-template = TemplateCache(prepare_root(sys.argv[1])).get(TemplateSpec.create(sys.argv[2:]))
-assert template.built_now
-meta = template.meta
-print(json.dumps({**meta["phases"], "build": meta["build_seconds"], "files": meta["files"],
-                  "total": time.perf_counter() - start, "reused": meta["bytecode"]["reused"]}))
+IMPORT = "import requests, rich, httpx, pydantic"
+TESTS = f"""
+import os, subprocess, time
+import pytest
+
+def stamp(name):
+    with open(os.path.join(os.environ["BENCH_STAMPS"], name), "w") as f:
+        f.write(repr(time.time()))
+
+@pytest.mark.cowenv(*{W1!r})
+def test_cowenv(cowenv):
+    stamp("start")
+    subprocess.run([str(cowenv.python), "-c", {IMPORT!r}], check=True)
+    stamp("imported")
+
+def test_plain():
+    stamp("start")
 """
-
-
-CPU: dict[str, list[float]] = {}  # case name -> CPU seconds of its processes, per run
-
-
-def children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def run(argv: Sequence[str], env: Optional[dict[str, str]] = None) -> str:
-    proc = subprocess.run(
-        list(argv), capture_output=True, text=True, env={**os.environ, **(env or {})}
-    )
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(argv)} failed:\n{proc.stdout}{proc.stderr}")
-    return proc.stdout
+INDEX, WHEELHOUSE = "index", "wheelhouse"
+SOURCES = (INDEX, WHEELHOUSE)
+TARGETS = {INDEX: 1.3, WHEELHOUSE: 1.5}  # issue 19: cost to the first test, times uv's
 
 
 def wipe(path: Path) -> None:
@@ -85,161 +79,203 @@ def wipe(path: Path) -> None:
         remove_tree(path)
 
 
-def cowenv_case(
-    name: str,
-    root: Path,
-    phases: dict[str, list[dict[str, float]]],
-    *,
-    keep_pyc: bool,
-    env: Optional[dict[str, str]] = None,
-) -> Case:
-    def setup() -> None:
-        if keep_pyc and (root / "pyc").is_dir():  # a new template, bytecode already compiled
-            wipe(root / "templates")
-            (root / "templates").mkdir()
+class Bench:
+    """The work folder, the environment every process gets, and what each run recorded."""
+
+    def __init__(self, work: Path, wheels: Path) -> None:
+        self.work, self.wheels = work, wheels
+        self.stamps = work / "stamps"
+        self.stamps.mkdir()
+        (work / "test_first.py").write_text(TESTS, encoding="utf-8")
+        self.env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        self.env.update(BENCH_STAMPS=str(self.stamps), UV_CACHE_DIR=str(work / "uv-cache"))
+        self.start: dict[str, list[float]] = {}  # case -> seconds from launch to test start
+        self.imported: dict[str, list[float]] = {}  # case -> seconds to the first import's end
+        self.exits: dict[str, list[float]] = {}  # case -> seconds to the process's exit
+        self.phases: dict[str, list[dict[str, float]]] = {}  # "<case> gen <n>" -> phases
+
+    def run(self, argv: Sequence[str]) -> None:
+        proc = subprocess.run(
+            list(argv), capture_output=True, text=True, env=self.env, cwd=self.work
+        )
+        if proc.returncode != 0:
+            raise SystemExit(f"{' '.join(argv)} failed:\n{proc.stdout}{proc.stderr}")
+
+    def stamp(self, name: str) -> float:
+        return float((self.stamps / name).read_text(encoding="utf-8"))
+
+    def record(self, name: str, launched: float, *, imported: bool) -> None:
+        self.start.setdefault(name, []).append(self.stamp("start") - launched)
+        if imported:
+            self.imported.setdefault(name, []).append(self.stamp("imported") - launched)
+        for stamp in self.stamps.iterdir():
+            stamp.unlink()
+
+    def pytest_case(self, name: str, source: Optional[str]) -> Case:
+        root = self.work / f"cache-{name.replace(', ', '-').replace(' ', '-')}"
+        argv = [sys.executable, "-m", "pytest", "-c", os.devnull, "--rootdir", str(self.work)]
+        argv += ["-p", "no:cacheprovider", "-q", "test_first.py"]
+        if source is None:
+            argv += ["-k", "test_plain", "-p", "no:cowenv"]
         else:
-            wipe(root)
+            argv += ["-k", "test_cowenv", "--cowenv-dir", str(root)]
+            if source == WHEELHOUSE:
+                argv += ["--cowenv-find-links", str(self.wheels), "--cowenv-offline"]
 
-    def build() -> None:
-        out = run([sys.executable, "-c", BUILD, str(root), *W1], env)
-        phases.setdefault(name, []).append(json.loads(out.splitlines()[-1]))
+        def run() -> None:
+            launched = time.time()
+            self.run(argv)
+            self.exits.setdefault(name, []).append(time.time() - launched)
+            self.record(name, launched, imported=source is not None)
+            if source is not None:
+                self.keep_phases(name, root)
 
-    return Case(name, with_cpu(name, build), setup=setup)
+        return Case(name, run, setup=lambda: wipe(root), cleanup=lambda: wipe(root))
 
+    def keep_phases(self, name: str, root: Path) -> None:
+        for meta_file in (root / "templates").glob("*.json"):
+            meta = json.loads(meta_file.read_text(encoding="utf-8"))
+            made = [("first template", meta["phases"])]
+            if "phases_behind" in meta:  # the first one is gone: its twin keeps its phases
+                made.append(("compiled behind", meta["phases_behind"]))
+            for what, phases in made:
+                self.phases.setdefault(f"{name}: {what}", []).append(
+                    {**phases, "files": meta["files"]}
+                )
 
-def shell_case(name: str, path: Path, commands: Callable[[Path], list[list[str]]]) -> Case:
-    def build() -> None:
-        for argv in commands(path):
-            run(argv)
+    def uv_case(self, name: str, source: str) -> Case:
+        uv = shutil.which("uv") or "uv"
+        env = self.work / f"env-{source}"
+        python = env / "bin" / "python"
+        from pytest_cowenv.spec import find_interpreter
 
-    return Case(name, with_cpu(name, build), setup=lambda: wipe(path), cleanup=lambda: wipe(path))
+        interpreter = find_interpreter(None).executable
+        install = [uv, "pip", "install", "-q", "--python", str(python)]
+        if source == WHEELHOUSE:
+            install += ["--no-index", "--offline", "--find-links", str(self.wheels)]
 
+        def run() -> None:
+            launched = time.time()
+            self.run([uv, "venv", "-q", "--python", interpreter, str(env)])
+            self.run([*install, *W1])
+            ready = time.time()
+            self.run([str(python), "-c", IMPORT])
+            self.start.setdefault(name, []).append(ready - launched)
+            self.imported.setdefault(name, []).append(time.time() - launched)
 
-def with_cpu(name: str, build: Callable[[], None]) -> Callable[[], None]:
-    """``build``, also recording the CPU seconds its processes used: on a loaded machine
-    the wall time says as much about the neighbours as about the build."""
-
-    def measured() -> None:
-        before = children_cpu()
-        build()
-        CPU.setdefault(name, []).append(children_cpu() - before)
-
-    return measured
+        return Case(name, run, setup=lambda: wipe(env), cleanup=lambda: wipe(env))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeat", type=int, default=3, help="timed rounds (3)")
+    parser.add_argument("--repeat", type=int, default=5, help="timed rounds (5)")
     parser.add_argument("--dir", type=Path, help="where to build (default: the btrfs mount)")
-    parser.add_argument("--no-pip", action="store_true", help="skip the two pip rows")
+    parser.add_argument("--wheelhouse", type=Path, help="W1's wheels (default: downloaded once)")
+    parser.add_argument("--out", type=Path, help="also write the report to this file")
     args = parser.parse_args(argv)
     if shutil.which("uv") is None:
         raise SystemExit("uv is not on PATH: the reference rows need it")
+    wheels = (args.wheelhouse or wheelhouse()).resolve()
     base = args.dir or Path(os.environ.get("COWENV_TEST_BTRFS") or tempfile.gettempdir())
     work = Path(tempfile.mkdtemp(prefix="bench-template-", dir=base))
-    phases: dict[str, list[dict[str, float]]] = {}
-    uv = shutil.which("uv") or "uv"
-    cases = [
-        cowenv_case("cowenv, uv", work / "cold", phases, keep_pyc=False),
-        cowenv_case("cowenv, uv, warm pyc store", work / "warm", phases, keep_pyc=True),
-        shell_case(
-            UV_REF,
-            work / "uvenv",
-            lambda p: [
-                [uv, "venv", "-q", str(p)],
-                [uv, "pip", "install", "-q", "--python", str(p / "bin" / "python"), *W1],
-            ],
-        ),
-        shell_case(
-            UV_REF + " --compile-bytecode",
-            work / "uvenvc",
-            lambda p: [
-                [uv, "venv", "-q", str(p)],
-                [
-                    uv,
-                    "pip",
-                    "install",
-                    "-q",
-                    "--compile-bytecode",
-                    "--python",
-                    str(p / "bin" / "python"),
-                    *W1,
-                ],
-            ],
-        ),
-    ]
-    if not args.no_pip:
-        no_uv = {"PYTEST_COWENV_NO_UV": "1"}
-        cases.append(cowenv_case("cowenv, pip", work / "pip", phases, keep_pyc=False, env=no_uv))
-        cases.append(
-            shell_case(
-                PIP_REF,
-                work / "venv",
-                lambda p: [
-                    [sys.executable, "-m", "virtualenv", "-q", "--no-periodic-update", str(p)],
-                    [
-                        str(p / "bin" / "python"),
-                        "-m",
-                        "pip",
-                        "install",
-                        "-q",
-                        "--disable-pip-version-check",
-                        *W1,
-                    ],
-                ],
-            )
-        )
-    print(header(), flush=True)
-    print(f"building W1 in {work} ({args.repeat} rounds after a warm-up) ...", flush=True)
+    bench = Bench(work, wheels)
+    cases = [bench.pytest_case("pytest alone", None)]
+    for source in SOURCES:
+        cases.append(bench.pytest_case(f"cowenv, {source}", source))
+        cases.append(bench.uv_case(f"uv, {source}", source))
+    from pytest_cowenv.fs import fs_type
+
+    where = f"{work} ({fs_type(work)})"
+    start = header()
+    print(start, flush=True)
+    print(f"first test of a cold W1 spec in {where}: {args.repeat} rounds after a warm-up")
     try:
-        interleaved(cases, args.repeat, warmup=1)
+        interleaved(cases, args.repeat, warmup=1, sync_path=work)
     finally:
         wipe(work)
-    # The warm-up round's figures are dropped, as interleaved() drops its times.
-    report(cases, {name: runs[-args.repeat :] for name, runs in phases.items()}, args.repeat)
-    print(f"end: {load()}")
+    text = "\n".join([start, report(bench, args.repeat, where), f"end: {load()}"])
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n", encoding="utf-8")
     return 0
 
 
-def report(cases: Sequence[Case], phases: dict[str, list[dict[str, float]]], repeat: int) -> None:
-    seconds = {case.name: median(case.seconds) for case in cases}
-    cpu = {name: median(runs[-repeat:]) for name, runs in CPU.items()}
-    rows = []
-    for case in cases:
-        name = case.name
-        vs_pip = f"{seconds[name] / seconds[PIP_REF]:.2f}x" if PIP_REF in seconds else "-"
-        rows.append(
-            [
-                name,
-                f"{seconds[name]:.2f}",
-                f"{seconds[name] / seconds[UV_REF]:.2f}x",
-                vs_pip,
-                f"{cpu[name]:.2f}",
-                f"{cpu[name] / cpu[UV_REF]:.2f}x",
-                " ".join(f"{s:.2f}" for s in case.seconds),
-            ]
-        )
-    header = ["way to get W1", "median s", "vs uv", "vs pip", "CPU s", "CPU vs uv", "runs"]
-    print(table(header, rows))
-    names = ["venv", "wheels", "install", "relocate", "compile", "publish", "walk", "total"]
-    shown = [n for n in names if any(n in run for runs in phases.values() for run in runs)]
-    phase_rows: list[list[Any]] = []
-    for name, runs in phases.items():
-        cells = [f"{median([run.get(n, 0.0) for run in runs]):.3f}" for n in shown]
-        phase_rows.append([name, *cells, f"{int(median([run['files'] for run in runs]))}"])
-    print()
-    print(table(["phases (median s)", *shown, "files"], phase_rows))
-    cold, warm = seconds["cowenv, uv"], seconds["cowenv, uv, warm pyc store"]
-    print(
-        f"\ntarget <= 1.3x {UV_REF}: cold {cold / seconds[UV_REF]:.2f}x, "
-        f"warm pyc store {warm / seconds[UV_REF]:.2f}x; same work "
-        f"(--compile-bytecode): cold {cold / seconds[UV_REF + ' --compile-bytecode']:.2f}x"
+def report(bench: Bench, repeat: int, where: str) -> str:
+    def last(values: dict[str, list[float]], name: str) -> list[float]:
+        return values.get(name, [])[-repeat:]  # the warm-up round's figures are dropped
+
+    def med(values: dict[str, list[float]], name: str) -> float:
+        return median(last(values, name))
+
+    floor = med(bench.start, "pytest alone")
+    lines = [
+        f"first test of a cold W1 spec in {where}",
+        f"medians of {repeat} interleaved rounds after a warm-up, seconds from launch",
+        "",
+    ]
+    rows = [
+        [
+            "pytest alone",
+            f"{floor:.2f}",
+            "",
+            "",
+            "",
+            " ".join(f"{s:.2f}" for s in last(bench.start, "pytest alone")),
+        ]
+    ]
+    ratios: dict[str, float] = {}
+    for source in SOURCES:
+        ours, uv = f"cowenv, {source}", f"uv, {source}"
+        cost, uv_cost = med(bench.start, ours) - floor, med(bench.start, uv)
+        ratios[source] = cost / uv_cost
+        for name, net in ((ours, cost), (uv, uv_cost)):
+            rows.append(
+                [
+                    name,
+                    f"{med(bench.start, name):.2f}",
+                    f"{net:.2f}",
+                    f"{net / uv_cost:.2f}x",
+                    f"{med(bench.imported, name):.2f}",
+                    " ".join(f"{s:.2f}" for s in last(bench.start, name)),
+                ]
+            )
+    header = ["way to W1", "first test", "cost", "vs uv", "first import", "runs (first test)"]
+    lines += [table(header, rows), ""]
+    lines.append(
+        "cost = the first test's start minus pytest's own (cowenv), the uv commands (uv); "
+        "first import = when `python -c '" + IMPORT + "'` in the environment is done"
     )
-    if PIP_REF in seconds:
-        print(
-            f"target <= 1.0x {PIP_REF} (pip route): "
-            f"{seconds['cowenv, pip'] / seconds[PIP_REF]:.2f}x"
+    for source in SOURCES:
+        verdict = "met" if ratios[source] <= TARGETS[source] else "NOT met"
+        lines.append(
+            f"target: cost to the first test <= {TARGETS[source]}x uv's, {source}: "
+            f"{ratios[source]:.2f}x ({verdict})"
         )
+    lines += ["", phase_table(bench, repeat)]
+    return "\n".join(lines)
+
+
+def phase_table(bench: Bench, repeat: int) -> str:
+    names = ["venv", "wheels", "install", "relocate", "clone", "compile", "publish", "walk"]
+    names += ["hash", "sync"]
+    runs = {name: phases[-repeat:] for name, phases in bench.phases.items()}
+    shown = [n for n in names if any(n in run for one in runs.values() for run in one)]
+    rows: list[list[Any]] = []
+    for name, one in runs.items():
+        cells = [f"{median([run[n] for run in one]):.3f}" if n in one[0] else "-" for n in shown]
+        rows.append([name, *cells, f"{int(median([run['files'] for run in one]))}"])
+
+    def exits(case: str) -> str:
+        return f"{median(bench.exits[case][-repeat:]):.2f}"
+
+    text = table(["phases (median s)", *shown, "files"], rows)
+    return (
+        text
+        + "\n"
+        + "; ".join(
+            f"{case}: exit {exits(case)} s" for case in bench.exits if case != "pytest alone"
+        )
+    )
 
 
 if __name__ == "__main__":

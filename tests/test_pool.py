@@ -31,7 +31,7 @@ from pytest_cowenv.errors import CloneError
 from pytest_cowenv.pool import ClonePool
 from pytest_cowenv.session import CowEnvSession, Settings
 from pytest_cowenv.spec import TemplateSpec
-from pytest_cowenv.template import Template
+from pytest_cowenv.template import Template, TemplateCache
 
 FILESYSTEMS = ("btrfs", "xfs")
 SPEC = "alpha==1.0"
@@ -108,6 +108,9 @@ def run_dirs(root: Path) -> list[str]:
 def pooled(session: CowEnvSession, requirements: list[str]) -> tuple[TemplateSpec, ClonePool]:
     """The spec of ``requirements`` used twice (the second use starts its pool), and the pool."""
     spec = session.spec(requirements)
+    cache = TemplateCache(session.layout)  # compiled now: the session gets no compiled twin
+    cache.get(spec)
+    cache.close()
     for i in range(2):
         session.release(session.acquire(spec, f"warm-{i}"))
     assert session.pool is not None

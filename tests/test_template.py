@@ -440,9 +440,9 @@ def test_unresolvable_requirement_fails_once_naming_it(
     builds: list[TemplateSpec] = []
     real_build_env = build_module.build_env
 
-    def counting_build_env(spec: TemplateSpec, *args: Any) -> Any:
+    def counting_build_env(spec: TemplateSpec, *args: Any, **kwargs: Any) -> Any:
         builds.append(spec)
-        return real_build_env(spec, *args)
+        return real_build_env(spec, *args, **kwargs)
 
     monkeypatch.setattr(template_module, "build_env", counting_build_env)
     cache = new_cache(root)

@@ -1,6 +1,7 @@
 """Building one environment for a spec, in a new directory: a bare venv, wheels of local
-projects, the install, relocation, byte-compiling. Nothing here knows the cache around it
-(:mod:`.template` keys, locks and publishes what this builds).
+projects, the install, relocation, byte-compiling (now, or later in a copy: see
+:mod:`.template`). Nothing here knows the cache around it (:mod:`.template` keys, locks and
+publishes what this builds).
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional
 
-from ._install import build_wheel, clean_env, failure_message, run_installer
+from ._install import build_wheel, clean_env, failure_message, run_installer, uv_binary
 from ._plan import install_commands
 from ._relocate import point_at_sources, relocate
 from ._venv import site_packages
@@ -33,13 +34,31 @@ def timed(phases: dict[str, float], name: str) -> Iterator[None]:
         phases[name] = phases.get(name, 0.0) + time.perf_counter() - start
 
 
-def build_env(
-    spec: TemplateSpec, env: Path, work: Path, bytecode: Path, phases: dict[str, float]
-) -> dict[str, Any]:
-    """Create, fill, relocate and byte-compile the environment ``env`` (a new path).
+# What byte-compiling reports for an environment not compiled (yet).
+NOT_COMPILED: dict[str, Any] = {
+    "reused": 0,
+    "compiled": 0,
+    "failed": 0,
+    "dropped": 0,
+    "store": None,
+    "entries": [],
+}
 
-    Returns what byte-compiling reports (see :func:`compile_env`); adds each phase's seconds
-    to ``phases``.
+
+def build_env(
+    spec: TemplateSpec,
+    env: Path,
+    work: Path,
+    bytecode: Path,
+    phases: dict[str, float],
+    *,
+    compile: bool = True,
+) -> dict[str, Any]:
+    """Create, fill, relocate and (if ``compile``) byte-compile the environment ``env`` (a
+    new path).
+
+    Returns what byte-compiling reports (see :func:`compile_env`; :data:`NOT_COMPILED`
+    without ``compile``); adds each phase's seconds to ``phases``.
     """
     interp = find_interpreter(spec.python)
     with timed(phases, "venv"):
@@ -60,6 +79,8 @@ def build_env(
     with timed(phases, "relocate"):
         relocate(env, env)
         point_at_sources(site_packages(env), origins)
+    if not compile:
+        return dict(NOT_COMPILED)
     with timed(phases, "compile"):
         return compile_env(env, spec, bytecode)
 
@@ -69,8 +90,20 @@ _VIRTUALENV = threading.Lock()
 
 
 def create_base_env(env: Path, python: str, *, pip: bool, what: str) -> None:
-    """A bare virtual environment at ``env`` (pip seeded only if asked), made in-process:
-    a ``python -m virtualenv`` would spend more time starting than creating."""
+    """A bare virtual environment at ``env`` (an empty directory): by ``uv venv`` when uv is
+    there and pip is not wanted, else by virtualenv, in-process (a ``python -m virtualenv``
+    would spend more time starting than creating), which seeds pip from its own wheels."""
+    uv = uv_binary()
+    if uv and not pip:
+        # --no-project and --no-config: no pyproject.toml or uv.toml around steers it.
+        cmd = [uv, "venv", "--quiet", "--no-project", "--no-config", "--allow-existing"]
+        run_installer(
+            [*cmd, "--python", python, str(env)],
+            f"{what}: creating the base environment with {python} failed",
+        )
+        # uv marks a venv as a cache for backup tools: a template's clones are not caches.
+        (env / "CACHEDIR.TAG").unlink(missing_ok=True)
+        return
     from virtualenv import cli_run
 
     seed = ["--seeder", "app-data", "--no-setuptools", "--no-wheel"] if pip else ["--no-seed"]
@@ -84,26 +117,39 @@ def create_base_env(env: Path, python: str, *, pip: bool, what: str) -> None:
         ) from None
 
 
-def compile_env(env: Path, spec: TemplateSpec, bytecode: Path) -> dict[str, Any]:
+def compile_env(
+    env: Path,
+    spec: TemplateSpec,
+    bytecode: Path,
+    *,
+    behind: bool = False,
+    started: Optional[Callable[[subprocess.Popen[str]], None]] = None,
+) -> dict[str, Any]:
     """Byte-compile site-packages with the environment's own interpreter (see _bytecode).
+    ``behind``: at a low CPU priority, while tests run; ``started`` is given the process.
 
     Returns the counts (``reused``, ``compiled``, ``failed``, ``dropped`` store entries that
     failed their check) and the store entries used (``store`` folder, ``entries``)."""
     script = Path(__file__).with_name("_bytecode.py")
     # -I: nothing from the environment variables or the script's folder; -S: no .pth files run.
     cmd = [str(env / "bin" / "python"), "-I", "-S", str(script)]
-    cmd += [str(site_packages(env)), str(bytecode)]
-    proc = subprocess.run(
-        cmd, capture_output=True, text=True, env=clean_env(), stdin=subprocess.DEVNULL, check=False
-    )
+    cmd += [str(site_packages(env)), str(bytecode), *(["--behind"] if behind else [])]
+    with subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=clean_env(),
+    ) as proc:
+        if started is not None:
+            started(proc)
+        stdout, stderr = proc.communicate()
     if proc.returncode != 0:
         raise TemplateBuildError(
             failure_message(
-                f"{spec.describe()}: byte-compiling failed",
-                cmd,
-                proc.returncode,
-                proc.stderr + proc.stdout,
+                f"{spec.describe()}: byte-compiling failed", cmd, proc.returncode, stderr + stdout
             )
         )
-    report: dict[str, Any] = json.loads(proc.stdout.splitlines()[-1])
+    report: dict[str, Any] = json.loads(stdout.splitlines()[-1])
     return report

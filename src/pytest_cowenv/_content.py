@@ -15,7 +15,7 @@ import csv
 import hashlib
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from .clone import Tree
 
@@ -38,7 +38,12 @@ def record_hashes(env: Path, site: Path) -> dict[str, str]:
     """What the installed distributions' RECORD files say: path relative to ``env`` (with a
     leading separator, as in a :class:`Tree`) → ``algorithm=digest``. Entries without a hash
     (the RECORD itself), with an algorithm hashlib lacks, or outside ``env`` are left out."""
-    found: dict[str, str] = {}
+    return {rel: digest for rel, (digest, _size) in record_claims(env, site).items()}
+
+
+def record_claims(env: Path, site: Path) -> dict[str, tuple[str, Optional[int]]]:
+    """:func:`record_hashes` with the size each RECORD line gives (None if none)."""
+    found: dict[str, tuple[str, Optional[int]]] = {}
     root = os.path.realpath(env)
     for record in sorted(site.glob("*.dist-info/RECORD")):
         try:
@@ -54,20 +59,24 @@ def record_hashes(env: Path, site: Path) -> dict[str, str]:
                 continue
             full = os.path.normpath(os.path.join(site, row[0]))
             if full != root and full.startswith(root + os.sep):
-                found[full[len(root) :]] = row[1]
+                size = int(row[2]) if len(row) > 2 and row[2].isdigit() else None
+                found[full[len(root) :]] = (row[1], size)
     return found
 
 
 def own_hashes(tree: Tree, site: Path) -> dict[str, str]:
     """At build time: the hash of every file of ``tree`` that no RECORD vouches for as it is
-    now (written or changed after the installer: pycs, launchers, relocated scripts, ...)."""
-    records = record_hashes(Path(tree.root), site)
+    now. Files in ``site`` that a RECORD lists, with the size it gives, are the installer's
+    and taken at its word (``verify`` checks them against it); any other file was written or
+    may have been changed after the installer (pycs, launchers, relocated scripts,
+    ``pyvenv.cfg``, ...) and is hashed."""
+    claims = record_claims(Path(tree.root), site)
+    inside = os.path.realpath(site)[len(os.path.realpath(tree.root)) :] + os.sep
     own = {}
-    for rel, *_ in tree.files:
-        path = tree.root + rel
-        claimed = records.get(rel)
-        if claimed is None or digest_of(path, claimed.partition("=")[0]) != claimed:
-            own[rel] = digest_of(path)
+    for rel, _mode, _atime, _mtime, size in tree.files:
+        claimed = claims.get(rel)
+        if claimed is None or claimed[1] != size or not rel.startswith(inside):
+            own[rel] = digest_of(tree.root + rel)
     return own
 
 

@@ -214,7 +214,10 @@ class CowEnvSession:
     @property
     def cache(self) -> TemplateCache:
         if self._cache is None:
-            self._cache = TemplateCache(self.layout, rebuild_before=self.settings.rebuild_before)
+            # The first test starts before a new template is byte-compiled (see template.py).
+            self._cache = TemplateCache(
+                self.layout, rebuild_before=self.settings.rebuild_before, compile_behind=True
+            )
         return self._cache
 
     @property

@@ -5,7 +5,15 @@ new generation → write the metadata last (:mod:`._atomic`), as the mark of com
 
 A published generation never changes and is never removed while a process holds it (see
 ``store.Layout``): a rebuild makes the next generation, and a process keeps cloning the
-generation it started with.
+generation it started with, or the compiled twin of it.
+
+Compiling behind (a pytest session's way): a new template is published before its modules are
+byte-compiled, so that the first test starts at once (its clone compiles what it imports,
+like any fresh venv); a background thread then, under the key's lock, clones that generation
+into a build folder, compiles the clone and publishes it as the next generation, marked as
+compiled from it. The session clones the compiled one from then on. Only a complete
+generation is ever cloned: the compiled one is built aside and renamed into place like any
+other, and its metadata comes last.
 """
 
 from __future__ import annotations
@@ -22,24 +30,32 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Optional
+from typing import IO, Any, Callable, Optional
 
 from . import __version__
 from ._atomic import hold_existing, hold_in_use, write_atomically
-from ._build import build_env, timed
+from ._build import build_env, compile_env, timed
 from ._content import own_hashes
 from ._install import installer_identity
 from ._names import BUILD_DIR, LEGACY_BUILD_DIR
 from ._owner import lock_dir
 from ._venv import installed_distributions, site_packages
-from .clone import Tree, protect, remove_tree, strip_write_bits, walk_tree
-from .errors import LockTimeoutError, TemplateBuildError, shown
-from .fs import sync_filesystem
+from .clone import LinkMode, Tree, clone_tree, protect, remove_tree, strip_write_bits, walk_tree
+from .errors import CowEnvError, LockTimeoutError, TemplateBuildError, shown
+from .fs import probe, sync_filesystem
 from .spec import FORMAT_VERSION, TemplateSpec, find_interpreter
 from .store import Layout
 
 DEFAULT_LOCK_TIMEOUT = float(os.environ.get("PYTEST_COWENV_LOCK_TIMEOUT", "900"))
+CLOSE_TIMEOUT = 10.0  # seconds `close` waits, after Ctrl-C, for a killed compile to clean up
 _COUNTS = ("reused", "compiled", "failed", "dropped")  # what byte-compiling did, in metadata
+# Makes the environment of a new generation in ``env`` (a new path; ``work`` is the build
+# folder): returns what byte-compiling reports, adds each phase's seconds to ``phases``.
+Maker = Callable[[Path, Path, dict[str, float]], dict[str, Any]]
+
+
+class _GaveUp(Exception):
+    """The cache is closing: a background job stops waiting for the key's lock."""
 
 
 @dataclass
@@ -67,17 +83,27 @@ class Template:
     def build_seconds(self) -> float:
         return float(self.meta.get("build_seconds", 0.0))
 
+    @property
+    def precompiled(self) -> bool:
+        """Whether its modules are byte-compiled (else a compiled generation may follow)."""
+        return bool(self.meta.get("precompiled", True))
+
     def __repr__(self) -> str:
         return f"<Template {self.key}.{self.generation} {self.spec.describe()}>"
 
 
 @dataclass
 class TemplateCache:
-    """Finds or builds templates under one cache root. Thread-safe; one per process."""
+    """Finds or builds templates under one cache root. Thread-safe; one per process.
+
+    ``compile_behind``: :meth:`get` returns a new template before it is byte-compiled and
+    compiles it in a background thread (see the module's doc); else :meth:`get` returns
+    compiled templates only."""
 
     layout: Layout
     rebuild_before: float = 0.0  # templates created before this time are rebuilt
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT
+    compile_behind: bool = False
     _ready: dict[str, Template] = field(default_factory=dict)
     _failed: dict[str, TemplateBuildError] = field(default_factory=dict)
     _keys: dict[TemplateSpec, str] = field(default_factory=dict)
@@ -86,6 +112,11 @@ class TemplateCache:
     _mutex: threading.Lock = field(default_factory=threading.Lock)
     built: list[Template] = field(default_factory=list)
     reused: list[Template] = field(default_factory=list)
+    compiled_behind: list[Template] = field(default_factory=list)  # what the thread swapped in
+    behind_errors: list[str] = field(default_factory=list)  # why a background compile failed
+    _behind: dict[str, threading.Thread] = field(default_factory=dict)
+    _closing: threading.Event = field(default_factory=threading.Event)
+    _procs: list[Any] = field(default_factory=list)  # compilers running in the background
 
     def key(self, spec: TemplateSpec) -> str:
         with self._mutex:
@@ -109,6 +140,8 @@ class TemplateCache:
                     raise self._failed[key]
             try:
                 template = self._get_or_build(spec, key)
+                if not template.precompiled and not self.compile_behind:
+                    template = self._compile_now(spec, key, template)
             except TemplateBuildError as exc:
                 with self._mutex:
                     self._failed[key] = exc
@@ -116,6 +149,8 @@ class TemplateCache:
             with self._mutex:
                 self._ready[key] = template
                 (self.built if template.built_now else self.reused).append(template)
+            if self.compile_behind and not template.precompiled:
+                self._start_behind(spec, key, template)
             return template
 
     def forget(self, key: str) -> None:
@@ -125,11 +160,13 @@ class TemplateCache:
             self._failed.pop(key, None)
 
     def close(self) -> None:
-        """Let go of every generation this process holds, and remove those that a rebuild
+        """Finish a compile running behind (one still waiting for its lock stops), then let go
+        of every generation this process holds, and remove those that a rebuild or a compile
         has superseded meanwhile if nobody else holds them (else their last holder does, or
         the next clean-up)."""
         from .generations import collect_generations
 
+        self._finish_behind()
         with self._mutex:
             held, self._in_use = self._in_use, {}
             self._ready.clear()
@@ -173,9 +210,11 @@ class TemplateCache:
             for gen in self.layout.generations_of(key)
             if gen > 0 and self.layout.meta(key, gen).exists()
         ]
-        if not complete:
-            return None
-        gen = complete[-1]
+        return self._claim(spec, key, complete[-1]) if complete else None
+
+    def _claim(self, spec: TemplateSpec, key: str, gen: int) -> Optional[Template]:
+        """Generation ``gen`` of ``key`` if it is valid, held by this process (the caller
+        holds the key's thread lock)."""
         # Claim the generation before looking at it: clean-up removes only what nobody
         # holds, so a generation found valid here cannot vanish before it is cloned.
         if (key, gen) not in self._in_use:
@@ -224,14 +263,24 @@ class TemplateCache:
     # -- building ------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _locked(self, key: str) -> Iterator[None]:
+    def _locked(self, key: str, give_up: Optional[threading.Event] = None) -> Iterator[None]:
+        """Hold the key's build lock; waiting for it, stop with :class:`_GaveUp` once
+        ``give_up`` is set."""
         import filelock
 
         lock_path = self.layout.lock(key)
         owner = lock_path.with_suffix(".owner")
         lock = filelock.FileLock(str(lock_path), timeout=self.lock_timeout)
         try:
-            lock.acquire()
+            if give_up is None:
+                lock.acquire()
+            else:
+                deadline = time.monotonic() + self.lock_timeout
+                while not _acquired(lock, 0.05):
+                    if give_up.is_set():
+                        raise _GaveUp
+                    if time.monotonic() > deadline:
+                        raise filelock.Timeout(str(lock_path))
         except filelock.Timeout:
             try:
                 holder = owner.read_text(encoding="utf-8").strip()
@@ -288,6 +337,149 @@ class TemplateCache:
                 return work, fd
 
     def _build(self, spec: TemplateSpec, key: str) -> Template:
+        """A new generation of ``key`` from scratch (lock held); compiled unless
+        ``compile_behind``."""
+        bytecode, compile = self.layout.bytecode, not self.compile_behind
+
+        def make(env: Path, work: Path, phases: dict[str, float]) -> dict[str, Any]:
+            return build_env(spec, env, work, bytecode, phases, compile=compile)
+
+        return self._make_generation(spec, key, make)
+
+    # -- compiling ------------------------------------------------------------------------
+
+    def _compile_now(self, spec: TemplateSpec, key: str, source: Template) -> Template:
+        """The compiled twin of ``source`` (made now, lock held), or ``source`` itself if a
+        newer generation has superseded it meanwhile."""
+        with self._locked(key):
+            gen = self._twin_of(key, source)
+            if gen is None:
+                if self._newest_complete(key) != source.generation:
+                    return source
+                return self._compile(spec, key, source)
+        return self._claim(spec, key, gen) or source
+
+    def _start_behind(self, spec: TemplateSpec, key: str, source: Template) -> None:
+        """Have ``source`` compiled in a background thread, once per key and process."""
+        with self._mutex:
+            if self._closing.is_set() or key in self._behind:
+                return
+            thread = threading.Thread(
+                target=self._compile_behind,
+                args=(spec, key, source),
+                name=f"cowenv-compile-{key[:12]}",
+                daemon=True,  # `close` waits for it; an abrupt exit leaves a dead build folder
+            )
+            self._behind[key] = thread
+        thread.start()
+
+    def _compile_behind(self, spec: TemplateSpec, key: str, source: Template) -> None:
+        """The background thread: wait for the key's lock; take the compiled twin of
+        ``source`` that another process made meanwhile, or make it (unless a rebuild has
+        superseded ``source``); then let :meth:`get` hand it out instead of ``source``."""
+        try:
+            made: Optional[Template] = None
+            with self._locked(key, give_up=self._closing):
+                gen = self._twin_of(key, source)
+                if gen is None and self._newest_complete(key) == source.generation:
+                    made = self._compile(spec, key, source, behind=True)
+            with self._mutex:
+                key_lock = self._key_locks[key]
+            with key_lock:  # as in `get`: claims of one key are serialised
+                newer = made or (self._claim(spec, key, gen) if gen is not None else None)
+                with self._mutex:
+                    if newer is not None and self._ready.get(key) is source:
+                        self._ready[key] = newer
+                        self.compiled_behind.append(newer)
+        except _GaveUp:
+            pass
+        except (CowEnvError, OSError) as exc:
+            first = (str(exc).splitlines() or [repr(exc)])[0]
+            with self._mutex:
+                self.behind_errors.append(f"{spec.describe()}: compiling behind the tests: {first}")
+
+    def _finish_behind(self) -> None:
+        """Let a compile running behind finish (the first test already ran on the uncompiled
+        generation; the next run wants the compiled one); on Ctrl-C, stop it."""
+        self._closing.set()
+        with self._mutex:
+            threads = list(self._behind.values())
+        try:
+            for thread in threads:
+                thread.join()
+        except KeyboardInterrupt:
+            with self._mutex:
+                procs = list(self._procs)
+            for proc in procs:
+                with contextlib.suppress(OSError):
+                    proc.kill()
+            for thread in threads:
+                thread.join(CLOSE_TIMEOUT)  # it removes its build folder
+            raise
+
+    def _twin_of(self, key: str, source: Template) -> Optional[int]:
+        """The newest complete generation of ``key`` compiled from ``source``, if any."""
+        for gen in reversed(self.layout.generations_of(key)):
+            if gen <= source.generation:
+                break
+            with contextlib.suppress(OSError, ValueError):
+                meta = json.loads(self.layout.meta(key, gen).read_text(encoding="utf-8"))
+                if isinstance(meta, dict) and meta.get("compiled_from") == source.generation:
+                    return gen
+        return None
+
+    def _newest_complete(self, key: str) -> int:
+        complete = [g for g in self.layout.generations_of(key) if self.layout.meta(key, g).exists()]
+        return max(complete, default=0)
+
+    def _compile(
+        self, spec: TemplateSpec, key: str, source: Template, *, behind: bool = False
+    ) -> Template:
+        """Publish ``source`` byte-compiled as the next generation of ``key`` (lock held):
+        a clone of it, compiled in the build folder."""
+        root, procs = self.layout.root, []
+
+        def track(proc: Any) -> None:
+            procs.append(proc)
+            with self._mutex:
+                self._procs.append(proc)
+
+        def unchanged() -> None:
+            """A template that hardlink clones share can be written through them: never
+            make a fresh-looking twin of a changed one (checked before and after cloning)."""
+            linked = self.layout.linked(key, source.generation).exists()
+            if not matches_manifest(walk_tree(source.path), source.meta, linked=linked):
+                raise TemplateBuildError(
+                    f"{spec.describe()}: not compiled: generation {source.generation} changed "
+                    "since its build (written through a hardlink clone?); the next run rebuilds it"
+                )
+
+        def make(env: Path, work: Path, phases: dict[str, float]) -> dict[str, Any]:
+            with timed(phases, "clone"):
+                unchanged()
+                # Never a copy fallback's warning: that one is the tests' to see.
+                mode = LinkMode.AUTO if probe(root).can_reflink else LinkMode.COPY
+                clone_tree(source.path, env, mode, tree=source.tree, workers=1 if behind else None)
+                unchanged()
+            with timed(phases, "compile"):
+                try:
+                    return compile_env(
+                        env, spec, self.layout.bytecode, behind=behind, started=track
+                    )
+                finally:
+                    with self._mutex:
+                        self._procs[:] = [p for p in self._procs if p not in procs]
+
+        return self._make_generation(spec, key, make, source=source)
+
+    # -- publishing -----------------------------------------------------------------------
+
+    def _make_generation(
+        self, spec: TemplateSpec, key: str, make: Maker, source: Optional[Template] = None
+    ) -> Template:
+        """Have ``make`` fill a new build folder's ``env``, then publish it as the next
+        generation of ``key`` (lock held): rename, protect, manifest, hashes, sync, and the
+        metadata last. ``source``: the generation it is the compiled twin of."""
         start = time.perf_counter()
         phases: dict[str, float] = {}
         gen = max(self.layout.generations_of(key), default=0) + 1
@@ -296,7 +488,7 @@ class TemplateCache:
         env, final = work / "env", self.layout.template(key, gen)
         done = False
         try:
-            compiled = build_env(spec, env, work, self.layout.bytecode, phases)
+            compiled = make(env, work, phases)
             with timed(phases, "publish"):
                 os.rename(env, final)
                 protected = protect(final)
@@ -312,6 +504,7 @@ class TemplateCache:
                 # The metadata says "complete": the tree it describes must be on disk first,
                 # or a crash could leave complete-looking metadata over lost file data.
                 sync_filesystem(str(final))
+            seconds = time.perf_counter() - start + (source.build_seconds if source else 0.0)
             meta = {
                 "format": FORMAT_VERSION,
                 "key": key,
@@ -320,12 +513,16 @@ class TemplateCache:
                 "interpreter": find_interpreter(spec.python).fingerprint(),
                 "installer": installer_identity(),
                 "resolved": installed_distributions(final),
-                "build_seconds": round(time.perf_counter() - start, 3),
-                "phases": {name: round(secs, 3) for name, secs in phases.items()},
+                "build_seconds": round(seconds, 3),
+                # The twin's own (clone, compile, ...) are its `phases_behind`.
+                "phases": source.meta.get("phases", {}) if source else _rounded(phases),
+                # False: published before byte-compiling; its compiled twin comes next.
+                "precompiled": compiled["store"] is not None,
                 "bytecode": {k: compiled[k] for k in _COUNTS},
                 # The shared store's entries this template uses: `prune` keeps these.
                 "bytecode_store": {"dir": compiled["store"], "entries": compiled["entries"]},
-                "created": time.time(),
+                # A twin is the same build: `rebuild_before` judges both alike.
+                "created": source.meta["created"] if source else time.time(),
                 "plugin_version": __version__,
                 "files": tree.nfiles,
                 "bytes": tree.nbytes,
@@ -335,7 +532,10 @@ class TemplateCache:
                 # Files no RECORD vouches for (see verify.py), by content.
                 "hashes": hashes,
             }
-            write_atomically(self.layout.meta(key, gen), json.dumps(meta, indent=1))
+            if source is not None:
+                meta.update(compiled_from=source.generation, phases_behind=_rounded(phases))
+            # Compact: the manifest is long, and the C encoder only writes without indent.
+            write_atomically(self.layout.meta(key, gen), json.dumps(meta, separators=(",", ":")))
             done = True
         except OSError as exc:
             raise TemplateBuildError(
@@ -351,7 +551,22 @@ class TemplateCache:
                 with contextlib.suppress(OSError):
                     self._discard_generation(key, gen)
         tree = writable if write_bits else tree
-        return Template(key, final, spec, meta, tree, built_now=True, generation=gen)
+        built_now = source.built_now if source else True
+        return Template(key, final, spec, meta, tree, built_now=built_now, generation=gen)
+
+
+def _rounded(phases: dict[str, float]) -> dict[str, float]:
+    return {name: round(secs, 3) for name, secs in phases.items()}
+
+
+def _acquired(lock: Any, timeout: float) -> bool:
+    import filelock
+
+    try:
+        lock.acquire(timeout=timeout)
+    except filelock.Timeout:
+        return False
+    return True
 
 
 def matches_manifest(tree: Tree, meta: dict[str, Any], *, linked: bool = False) -> bool:

@@ -72,16 +72,16 @@ def inner_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def tree_digest(root: Path, skip: tuple[str, ...] = ()) -> str:
+def tree_digest(root: Path, skip: tuple[str, ...] = (), skip_dirs: tuple[str, ...] = ()) -> str:
     """Hash of a tree's names, kinds, modes, sizes, contents and symlink targets.
 
     Never follows symlinks (a venv's ``bin/python`` points at the base interpreter).
     Timestamps are left out: reading a file must not count as changing it. Contents of
-    files named in ``skip`` are left out too.
+    files named in ``skip`` are left out too, and directories named in ``skip_dirs`` whole.
     """
     h = hashlib.sha256()
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
+        dirnames[:] = sorted(d for d in dirnames if d not in skip_dirs)
         rel_dir = os.path.relpath(dirpath, root)
         h.update(f"D {rel_dir} {os.lstat(dirpath).st_mode:o}\n".encode())
         for name in sorted(filenames + [d for d in dirnames if os.path.islink(Path(dirpath, d))]):
@@ -100,7 +100,7 @@ def tree_digest(root: Path, skip: tuple[str, ...] = ()) -> str:
     return h.hexdigest()
 
 
-def clone_digest(template: Path, sub: Path = Path()) -> str:
+def clone_digest(template: Path, sub: Path = Path(), skip_dirs: tuple[str, ...] = ()) -> str:
     """:func:`tree_digest` of ``sub`` in a fresh clone of ``template``, as a test gets it:
     outside btrfs a template's files lack their write bits, and every clone has them back."""
     import json
@@ -114,7 +114,7 @@ def clone_digest(template: Path, sub: Path = Path()) -> str:
     clone = template.parent.parent / f"pristine-{template.name}"
     clone_tree(template, clone, LinkMode.COPY, tree=tree)
     try:
-        return tree_digest(clone / sub)
+        return tree_digest(clone / sub, skip_dirs=skip_dirs)
     finally:
         remove_tree(clone)
 

@@ -46,11 +46,13 @@ def check(env):
         "script": script.stdout.strip() or script.stderr.strip(),
         "strategy": env.strategy,
         "template": str(env.template.path),
+        "compiled_from": env.template.meta.get("compiled_from"),
     }
 
 
 env = session.acquire(spec, "first")
-print(json.dumps({"key": env.template.key, **check(env)}), flush=True)
+first = {"key": env.template.key, "generation": env.template.generation, **check(env)}
+print(json.dumps(first), flush=True)
 session.release(env)
 sys.stdin.readline()  # B rebuilds meanwhile
 later = []
@@ -130,23 +132,29 @@ def test_a_rebuild_never_changes_a_template_under_its_user(
         holder.stdin.close()
         holder.wait(60)
     assert holder.returncode == 0
-    # Every later clone is of A's generation and matches what A was told it holds.
+    # Every later clone is of A's generation, or of its compiled twin (new templates are
+    # compiled behind the tests), and matches what A was told it holds.
     for got in later:
+        twin = got.pop("template") != str(old)
         assert got == {
             "resolved": "1.0",
             "dist_infos": ["alpha-1.0.dist-info"],
             "module": "VERSION = '1.0'\n",
             "script": "alpha 1.0",
             "strategy": strategy,
-            "template": str(old),
+            "compiled_from": first["generation"] if twin else None,
         }, got
     assert new != str(old), "the rebuild replaced the tree in place"
-    assert [(x["path"], x["kind"]) for x in leftovers] == [(str(old), "old generation")]
-    assert f"in use by pid {holder.pid}" in leftovers[0]["note"]
-    # A has ended: its generation went with it; the new one stays, complete.
+    # A's generation and its compiled twin stay while A runs.
+    assert {x["kind"] for x in leftovers} == {"old generation"}, leftovers
+    assert str(old) in [x["path"] for x in leftovers], leftovers
+    assert all(f"in use by pid {holder.pid}" in x["note"] for x in leftovers), leftovers
+    # A has ended: its generations went with it; the newest (B's, compiled) stays, complete.
     assert not old.exists(), "the old generation outlived its last user"
-    names = sorted(p.name for p in (cache / "templates").iterdir())
-    assert not [n for n in names if n.startswith(old.name)], names
-    assert Path(new).is_dir() and Path(new + ".json").is_file()
+    assert not any(Path(x["path"]).exists() for x in leftovers), leftovers
+    trees = [p for p in (cache / "templates").iterdir() if p.is_dir()]
+    assert len(trees) == 1 and trees[0].name.startswith(key), trees
+    assert int(trees[0].name.rpartition(".")[2]) >= int(Path(new).name.rpartition(".")[2])
+    assert Path(f"{trees[0]}.json").is_file()
     assert stray_entries(cache) == []
     record_property("builds", 2)

@@ -233,10 +233,13 @@ def test_hardlink_mode_leaks_between_tests(
     """Through the plugin: a test's in-place write is seen by the next test (the opposite of
     what every other mode guarantees). The damaged template is detected next time."""
     cache = real_dir("xfs")
-    pytester.makepyfile(HARDLINK_SUITE)
+    warm = 'import pytest\n@pytest.mark.cowenv("alpha==1.0")\ndef test_warm(cowenv): pass\n'
+    pytester.makepyfile(test_leak=HARDLINK_SUITE, test_warm=warm)
     args = ["-p", "no:randomly", "--cowenv-dir", str(cache), *offline]
-    pytester.runpytest_subprocess(*args).assert_outcomes(passed=2)
-    again = pytester.runpytest_subprocess(*args, "-k", "test_2")
+    # Built and compiled first: both tests then clone one generation, not its compiled twin.
+    pytester.runpytest_subprocess(*args, "test_warm.py").assert_outcomes(passed=1)
+    pytester.runpytest_subprocess(*args, "test_leak.py").assert_outcomes(passed=2)
+    again = pytester.runpytest_subprocess(*args, "test_leak.py", "-k", "test_2")
     again.assert_outcomes(failed=1)  # rebuilt: the write is gone
     again.stdout.fnmatch_lines(["templates built: 1: alpha==1.0 *"])
 

@@ -1,0 +1,222 @@
+"""Compiling behind the tests: a new template is published before byte-compiling, its compiled
+twin follows as the next generation, and nothing ever clones a half-compiled tree.
+
+Offline builds from the tiny wheels of ``_wheels.py``; caches on the real btrfs mount when there
+is one (read-only subvolumes), else in tmp_path. ``PYTHONDONTWRITEBYTECODE`` is unset
+(``offline_machine``), as on a user's machine: no test passes because bytecode is not written.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from _helpers import mounted, unprotect_templates
+from _wheels import standard_wheelhouse
+from pytest_cowenv import TemplateCache, TemplateSpec, clone_tree
+from pytest_cowenv import _build as build_module
+from pytest_cowenv import template as template_module
+from pytest_cowenv._content import problems
+from pytest_cowenv._install import IndexOptions
+from pytest_cowenv.clone import remove_tree, walk_tree
+from pytest_cowenv.store import prepare_root
+from pytest_cowenv.template import Template, matches_manifest
+
+pytestmark = pytest.mark.usefixtures("offline_machine")
+
+
+@pytest.fixture
+def root(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
+    """A cache root: on btrfs when mounted (subvolumes, read-only templates), else tmp_path."""
+    on_btrfs = mounted("COWENV_TEST_BTRFS", "btrfs") is not None
+    base = request.getfixturevalue("btrfs_dir") if on_btrfs else tmp_path
+    yield base / "cache"
+    unprotect_templates(base / "cache")
+
+
+@pytest.fixture(scope="module")
+def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return standard_wheelhouse(tmp_path_factory.mktemp("wheelhouse"))
+
+
+def make_spec(wheelhouse: Path, *requirements: str) -> TemplateSpec:
+    index = IndexOptions(find_links=(str(wheelhouse),), offline=True)
+    return TemplateSpec.create(list(requirements), index=index)
+
+
+def new_cache(root: Path, **kwargs: Any) -> TemplateCache:
+    return TemplateCache(prepare_root(root), **kwargs)
+
+
+def twin_of(cache: TemplateCache, spec: TemplateSpec, first: Template) -> Template:
+    """What ``cache.get`` hands out once the compile behind ``first`` is done."""
+    deadline = time.monotonic() + 60
+    while (got := cache.get(spec)) is first:
+        assert time.monotonic() < deadline, "the compiled twin never came"
+        time.sleep(0.02)
+    return got
+
+
+def pyc_flags(source: Path) -> int:
+    """The flags word of ``source``'s pyc (PEP 552): 0b11 checked hash, 0 timestamp."""
+    pyc = Path(importlib.util.cache_from_source(str(source)))
+    return int.from_bytes(pyc.read_bytes()[4:8], "little")
+
+
+def site_of(tree: Path) -> Path:
+    return next(tree.glob("lib/python*/site-packages"))
+
+
+def run_python(env: Path, code: str) -> str:
+    out = subprocess.run(
+        [str(env / "bin" / "python"), "-c", code], capture_output=True, text=True, check=True
+    )
+    return out.stdout.strip()
+
+
+def test_a_new_template_comes_uncompiled_then_its_compiled_twin(
+    root: Path, wheelhouse: Path
+) -> None:
+    cache = new_cache(root, compile_behind=True)
+    spec = make_spec(wheelhouse, "beta")
+    first = cache.get(spec)
+    assert first.built_now and not first.precompiled and first.generation == 1
+    assert not list(site_of(first.path).rglob("*.pyc"))
+    assert first.meta["bytecode_store"] == {"dir": None, "entries": []}
+
+    twin = twin_of(cache, spec, first)
+    assert twin.precompiled and twin.generation == 2
+    assert twin.meta["compiled_from"] == 1 and twin.resolved == first.resolved
+    assert set(twin.meta["phases_behind"]) >= {"clone", "compile", "walk", "hash", "sync"}
+    assert cache.compiled_behind == [twin] and cache.behind_errors == []
+    sources = list(site_of(twin.path).rglob("*.py"))
+    assert sources and all(pyc_flags(source) == 0b11 for source in sources)
+    assert problems(walk_tree(twin.path), twin.meta, site_of(twin.path)) == []
+    assert first.path.is_dir(), "a generation this process holds stays while it runs"
+
+    cache.close()
+    assert not first.path.exists(), "the uncompiled generation outlived its last user"
+    again = new_cache(root, compile_behind=True)
+    reused = again.get(spec)  # the next run: the compiled twin at once, nothing built
+    assert (reused.generation, reused.precompiled, again.built) == (2, True, [])
+    again.close()
+
+
+def test_a_clone_of_the_uncompiled_template_compiles_on_import(
+    root: Path, wheelhouse: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Like any fresh venv: timestamp pycs in the clone, the template untouched, and a module
+    edited in the clone is what imports."""
+    monkeypatch.setattr(TemplateCache, "_start_behind", lambda *args: None)
+    cache = new_cache(root, compile_behind=True)
+    first = cache.get(make_spec(wheelhouse, "alpha"))
+    assert not first.precompiled
+    assert "PYTHONDONTWRITEBYTECODE" not in os.environ
+    clone = root / "clones" / "first"
+    clone_tree(first.path, clone, tree=first.tree)
+    init = site_of(clone) / "alpha" / "__init__.py"
+    assert run_python(clone, "import alpha; print(alpha.VERSION)") == "2.0"
+    assert pyc_flags(init) == 0, "a clone compiles what it imports, as any venv does"
+    init.write_text("VERSION = 'edited in the clone, a longer line than before'\n")
+    assert run_python(clone, "import alpha; print(alpha.VERSION)").startswith("edited")
+    assert subprocess.run([str(clone / "bin" / "alpha")], capture_output=True, text=True,
+                          check=True).stdout.strip().startswith("alpha edited")  # fmt: skip
+    assert not list(site_of(first.path).rglob("*.pyc")), "the template got bytecode"
+    assert matches_manifest(walk_tree(first.path), first.meta)
+    remove_tree(clone)
+    cache.close()
+
+
+def test_nothing_clones_a_half_compiled_tree(
+    root: Path, wheelhouse: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the twin is compiled, `get` keeps handing out the uncompiled generation and no
+    complete-looking generation 2 exists; the swap comes with its metadata, last."""
+    compiling, go_on = threading.Event(), threading.Event()
+    real_compile = build_module.compile_env
+
+    def slow_compile(*args: Any, **kwargs: Any) -> Any:
+        compiling.set()
+        assert go_on.wait(60)
+        return real_compile(*args, **kwargs)
+
+    monkeypatch.setattr(template_module, "compile_env", slow_compile)
+    cache = new_cache(root, compile_behind=True)
+    spec = make_spec(wheelhouse, "alpha")
+    first = cache.get(spec)
+    assert compiling.wait(60)
+    layout = cache.layout
+    for _ in range(3):
+        assert cache.get(spec) is first
+        # The twin is still a build folder: no tree, no metadata under generation 2's name.
+        assert not layout.template(first.key, 2).exists()
+        assert not layout.meta(first.key, 2).exists()
+    go_on.set()
+    twin = twin_of(cache, spec, first)
+    assert twin.generation == 2 and layout.meta(first.key, 2).exists()
+    cache.close()
+
+
+def test_a_rebuild_meanwhile_is_never_superseded_by_a_stale_twin(
+    root: Path, wheelhouse: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(TemplateCache, "_start_behind", lambda *args: None)
+    spec = make_spec(wheelhouse, "alpha")
+    behind = new_cache(root, compile_behind=True)
+    first = behind.get(spec)
+    rebuilt = new_cache(root, rebuild_before=time.time()).get(spec)  # another process
+    assert (rebuilt.generation, rebuilt.precompiled) == (2, True)
+    behind._compile_behind(spec, first.key, first)  # what its thread would have done
+    assert behind.get(spec) is first, "a session keeps its generation"
+    assert behind.layout.generations_of(first.key) == [1, 2], "no twin of a superseded one"
+    behind.close()
+
+
+def test_another_process_compiles_and_the_session_takes_its_twin(
+    root: Path, wheelhouse: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`pytest-cowenv build` (compile_behind off) finding an uncompiled template compiles it
+    before it returns; a session waiting for the lock then takes that twin."""
+    monkeypatch.setattr(TemplateCache, "_start_behind", lambda *args: None)
+    spec = make_spec(wheelhouse, "alpha")
+    session = new_cache(root, compile_behind=True)
+    first = session.get(spec)
+    other = new_cache(root)
+    compiled = other.get(spec)
+    assert (compiled.generation, compiled.precompiled) == (2, True)
+    assert compiled.meta["compiled_from"] == 1 and other.built == []
+    session._compile_behind(spec, first.key, first)
+    twin = session.get(spec)
+    assert twin is not first and twin.generation == 2 and twin.precompiled
+    assert session.layout.generations_of(first.key) == [1, 2], "compiled once"
+    other.close()
+    session.close()
+    assert session.layout.generations_of(first.key) == [2]
+
+
+def test_a_failed_compile_behind_keeps_the_uncompiled_template(
+    root: Path, wheelhouse: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(template_module, "compile_env", failing)
+    cache = new_cache(root, compile_behind=True)
+    spec = make_spec(wheelhouse, "alpha")
+    first = cache.get(spec)
+    cache.close()  # waits for the thread
+    assert len(cache.behind_errors) == 1 and "No space left" in cache.behind_errors[0]
+    layout = cache.layout
+    assert layout.generations_of(first.key) == [1]
+    assert sorted(p.name for p in layout.tmp.iterdir()) == [], "a build folder was left"
+    meta = json.loads(layout.meta(first.key, 1).read_text())
+    assert meta["precompiled"] is False

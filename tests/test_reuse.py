@@ -30,6 +30,7 @@ from pytest_cowenv.clone import LinkMode, remove_tree
 from pytest_cowenv.env import CowEnv
 from pytest_cowenv.pool import Lease
 from pytest_cowenv.session import CowEnvSession, Settings
+from pytest_cowenv.template import TemplateCache
 
 FILESYSTEMS = ("btrfs", "xfs", "ext4", "tmpfs")
 SPEC = "alpha==1.0"
@@ -96,6 +97,9 @@ def recorded(session: CowEnvSession) -> CowEnv:
     """A clone made ahead (so recorded, on every filesystem) whose newest ctime the coarse
     clock has passed: one that may be reused if nothing changes it."""
     spec = session.spec([SPEC])
+    compiled = TemplateCache(session.layout)  # no compiled twin swapped in under the test
+    compiled.get(spec)
+    compiled.close()
     template = session.cache.get(spec)
     pool = session.pool
     assert pool is not None and pool.reuse

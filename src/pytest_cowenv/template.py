@@ -459,7 +459,7 @@ class TemplateCache:
                 unchanged()
                 # Never a copy fallback's warning: that one is the tests' to see.
                 mode = LinkMode.AUTO if probe(root).can_reflink else LinkMode.COPY
-                clone_tree(source.path, env, mode, tree=source.tree, workers=1 if behind else None)
+                clone_tree(source.path, env, mode, tree=source.tree)
                 unchanged()
             with timed(phases, "compile"):
                 try:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -276,7 +277,8 @@ def test_matrix_under_xdist_builds_each_combination_once(
     pytester: pytest.Pytester, run: Run
 ) -> None:
     pytester.makepyfile(MATRIX_TESTS)
-    result = run("-n", "2", "-v", "-k", "not factory", subprocess=True)
+    # Listed afresh: the second worker reads what the first listed for this run.
+    result = run("-n", "2", "-v", "-k", "not factory", "--cowenv-refresh-versions", subprocess=True)
     result.assert_outcomes(passed=8)
     built = [line for line in result.outlines if line.startswith("templates built:")]
     assert built and built[0].startswith("templates built: 6:"), result.outlines
@@ -355,7 +357,8 @@ def test_an_unreachable_index_is_named(pytester: pytest.Pytester, cache: Path) -
             "--cowenv-offline"
         ]
     )
-    assert not list((cache / "versions").glob("*.json"))  # nothing listed, nothing cached
+    (listing,) = (cache / "versions").glob("*.json")  # the outcome, for this run's workers
+    assert "releases" not in json.loads(listing.read_text())
 
 
 # --- the cache of listings ------------------------------------------------------------------
@@ -404,6 +407,44 @@ def test_a_cache_left_by_rm_rf_may_keep_its_listings(tmp_path: Path) -> None:
     assert marker.classify(str(tmp_path)).kind == "remains"
     (tmp_path / "versions" / "notes.txt").touch()
     assert marker.classify(str(tmp_path)).kind == "foreign"  # not a name of ours
+
+
+def test_the_workers_of_one_run_get_the_first_listers_outcome(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Whatever the index does meanwhile, processes with the same ``fresh_after`` (one xdist
+    run) get what the first one got: an error, a listing, an older listing standing in."""
+    from pytest_cowenv._install import IndexOptions
+    from pytest_cowenv._releases import Unreachable, list_releases
+
+    answers: list[object] = [Unreachable("down"), ("1.0",), ("1.0", "2.0"), Unreachable("down")]
+    calls: list[object] = []
+
+    def list_now(name: str, index: IndexOptions) -> Listing:
+        answer = answers[len(calls)]
+        calls.append(answer)
+        if isinstance(answer, Exception):
+            raise answer
+        assert isinstance(answer, tuple)
+        return Listing(name, tuple(Release(v) for v in answer), "I", listed_at=1.0)
+
+    monkeypatch.setattr(_releases, "_list_now", list_now)
+
+    def versions(run: float) -> tuple[str, ...]:
+        listing = list_releases("x", IndexOptions(), cache_dir=tmp_path, fresh_after=run)
+        return tuple(r.version for r in listing.releases) + (
+            ("stale",) if listing.stale_because else ()
+        )
+
+    for _ in range(2):  # a worker, then the next one of the same run
+        with pytest.raises(SpecError, match=r"^down$"):
+            versions(run=10.0)
+    assert len(calls) == 1
+    assert versions(run=0.5) == ("1.0",) and len(calls) == 2  # another run lists again
+    assert versions(run=0.5) == ("1.0",) and len(calls) == 2
+    assert versions(run=1.5) == ("1.0", "2.0") and len(calls) == 3  # 1.0's listing is stale
+    assert versions(run=20.0) == ("1.0", "2.0", "stale") and len(calls) == 4
+    assert versions(run=20.0) == ("1.0", "2.0", "stale") and len(calls) == 4
 
 
 # --- an index over HTTP ---------------------------------------------------------------------

@@ -99,26 +99,37 @@ def list_releases(
     name: str, index: IndexOptions, *, cache_dir: Optional[Path], fresh_after: float
 ) -> Listing:
     """The releases of ``name``: from ``cache_dir`` if a listing written after ``fresh_after``
-    is there, else listed now (and written there). One lister at a time per listing: a
-    waiter reads what the first one wrote."""
-    key = listing_key(name, index)
+    is there, else listed now (and written there); when the index cannot be reached, an
+    older listing stands in (``stale_because`` says why). One lister at a time: a waiter
+    reads what the first one wrote. Processes that pass the same ``fresh_after`` (the
+    workers of one xdist run) all get the first one's outcome, an error or an older listing
+    too, so that they collect the same tests."""
     if cache_dir is None:
         return _list_now(name, index)
     import filelock
 
-    path = cache_dir / f"{key}.json"
-    with filelock.FileLock(str(cache_dir / f"{key}.lock"), timeout=PIP_TIMEOUT * 2):
-        cached = _read(path, name, fresh_after)
-        if cached is not None:
-            return cached
+    path = cache_dir / f"{listing_key(name, index)}.json"
+    with filelock.FileLock(str(cache_dir / f"{path.stem}.lock"), timeout=PIP_TIMEOUT * 2):
+        entry = _read(path, name)
+        if entry is not None and entry.run == fresh_after:  # this run's own outcome
+            if entry.error:
+                raise SpecError(entry.error)
+            if entry.listing is not None:
+                return entry.listing
+        older = entry.listing if entry is not None else None
+        if older is not None and not older.stale_because and older.listed_at >= fresh_after:
+            return older
         try:
             listing = _list_now(name, index)
         except Unreachable as exc:
-            older = _read(path, name, 0.0)
             if older is None:
+                _write(path, _Entry(None, str(exc), fresh_after))
                 raise
-            return replace(older, stale_because=str(exc))
-        _write(path, listing)
+            listing = replace(older, stale_because=str(exc))
+        except SpecError as exc:
+            _write(path, _Entry(older, str(exc), fresh_after))
+            raise
+        _write(path, _Entry(listing, "", fresh_after))
         return listing
 
 
@@ -136,29 +147,47 @@ def listing_key(name: str, index: IndexOptions) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def _read(path: Path, name: str, fresh_after: float) -> Optional[Listing]:
+class _Entry(NamedTuple):
+    """A cached listing (or None), the error its last lister met, and that lister's run."""
+
+    listing: Optional[Listing]
+    error: str
+    run: Optional[float]
+
+
+def _read(path: Path, name: str) -> Optional[_Entry]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        listed_at = float(data["listed_at"])
-        releases = tuple(Release(str(v), bool(y)) for v, y in data["releases"])
-        where = str(data["where"])
+        if data.get("format") != LISTING_FORMAT:
+            return None
+        listing = None
+        if data.get("releases") is not None:
+            listing = Listing(
+                name,
+                tuple(Release(str(v), bool(y)) for v, y in data["releases"]),
+                str(data["where"]),
+                float(data["listed_at"]),
+                str(data.get("stale_because", "")),
+            )
+        run = data.get("run")
+        return _Entry(listing, str(data.get("error", "")), None if run is None else float(run))
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if listed_at < fresh_after or data.get("format") != LISTING_FORMAT:
-        return None
-    return Listing(name, releases, where, listed_at)
 
 
-def _write(path: Path, listing: Listing) -> None:
+def _write(path: Path, entry: _Entry) -> None:
     from ._atomic import write_atomically
 
-    data = {
-        "format": LISTING_FORMAT,
-        "name": listing.name,
-        "listed_at": listing.listed_at,
-        "where": listing.where,
-        "releases": [[r.version, r.yanked] for r in listing.releases],
-    }
+    listing = entry.listing
+    data: dict[str, Any] = {"format": LISTING_FORMAT, "run": entry.run, "error": entry.error}
+    if listing is not None:
+        data.update(
+            name=listing.name,
+            listed_at=listing.listed_at,
+            where=listing.where,
+            stale_because=listing.stale_because,
+            releases=[[r.version, r.yanked] for r in listing.releases],
+        )
     # A cache that cannot be written only costs the next run a listing.
     with contextlib.suppress(OSError):
         write_atomically(path, json.dumps(data) + "\n")

@@ -9,6 +9,7 @@ runs measure only what they are told to.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -407,6 +408,12 @@ def test_core_maps_a_clones_lines_to_the_sources(
     assert measure.notes() == [
         "measured in clones but no source found outside them (not reported): ghost"
     ]
+    rc = env.path / CLONE_DIR / "coveragerc"
+    assert "\nsource_pkgs =\n    mypkg\n" in rc.read_text()
+    # A subpackage the outer run names stays that in the clone.
+    narrow = CloneCoverage(dataclasses.replace(measure.measured, source_names=("mypkg.core",)))
+    assert narrow.prepare(env, (str(project),))
+    assert "\nsource_pkgs =\n    mypkg.core\n" in rc.read_text()
 
 
 @pytest.mark.usefixtures("own_measurement_kept")

@@ -241,7 +241,10 @@ class CloneCoverage:
         link = here / "lib" / "coverage"
         if not os.path.lexists(link):
             link.symlink_to(os.path.dirname(coverage.__file__), target_is_directory=True)
-        (here / "coveragerc").write_text(self._rc(sorted(origins)), encoding="utf-8")
+        # What the outer run names (`mypkg.sub` stays that), else the whole package.
+        named = [n for n in self.measured.source_names if n.split(".")[0] in origins]
+        whole = [n for n in sorted(origins) if not any(m.split(".")[0] == n for m in named)]
+        (here / "coveragerc").write_text(self._rc([*named, *whole]), encoding="utf-8")
         pth = site_dir / PTH_NAME
         if not pth.exists():
             script = _START.format(here=str(here))

@@ -19,6 +19,7 @@ import os
 import site
 import socket
 import sys
+import tempfile
 import threading
 import warnings
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from ._venv import site_packages
+from .clone import remove_tree
 from .errors import CowEnvError
 
 if TYPE_CHECKING:
@@ -208,6 +210,7 @@ class CloneCoverage:
         self._origins: dict[str, Optional[Path]] = {}
         self._clones: dict[str, tuple[Path, set[str]]] = {}  # clone -> site, source roots
         self._out: Optional[CoverageData] = None  # our parallel file, or data for `live`
+        self._scratch: Optional[Path] = None  # the folder of the data for `live`
 
     def prepare(self, env: CowEnv, local: tuple[str, ...] = ()) -> bool:
         """Start coverage in every Python process of ``env`` if it holds measured code; a
@@ -372,8 +375,9 @@ class CloneCoverage:
         aliases = PathAliases(relative=relative)
         for root in sorted(roots):
             aliases.add(str(site_dir), os.path.relpath(root) if relative else root)
-        data = CoverageData(no_disk=True)
-        # keep: the files are the clone's, removed with it
+        # On disk, in the clone (removed with it, like the files: keep them): an in-memory
+        # CoverageData cannot take a second file in coverage 7.10 ("other_db is in use").
+        data = CoverageData(basename=str(here / "combined"))
         combine_parallel_data(data, aliases=aliases, data_paths=files, keep=True)
         prefix = str(env.path) + os.sep
         left = [f for f in data.measured_files() if f.startswith(prefix)]
@@ -393,8 +397,9 @@ class CloneCoverage:
             if self._beside is not None:
                 suffix = f"cowenv.{socket.gethostname()}.{os.getpid()}"
                 self._out = CoverageData(basename=self._beside, suffix=suffix)
-            else:
-                self._out = CoverageData(no_disk=True)
+            else:  # held until finish(), in a folder of ours
+                self._scratch = Path(tempfile.mkdtemp(prefix="pytest-cowenv-coverage-"))
+                self._out = CoverageData(basename=str(self._scratch / ".coverage"))
         self._out.update(data, map_path=lambda p: p)
         self._out.write()
 
@@ -402,13 +407,17 @@ class CloneCoverage:
         """Hand what ``live`` has not got yet to it (a ``beside`` file is complete)."""
         with self._lock:
             out, self._out = self._out, None
-        if self._live is None or out is None:
-            return
-        with warnings.catch_warnings():
-            # get_data() on a running Coverage checks for problems early ("never imported",
-            # "no data"): its own save at exit says what is still true then.
-            warnings.simplefilter("ignore")
-            self._live.get_data().update(out, map_path=lambda p: p)
+            scratch, self._scratch = self._scratch, None
+        try:
+            if self._live is not None and out is not None:
+                with warnings.catch_warnings():
+                    # get_data() on a running Coverage checks for problems early ("never
+                    # imported", "no data"): its own save at exit says what is true then.
+                    warnings.simplefilter("ignore")
+                    self._live.get_data().update(out, map_path=lambda p: p)
+        finally:
+            if scratch is not None:
+                remove_tree(scratch)
 
     def notes(self) -> list[str]:
         """What was not measured, and why: one line each."""

@@ -555,3 +555,26 @@ def test_versions_from_the_real_index(
     assert ids(result, "test_without_yanked") == ["pytest==8.1.1", "pytest==8.1.2"]
     assert ids(result, "test_with_yanked") == ["pytest==8.1.0", "pytest==8.1.1", "pytest==8.1.2"]
     assert ids(result, "test_minor_with_yanked") == ["pytest==8.1.*"]
+
+
+def test_the_command_line_lists_what_versions_would(
+    wheelhouse: Path, cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pytest_cowenv.cli import main
+
+    offline = ["--find-links", str(wheelhouse), "--offline", "--dir", str(cache)]
+    assert main(["versions", "alpha>=1.1", *offline]) == 0
+    assert capsys.readouterr().out.split() == ["alpha==1.1.*", "alpha==1.2.*", "alpha==2.0.*"]
+    assert main(["versions", "alpha", "--each", "lowest,highest", "--pre", "--json", *offline]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["versions"] == ["alpha==1.0", "alpha==3.0.dev1"]
+    assert data["where"] == f"find-links {wheelhouse} (offline: no index)"
+    assert main(["versions", "alpha>=7", *offline]) == 1
+    assert capsys.readouterr().err.startswith(
+        "pytest-cowenv versions: error: versions('alpha>=7'): no release matches on find-links"
+    )
+    assert main(["versions", "alpha", "--index-url", "http://127.0.0.1:9/simple"]) == 1
+    assert capsys.readouterr().err.endswith(
+        "is unreachable ([Errno 111] Connection refused); to list offline, give --find-links "
+        "DIR --offline\n"
+    )

@@ -95,6 +95,22 @@ def source(index: IndexOptions) -> str:
     return f"index {url}" + (f" and {links}" if links else "")
 
 
+def listing_dir(root: Optional[str]) -> Optional[Path]:
+    """``versions/`` of the cache at ``root`` (the default cache if None), made on first
+    need; None if the cache is unusable: a listing is then made without it, and whatever
+    needs the cache says why."""
+    from .errors import CacheDirError
+    from .store import check_safe, prepare_root
+
+    try:
+        layout = prepare_root(root)
+        layout.versions.mkdir(exist_ok=True)
+        check_safe(layout.versions, parents=False)
+    except (OSError, CacheDirError):
+        return None
+    return layout.versions
+
+
 def list_releases(
     name: str, index: IndexOptions, *, cache_dir: Optional[Path], fresh_after: float
 ) -> Listing:

@@ -95,6 +95,27 @@ def _parser() -> argparse.ArgumentParser:
         "--resolution", choices=("highest", "lowest", "lowest-direct"), help="uv only"
     )
     build.add_argument("--exclude-newer", metavar="DATE", help="uv only")
+    listing = command(
+        "versions", cmd_versions, "the releases versions() lists: one requirement per line"
+    )
+    listing.add_argument("requirement", metavar="REQUIREMENT", help='e.g. "pytest>=8.2"')
+    listing.add_argument(
+        "--each",
+        default="minor",
+        metavar="KIND",
+        help="major, minor (default), patch, all, lowest, highest; several with commas",
+    )
+    listing.add_argument("--latest", type=int, metavar="N", help="the newest N groups only")
+    listing.add_argument("--pre", action="store_true", help="include prereleases")
+    listing.add_argument("--yanked", action="store_true", help="include yanked releases")
+    listing.add_argument(
+        "--find-links", action="append", default=[], metavar="DIR", help="wheel dir (repeatable)"
+    )
+    listing.add_argument("--index-url", metavar="URL", help="package index to use")
+    listing.add_argument("--offline", action="store_true", help="no index (use --find-links)")
+    listing.add_argument(
+        "--refresh", action="store_true", help="list again, not from the cache (10 minutes)"
+    )
     prune = command("prune", cmd_prune, "remove templates unused for a while; never one in use")
     which = prune.add_mutually_exclusive_group()
     which.add_argument(
@@ -237,6 +258,43 @@ def strategy_reason(fstype: str, strategy: str, reflink_error: str) -> str:
         f"{fstype} cannot clone ({reflink_error or 'no copy-on-write'}); every clone is a full "
         "copy. Put the cache on btrfs, XFS (reflink=1), APFS or ReFS for fast clones"
     )
+
+
+# -- versions ------------------------------------------------------------------------------
+
+
+def cmd_versions(args: argparse.Namespace) -> int:
+    from ._defaults import VERSIONS_EXPIRY
+    from ._install import IndexOptions
+    from ._releases import list_releases, listing_dir, parse, select
+
+    links = tuple(os.path.abspath(p) for p in args.find_links)
+    index = IndexOptions(links, args.index_url, args.offline)
+    name = parse(args.requirement).name
+    fresh_after = time.time() - (0.0 if args.refresh else VERSIONS_EXPIRY)
+    try:
+        listing = list_releases(
+            name, index, cache_dir=listing_dir(str(_root(args))), fresh_after=fresh_after
+        )
+        each = tuple(kind.strip() for kind in args.each.split(","))
+        chosen = select(
+            args.requirement, listing, each, latest=args.latest, pre=args.pre, yanked=args.yanked
+        )
+    except CowEnvError as exc:
+        words = str(exc).replace("give find-links and offline", "give --find-links DIR --offline")
+        return _fail(f"{PROG} versions", words, 1)
+    stale = f" ({listing.stale_because})" if listing.stale_because else ""
+    data = {
+        "requirement": args.requirement,
+        "versions": chosen,
+        "where": listing.where,
+        "listed_at": listing.listed_at,
+        "stale": listing.stale_because,
+    }
+    if stale:
+        print(f"{PROG} versions: warning: {listing.stale_because}", file=sys.stderr)
+    _emit(args, data, chosen)
+    return 0
 
 
 # -- list ----------------------------------------------------------------------------------

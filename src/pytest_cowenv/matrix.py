@@ -17,7 +17,6 @@ import re
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 import pytest
@@ -50,13 +49,13 @@ class RunContext:
 
     def listing(self, name: str) -> Listing:
         from ._install import IndexOptions
-        from ._releases import list_releases
+        from ._releases import list_releases, listing_dir
 
         if name not in self.listings:
             listing = list_releases(
                 name,
                 IndexOptions(*self.index),
-                cache_dir=_listing_dir(self.root),
+                cache_dir=listing_dir(self.root),
                 fresh_after=self.fresh_after,
             )
             if listing.stale_because:
@@ -76,21 +75,6 @@ def _expiry() -> float:
     from ._defaults import VERSIONS_EXPIRY
 
     return VERSIONS_EXPIRY
-
-
-def _listing_dir(root: Optional[str]) -> Optional[Path]:
-    """``versions/`` of the cache, made on first need; None if the cache is unusable (the
-    listing is then made without it, and a test that needs the cache says why)."""
-    from .errors import CacheDirError
-    from .store import check_safe, prepare_root
-
-    try:
-        layout = prepare_root(root)
-        layout.versions.mkdir(exist_ok=True)
-        check_safe(layout.versions, parents=False)
-    except (OSError, CacheDirError):
-        return None
-    return layout.versions
 
 
 _contexts: list[RunContext] = []  # the runs configured in this process, innermost last

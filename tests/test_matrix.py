@@ -9,7 +9,7 @@ import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import pytest
 
@@ -420,7 +420,7 @@ def test_the_workers_of_one_run_get_the_first_listers_outcome(
     answers: list[object] = [Unreachable("down"), ("1.0",), ("1.0", "2.0"), Unreachable("down")]
     calls: list[object] = []
 
-    def list_now(name: str, index: IndexOptions) -> Listing:
+    def list_now(name: str, index: IndexOptions, python: Optional[str] = None) -> Listing:
         answer = answers[len(calls)]
         calls.append(answer)
         if isinstance(answer, Exception):
@@ -578,3 +578,73 @@ def test_the_command_line_lists_what_versions_would(
         "is unreachable ([Errno 111] Connection refused); to list offline, give --find-links "
         "DIR --offline\n"
     )
+
+
+def _other_python() -> Optional[str]:
+    """An interpreter of another minor version than this one, if this machine has one."""
+    import glob
+    import subprocess
+    import sys
+
+    mine = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    for minor in ("3.9", "3.10", "3.12", "3.13"):
+        if minor == mine:
+            continue
+        for exe in [
+            shutil.which(f"python{minor}"),
+            *glob.glob(f"/root/.pyenv/versions/{minor}*/bin/python{minor}"),
+        ]:
+            if exe and subprocess.run([exe, "-c", ""], capture_output=True).returncode == 0:
+                return exe
+    return None
+
+
+def test_versions_for_another_interpreter(
+    pytester: pytest.Pytester, wheelhouse: Path, tmp_path: Path, cache: Path
+) -> None:
+    """pip lists for the interpreter named (its wheel tags), as the marker's ``python=``."""
+    import subprocess
+
+    other = _other_python()
+    if other is None:
+        pytest.skip("needs a Python of another minor version (python3.9 … python3.13)")
+    tag = (
+        "cp"
+        + subprocess.run(
+            [other, "-c", "import sys; print('%d%d' % sys.version_info[:2])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
+    links = tmp_path / "links"
+    links.mkdir()
+    for wheel in wheelhouse.glob("alpha-*.whl"):
+        shutil.copy(wheel, links / wheel.name)
+    shutil.copy(links / "alpha-2.0-py3-none-any.whl", links / f"alpha-4.0-{tag}-none-any.whl")
+    pytester.makepyfile(
+        f"""
+        import pytest
+        from pytest_cowenv import versions
+
+        @pytest.mark.cowenv(python={other!r}, matrix={{"alpha": versions("alpha>=2")}})
+        def test_there(cowenv): pass
+
+        @pytest.mark.parametrize("req", versions("alpha>=2"))
+        def test_here(req): pass
+        """
+    )
+    result = pytester.runpytest_inprocess(
+        "-p",
+        "no:cacheprovider",
+        "--collect-only",
+        "-q",
+        f"--cowenv-dir={cache}",
+        f"--cowenv-find-links={links}",
+        "--cowenv-offline",
+    )
+    assert [line.split("::")[1] for line in result.outlines if "::" in line] == [
+        "test_there[alpha==2.0.*]",
+        "test_there[alpha==4.0.*]",
+        "test_here[alpha==2.0.*]",
+    ]

@@ -112,19 +112,25 @@ def listing_dir(root: Optional[str]) -> Optional[Path]:
 
 
 def list_releases(
-    name: str, index: IndexOptions, *, cache_dir: Optional[Path], fresh_after: float
+    name: str,
+    index: IndexOptions,
+    *,
+    cache_dir: Optional[Path],
+    fresh_after: float,
+    python: Optional[str] = None,
 ) -> Listing:
     """The releases of ``name``: from ``cache_dir`` if a listing written after ``fresh_after``
     is there, else listed now (and written there); when the index cannot be reached, an
     older listing stands in (``stale_because`` says why). One lister at a time: a waiter
     reads what the first one wrote. Processes that pass the same ``fresh_after`` (the
     workers of one xdist run) all get the first one's outcome, an error or an older listing
-    too, so that they collect the same tests."""
+    too, so that they collect the same tests. ``python`` (a version such as "3.12" or a
+    path; None: the running interpreter): list what could be installed there."""
     if cache_dir is None:
-        return _list_now(name, index)
+        return _list_now(name, index, python)
     import filelock
 
-    path = cache_dir / f"{listing_key(name, index)}.json"
+    path = cache_dir / f"{listing_key(name, index, python)}.json"
     with filelock.FileLock(str(cache_dir / f"{path.stem}.lock"), timeout=PIP_TIMEOUT * 2):
         entry = _read(path, name)
         if entry is not None and entry.run == fresh_after:  # this run's own outcome
@@ -136,7 +142,7 @@ def list_releases(
         if older is not None and not older.stale_because and older.listed_at >= fresh_after:
             return older
         try:
-            listing = _list_now(name, index)
+            listing = _list_now(name, index, python)
         except Unreachable as exc:
             if older is None:
                 _write(path, _Entry(None, str(exc), fresh_after))
@@ -149,10 +155,16 @@ def list_releases(
         return listing
 
 
-def listing_key(name: str, index: IndexOptions) -> str:
+def listing_key(name: str, index: IndexOptions, python: Optional[str] = None) -> str:
     """What a listing depends on: the project, the index options and variables, the
-    installer (uv or pip) and the interpreter (pip lists what it could install here)."""
+    installer (uv or pip), pip's interpreter and the one listed for (pip lists what could
+    be installed there)."""
+    from dataclasses import asdict
+
+    from .spec import find_interpreter
+
     data = {
+        "for": asdict(find_interpreter(python)),
         "name": canonicalize_name(name),
         "index": [list(index.find_links), index.index_url, index.offline],
         "env": resolver_environment(),
@@ -209,9 +221,15 @@ def _write(path: Path, entry: _Entry) -> None:
         write_atomically(path, json.dumps(data) + "\n")
 
 
-def pip_command(name: str, index: IndexOptions) -> list[str]:
-    """``pip index versions`` for ``name`` with the index options of template builds."""
-    cmd = [sys.executable, "-m", "pip", "index", "versions", name, "--pre", "-vv"]
+def pip_command(name: str, index: IndexOptions, python: Optional[str] = None) -> list[str]:
+    """``pip index versions`` for ``name`` with the index options of template builds, run
+    for the interpreter ``python`` (pip's ``--python``: its Requires-Python and wheel tags)."""
+    from .spec import find_interpreter
+
+    cmd = [sys.executable, "-m", "pip"]
+    if python is not None:
+        cmd += ["--python", find_interpreter(python).executable]
+    cmd += ["index", "versions", name, "--pre", "-vv"]
     cmd += ["--disable-pip-version-check", "--no-input", "--retries", "2"]
     if uv_binary():
         cmd += ["--isolated", *_uv_args()]
@@ -260,8 +278,8 @@ def _uv_args() -> list[str]:
     return args
 
 
-def _list_now(name: str, index: IndexOptions) -> Listing:
-    cmd = pip_command(name, index)
+def _list_now(name: str, index: IndexOptions, python: Optional[str] = None) -> Listing:
+    cmd = pip_command(name, index, python)
     where = source(index)
     try:
         proc = subprocess.run(

@@ -116,6 +116,9 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument(
         "--refresh", action="store_true", help="list again, not from the cache (10 minutes)"
     )
+    listing.add_argument(
+        "--python", help="what could be installed for this interpreter (default: this one)"
+    )
     prune = command("prune", cmd_prune, "remove templates unused for a while; never one in use")
     which = prune.add_mutually_exclusive_group()
     which.add_argument(
@@ -274,7 +277,11 @@ def cmd_versions(args: argparse.Namespace) -> int:
     fresh_after = time.time() - (0.0 if args.refresh else VERSIONS_EXPIRY)
     try:
         listing = list_releases(
-            name, index, cache_dir=listing_dir(str(_root(args))), fresh_after=fresh_after
+            name,
+            index,
+            cache_dir=listing_dir(str(_root(args))),
+            fresh_after=fresh_after,
+            python=args.python,
         )
         each = tuple(kind.strip() for kind in args.each.split(","))
         chosen = select(

@@ -45,18 +45,19 @@ class RunContext:
         self.index = (find_links, index_url, offline)
         self.root = root
         self.fresh_after = time.time() - _expiry() if fresh_after is None else fresh_after
-        self.listings: dict[str, Listing] = {}
+        self.listings: dict[tuple[str, Optional[str]], Listing] = {}
 
-    def listing(self, name: str) -> Listing:
+    def listing(self, name: str, python: Optional[str] = None) -> Listing:
         from ._install import IndexOptions
         from ._releases import list_releases, listing_dir
 
-        if name not in self.listings:
+        if (name, python) not in self.listings:
             listing = list_releases(
                 name,
                 IndexOptions(*self.index),
                 cache_dir=listing_dir(self.root),
                 fresh_after=self.fresh_after,
+                python=python,
             )
             if listing.stale_because:
                 from .errors import CowEnvWarning
@@ -67,8 +68,8 @@ class RunContext:
                     CowEnvWarning(f"{why}; using its listing of {when} from the cache"),
                     stacklevel=2,
                 )
-            self.listings[name] = listing
-        return self.listings[name]
+            self.listings[name, python] = listing
+        return self.listings[name, python]
 
 
 def _expiry() -> float:
@@ -121,32 +122,44 @@ class Versions:
         latest: Optional[int] = None,
         pre: bool = False,
         yanked: bool = False,
+        python: Optional[str] = None,
     ) -> None:
         self.requirement = requirement
         self.each = each
         self.latest = latest
         self.pre = pre
         self.yanked = yanked
-        self._resolved: Optional[tuple[RunContext, list[Requirement]]] = None
+        self.python = python
+        # The run this was listed for (kept alive, so never mistaken for a later one), and
+        # its requirements per interpreter.
+        self._resolved: tuple[Optional[RunContext], dict[Optional[str], list[Requirement]]] = (
+            None,
+            {},
+        )
 
-    def resolve(self) -> list[Requirement]:
+    def resolve(self, python: Optional[str] = None) -> list[Requirement]:
         """The requirement strings, oldest first; a :class:`~pytest_cowenv.SpecError` with a
-        one-line message if there are none or they cannot be listed."""
+        one-line message if there are none or they cannot be listed. ``python``: for that
+        interpreter when this object names none (a matrix passes its marker's)."""
         from ._releases import parse, select
 
         context = _current()
-        if self._resolved is None or self._resolved[0] is not context:
+        python = self.python or python
+        if self._resolved[0] is not context:
+            self._resolved = (context, {})
+        found = self._resolved[1]
+        if python not in found:
             name = parse(self.requirement).name
             chosen = select(
                 self.requirement,
-                context.listing(name),
+                context.listing(name, python),
                 self.each,
                 latest=self.latest,
                 pre=self.pre,
                 yanked=self.yanked,
             )
-            self._resolved = (context, [Requirement(r) for r in chosen])
-        return list(self._resolved[1])
+            found[python] = [Requirement(r) for r in chosen]
+        return list(found[python])
 
     def __iter__(self) -> Iterator[Any]:
         """The requirement strings; for ``pytest.mark.parametrize``, one failing parameter
@@ -167,11 +180,13 @@ class Versions:
         return value in list(iter(self))
 
     def __repr__(self) -> str:
-        extra = "".join(
-            f", {name}={value!r}"
-            for name, value in (("latest", self.latest), ("pre", self.pre), ("yanked", self.yanked))
-            if value
+        named = (
+            ("latest", self.latest),
+            ("pre", self.pre),
+            ("yanked", self.yanked),
+            ("python", self.python),
         )
+        extra = "".join(f", {name}={value!r}" for name, value in named if value)
         return f"versions({self.requirement!r}, each={self.each!r}{extra})"
 
 
@@ -182,6 +197,7 @@ def versions(
     latest: Optional[int] = None,
     pre: bool = False,
     yanked: bool = False,
+    python: Optional[str] = None,
 ) -> Versions:
     """The released versions of ``requirement`` on the run's index (``--cowenv-index-url``,
     ``--cowenv-find-links``, ``--cowenv-offline``, pip's or uv's settings), one requirement
@@ -192,12 +208,14 @@ def versions(
     newest patch; a group whose newest release is a prerelease or yanked, or that the
     requirement cuts in two, is pinned exactly (``"pytest==8.3.5"``), as ``patch``, ``all``
     and the bounds always are. ``latest``: the newest N groups only; ``pre``/``yanked``:
-    include prereleases / yanked releases.
+    include prereleases / yanked releases. ``python``: the releases that could be installed
+    for that interpreter (a version such as "3.12" or a path; by default the one running
+    pytest, or in a ``matrix=`` the marker's ``python``).
 
     Lazy: listed when pytest first iterates it (in ``parametrize`` or a ``matrix=``), with
     that run's options; ``.resolve()`` lists now.
     """
-    return Versions(requirement, each, latest=latest, pre=pre, yanked=yanked)
+    return Versions(requirement, each, latest=latest, pre=pre, yanked=yanked, python=python)
 
 
 def _plugin_words(message: str) -> str:
@@ -207,8 +225,9 @@ def _plugin_words(message: str) -> str:
 # -- the marker's matrix ----------------------------------------------------------------
 
 
-def combinations(matrix: object) -> list[tuple[str, ...]]:
-    """Every combination of the axes' values (the cartesian product, first axis slowest)."""
+def combinations(matrix: object, python: Optional[str] = None) -> list[tuple[str, ...]]:
+    """Every combination of the axes' values (the cartesian product, first axis slowest);
+    ``versions()`` are listed for ``python`` (the marker's) unless they name their own."""
     from .errors import SpecError
 
     if not isinstance(matrix, Mapping) or not matrix:
@@ -226,7 +245,7 @@ def combinations(matrix: object) -> list[tuple[str, ...]]:
         axis: list[str] = []
         for value in [values] if isinstance(values, Versions) else values:
             if isinstance(value, Versions):
-                axis += value.resolve()  # its error fails the tests, not the collection
+                axis += value.resolve(python)  # its error fails the tests, not the collection
             elif isinstance(value, str):
                 axis.append(value)
             else:
@@ -246,7 +265,8 @@ def generate(metafunc: pytest.Metafunc) -> None:
     from .errors import CowEnvError
 
     try:
-        combos = combinations(marker.kwargs[MATRIX])
+        python = marker.kwargs.get("python")
+        combos = combinations(marker.kwargs[MATRIX], python if isinstance(python, str) else None)
     except CowEnvError as exc:
         failed = Unresolved(_plugin_words(str(exc)))
         metafunc.parametrize("cowenv", [failed], ids=["matrix-error"], indirect=True)

@@ -17,8 +17,9 @@ a whole ``python -m pytest`` process, interleaved (every round runs every case o
 Cases: ``no cowenv`` (the same tests given one plain directory: no plugin work at all),
 ``reuse yes`` (the default) and ``reuse no`` (every clone is deleted after its test, as
 before). Printed per suite and filesystem: the wall time, the cost per test against no
-cowenv ((cowenv - plain) / tests, in ms), the ratios to no cowenv and of ``reuse yes`` to
-``reuse no``, and the run's own ``clones reused / fresh / discarded`` line. The targets of
+cowenv ((cowenv - plain) / tests, in ms; and the same for the CPU time of the pytest
+process, which a loaded machine moves less), the ratios to no cowenv and of ``reuse yes``
+to ``reuse no``, and the run's own ``clones reused / fresh / discarded`` line. The targets of
 issue 19 are checked at the end: read-only tests at most 15 ms per test on XFS and ext4 and
 3 ms on btrfs; the half-writing suite no slower with reuse than without.
 """
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -97,6 +99,7 @@ class Bench:
         self.suite.mkdir()
         (self.suite / "test_suite.py").write_text(textwrap.dedent(SUITE))
         self.output = ""
+        self.cpu = 0.0  # CPU seconds (user + system) of the last run's pytest process
 
     def run(self, suite: str, mode: str, reuse: str = "yes") -> None:
         argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x"]
@@ -114,7 +117,10 @@ class Bench:
         }
         for name in ("PYTEST_ADDOPTS", "PYTEST_COWENV_POOL", "PYTEST_COWENV_REUSE"):
             env.pop(name, None)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         proc = subprocess.run(argv, cwd=self.suite, env=env, capture_output=True, text=True)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
         if proc.returncode != 0:
             raise SystemExit(
                 f"{self.fs} {suite} {mode}: pytest failed\n{proc.stdout}\n{proc.stderr}"
@@ -136,8 +142,10 @@ class RunCase(Case):
         super().__init__(name, lambda: bench.run(suite, mode, reuse), cleanup=self._collect)
         self.bench = bench
         self.counts: list[str] = []
+        self.cpu: list[float] = []
 
     def _collect(self) -> None:
+        self.cpu.append(self.bench.cpu)
         m = re.search(
             r"clones reused: (\d+), fresh: (\d+), discarded after use: (\d+)", self.bench.output
         )
@@ -153,6 +161,7 @@ def section(bench: Bench, suite: str, rounds: int) -> tuple[list[str], dict[str,
     ]
     interleaved(cases, rounds, sync_path=bench.base)
     plain = median(cases[0].seconds)
+    plain_cpu = median(cases[0].cpu[-rounds:])
     no = median(cases[2].seconds)
     rows = []
     figures: dict[str, float] = {}
@@ -160,12 +169,14 @@ def section(bench: Bench, suite: str, rounds: int) -> tuple[list[str], dict[str,
         wall = median(case.seconds)
         q1, q3 = quartiles(case.seconds)
         per_test = (wall - plain) / bench.tests * 1000
+        cpu = (median(case.cpu[-rounds:]) - plain_cpu) / bench.tests * 1000
         figures[case.name] = per_test
         rows.append(
             [
                 case.name,
                 f"{wall:.2f} ({q1:.2f}-{q3:.2f})",
                 "-" if case is cases[0] else f"{per_test:.1f}",
+                "-" if case is cases[0] else f"{cpu:.1f}",
                 f"{wall / plain:.2f}",
                 f"{wall / no:.2f}",
                 ", ".join(case.counts[-rounds:]) or "-",  # the timed rounds
@@ -180,6 +191,7 @@ def section(bench: Bench, suite: str, rounds: int) -> tuple[list[str], dict[str,
                 "case",
                 "wall s (IQR)",
                 "ms/test vs none",
+                "cpu ms/test",
                 "x no cowenv",
                 "x reuse no",
                 "reused/fresh/discarded",

@@ -89,7 +89,7 @@ def btrfs_root(roots: Callable[[str], Path]) -> Path:
 def make_session(wheelhouse: Path) -> Iterator[Callable[..., CowEnvSession]]:
     made: list[CowEnvSession] = []
 
-    def make(root: Path, pool: int = 2, reuse: bool = True) -> CowEnvSession:
+    def make(root: Path, pool: int = 2, reuse: str = "yes") -> CowEnvSession:
         index = IndexOptions(find_links=(str(wheelhouse),), offline=True)
         session = CowEnvSession(Settings(root=str(root), pool=pool, index=index, reuse=reuse))
         made.append(session)
@@ -143,7 +143,7 @@ def test_pooled_clone_is_fresh(root: Path, make_session: Callable[..., CowEnvSes
 def test_rebuilt_template_is_never_served_stale(
     root: Path, make_session: Callable[..., CowEnvSession]
 ) -> None:
-    session = make_session(root, reuse=False)  # every ready clone here is one made ahead
+    session = make_session(root, reuse="no")  # every ready clone here is one made ahead
     spec, pool = pooled(session, ["alpha==2.0"])
     old = session.cache.get(spec)
     wait_for(lambda: pool.ready(old, LinkMode.AUTO) == 2)
@@ -266,7 +266,7 @@ def test_transient_background_failure_falls_back_and_recovers(
         return real(*args, **kwargs)
 
     monkeypatch.setattr(pool_module, "clone_tree", fail_once)
-    session = make_session(root, reuse=False)  # no clone given back stands in for one
+    session = make_session(root, reuse="no")  # no clone given back stands in for one
     spec, pool = pooled(session, [SPEC])
     wait_for(lambda: pool.errors == ["injected failure"])
     env = session.acquire(spec, "after-failure")  # a miss, made here: and it restarts the pool
@@ -281,7 +281,7 @@ def test_no_clones_ahead_on_a_nearly_full_disk(
 ) -> None:
     monkeypatch.setattr(pool_module, "MIN_FREE", 1 << 60)  # never room to spare
     # A clone given back takes no more room than it did: only clones made ahead are meant.
-    session = make_session(root, reuse=False)
+    session = make_session(root, reuse="no")
     spec = session.spec([SPEC])
     for i in range(3):
         env = session.acquire(spec, f"t{i}")

@@ -77,7 +77,7 @@ def root(request: pytest.FixtureRequest, roots: Callable[[str], Path]) -> Path:
 def make_session(wheelhouse: Path) -> Iterator[Callable[..., CowEnvSession]]:
     made: list[CowEnvSession] = []
 
-    def make(root: Path, reuse: bool = True) -> CowEnvSession:
+    def make(root: Path, reuse: str = "yes") -> CowEnvSession:
         index = IndexOptions(find_links=(str(wheelhouse),), offline=True)
         session = CowEnvSession(Settings(root=str(root), pool=2, index=index, reuse=reuse))
         made.append(session)
@@ -396,6 +396,29 @@ def test_a_process_that_only_knows_the_path_cannot_reach_the_next_test(
         late.wait()
 
 
+def test_a_process_this_user_may_not_inspect_counts_if_it_started_since(
+    tmp_path: Path,
+) -> None:
+    """Another user's process (e.g. one the test started with sudo) cannot be looked into:
+    it counts as holding every clone if it started after the clone was handed out. Kernel
+    threads (many start and stop all the time) and zombies never count."""
+    assert reuse._started_at("/proc/2/") == -1  # kthreadd
+    assert reuse._started_at(f"/proc/{os.getpid()}/") > 0
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to look at root's processes as another user")
+    script = (
+        "import os, sys; from pytest_cowenv import reuse; os.setuid(65534); "
+        "print(reuse.holders([(frozenset(), sys.argv[1])], int(sys.argv[2])))"
+    )
+    boot = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path), "0"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "another user's, started since" in boot.stdout, boot.stdout
+
+
 # -- the switch and the summary, in real runs -------------------------------------------------
 
 SUITE = """
@@ -441,6 +464,9 @@ def test_a_read_only_suite_reuses_its_clones(
     root: Path, pytester: pytest.Pytester, wheelhouse: Path
 ) -> None:
     out = _run(pytester, root, wheelhouse)
+    if "(snapshot " in out:  # auto: a new btrfs snapshot costs less than the proof
+        assert _reused(out) == 0 and "a snapshot (cheaper than the proof) 8" in out, out
+        out = _run(pytester, root, wheelhouse, "--cowenv-reuse=yes")
     assert _reused(out) >= 1, out
 
 
@@ -448,7 +474,7 @@ def test_a_suite_that_writes_never_sees_another_tests_writes(
     root: Path, pytester: pytest.Pytester, wheelhouse: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("WRITE_HALF", "1")
-    out = _run(pytester, root, wheelhouse)
+    out = _run(pytester, root, wheelhouse, "--cowenv-reuse=yes")
     assert "changed " in out.split("discarded after use: ")[1], out
 
 
@@ -474,7 +500,7 @@ def test_reuse_no_turns_it_off(
 def test_a_bad_reuse_value_stops_the_run(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_subprocess("--cowenv-reuse=maybe")
     assert result.ret == 4
-    result.stderr.fnmatch_lines(["*--cowenv-reuse: 'maybe' is not one of yes, no*"])
+    result.stderr.fnmatch_lines(["*--cowenv-reuse: 'maybe' is not one of auto, yes, no*"])
 
 
 def test_kept_clones_are_not_reused(

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 LINK_MODES = ("auto", "snapshot", "clone", "hardlink", "copy")
 KEEP_VALUES = ("none", "failed", "all")
 COV_VALUES = ("auto", "on", "off")  # as _coverage.MODES, which this module must not import
-REUSE_VALUES = ("yes", "no")
+REUSE_VALUES = ("auto", "yes", "no")
 SPEC_KEYWORDS = ("groups", "extras", "lock", "resolution", "exclude_newer")
 MARKER_KEYWORDS = ("python", "project", "link_mode", "pip", *SPEC_KEYWORDS, "matrix")
 MARKER_DOC = (
@@ -85,7 +85,7 @@ class Options:
         pool: int = DEFAULT_POOL,
         constraints: tuple[str, ...] = (),
         cov: str = "auto",
-        reuse: bool = True,
+        reuse: str = "auto",
     ) -> None:
         self.constraints = constraints
         self.cov = cov
@@ -165,7 +165,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     option(
         "reuse",
         f"give a clone that provably did not change to a later test: {'|'.join(REUSE_VALUES)} "
-        "(env PYTEST_COWENV_REUSE; default yes; needs the pool)",
+        "(env PYTEST_COWENV_REUSE; default auto: all but btrfs snapshots, which cost less "
+        "than the proof; needs the pool)",
         metavar="WHICH",
     )
     option(
@@ -268,7 +269,7 @@ def make_options(config: pytest.Config) -> Options:
     """Read and validate every option; a bad value is a :class:`pytest.UsageError`."""
     mode = _choice(_pick(config, "link_mode", "PYTEST_COWENV_LINK_MODE"), LINK_MODES, "auto")
     keep = _choice(_pick(config, "keep", "PYTEST_COWENV_KEEP"), KEEP_VALUES, "none")
-    reuse = _choice(_pick(config, "reuse", "PYTEST_COWENV_REUSE"), REUSE_VALUES, "yes")
+    reuse = _choice(_pick(config, "reuse", "PYTEST_COWENV_REUSE"), REUSE_VALUES, "auto")
     pool_raw, where = _pick(config, "pool", "PYTEST_COWENV_POOL")
     try:
         pool = DEFAULT_POOL if pool_raw is None else int(pool_raw)
@@ -325,7 +326,7 @@ def make_options(config: pytest.Config) -> Options:
         pool=pool,
         constraints=constraints,
         cov=cov,
-        reuse=reuse == "yes",
+        reuse=reuse,
     )
 
 

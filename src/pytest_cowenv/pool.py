@@ -108,7 +108,7 @@ class ClonePool:
         root: Optional[Path] = None,
         warm: bool = WARM,
         errors: Optional[list[str]] = None,
-        reuse_clones: bool = True,
+        reuse_clones: str = "auto",
         discarded: Optional[Counter[str]] = None,
     ) -> None:
         self.size = size
@@ -118,7 +118,10 @@ class ClonePool:
         self.trash_dir = run_dir / "trash"
         self.ready_dir.mkdir(exist_ok=True)
         self.trash_dir.mkdir(exist_ok=True)
-        self.reuse = reuse_clones and reuse.supported(self.ready_dir)
+        # Why used clones are never reused here, if they are not: for the summary.
+        self.reuse_off = "reuse off" if reuse_clones == "no" else reuse.unsupported(self.ready_dir)
+        self.reuse = self.reuse_off is None
+        self.reuse_snapshots = reuse_clones == "yes"
         # Why used clones went to the trash (for the summary): "reuse off", "changed", ...
         self.discarded: Counter[str] = Counter() if discarded is None else discarded
         # Beyond this many clones awaiting deletion, `discard` deletes in the caller: the
@@ -207,7 +210,7 @@ class ClonePool:
         record is its template's walk; another clone is walked (a small part of what making
         it cost), and then the coarse clock is let pass its newest ctime (step 2), at most a
         tick, so that it may serve later tests too."""
-        if not self.reuse or lease.mode is LinkMode.HARDLINK:
+        if not self._records(lease.mode, lease.result.strategy):
             return
         if lease.result.strategy == "snapshot":
             lease.record = self._snapshot_record(lease)
@@ -222,14 +225,14 @@ class ClonePool:
         why = self._refused(lease) if reusable else None
         if why is not None or not reusable:
             if why is not None:
-                self.discarded[why] += 1
+                self._count(why)
             self.discard(lease.folder)
             return
         target = self.ready_dir / f"{lease.template.key[:12]}-{next(self._names)}"
         try:
             os.rename(lease.folder, target)  # step 3: the path the test knew is gone
         except OSError:
-            self.discarded["rename failed"] += 1
+            self._count("rename failed")
             self.discard(lease.folder)
             return
         lease.folder = target
@@ -237,11 +240,24 @@ class ClonePool:
             self._returned.append(lease)
             self._wake()
 
+    def _records(self, mode: LinkMode, strategy: str) -> bool:
+        """Whether clones made this way are recorded, to be reused: never hard links (the
+        template's own inodes); btrfs snapshots only if asked (a new one costs less)."""
+        if not self.reuse or mode is LinkMode.HARDLINK:
+            return False
+        return strategy != "snapshot" or self.reuse_snapshots
+
+    def _count(self, why: str) -> None:
+        with self._cond:
+            self.discarded[why] += 1
+
     def _refused(self, lease: Lease) -> Optional[str]:
         """Why ``lease`` cannot go back to the pool, before any proof; None if it may try."""
-        if not self.reuse:
-            return "reuse off"
+        if self.reuse_off is not None:
+            return self.reuse_off
         if lease.record is None:
+            if lease.result.strategy == "snapshot" and not self.reuse_snapshots:
+                return "a snapshot (cheaper than the proof)"
             return "not recorded"
         if self._stop.is_set():
             return "closing"
@@ -386,7 +402,7 @@ class ClonePool:
                 pause=self._pause,
             )
             lease = Lease(making, result, slot.template, slot.mode)
-            if self.reuse and slot.mode is not LinkMode.HARDLINK:
+            if self._records(slot.mode, result.strategy):
                 self._pause()
                 if result.strategy == "snapshot":
                     lease.record = self._snapshot_record(lease)
@@ -478,8 +494,8 @@ class ClonePool:
 
     def _refuse(self, lease: Lease, why: str) -> None:
         """A used clone failed the proof: to the trash, and the reason counted."""
-        self.discarded[why] += 1
         with self._cond:
+            self.discarded[why] += 1
             self._trash.append(lease.folder)
             self._cond.notify()
 

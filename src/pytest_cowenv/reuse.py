@@ -53,6 +53,7 @@ SUPPORTED = sys.platform.startswith("linux") and os.path.isdir("/proc/self/fd")
 CLOCK_REALTIME_COARSE = getattr(time, "CLOCK_REALTIME_COARSE", 5)  # Linux's number
 CLOCK_BOOTTIME = getattr(time, "CLOCK_BOOTTIME", 7)
 _SYMLINK_MODE = stat.S_IFLNK | 0o777  # Linux symlinks have no modes of their own
+_PF_KTHREAD = 0x00200000  # a kernel thread, in the flags of /proc/<pid>/stat
 # (inode, size, mode, mtime_ns, ctime_ns): what an entry must still have
 Want = tuple[int, int, int, int, int]
 
@@ -77,14 +78,16 @@ class Record:
         return frozenset((self.dev, want[0]) for _rel, want in self.wants)
 
 
-def supported(path: str | os.PathLike[str]) -> bool:
-    """Whether clones at ``path`` may be reused at all (this OS, a proven filesystem)."""
+def unsupported(path: str | os.PathLike[str]) -> Optional[str]:
+    """Why clones at ``path`` are never reused (not Linux, a filesystem the proof was not
+    tested on), in a few words; None if they may be."""
     if not SUPPORTED:
-        return False
+        return "no /proc here"
     try:
-        return fs_type(path) in PROVEN
-    except OSError:
-        return False
+        fstype = fs_type(path)
+    except OSError as exc:
+        return f"filesystem unknown ({exc.strerror})"
+    return None if fstype in PROVEN else f"not proven on {fstype}"
 
 
 def record(clone: str) -> Record:
@@ -197,7 +200,7 @@ def holders(
             maps = _read(base + "maps")
         except FileNotFoundError:
             continue  # gone
-        except PermissionError:
+        except PermissionError:  # another user's: it counts if the test may have started it
             if _started_at(base) >= since_ticks:
                 for i in range(len(clones)):
                     found.setdefault(i, f"pid {pid} (another user's, started since)")
@@ -233,13 +236,14 @@ def _read(path: str) -> bytes:
 
 
 def _started_at(base: str) -> int:
-    """A process's start, in clock ticks since boot; a process gone meanwhile is -1."""
+    """A user process's start, in clock ticks since boot; -1 for a kernel thread, a zombie
+    or a process gone meanwhile (``stat`` is readable by everyone)."""
     try:
-        with open(base + "stat", encoding="utf-8", errors="replace") as f:
-            fields = f.read().rpartition(")")[2].split()
-        return int(fields[19])  # field 22 of the whole line
+        fields = _read(base + "stat").rpartition(b")")[2].split()
+        state, flags, start = fields[0], int(fields[6]), int(fields[19])  # fields 3, 9, 22
     except (OSError, IndexError, ValueError):
         return -1
+    return -1 if state == b"Z" or flags & _PF_KTHREAD else start
 
 
 def boot_ns() -> int:

@@ -46,7 +46,9 @@ class Settings:
     requirements: tuple[str, ...] = ()
     pool: int = DEFAULT_POOL
     constraints: tuple[str, ...] = ()  # constraints files applied to every template build
-    reuse: bool = True  # give provably unchanged clones to later tests (needs the pool)
+    # Give provably unchanged clones to later tests (needs the pool): "auto" all but btrfs
+    # snapshots (making one costs less than the proof), "yes" all, "no" none.
+    reuse: str = "auto"
 
 
 @dataclass

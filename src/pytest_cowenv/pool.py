@@ -89,6 +89,13 @@ class _Slot:
     ready: deque[Lease] = field(default_factory=deque)
     making: bool = False
     failed: bool = False  # the last background clone failed: wait for a test to succeed
+    out: int = 0  # recorded clones with tests now: they may come back
+    proving: int = 0  # given back, being proven by a test's thread
+    coming_back: bool = False  # the last one given back was reused: count those out as ready
+
+    def supply(self) -> int:
+        """Clones a next test may get without a new clone."""
+        return len(self.ready) + self.proving + (self.out if self.coming_back else 0)
 
 
 class ClonePool:
@@ -162,15 +169,21 @@ class ClonePool:
             self._watch.follow(threading.get_ident())
             lease = slot.ready.popleft() if slot.ready else None
             if lease is not None:
+                slot.out += lease.record is not None
                 return lease
             mine = [u for u in self._returned if u.template is template and u.mode is mode]
             if not mine:
                 return None
             for used in mine:
                 self._returned.remove(used)
+            slot.proving += len(mine)
         # All of them at once: one look at the processes serves the batch.
-        with self.foreground():
-            proven = [u for u in self._proven(mine) if u is not None]
+        try:
+            with self.foreground():
+                proven = [u for u in self._proven(mine) if u is not None]
+        finally:
+            with self._cond:
+                slot.proving -= len(mine)
         if not proven:
             return None
         with self._cond:
@@ -179,6 +192,7 @@ class ClonePool:
             else:
                 self._trash.extend(u.folder for u in proven[1:])
                 self._cond.notify()
+            slot.out += 1
         return proven[0]
 
     def ready(self, template: Template, mode: LinkMode) -> int:
@@ -214,15 +228,26 @@ class ClonePool:
             return
         if lease.result.strategy == "snapshot":
             lease.record = self._snapshot_record(lease)
-            return
-        lease.record = reuse.record(os.fspath(lease.path))
-        reuse.wait_past(lease.record)
+        else:
+            lease.record = reuse.record(os.fspath(lease.path))
+            reuse.wait_past(lease.record)
+        with self._cond:
+            slot = self._slot_of(lease)
+            if slot is not None:
+                slot.out += 1
 
     def give_back(self, lease: Lease, reusable: bool = True) -> None:
         """A test is done with ``lease`` (its folder where the test had it): back to the pool
         once proven unchanged, else to the trash. ``reusable=False`` (a kept clone, whose
         folder is left): to the trash, not counted as discarded."""
         why = self._refused(lease) if reusable else None
+        with self._cond:
+            slot = self._slot_of(lease)
+            if slot is not None and lease.record is not None:
+                slot.out = max(0, slot.out - 1)
+            if slot is not None and (why is not None or not reusable):
+                slot.coming_back = False
+                self._cond.notify()  # it may need a new clone now
         if why is not None or not reusable:
             if why is not None:
                 self._count(why)
@@ -239,6 +264,11 @@ class ClonePool:
         with self._cond:
             self._returned.append(lease)
             self._wake()
+
+    def _slot_of(self, lease: Lease) -> Optional[_Slot]:
+        """The slot ``lease`` belongs to, if it is still the current one (lock held)."""
+        slot = self._slots.get((lease.template.key, lease.mode))
+        return slot if slot is not None and slot.template is lease.template else None
 
     def _records(self, mode: LinkMode, strategy: str) -> bool:
         """Whether clones made this way are recorded, to be reused: never hard links (the
@@ -351,7 +381,8 @@ class ClonePool:
             primer = self._primers.popleft()
             return lambda: self._run_primer(primer)
         for slot in self._slots.values():
-            if not slot.making and not slot.failed and len(slot.ready) < self.size:
+            back = sum(1 for u in self._returned if u.template is slot.template)
+            if not slot.making and not slot.failed and slot.supply() + back < self.size:
                 if not self._room_for(slot.template):
                     continue  # a near-full disk: what is left is for the tests' own clones
                 slot.making = True
@@ -488,6 +519,10 @@ class ClonePool:
             if why is None:
                 lease.uses += 1
                 out[i] = lease
+                with self._cond:
+                    slot = self._slot_of(lease)
+                    if slot is not None:
+                        slot.coming_back = True
             else:
                 self._refuse(lease, why)
         return out
@@ -495,6 +530,10 @@ class ClonePool:
     def _refuse(self, lease: Lease, why: str) -> None:
         """A used clone failed the proof: to the trash, and the reason counted."""
         with self._cond:
+            slot = self._slot_of(lease)
+            if slot is not None:
+                slot.coming_back = False
+                self._cond.notify()  # it may need a new clone now
             self.discarded[why] += 1
             self._trash.append(lease.folder)
             self._cond.notify()

@@ -217,7 +217,7 @@ class CloneCoverage:
         failure is noted for the summary, never the test's."""
         try:
             return self._prepare(env, local)
-        except OSError as exc:
+        except (OSError, CowEnvError) as exc:  # e.g. a test took the clone's lib/ apart
             with self._lock:
                 self.stats.failed.append(f"{env.path}: {exc}")
             return False

@@ -382,7 +382,7 @@ def test_core_maps_a_clones_lines_to_the_sources(
     shutil.copytree(project / "src" / "mypkg", site_packages(env.path) / "ghost")  # no source
     outer = coverage.Coverage(data_file=None, config_file=False, branch=True)
     outer.set_option("run:source", ["mypkg", "ghost"])
-    measure = CloneCoverage(measured(outer), (), live=outer)
+    measure = CloneCoverage(measured(outer, str(tmp_path)), (), live=outer)
 
     def no_coverage_object(*args: object, **kwargs: object) -> None:
         raise AssertionError("a Coverage object would stop this process's own measurement")
@@ -422,7 +422,7 @@ def test_core_reads_the_outer_configuration(
 ) -> None:
     import coverage
 
-    from pytest_cowenv._coverage import detect, measured
+    from pytest_cowenv._coverage import detect, measured, problem
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "src").mkdir()
@@ -430,7 +430,7 @@ def test_core_reads_the_outer_configuration(
         "[run]\nsource = src, mypkg\nsource_pkgs = other\nomit = src/skip.py, */vendored/*\n"
         "patch = subprocess, _exit\ndisable_warnings = no-data-collected\ntimid = True\n"
     )
-    what = measured(coverage.Coverage())
+    what = measured(coverage.Coverage(), str(tmp_path))
     assert what.source_dirs == (str((tmp_path / "src").resolve()),)
     assert what.source_names == ("other", "mypkg")
     assert what.omit == (str(tmp_path / "src" / "skip.py"), "*/vendored/*")
@@ -438,9 +438,11 @@ def test_core_reads_the_outer_configuration(
     assert ("timid", "True") in what.carried and not what.everything
 
     monkeypatch.setattr(coverage.Coverage, "current", classmethod(lambda cls: None))
-    assert detect("off", None) is None
-    assert detect("auto", None) is None  # nothing measures this process
-    on = detect("on", None)  # beside the configured data file, for `coverage combine`
+    assert problem() is None  # coverage is new enough here
+    base = str(tmp_path)
+    assert detect("off", None, base) is None
+    assert detect("auto", None, base) is None  # nothing measures this process
+    on = detect("on", None, base)  # beside the configured data file, for `coverage combine`
     assert on is not None and on._beside == str(tmp_path / ".coverage")
 
 
@@ -461,3 +463,22 @@ def test_a_package_installed_later_is_measured(pytester: pytest.Pytester, run: R
     result.assert_outcomes(passed=1)
     core = read_report(pytester.path / "cov.json")[CORE_FILE]
     assert {2, 4} <= set(core["executed_lines"]) and 3 in core["missing_lines"]
+
+
+def test_a_run_that_uses_no_clone_imports_no_clone_coverage(pytester: pytest.Pytester) -> None:
+    """Under coverage (as in this project's CI, whose suite checks what an unused plugin
+    imports), a run that never asks for a clone does not even import the clone coverage."""
+    pytester.makepyfile(
+        test_nothing="def test_nothing(): pass",
+        probe="""
+        import sys
+
+        import pytest
+
+        pytest.main(["-q", "-p", "no:cacheprovider", "test_nothing.py"])
+        print("pytest_cowenv._coverage" in sys.modules)
+        """,
+    )
+    done = pytester.run(sys.executable, "-m", "coverage", "run", "probe.py")
+    assert done.ret == 0, done.stderr.str()
+    assert done.outlines[-1] == "False"

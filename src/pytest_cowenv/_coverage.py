@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from ._venv import site_packages
-from .clone import remove_tree
 from .errors import CowEnvError
 
 if TYPE_CHECKING:
@@ -94,47 +93,55 @@ class CoverageStats:
     failed: list[str] = field(default_factory=list)  # we failed to prepare or combine one
 
 
+def problem() -> Optional[str]:
+    """Why clones cannot be measured here (coverage missing or too old), or None. Reads the
+    installed version only: nothing is imported."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    wanted = ".".join(map(str, MIN_VERSION))
+    try:
+        found = version("coverage")
+    except PackageNotFoundError:
+        return f"coverage of clones needs coverage>={wanted}: pip install coverage"
+    if tuple(int(p) for p in found.split(".")[:2] if p.isdigit()) < MIN_VERSION:
+        return (
+            f"coverage of clones needs coverage>={wanted}; this is {found}: pip install -U coverage"
+        )
+    return None
+
+
 def detect(
-    mode: str, pytest_cov: Optional[Coverage], project_dirs: tuple[str, ...] = ()
+    mode: str,
+    pytest_cov: Optional[Coverage],
+    base: str,
+    project_dirs: tuple[str, ...] = (),
 ) -> Optional[CloneCoverage]:
     """The clone measurement of this process, or None. ``mode``: ``auto`` measures clones
     when this process measures itself (``pytest_cov``, the ``Coverage`` object of pytest-cov,
     or any running ``Coverage``: ``coverage run``, coverage's process start); ``on`` also
     without (data beside the configured data file, for ``coverage combine``); ``off`` never.
+    ``base``: the directory the run started in, where coverage resolved its relative paths.
     ``project_dirs``: where packages installed in clones may come from, besides the specs'
     local projects."""
-    if mode == "off" or (mode == "auto" and "coverage" not in sys.modules):
+    if mode == "off" or (mode == "auto" and "coverage" not in sys.modules) or problem():
         return None
-    try:
-        import coverage
-    except ImportError:
-        if mode == "on":
-            raise CowEnvError(
-                "coverage of clones needs coverage.py in the outer environment: "
-                "pip install coverage"
-            ) from None
-        return None
-    found = tuple(int(part) for part in coverage.version_info[:2])
-    if found < MIN_VERSION:
-        if mode == "on":
-            raise CowEnvError(
-                f"coverage of clones needs coverage>={'.'.join(map(str, MIN_VERSION))}; "
-                f"this is {coverage.__version__}: pip install -U coverage"
-            )
-        return None
+    import coverage
+
     if pytest_cov is not None:
-        return CloneCoverage(measured(pytest_cov), project_dirs, beside=data_file(pytest_cov))
+        what = measured(pytest_cov, base)
+        return CloneCoverage(what, project_dirs, beside=data_file(pytest_cov, base))
     current = coverage.Coverage.current()
     if current is not None:
-        return CloneCoverage(measured(current), project_dirs, live=current)
+        return CloneCoverage(measured(current, base), project_dirs, live=current)
     if mode == "on":
         configured = coverage.Coverage()  # reads the project's configuration; never started
-        return CloneCoverage(measured(configured), project_dirs, beside=data_file(configured))
+        what = measured(configured, base)
+        return CloneCoverage(what, project_dirs, beside=data_file(configured, base))
     return None
 
 
-def data_file(cov: Coverage) -> str:
-    return os.path.abspath(str(cov.get_option("run:data_file")))
+def data_file(cov: Coverage, base: str) -> str:
+    return os.path.join(base, str(cov.get_option("run:data_file")))
 
 
 def _option(cov: Coverage, name: str) -> Any:
@@ -146,14 +153,15 @@ def _option(cov: Coverage, name: str) -> Any:
         return None
 
 
-def measured(cov: Coverage) -> Measured:
-    """The outer configuration as clones need it. A ``source`` entry is a directory when one
-    exists at that path, else an importable name (as coverage decides)."""
+def measured(cov: Coverage, base: str) -> Measured:
+    """The outer configuration as clones need it; relative paths are taken from ``base``. A
+    ``source`` entry is a directory when one exists at that path, else an importable name (as
+    coverage decides)."""
     dirs: list[str] = []
     names: list[str] = list(_option(cov, "run:source_pkgs") or ())
     for entry in _option(cov, "run:source") or ():
-        if os.path.isdir(entry):
-            dirs.append(os.path.realpath(entry))
+        if os.path.isdir(os.path.join(base, entry)):
+            dirs.append(os.path.realpath(os.path.join(base, entry)))
         else:
             names.append(entry)
     carried = []
@@ -171,7 +179,8 @@ def measured(cov: Coverage) -> Measured:
         source_dirs=tuple(dirs),
         source_names=tuple(names),
         omit=tuple(
-            p if p.startswith("*") else os.path.abspath(p) for p in _option(cov, "run:omit") or ()
+            p if p.startswith("*") else os.path.normpath(os.path.join(base, p))
+            for p in _option(cov, "run:omit") or ()
         ),
         relative_files=bool(_option(cov, "run:relative_files")),
         carried=tuple(carried),
@@ -417,6 +426,8 @@ class CloneCoverage:
                     self._live.get_data().update(out, map_path=lambda p: p)
         finally:
             if scratch is not None:
+                from .clone import remove_tree
+
                 remove_tree(scratch)
 
     def notes(self) -> list[str]:

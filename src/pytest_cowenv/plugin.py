@@ -125,7 +125,6 @@ options_key = pytest.StashKey[Options]()
 session_key = pytest.StashKey["CowEnvSession"]()
 failed_specs_key = pytest.StashKey[dict[str, str]]()
 envs_key = pytest.StashKey[list["CowEnv"]]()
-coverage_key = pytest.StashKey[Optional["CloneCoverage"]]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -344,6 +343,12 @@ def _ini_requirement(config: pytest.Config, line: str) -> str:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER_DOC)
     config.stash[options_key] = options = make_options(config)
+    if options.cov == "on":
+        from ._coverage import problem
+
+        message = problem()
+        if message:
+            raise pytest.UsageError(f"--cowenv-cov: {message}")
     _claim_cache_dir(options)
     from .matrix import configure
 
@@ -369,24 +374,22 @@ def _session(config: pytest.Config) -> CowEnvSession:
         from .session import CowEnvSession
 
         config.stash[session_key] = CowEnvSession(
-            config.stash[options_key].settings(), coverage=config.stash.get(coverage_key, None)
+            config.stash[options_key].settings(), coverage=_clone_coverage(config)
         )
     return config.stash[session_key]
 
 
-@pytest.hookimpl(trylast=True)  # after pytest-cov has started its Coverage (in xdist workers too)
-def pytest_sessionstart(session: pytest.Session) -> None:
-    config = session.config
+def _clone_coverage(config: pytest.Config) -> Optional[CloneCoverage]:
+    """How this process measures its clones' coverage, if it does. Asked when the session is
+    made (by the first test or collection that needs a clone): pytest-cov has started its
+    Coverage by then, in xdist workers too, and a run that uses no clone imports nothing."""
     mode = config.stash[options_key].cov
     if mode == "off" or (mode == "auto" and "coverage" not in sys.modules):
-        return  # nothing measures this run: import nothing
+        return None
     from ._coverage import detect
-    from .errors import CowEnvError
 
-    try:
-        config.stash[coverage_key] = detect(mode, _pytest_cov(config), (str(config.rootpath),))
-    except CowEnvError as exc:
-        raise pytest.UsageError(f"--cowenv-cov: {exc}") from None
+    base = str(config.invocation_params.dir)
+    return detect(mode, _pytest_cov(config), base, (str(config.rootpath),))
 
 
 def _pytest_cov(config: pytest.Config) -> Any:

@@ -220,3 +220,48 @@ def test_a_failed_compile_behind_keeps_the_uncompiled_template(
     assert sorted(p.name for p in layout.tmp.iterdir()) == [], "a build folder was left"
     meta = json.loads(layout.meta(first.key, 1).read_text())
     assert meta["precompiled"] is False
+
+
+def test_a_run_reports_its_compile_and_leaves_the_compiled_twin(
+    pytester: pytest.Pytester, root: Path, wheelhouse: Path
+) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.cowenv("alpha")
+        def test_first(cowenv):
+            assert not cowenv.template.precompiled
+            assert cowenv.run("alpha").stdout == "alpha 2.0\\n"
+        """
+    )
+    result = pytester.runpytest_subprocess(
+        "--cowenv-dir", str(root), "--cowenv-find-links", str(wheelhouse), "--cowenv-offline",
+        "-p", "no:cacheprovider",
+    )  # fmt: skip
+    result.assert_outcomes(passed=1)
+    # Done before the summary, or still running then (and pytest waited for it).
+    assert [
+        line
+        for line in result.outlines
+        if line.startswith("templates compiled behind the tests: alpha (")
+        or line.startswith("templates compiling behind the tests: alpha (pytest waits")
+    ], result.outlines
+    trees = [p for p in (root / "templates").iterdir() if p.is_dir()]
+    assert len(trees) == 1 and trees[0].name.endswith(".2"), trees
+    meta = json.loads(Path(f"{trees[0]}.json").read_text())
+    assert meta["precompiled"] is True and meta["compiled_from"] == 1
+
+
+def test_the_summary_says_what_compiling_behind_did() -> None:
+    from pytest_cowenv.session import Stats
+
+    stats = Stats()
+    stats.merge({"compiled_behind": {"alpha": 2.5}, "compiling_behind": ["beta"]})
+    stats.merge({"behind_errors": ["gamma: compiling behind the tests: disk full"]})
+    assert stats.summary_lines() == [
+        "templates compiled behind the tests: alpha (2.5 s)",
+        "templates compiling behind the tests: beta (pytest waits for it before it exits; "
+        "the next run clones it compiled)",
+        "not compiled: gamma: compiling behind the tests: disk full",
+    ]

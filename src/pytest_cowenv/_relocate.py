@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import urllib.parse
-import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Optional
@@ -104,6 +103,10 @@ def launcher_body(script: bytes, needle: bytes) -> Optional[bytes]:
 def point_at_sources(site: Path, origins: Mapping[Path, Path]) -> int:
     """Make ``direct_url.json`` of distributions installed from temporary wheels (``origins``:
     wheel → the project directory it was built from) name that project, not the build dir."""
+    if not origins:
+        return 0
+    from urllib.request import url2pathname  # slow to import (http, ssl): only if needed
+
     by_wheel = {os.path.realpath(wheel): project for wheel, project in origins.items()}
     changed = 0
     for record_file in site.glob("*.dist-info/direct_url.json"):
@@ -114,7 +117,7 @@ def point_at_sources(site: Path, origins: Mapping[Path, Path]) -> int:
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme != "file":
             continue
-        project = by_wheel.get(os.path.realpath(urllib.request.url2pathname(parsed.path)))
+        project = by_wheel.get(os.path.realpath(url2pathname(parsed.path)))
         if project is None:
             continue
         text = json.dumps({"url": project.as_uri(), "dir_info": {}})

@@ -429,6 +429,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     config = session.config
     if session_key in config.stash:
         config.stash[session_key].finish_coverage()
+        config.stash[session_key].note_compiles()
     if hasattr(config, "workerinput") and session_key in config.stash:
         config.workeroutput["cowenv_stats"] = config.stash[session_key].stats.as_dict()  # type: ignore[attr-defined]
 

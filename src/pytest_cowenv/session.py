@@ -74,6 +74,10 @@ class Stats:
     fresh: int = 0  # clones handed to a test for the first time
     recycled: int = 0  # clones handed to a test after another test had them
     discarded: Counter[str] = field(default_factory=Counter)  # used clones trashed, by why
+    # Compiling behind the tests (see template.py): description -> seconds, and still running.
+    compiled_behind: dict[str, float] = field(default_factory=dict)
+    compiling_behind: list[str] = field(default_factory=list)
+    behind_errors: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -96,6 +100,9 @@ class Stats:
             "fresh": self.fresh,
             "recycled": self.recycled,
             "discarded": dict(self.discarded),
+            "compiled_behind": self.compiled_behind,
+            "compiling_behind": self.compiling_behind,
+            "behind_errors": self.behind_errors,
         }
 
     def merge(self, other: dict[str, Any]) -> None:
@@ -120,6 +127,11 @@ class Stats:
         self.fresh += other.get("fresh", 0)
         self.recycled += other.get("recycled", 0)
         self.discarded.update(other.get("discarded", {}))
+        self.compiled_behind.update(other.get("compiled_behind", {}))
+        self.compiling_behind += [
+            d for d in other.get("compiling_behind", []) if d not in self.compiling_behind
+        ]
+        self.behind_errors += other.get("behind_errors", [])
 
     def summary_lines(self) -> list[str]:
         lines = []
@@ -129,6 +141,16 @@ class Stats:
         reused = [r for r in self.reused if r not in self.built]
         if reused:
             lines.append(f"templates reused: {len(reused)}: {', '.join(reused)}")
+        if self.compiled_behind:
+            done = ", ".join(f"{d} ({s:.1f} s)" for d, s in self.compiled_behind.items())
+            lines.append(f"templates compiled behind the tests: {done}")
+        running = [d for d in self.compiling_behind if d not in self.compiled_behind]
+        if running:
+            lines.append(
+                f"templates compiling behind the tests: {', '.join(running)} "
+                "(pytest waits for it before it exits; the next run clones it compiled)"
+            )
+        lines += [f"not compiled: {e}" for e in self.behind_errors]
         if self.clones:
             strategies = ", ".join(f"{k} {v}" for k, v in sorted(self.strategies.items()))
             lines.append(f"clones: {self.clones} ({strategies})")
@@ -435,6 +457,17 @@ class CowEnvSession:
         with self._lock:
             self.stats.remove_ms.append((time.perf_counter() - start) * 1000)
         return kept
+
+    def note_compiles(self) -> None:
+        """Copy what compiling behind the tests did so far into :attr:`stats` (at the end of
+        the tests, for the summary)."""
+        if self._cache is None:
+            return
+        done, running, errors = self._cache.behind_report()
+        with self._lock:
+            self.stats.compiled_behind.update(done)
+            self.stats.compiling_behind = running
+            self.stats.behind_errors = errors
 
     def finish_coverage(self) -> None:
         """Hand the clones' coverage to the run's measurement and count it in :attr:`stats`

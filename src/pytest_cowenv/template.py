@@ -117,6 +117,7 @@ class TemplateCache:
     _behind: dict[str, threading.Thread] = field(default_factory=dict)
     _closing: threading.Event = field(default_factory=threading.Event)
     _procs: list[Any] = field(default_factory=list)  # compilers running in the background
+    _describe: dict[str, str] = field(default_factory=dict)  # key -> spec.describe()
 
     def key(self, spec: TemplateSpec) -> str:
         with self._mutex:
@@ -371,6 +372,7 @@ class TemplateCache:
                 daemon=True,  # `close` waits for it; an abrupt exit leaves a dead build folder
             )
             self._behind[key] = thread
+            self._describe[key] = spec.describe()
         thread.start()
 
     def _compile_behind(self, spec: TemplateSpec, key: str, source: Template) -> None:
@@ -397,6 +399,18 @@ class TemplateCache:
             first = (str(exc).splitlines() or [repr(exc)])[0]
             with self._mutex:
                 self.behind_errors.append(f"{spec.describe()}: compiling behind the tests: {first}")
+
+    def behind_report(self) -> tuple[dict[str, float], list[str], list[str]]:
+        """What compiling behind the tests did so far: the twins swapped in (description →
+        seconds of their compile), the descriptions still compiling, and the errors."""
+        with self._mutex:
+            done = {
+                t.spec.describe(): sum(t.meta.get("phases_behind", {}).values())
+                for t in self.compiled_behind
+            }
+            running = [key for key, thread in self._behind.items() if thread.is_alive()]
+            running = [self._describe.get(key, key) for key in running]
+            return done, running, list(self.behind_errors)
 
     def _finish_behind(self) -> None:
         """Let a compile running behind finish (the first test already ran on the uncompiled

@@ -265,3 +265,31 @@ def test_the_summary_says_what_compiling_behind_did() -> None:
         "the next run clones it compiled)",
         "not compiled: gamma: compiling behind the tests: disk full",
     ]
+
+
+def test_what_a_full_disk_keeps_from_removing_goes_at_close(
+    root: Path, wheelhouse: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed twin whose removal fails too (btrfs may refuse to destroy a subvolume on a
+    full disk) is removed when the cache closes, once the run's clones are gone."""
+    real_remove = template_module.remove_tree  # type: ignore[attr-defined]
+    refused: list[Path] = []
+
+    def remove_tree(path: Path, **kwargs: Any) -> None:
+        if path.name.endswith(".2") and not refused:
+            refused.append(path)
+            raise OSError(28, "No space left on device")
+        real_remove(path, **kwargs)
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(template_module, "remove_tree", remove_tree)
+    monkeypatch.setattr(template_module, "compile_env", failing)
+    cache = new_cache(root, compile_behind=True)
+    first = cache.get(make_spec(wheelhouse, "alpha"))
+    cache._behind[first.key].join(60)
+    assert refused and cache.layout.generations_of(first.key) == [1, 2]  # its .inuse
+    cache.close()
+    assert cache.layout.generations_of(first.key) == [1]
+    assert not [p for p in cache.layout.templates.iterdir() if ".2" in p.name]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import threading
 import time
@@ -133,7 +134,8 @@ def compile_env(
     script = Path(__file__).with_name("_bytecode.py")
     # -I: nothing from the environment variables or the script's folder; -S: no .pth files run.
     cmd = [str(env / "bin" / "python"), "-I", "-S", str(script)]
-    cmd += [str(site_packages(env)), str(bytecode), *(["--behind"] if behind else [])]
+    cmd += [str(site_packages(env)), str(bytecode)]
+    cmd += ["--behind", str(os.getpid())] if behind else []
     with subprocess.Popen(
         cmd,
         stdout=subprocess.PIPE,

@@ -118,6 +118,7 @@ class TemplateCache:
     _closing: threading.Event = field(default_factory=threading.Event)
     _procs: list[Any] = field(default_factory=list)  # compilers running in the background
     _describe: dict[str, str] = field(default_factory=dict)  # key -> spec.describe()
+    _undiscarded: list[tuple[str, int]] = field(default_factory=list)  # see _discard_generation
 
     def key(self, spec: TemplateSpec) -> str:
         with self._mutex:
@@ -168,6 +169,11 @@ class TemplateCache:
         from .generations import collect_generations
 
         self._finish_behind()
+        with self._mutex:
+            undiscarded, self._undiscarded = self._undiscarded, []
+        for key, gen in undiscarded:  # never complete: no metadata, nobody uses them
+            with contextlib.suppress(OSError, _GaveUp), self._locked(key, give_up=self._closing):
+                self._discard_generation(key, gen)
         with self._mutex:
             held, self._in_use = self._in_use, {}
             self._ready.clear()
@@ -318,15 +324,20 @@ class TemplateCache:
                 _remove_quietly(leftover, self.layout.root)
 
     def _discard_generation(self, key: str, gen: int) -> None:
-        """Remove this process's own unfinished generation ``gen`` (lock held)."""
+        """Remove this process's own unfinished generation ``gen`` (lock held). What cannot
+        be removed now (a full btrfs may refuse to destroy a subvolume) is tried again at
+        :meth:`close`, when the run's clones have given their space back."""
         held = self._in_use.pop((key, gen), None)
-        root = self.layout.root
-        remove_tree(self.layout.meta(key, gen), root=root)
-        remove_tree(self.layout.template(key, gen), root=root)
-        remove_tree(self.layout.linked(key, gen), root=root)
-        remove_tree(self.layout.in_use(key, gen), root=root)
-        if held is not None:
-            held.close()
+        root, layout = self.layout.root, self.layout
+        try:
+            for path in (layout.meta, layout.template, layout.linked, layout.in_use):
+                remove_tree(path(key, gen), root=root)
+        except OSError:
+            with self._mutex:
+                self._undiscarded.append((key, gen))
+        finally:
+            if held is not None:
+                held.close()
 
     def _make_build_dir(self, key: str) -> tuple[Path, int]:
         """A new build folder, named and locked by this process (see ``_owner``)."""
@@ -562,8 +573,7 @@ class TemplateCache:
             _remove_quietly(work, self.layout.root)
             os.close(work_lock)
             if not done:
-                with contextlib.suppress(OSError):
-                    self._discard_generation(key, gen)
+                self._discard_generation(key, gen)
         tree = writable if write_bits else tree
         built_now = source.built_now if source else True
         return Template(key, final, spec, meta, tree, built_now=built_now, generation=gen)

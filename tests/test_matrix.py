@@ -124,6 +124,24 @@ def test_versions_one_per_group_from_a_wheelhouse(pytester: pytest.Pytester, run
     ]
 
 
+def test_versions_made_before_pytest_read_its_options(pytester: pytest.Pytester, run: Run) -> None:
+    """A rootdir conftest is imported before ``pytest_configure``: its ``versions()`` lists
+    with the options of the run that collects (here: offline, the wheelhouse)."""
+    pytester.makeconftest(
+        """
+        from pytest_cowenv import versions
+
+        ALPHAS = versions("alpha", each="major")
+
+        def pytest_generate_tests(metafunc):
+            if "alpha" in metafunc.fixturenames:
+                metafunc.parametrize("alpha", ALPHAS)
+        """
+    )
+    pytester.makepyfile("def test_it(alpha): pass")
+    assert ids(run("-v"), "test_it") == ["alpha==1.*", "alpha==2.*"]
+
+
 def test_a_listing_is_cached_until_refreshed(
     pytester: pytest.Pytester, run: Run, wheelhouse: Path, tmp_path: Path, cache: Path
 ) -> None:

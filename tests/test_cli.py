@@ -403,8 +403,8 @@ def test_readme_examples_run(tmp_path: Path, wheels: Path) -> None:
         )
         assert proc.returncode == 0, f"{command}: {proc.stderr}"
         outputs[command] = proc.stdout
-    # the template the README's `build` made, and its bytecode
-    assert "pruned: 2 removed (" in outputs["pytest-cowenv prune --all"]
+    # the template the README's `build` made, its bytecode, the listing of its `versions`
+    assert "pruned: 3 removed (" in outputs["pytest-cowenv prune --all"]
     assert commands[-1] == "pytest-cowenv clean --all"
     assert "removed bytecode store" in proc.stdout
     assert not (tmp_path / "cache").exists()

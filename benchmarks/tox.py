@@ -277,7 +277,7 @@ class Tox:
         warm = mode.startswith("warm")
         # warm runs share one workdir and source copy (tox reuses its envs); cold ones own theirs
         home = self.base / ("tox-warm" if warm else f"tox-{tag}")
-        src, workdir = home / "src", home / "work"
+        src, workdir = home / self.pristine.name, home / "work"
         journal = home / "result.json"
         parallel = ["-p", "2", "--parallel-no-spinner"] if mode.endswith("-n 2") else []
         argv = [str(self.tox), "-e", ",".join(self.envs), "--workdir", str(workdir)]
@@ -338,7 +338,7 @@ class Cowenv:
         tag = mode.replace(" ", "")
         warm = mode.startswith("warm")
         home = self.base / ("cowenv-warm" if warm else f"cowenv-{tag}")
-        src, cache, wrapper = home / "src", home / "cache", home / "wrapper"
+        src, cache, wrapper = home / self.pristine.name, home / "cache", home / "wrapper"
         parallel = ["-n", "2"] if mode.endswith("-n 2") else []
         argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *parallel]
         argv += [f"--cowenv-dir={cache}", str(wrapper)]

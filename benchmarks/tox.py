@@ -130,6 +130,7 @@ class Run:
     cpu: float
     envs: dict[str, dict[str, Any]]  # env name -> counts and phases
     other: dict[str, float] = field(default_factory=dict)  # tool-wide phases
+    summary: list[str] = field(default_factory=list)  # the plugin's summary section
 
 
 def children_cpu() -> float:
@@ -391,7 +392,10 @@ class Cowenv:
             )
             record["tests"] = record["call"]
             envs[name] = record
-        return Run(wall, cpu, envs)
+        out_lines = proc.stdout.splitlines()
+        starts = [i for i, ln in enumerate(out_lines) if re.match(r"=+ cowenv =+$", ln)]
+        summary = out_lines[starts[-1] + 1 : -1] if starts else []
+        return Run(wall, cpu, envs, summary=summary)
 
 
 def describe(args: argparse.Namespace, tox: Path, uv: str, work: Path) -> list[str]:
@@ -544,6 +548,9 @@ def report(runs: dict[str, dict[str, list[Run]]], args: argparse.Namespace) -> l
             + ", ".join(f"{k} {median([b.get(k, 0.0) for b in builds]):.3f}" for k in names)
         )
     lines.append("counts equal in every run: " + ("yes" if equal else "NO"))
+    for mode in args.modes:
+        lines.append(f"pytest-cowenv's summary of its last {mode} run:")
+        lines += [f"  {ln}" for ln in cow_runs[mode][-1].summary]
     return lines
 
 

@@ -287,7 +287,7 @@ class ClonePool:
             return self.reuse_off
         if lease.record is None:
             if lease.result.strategy == "snapshot" and not self.reuse_snapshots:
-                return "a snapshot (cheaper than the proof)"
+                return "snapshots are made anew (auto)"
             return "not recorded"
         if self._stop.is_set():
             return "closing"

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -36,10 +37,16 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     remove_cache(root)
 
 
-def run_examples(*args: str, path: str = "examples/") -> pytest.RunResult:
+def run_examples(
+    *args: str, path: str = "examples/", env: Optional[dict[str, str]] = None
+) -> pytest.RunResult:
     """``python -m pytest examples/ …`` from the repository root, as a user runs it (no
-    coverage variable of this suite's own measurement: the examples measure what they say)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "COVERAGE_"))}
+    coverage variable of this suite's own measurement: the examples measure what they say),
+    with ``env`` added."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "COVERAGE_"))},
+        **(env or {}),
+    }
     cmd = [sys.executable, "-m", "pytest", path, "-p", "no:cacheprovider", *args]
     start = time.perf_counter()
     proc = subprocess.run(
@@ -97,6 +104,8 @@ def test_matrix_example_reports_its_plugin_coverage(cache: Path, tmp_path: Path)
         "--cov-branch",
         f"--cov-report=json:{report}",
         path="examples/test_matrix_plugin.py",
+        # Not the repository root's data files: this suite's own, under CI, are there too.
+        env={"COVERAGE_FILE": str(tmp_path / ".coverage")},
     )
     assert result.ret == 0, result.stdout.str() + result.stderr.str()
     result.stdout.fnmatch_lines(["coverage: * data files of 1 clones combined into the run's"])

@@ -10,8 +10,11 @@ import os
 import re
 import shutil
 import subprocess
+import sys
+import tarfile
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Callable, Optional, TypeVar
 
@@ -111,3 +114,36 @@ def settle_btrfs(path: Path) -> None:
         cmd = ["btrfs", "subvolume", "sync", str(path)]
         subprocess.run(cmd, check=False, capture_output=True, timeout=120)
     os.sync()
+
+
+def fast_cache(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[Path]:
+    """The body of a module's own ``cache`` fixture: a cache root in a fresh :func:`fast_dir`,
+    removed afterwards (``yield from fast_cache(tmp_path_factory, "cowenv-x")``)."""
+    root = fast_dir(tmp_path_factory, name)
+    yield root / "cache"
+    remove_cache(root / "cache")
+    remove_cache(root)
+
+
+def sdist_sources(requirement: str, where: Path) -> Path:
+    """The unpacked sdist of ``requirement`` from the package index, under ``where``: a real
+    project's own sources, tests and tox.ini, as a new user gets them."""
+    subprocess.run(
+        [
+            *(sys.executable, "-m", "pip", "download", "--quiet", "--no-deps"),
+            *("--no-binary", ":all:", "--disable-pip-version-check", "-d", str(where)),
+            requirement,
+        ],
+        check=True,
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+        timeout=300,
+    )
+    (sdist,) = where.glob("*.tar.gz")
+    with tarfile.open(sdist) as tar:
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(where, filter="data")
+        else:  # pragma: no cover - an interpreter without extraction filters
+            tar.extractall(where)
+    (sources,) = (p for p in where.iterdir() if p.is_dir())
+    return sources

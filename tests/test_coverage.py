@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, cast
 
 import pytest
 
-from _helpers import fast_dir, remove_cache
+from _helpers import fast_cache
 from _wheels import standard_wheelhouse
 from pytest_cowenv._coverage import CLONE_DIR, PTH_NAME
 
@@ -140,10 +140,7 @@ def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    root = fast_dir(tmp_path_factory, "cowenv-cov")
-    yield root / "cache"
-    remove_cache(root / "cache")
-    remove_cache(root)
+    yield from fast_cache(tmp_path_factory, "cowenv-cov")
 
 
 @pytest.fixture(autouse=True)

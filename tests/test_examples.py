@@ -15,7 +15,7 @@ from typing import Optional
 
 import pytest
 
-from _helpers import fast_dir, remove_cache
+from _helpers import fast_cache
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = [
@@ -31,10 +31,7 @@ EXAMPLES = [
 
 @pytest.fixture
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    root = fast_dir(tmp_path_factory, "cowenv-examples")
-    yield root / "cache"
-    remove_cache(root / "cache")
-    remove_cache(root)
+    yield from fast_cache(tmp_path_factory, "cowenv-examples")
 
 
 def run_examples(

@@ -13,7 +13,7 @@ from typing import Callable, Optional
 
 import pytest
 
-from _helpers import fast_dir, remove_cache
+from _helpers import fast_cache
 from _wheels import make_alpha, make_wheel
 from pytest_cowenv import _releases
 from pytest_cowenv._releases import Listing, Release, select
@@ -38,10 +38,7 @@ def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    root = fast_dir(tmp_path_factory, "cowenv-matrix")
-    yield root / "cache"
-    remove_cache(root / "cache")
-    remove_cache(root)
+    yield from fast_cache(tmp_path_factory, "cowenv-matrix")
 
 
 @pytest.fixture(autouse=True)

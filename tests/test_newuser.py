@@ -5,15 +5,12 @@ in a clone built from that group, and from its lock with uv."""
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from _helpers import fast_dir, remove_cache
+from _helpers import fast_cache, sdist_sources
 from conftest import skip_without_uv
 
 ATTRS = "attrs==26.1.0"
@@ -40,43 +37,12 @@ def test_attrs_own_suite(cowenv):
 
 @pytest.fixture(scope="module")
 def attrs_sources(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    where = tmp_path_factory.mktemp("attrs-sdist")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--quiet",
-            "--no-deps",
-            "--no-binary",
-            ":all:",
-            "--disable-pip-version-check",
-            "-d",
-            str(where),
-            ATTRS,
-        ],
-        check=True,
-        capture_output=True,
-        stdin=subprocess.DEVNULL,
-        timeout=300,
-    )
-    (sdist,) = where.glob("attrs-*.tar.gz")
-    with tarfile.open(sdist) as tar:
-        if hasattr(tarfile, "data_filter"):
-            tar.extractall(where, filter="data")
-        else:  # pragma: no cover - an interpreter without extraction filters
-            tar.extractall(where)
-    (sources,) = (p for p in where.iterdir() if p.is_dir())
-    return sources
+    return sdist_sources(ATTRS, tmp_path_factory.mktemp("attrs-sdist"))
 
 
 @pytest.fixture
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    root = fast_dir(tmp_path_factory, "cowenv-newuser")
-    yield root / "cache"
-    remove_cache(root / "cache")
-    remove_cache(root)
+    yield from fast_cache(tmp_path_factory, "cowenv-newuser")
 
 
 @pytest.mark.network
@@ -127,43 +93,12 @@ def test_rerunfailures_suite(cowenv):
 """
 
 
-def _sdist_sources(requirement: str, where: Path) -> Path:
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--quiet",
-            "--no-deps",
-            "--no-binary",
-            ":all:",
-            "--disable-pip-version-check",
-            "-d",
-            str(where),
-            requirement,
-        ],
-        check=True,
-        capture_output=True,
-        stdin=subprocess.DEVNULL,
-        timeout=300,
-    )
-    (sdist,) = where.glob("*.tar.gz")
-    with tarfile.open(sdist) as tar:
-        if hasattr(tarfile, "data_filter"):
-            tar.extractall(where, filter="data")
-        else:  # pragma: no cover - an interpreter without extraction filters
-            tar.extractall(where)
-    (sources,) = (p for p in where.iterdir() if p.is_dir())
-    return sources
-
-
 @pytest.mark.network
 @pytest.mark.slow
 def test_a_real_plugin_runs_its_suite_once_per_pytest_minor(
     pytester: pytest.Pytester, tmp_path_factory: pytest.TempPathFactory, cache: Path
 ) -> None:
-    sources = _sdist_sources(RERUNFAILURES, tmp_path_factory.mktemp("rerunfailures-sdist"))
+    sources = sdist_sources(RERUNFAILURES, tmp_path_factory.mktemp("rerunfailures-sdist"))
     pytester.makepyfile(MATRIX_INNER.format(sources=str(sources), known=KNOWN_ON_821))
     result = pytester.runpytest_subprocess(
         "-p", "no:cacheprovider", "-s", "-p", "no:xdist", f"--cowenv-dir={cache}", timeout=3600

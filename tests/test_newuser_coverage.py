@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from _helpers import fast_dir, remove_cache
+from _helpers import fast_cache, sdist_sources
 
 pytest.importorskip("pytest_cov", reason="pip install -e '.[test]' installs pytest-cov")
 
@@ -52,35 +49,14 @@ def test_own_command(cowenv):
 """
 
 
-DOWNLOAD = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:"]
-
-
 @pytest.fixture(scope="module")
 def plugin_sources(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    where = tmp_path_factory.mktemp("plugin-sdist")
-    subprocess.run(
-        [*DOWNLOAD, "-d", str(where), PLUGIN],
-        check=True,
-        capture_output=True,
-        stdin=subprocess.DEVNULL,
-        timeout=300,
-    )
-    (sdist,) = where.glob("pytest_mock-*.tar.gz")
-    with tarfile.open(sdist) as tar:
-        if hasattr(tarfile, "data_filter"):
-            tar.extractall(where, filter="data")
-        else:  # pragma: no cover - an interpreter without extraction filters
-            tar.extractall(where)
-    (sources,) = (p for p in where.iterdir() if p.is_dir())
-    return sources
+    return sdist_sources(PLUGIN, tmp_path_factory.mktemp("plugin-sdist"))
 
 
 @pytest.fixture
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    root = fast_dir(tmp_path_factory, "cowenv-newuser-cov")
-    yield root / "cache"
-    remove_cache(root / "cache")
-    remove_cache(root)
+    yield from fast_cache(tmp_path_factory, "cowenv-newuser-cov")
 
 
 def total(report: Path) -> float:

@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import pytest
 
-from _helpers import INTERNAL_FRAME, fast_dir, remove_cache
+from _helpers import INTERNAL_FRAME, fast_cache
 from _wheels import standard_wheelhouse
 from pytest_cowenv import _build as build_module
 from pytest_cowenv import spec as spec_module
@@ -41,19 +41,13 @@ def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """One cache for the tests that only need templates to exist (built once per worker)."""
-    root = fast_dir(tmp_path_factory, "cowenv-plugin")
-    yield root / "cache"
-    remove_cache(root / "cache")
-    remove_cache(root)
+    yield from fast_cache(tmp_path_factory, "cowenv-plugin")
 
 
 @pytest.fixture
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A cache of this test's own, for tests that count builds or clones."""
-    root = fast_dir(tmp_path_factory, "cowenv-own")
-    yield root / "cache"
-    remove_cache(root / "cache")
-    remove_cache(root)
+    yield from fast_cache(tmp_path_factory, "cowenv-own")
 
 
 @pytest.fixture(autouse=True)

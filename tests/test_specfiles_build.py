@@ -16,17 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from _helpers import fast_dir, internal_frames, remove_cache
+from _helpers import fast_cache, internal_frames
 from _wheels import standard_wheelhouse
 from conftest import skip_without_uv
 
 
 @pytest.fixture
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    root = fast_dir(tmp_path_factory, "cowenv-specfiles")
-    yield root / "cache"
-    remove_cache(root / "cache")
-    remove_cache(root)
+    yield from fast_cache(tmp_path_factory, "cowenv-specfiles")
 
 
 @pytest.fixture(autouse=True)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 import pytest
 
-from _helpers import settle_btrfs
+from _helpers import remove_cache, settle_btrfs
 from pytest_cowenv import fs
 from pytest_cowenv._install import uv_binary
 from pytest_cowenv.clone import forget_decisions, remove_tree
@@ -47,6 +47,27 @@ def real_fs_problem(name: str) -> Optional[str]:
     if actual != name:
         return f"{var}={root} is {actual}, not {name}"
     return None
+
+
+def shared_real_roots(prefix: str) -> Iterator[Callable[[str], Path]]:
+    """The body of a module-scoped ``roots`` fixture: ``roots(fs)`` is a cache root on that
+    real filesystem, made once and shared by the module's tests (one template build per
+    filesystem and xdist worker), removed at the end; a missing mount skips the test."""
+    made: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in made:
+            problem = real_fs_problem(name)
+            if problem:
+                pytest.skip(f"needs a real {name} mount: {problem}")
+            mount = os.environ[f"COWENV_TEST_{name.upper()}"]
+            made[name] = Path(tempfile.mkdtemp(prefix=prefix, dir=mount))
+        return made[name] / "cache"
+
+    yield get
+    for path in made.values():
+        remove_cache(path / "cache")
+        remove_tree(path)
 
 
 def _fs_line() -> tuple[str, list[str]]:

@@ -21,12 +21,12 @@ from typing import Any, Callable
 
 import pytest
 
-from _helpers import remove_cache, wait_for
+from _helpers import wait_for
 from _wheels import standard_wheelhouse
-from conftest import make_data_tree, make_identity_tree, real_fs_problem
+from conftest import make_data_tree, make_identity_tree, shared_real_roots
 from pytest_cowenv import pool as pool_module
 from pytest_cowenv._install import IndexOptions
-from pytest_cowenv.clone import LinkMode, remove_tree, walk_tree
+from pytest_cowenv.clone import LinkMode, walk_tree
 from pytest_cowenv.errors import CloneError
 from pytest_cowenv.pool import ClonePool
 from pytest_cowenv.session import CowEnvSession, Settings
@@ -52,21 +52,7 @@ def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def roots() -> Iterator[Callable[[str], Path]]:
     """``roots(fs)``: a cache root on that real filesystem, made once and shared by this
     module's tests, so that each template is built once per filesystem (and xdist worker)."""
-    made: dict[str, Path] = {}
-
-    def get(name: str) -> Path:
-        if name not in made:
-            problem = real_fs_problem(name)
-            if problem:
-                pytest.skip(f"needs a real {name} mount: {problem}")
-            mount = os.environ[f"COWENV_TEST_{name.upper()}"]
-            made[name] = Path(tempfile.mkdtemp(prefix="pool-", dir=mount))
-        return made[name] / "cache"
-
-    yield get
-    for path in made.values():
-        remove_cache(path / "cache")
-        remove_tree(path)
+    yield from shared_real_roots("pool-")
 
 
 @pytest.fixture(params=FILESYSTEMS)

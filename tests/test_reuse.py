@@ -13,7 +13,6 @@ import contextlib
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,9 +20,9 @@ from typing import Callable
 
 import pytest
 
-from _helpers import remove_cache, wait_for
+from _helpers import wait_for
 from _wheels import standard_wheelhouse
-from conftest import real_fs_problem
+from conftest import shared_real_roots
 from pytest_cowenv import reuse
 from pytest_cowenv._install import IndexOptions
 from pytest_cowenv.clone import LinkMode, remove_tree
@@ -51,21 +50,7 @@ def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def roots() -> Iterator[Callable[[str], Path]]:
     """A cache root per real filesystem, shared by this module (one template build each)."""
-    made: dict[str, Path] = {}
-
-    def get(name: str) -> Path:
-        if name not in made:
-            problem = real_fs_problem(name)
-            if problem:
-                pytest.skip(f"needs a real {name} mount: {problem}")
-            mount = os.environ[f"COWENV_TEST_{name.upper()}"]
-            made[name] = Path(tempfile.mkdtemp(prefix="reuse-", dir=mount))
-        return made[name] / "cache"
-
-    yield get
-    for path in made.values():
-        remove_cache(path / "cache")
-        remove_tree(path)
+    yield from shared_real_roots("reuse-")
 
 
 @pytest.fixture(params=FILESYSTEMS)

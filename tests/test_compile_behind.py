@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from _helpers import mounted, unprotect_templates
+from _helpers import btrfs_or_tmp_cache
 from _wheels import standard_wheelhouse
 from pytest_cowenv import TemplateCache, TemplateSpec, clone_tree
 from pytest_cowenv import _build as build_module
@@ -37,10 +37,7 @@ pytestmark = pytest.mark.usefixtures("offline_machine")
 @pytest.fixture
 def root(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
     """A cache root: on btrfs when mounted (subvolumes, read-only templates), else tmp_path."""
-    on_btrfs = mounted("COWENV_TEST_BTRFS", "btrfs") is not None
-    base = request.getfixturevalue("btrfs_dir") if on_btrfs else tmp_path
-    yield base / "cache"
-    unprotect_templates(base / "cache")
+    yield from btrfs_or_tmp_cache(request, tmp_path)
 
 
 @pytest.fixture(scope="module")

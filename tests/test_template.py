@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from _helpers import mounted, unprotect_templates
+from _helpers import btrfs_or_tmp_cache, mounted, unprotect_templates
 from _wheels import make_wheel, standard_wheelhouse
 from conftest import skip_without_uv
 from pytest_cowenv import (
@@ -70,10 +70,7 @@ def route(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> It
 @pytest.fixture
 def root(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
     """A cache root: on btrfs when mounted (subvolumes, read-only templates), else tmp_path."""
-    on_btrfs = mounted("COWENV_TEST_BTRFS", "btrfs") is not None
-    base = request.getfixturevalue("btrfs_dir") if on_btrfs else tmp_path
-    yield base / "cache"
-    unprotect_templates(base / "cache")
+    yield from btrfs_or_tmp_cache(request, tmp_path)
 
 
 @pytest.fixture(scope="module")

@@ -252,6 +252,37 @@ def test_every_change_sends_the_clone_to_the_trash(session: CowEnvSession, chang
     assert session.stats.recycled == 0
 
 
+def test_the_walk_looks_at_every_entry_through_its_own_directory(root: Path) -> None:
+    """Step 5 opens each directory once and looks at its entries relative to it: an entry
+    deep in the tree is still looked at, and a directory that a link to an identical copy
+    replaced is not looked through, even where its parent's own check would pass."""
+    base = root / f"walked-{os.getpid()}"
+    tree = base / "tree"
+    (tree / "a" / "b").mkdir(parents=True)
+    (tree / "a" / "b" / "deep.py").write_text("x = 1\n")
+    (tree / "a" / "top.py").write_text("")
+    (tree / "up").symlink_to("a")
+    try:
+        rec = reuse.record(str(tree))
+        assert reuse.changed(str(tree), rec) is None
+        _chmod_back(tree / "a" / "b" / "deep.py")
+        assert reuse.changed(str(tree), rec) == f"{os.sep}a{os.sep}b{os.sep}deep.py changed"
+        rec = reuse.record(str(tree))
+        subprocess.run(["cp", "-a", str(tree / "a" / "b"), str(base / "copy")], check=True)
+        with _restoring_dir(tree / "a"):
+            os.rename(tree / "a" / "b", base / "moved")
+            os.symlink(base / "copy", tree / "a" / "b")
+        assert reuse.changed(str(tree), rec) == f"{os.sep}a changed"
+        # Were the parent's change not seen, the link is not followed either.
+        a = os.lstat(tree / "a")
+        now = (a.st_ino, a.st_size, a.st_mode, a.st_mtime_ns, a.st_ctime_ns)
+        wants = tuple((rel, now if rel == f"{os.sep}a" else want) for rel, want in rec.wants)
+        blind = reuse.Record(wants, rec.dirs, rec.dev, rec.newest_ns, rec.granule_ns)
+        assert reuse.changed(str(tree), blind) == f"{os.sep}a{os.sep}b: Not a directory"
+    finally:
+        remove_tree(base)
+
+
 def test_a_change_in_the_tick_of_the_newest_ctime_is_not_trusted(session: CowEnvSession) -> None:
     """Step 2: handed out in the coarse-clock tick of its newest ctime, a clone could be
     changed without a new ctime. Simulated by the hand-out time (the kernel decides the

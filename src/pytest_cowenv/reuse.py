@@ -53,6 +53,8 @@ SUPPORTED = sys.platform.startswith("linux") and os.path.isdir("/proc/self/fd")
 CLOCK_REALTIME_COARSE = getattr(time, "CLOCK_REALTIME_COARSE", 5)  # Linux's number
 CLOCK_BOOTTIME = getattr(time, "CLOCK_BOOTTIME", 7)
 _SYMLINK_MODE = stat.S_IFLNK | 0o777  # Linux symlinks have no modes of their own
+# What the proof opens a directory with: a handle to look through, never a link followed.
+_DIR_FLAGS = getattr(os, "O_PATH", 0) | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _PF_KTHREAD = 0x00200000  # a kernel thread, in the flags of /proc/<pid>/stat
 # (inode, size, mode, mtime_ns, ctime_ns): what an entry must still have
 Want = tuple[int, int, int, int, int]
@@ -76,6 +78,46 @@ class Record:
     @cached_property
     def inodes(self) -> frozenset[tuple[int, int]]:
         return frozenset((self.dev, want[0]) for _rel, want in self.wants)
+
+    @cached_property
+    def plan(self) -> tuple[_Dir, ...]:
+        """The walk of :func:`changed`, a step per directory (the root first, parents before
+        their children): each is opened once relative to its parent, and its other entries
+        are looked at by name relative to it."""
+        index = {"": 0}
+        kids: list[list[tuple[str, Want]]] = [[] for _ in range(self.dirs)]
+        for i, (rel, _want) in enumerate(self.wants[1 : self.dirs], 1):
+            index[rel] = i
+        for rel, want in self.wants[self.dirs :]:
+            parent, _, name = rel.rpartition(os.sep)
+            kids[index[parent]].append((name, want))
+        steps = []
+        last_use = list(range(self.dirs))  # the last step that needs a directory's handle
+        for i, (rel, want) in enumerate(self.wants[: self.dirs]):
+            parent, _, name = rel.rpartition(os.sep)
+            up = index[parent] if i else -1
+            if i:
+                last_use[up] = i
+            steps.append((rel, up, name, want, tuple(kids[i])))
+        done_after: list[list[int]] = [[] for _ in range(self.dirs)]
+        for i, last in enumerate(last_use):
+            done_after[last].append(i)
+        return tuple(
+            _Dir(rel, up, name, want, entries, tuple(done_after[i]))
+            for i, (rel, up, name, want, entries) in enumerate(steps)
+        )
+
+
+@dataclass(frozen=True)
+class _Dir:
+    """One step of :attr:`Record.plan`."""
+
+    rel: str  # "" for the root
+    up: int  # the parent's step (-1 for the root)
+    name: str
+    want: Want
+    entries: tuple[tuple[str, Want], ...]  # its files and symlinks, by name
+    close: tuple[int, ...]  # the steps whose handles are not needed after this one
 
 
 def unsupported(path: str | os.PathLike[str]) -> Optional[str]:
@@ -164,16 +206,52 @@ def wait_past(rec: Record) -> None:
 def changed(clone: str, rec: Record, dirs_only: bool = False) -> Optional[str]:
     """Step 5: the first entry that is not as recorded, said in words; None if none is.
     ``dirs_only``: the root and the directories only, where most changes show (a file
-    created, deleted or renamed): a quick look that can refuse a clone, never accept one."""
-    lstat = os.lstat
-    for rel, want in rec.wants[: rec.dirs] if dirs_only else rec.wants:
-        try:
-            st = lstat(clone + rel)
-        except OSError as exc:
-            return f"{rel or '/'}: {exc.strerror}"
-        if (st.st_ino, st.st_size, st.st_mode, st.st_mtime_ns, st.st_ctime_ns) != want:
-            return f"{rel or '/'} changed"
-    return None
+    created, deleted or renamed): a quick look that can refuse a clone, never accept one.
+
+    Each directory is opened once, without following a link (``O_PATH``: no read rights
+    needed, nothing read), relative to its parent's handle, and looked at through that
+    handle; its other entries are looked at by name relative to it, without following
+    links. A handle reaches the directory that had the recorded inode when it was opened,
+    so a directory moved or replaced since shows as changed: the moved one by its own
+    ctime, its parent by its ctime too.
+    """
+    if dirs_only:  # a few paths: cheaper looked at whole than through handles
+        for rel, want in rec.wants[: rec.dirs]:
+            try:
+                st = os.lstat(clone + rel)
+            except OSError as exc:
+                return f"{rel or '/'}: {exc.strerror}"
+            if (st.st_ino, st.st_size, st.st_mode, st.st_mtime_ns, st.st_ctime_ns) != want:
+                return f"{rel or '/'} changed"
+        return None
+    stat = os.stat
+    handles: dict[int, int] = {}
+    try:
+        for i, step in enumerate(rec.plan):
+            try:
+                if step.up < 0:
+                    fd = os.open(clone, _DIR_FLAGS)
+                else:
+                    fd = os.open(step.name, _DIR_FLAGS, dir_fd=handles[step.up])
+            except OSError as exc:
+                return f"{step.rel or '/'}: {exc.strerror}"
+            handles[i] = fd
+            st = stat(fd)
+            if (st.st_ino, st.st_size, st.st_mode, st.st_mtime_ns, st.st_ctime_ns) != step.want:
+                return f"{step.rel or '/'} changed"
+            for name, want in step.entries:
+                try:
+                    st = stat(name, dir_fd=fd, follow_symlinks=False)
+                except OSError as exc:
+                    return f"{step.rel}{os.sep}{name}: {exc.strerror}"
+                if (st.st_ino, st.st_size, st.st_mode, st.st_mtime_ns, st.st_ctime_ns) != want:
+                    return f"{step.rel}{os.sep}{name} changed"
+            for done in step.close:
+                os.close(handles.pop(done))
+        return None
+    finally:
+        for fd in handles.values():
+            os.close(fd)
 
 
 def holders(

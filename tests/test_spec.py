@@ -124,6 +124,29 @@ def test_key_follows_a_projects_sources_not_its_build_outputs(tmp_path: Path) ->
     assert spec(str(project)).key() != after_sub
 
 
+def test_key_ignores_what_the_projects_own_test_run_leaves_at_its_top(tmp_path: Path) -> None:
+    """svcs's tox.ini runs ``coverage run -m pytest`` in its tree (coverage's ``parallel``):
+    each run of its suite in a clone left a new data file there, and the next run built
+    the template again."""
+    project = tmp_path / "proj"
+    (project / "src" / "proj").mkdir(parents=True)
+    (project / "pyproject.toml").write_text("[project]\nname = 'proj'\n")
+    (project / ".coveragerc").write_text("[run]\nparallel = true\n")
+    (project / "src" / "proj" / "__init__.py").write_text("X = 1\n")
+    before = spec(str(project)).key()
+    for left in (
+        ".coverage",
+        ".coverage.host.4242.XyZ123",
+        "htmlcov/index.html",
+        ".hypothesis/examples/0a/1b",
+    ):
+        (project / left).parent.mkdir(parents=True, exist_ok=True)
+        (project / left).write_text("data")
+    assert spec(str(project)).key() == before
+    (project / ".coveragerc").write_text("[run]\nbranch = true\n")  # a file of the project
+    assert spec(str(project)).key() != before
+
+
 def test_key_ignores_tool_state_when_home_is_the_project(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -33,7 +33,9 @@ LEAKY_VARS = (
 
 
 # What never belongs to a project's sources: VCS data and caches (anywhere in the tree), and
-# build outputs and tool folders at its top level only (a package may well be called `build`).
+# build outputs and tool folders at its top level only (a package may well be called `build`),
+# with what the project's own test run leaves there (coverage data and reports, hypothesis's
+# example database): running its suite in a clone must not change the key of the project.
 _SKIP_ANYWHERE = {".git", ".hg", ".svn", "__pycache__"}
 _SKIP_AT_TOP = {
     "build",
@@ -45,6 +47,9 @@ _SKIP_AT_TOP = {
     ".mypy_cache",
     ".pytest_cache",
     ".ruff_cache",
+    ".coverage",
+    "htmlcov",
+    ".hypothesis",
 }
 
 
@@ -55,7 +60,7 @@ def project_skips(rel_dir: str, name: str) -> bool:
     return (
         name in _SKIP_ANYWHERE
         or name.endswith((".egg-info", ".pyc", ".pyo"))
-        or (rel_dir in ("", ".") and name in _SKIP_AT_TOP)
+        or (rel_dir in ("", ".") and (name in _SKIP_AT_TOP or name.startswith(".coverage.")))
     )
 
 

@@ -62,6 +62,63 @@ def test_other_scripts_are_left_alone(script: bytes) -> None:
     assert launcher_body(script, NEEDLE) is None
 
 
+BASE = b"/opt/py 3/bin/python3.12"
+TRAMPOLINE = b"#!/bin/sh\n'''exec' %s \"$0\" \"$@\"\n' '''\n"
+
+
+@pytest.mark.parametrize(
+    "launcher",
+    [
+        b"#!/opt/py3/bin/python3.12\n",
+        TRAMPOLINE % b"'/opt/py 3/bin/python3.12'",
+        TRAMPOLINE % b'"/opt/py 3/bin/python3.12"',
+    ],
+    ids=["shebang", "uv-trampoline", "double-quoted"],
+)
+def test_launchers_of_the_base_interpreter_are_found(launcher: bytes) -> None:
+    """An installer given the env as a prefix names the base interpreter (see
+    install_command): those launchers are the env's own, and are relocated too."""
+    code = b"import sys\nfrom alpha.cli import main\n"
+    needle = BASE if b"py 3" in launcher else b"/opt/py3/bin/python3.12"
+    assert launcher_body(launcher + code, needle, exact=True) == code
+
+
+@pytest.mark.parametrize(
+    "launcher",
+    [
+        b"#!/usr/bin/python3.12-config\n",
+        b"#!/usr/bin/python3\n",
+        b"#!/usr/bin/env python3.12\n",
+        TRAMPOLINE % b"'/usr/bin/python3.12-dbg'",
+    ],
+    ids=["longer-name", "shorter-name", "env", "other-trampoline"],
+)
+def test_other_interpreters_are_not_the_base(launcher: bytes) -> None:
+    assert launcher_body(launcher + b"print()\n", b"/usr/bin/python3.12", exact=True) is None
+
+
+def test_uv_installs_into_a_new_env_as_a_prefix_of_the_base_interpreter(tmp_path: Path) -> None:
+    """uv is given the base interpreter, which it knows, not the new env's python, which it
+    would run to learn what it is; pip (and a clone's own installs) keep --python ENV."""
+    from pytest_cowenv._install import install_command
+
+    python = tmp_path / "env" / "bin" / "python"
+    index = IndexOptions()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("PYTEST_COWENV_NO_UV", raising=False)
+        uv_binary.cache_clear()
+        if uv_binary() is None:
+            pytest.skip("uv is not installed")
+        cmd = install_command(python, ["alpha"], index, base="/usr/bin/python3")
+        assert cmd[3:7] == ["--python", "/usr/bin/python3", "--prefix", str(tmp_path / "env")]
+        assert install_command(python, ["alpha"], index)[3:5] == ["--python", str(python)]
+        mp.setenv("PYTEST_COWENV_NO_UV", "1")
+        uv_binary.cache_clear()
+        cmd = install_command(python, ["alpha"], index, base="/usr/bin/python3")
+        assert "--prefix" not in cmd and cmd[cmd.index("--python") + 1] == str(python)
+    uv_binary.cache_clear()
+
+
 def test_direct_url_of_a_built_wheel_names_the_project(tmp_path: Path) -> None:
     wheel = tmp_path / "build" / "proj-0.1-py3-none-any.whl"
     project = tmp_path / "proj"

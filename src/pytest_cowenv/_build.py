@@ -74,11 +74,11 @@ def build_env(
                 wheel = build_wheel(local, work, interp.executable, spec.index)
             origins[wheel] = local
             wheels[str(local)] = wheel
-    for command in install_commands(spec, python, work, wheels):
+    for command in install_commands(spec, python, work, wheels, interp.executable):
         with timed(phases, "install"):
             run_installer(command, f"{spec.describe()}: installing failed")
     with timed(phases, "relocate"):
-        relocate(env, env)
+        relocate(env, env, interp.executable)
         point_at_sources(site_packages(env), origins)
     if not compile:
         return dict(NOT_COMPILED)

@@ -226,18 +226,30 @@ def _uv_link_mode(python: Path) -> str:
 
 
 def install_command(
-    python: Path, items: Sequence[str], index: IndexOptions, extra: Sequence[str] = ()
+    python: Path,
+    items: Sequence[str],
+    index: IndexOptions,
+    extra: Sequence[str] = (),
+    *,
+    base: Optional[str] = None,
 ) -> list[str]:
     """The command that installs ``items`` (requirements or local wheels) into ``python``'s env;
-    ``extra`` are more installer arguments (``-r file``, ``-c file``, ``--no-deps``, ...)."""
+    ``extra`` are more installer arguments (``-r file``, ``-c file``, ``--no-deps``, ...).
+
+    ``base``: the base interpreter of that env, for a new env that :func:`.relocate` fixes up
+    afterwards. uv then installs into the env as a prefix, asking ``base`` rather than the
+    env's own python what it is: uv runs an interpreter it has not seen at that path before
+    to learn that, and the python of a new env is always new to it, while its answer for the
+    base interpreter stays in uv's cache. Scripts name ``base`` then; relocating points them
+    at the env's own python."""
     uv = uv_binary()
     if uv:
+        target = ["--python", base, "--prefix", str(python.parent.parent)] if base else []
         return [
             uv,
             "pip",
             "install",
-            "--python",
-            str(python),
+            *(target or ["--python", str(python)]),
             f"--link-mode={_uv_link_mode(python)}",
             "--quiet",
             *_index_args(index, uv=True),

@@ -11,16 +11,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Optional
 
 from ._install import install_command
 from .spec import TemplateSpec
 
 
 def install_commands(
-    spec: TemplateSpec, python: Path, work: Path, wheels: Mapping[str, Path]
+    spec: TemplateSpec,
+    python: Path,
+    work: Path,
+    wheels: Mapping[str, Path],
+    base: Optional[str] = None,
 ) -> list[list[str]]:
     """The commands that fill ``python``'s environment; ``wheels`` maps each local project
-    directory of ``spec`` to the wheel built from it."""
+    directory of ``spec`` to the wheel built from it; ``base``: see :func:`install_command`."""
     local: list[str] = []
     for path in spec.local:
         wheel = wheels.get(path)
@@ -40,18 +45,20 @@ def install_commands(
     hashed = spec.locked or any(" --hash=" in r for r in spec.requirements)
     if not (hashed or spec.options):
         items = [*spec.requirements, *local]
-        return [install_command(python, items, spec.index, extra)] if items else []
+        return [install_command(python, items, spec.index, extra, base=base)] if items else []
     requirements = work / "requirements.txt"
     requirements.write_text("\n".join([*spec.options, *spec.requirements]) + "\n", "utf-8")
     from_file = [*extra, "-r", str(requirements)] + (["--no-deps"] if spec.locked else [])
     if not hashed:
-        return [install_command(python, local, spec.index, from_file)]
+        return [install_command(python, local, spec.index, from_file, base=base)]
     # Hash-checking mode covers every item of a command, and a project built here has no
     # hash to check: it comes second (without deps after a lock, whose set is complete).
-    commands = [install_command(python, [], spec.index, from_file)] if spec.requirements else []
+    commands = (
+        [install_command(python, [], spec.index, from_file, base=base)] if spec.requirements else []
+    )
     if local:
         options = work / "options.txt"
         options.write_text("\n".join(spec.options) + "\n", "utf-8")
         then = [*extra, "-r", str(options)] + (["--no-deps"] if spec.locked else [])
-        commands.append(install_command(python, local, spec.index, then))
+        commands.append(install_command(python, local, spec.index, then, base=base))
     return commands

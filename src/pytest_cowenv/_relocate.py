@@ -52,11 +52,14 @@ hash -r 2>/dev/null
 """
 
 
-def relocate(env: Path, built_at: Path) -> int:
-    """Rewrite everything in ``env`` that names ``built_at``; returns how many files changed."""
+def relocate(env: Path, built_at: Path, base: Optional[str] = None) -> int:
+    """Rewrite everything in ``env`` that names ``built_at``, and the launchers that run the
+    base interpreter ``base`` (an installer given the env as a prefix writes those: see
+    ``install_command``); returns how many files changed."""
     changed = 0
     bin_dir = env / "bin"
     needle = os.fsencode(str(built_at))
+    interpreter = os.fsencode(base) if base else None
     for script in sorted(bin_dir.iterdir()):
         if script.is_symlink() or not script.is_file():
             continue
@@ -64,7 +67,10 @@ def relocate(env: Path, built_at: Path) -> int:
             script.unlink()  # replaced by our one relocatable activate below
             changed += 1
             continue
-        body = launcher_body(script.read_bytes(), needle)
+        data = script.read_bytes()
+        body = launcher_body(data, needle)
+        if body is None and interpreter is not None:
+            body = launcher_body(data, interpreter, exact=True)
         if body is None:
             continue
         mode = script.stat().st_mode & 0o7777
@@ -81,23 +87,36 @@ def relocate(env: Path, built_at: Path) -> int:
     return changed
 
 
-def launcher_body(script: bytes, needle: bytes) -> Optional[bytes]:
+def launcher_body(script: bytes, needle: bytes, *, exact: bool = False) -> Optional[bytes]:
     """The code after the launcher lines of a script whose launcher names ``needle``, else None.
 
     Installers write ``#!<env>/bin/python`` or, for a path too long or with spaces for a
-    shebang, a three-line ``/bin/sh`` trampoline that execs ``<env>/bin/python``.
+    shebang, a three-line ``/bin/sh`` trampoline that execs ``<env>/bin/python``. ``exact``:
+    ``needle`` is the interpreter itself (its launcher runs exactly that), not a folder above.
     """
     lines = script.split(b"\n", 3)
-    if lines[0].startswith(b"#!") and needle in lines[0]:
+    if lines[0].startswith(b"#!") and _runs(lines[0][2:], needle, exact):
         return script.partition(b"\n")[2]
     trampoline = (
         len(lines) == 4
         and lines[0].rstrip() == b"#!/bin/sh"
-        and lines[1].startswith(b"'''exec'")
-        and needle in lines[1]
+        and lines[1].startswith(b"'''exec' ")
+        and _runs(lines[1][len(b"'''exec' ") :], needle, exact)
         and lines[2].rstrip() == b"' '''"
     )
     return lines[3] if trampoline else None
+
+
+def _runs(command: bytes, needle: bytes, exact: bool) -> bool:
+    """Whether a launcher's command names ``needle`` (anywhere in it), or with ``exact`` runs
+    it: its first word, quoted or not, is ``needle``."""
+    if not exact:
+        return needle in command
+    command = command.strip()
+    for quote in (b"'", b'"'):
+        if command.startswith(quote):
+            return command[1:].partition(quote)[0] == needle
+    return command.split(None, 1)[0] == needle if command else False
 
 
 def point_at_sources(site: Path, origins: Mapping[Path, Path]) -> int:

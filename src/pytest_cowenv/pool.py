@@ -91,11 +91,13 @@ class _Slot:
     failed: bool = False  # the last background clone failed: wait for a test to succeed
     out: int = 0  # recorded clones with tests now: they may come back
     proving: int = 0  # given back, being proven by a test's thread
+    behind: int = 0  # given back, being proven by the pool's thread
     coming_back: bool = False  # the last one given back was reused: count those out as ready
 
     def supply(self) -> int:
         """Clones a next test may get without a new clone."""
-        return len(self.ready) + self.proving + (self.out if self.coming_back else 0)
+        coming = self.out if self.coming_back else 0
+        return len(self.ready) + self.proving + self.behind + coming
 
 
 class ClonePool:
@@ -167,6 +169,12 @@ class ClonePool:
                 self._drop(slot)
                 return None
             self._watch.follow(threading.get_ident())
+            # The thread is proving clones of this slot: wait for its batch rather than
+            # prove others here (one look at /proc serves its whole batch).
+            while not slot.ready and slot.behind and not self._stop.is_set():
+                self._cond.wait()
+            if self._slots.get((template.key, mode)) is not slot:
+                return None
             lease = slot.ready.popleft() if slot.ready else None
             if lease is not None:
                 slot.out += lease.record is not None
@@ -374,7 +382,11 @@ class ClonePool:
         if self._returned:
             batch = list(self._returned)
             self._returned.clear()
-            return lambda: self._prove(batch)
+            slots = [self._slot_of(lease) for lease in batch]
+            for slot in slots:
+                if slot is not None:
+                    slot.behind += 1
+            return lambda: self._prove(batch, slots)
         if len(self._trash) > self.size:
             return self._delete_one
         if self._primers:
@@ -472,8 +484,18 @@ class ClonePool:
             known = self._snapshot_wants[lease.template.key] = (lease.template, base)
         return reuse.snapshot_record(os.fspath(lease.path), known[1])
 
-    def _prove(self, batch: list[Lease]) -> None:
+    def _prove(self, batch: list[Lease], slots: list[Optional[_Slot]]) -> None:
         """Steps 4 and 5 for used clones (in the thread): back to their pool, or trash."""
+        try:
+            self._prove_batch(batch)
+        finally:
+            with self._cond:
+                for slot in slots:
+                    if slot is not None:
+                        slot.behind -= 1
+                self._cond.notify_all()  # a test may wait for them
+
+    def _prove_batch(self, batch: list[Lease]) -> None:
         for lease in self._proven(batch):
             if lease is None:
                 continue

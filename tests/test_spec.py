@@ -178,3 +178,33 @@ def test_project_argument_is_a_local_requirement(tmp_path: Path) -> None:
     made = TemplateSpec.create(["alpha"], project=tmp_path)
     assert made.local == (str(tmp_path.resolve()),)
     assert made.describe() == f"alpha, {tmp_path.name}"
+
+
+@pytest.mark.parametrize(
+    "text", ["requests", "Requests", "zope.interface", "Foo__Bar", "a", "A-B_c.D", "x1..y"]
+)
+def test_a_bare_name_is_normalised_as_packaging_normalises_it(text: str) -> None:
+    """Bare names skip packaging (slow to import): the key must not change for it."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    from pytest_cowenv.spec import normalise_requirement
+
+    assert normalise_requirement(text) == canonicalize_name(Requirement(text).name)
+
+
+def test_a_spec_of_names_imports_no_packaging_and_no_statistics(tmp_path: Path) -> None:
+    """What the first test of a run waits for imports only what it uses."""
+    import subprocess
+
+    code = (
+        "import sys\n"
+        "from pytest_cowenv.session import CowEnvSession, Settings\n"
+        "from pytest_cowenv.spec import TemplateSpec\n"
+        "TemplateSpec.create(['requests', 'Rich', 'zope.interface']).key()\n"
+        "print(sorted(m for m in ('packaging.requirements', 'statistics') if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path
+    )
+    assert out.stdout == "[]\n"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ from pytest_cowenv import store
 from pytest_cowenv import template as template_module
 from pytest_cowenv._atomic import write_atomically
 from pytest_cowenv._install import IndexOptions
-from pytest_cowenv.errors import CacheDirError, SpecError, shown, with_option
+from pytest_cowenv.errors import CacheDirError, SpecError, TemplateBuildError, shown, with_option
 from pytest_cowenv.fs import sync_filesystem
 from pytest_cowenv.maintenance import open_layout
 from pytest_cowenv.marker import CACHEDIR_TAG, MARKER, classify, write_new_file
@@ -327,7 +329,9 @@ def test_the_tree_is_on_disk_before_the_metadata_that_says_it_is_complete(
 
     def sync(path: str) -> None:
         events.append(f"sync {Path(path).parent.name}")
+        time.sleep(0.3)  # the sync runs beside the manifest and hashes: it must be awaited
         real_sync(path)
+        events.append("synced")
 
     def write(path: Path, text: str) -> None:
         events.append(f"write {path.suffix}")
@@ -338,7 +342,25 @@ def test_the_tree_is_on_disk_before_the_metadata_that_says_it_is_complete(
     wheels = standard_wheelhouse(tmp_path / "wheels")
     spec = TemplateSpec.create(["alpha==1.0"], index=IndexOptions((str(wheels),), offline=True))
     TemplateCache(prepare_root(tmp_path / "cache")).get(spec)
-    assert events == ["sync templates", "write .json"]
+    assert events == ["sync templates", "synced", "write .json"]
+
+
+def test_a_failed_sync_publishes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    monkeypatch.delenv("PIP_FIND_LINKS", raising=False)
+
+    def sync(path: str) -> None:
+        time.sleep(0.1)
+        raise OSError(errno.EIO, "Input/output error", path)
+
+    monkeypatch.setattr(template_module, "sync_filesystem", sync)
+    wheels = standard_wheelhouse(tmp_path / "wheels")
+    spec = TemplateSpec.create(["alpha==1.0"], index=IndexOptions((str(wheels),), offline=True))
+    layout = prepare_root(tmp_path / "cache")
+    with pytest.raises(TemplateBuildError, match="Input/output error"):
+        TemplateCache(layout).get(spec)
+    assert sorted(p.name for p in layout.templates.iterdir()) == [f"{spec.key()}.lock"]
+    assert list(layout.tmp.iterdir()) == []
 
 
 # -- one-line errors, and the front end's own option -------------------------------------------

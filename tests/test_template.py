@@ -650,3 +650,34 @@ def test_project_versioned_by_git_builds_from_the_copy(
         ["git", "status", "--porcelain", "--ignored"], cwd=project, capture_output=True, text=True
     )
     assert status.stdout == ""  # nothing written into the tree, not even ignored files
+
+
+# -- the installer's identity ----------------------------------------------------------------
+
+
+def test_the_installer_is_asked_once_ahead_of_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``uv --version`` started ahead (while the plugin imports the core) is the one the key
+    reads; asked again once known, nothing is started."""
+    from pytest_cowenv import _install
+
+    _use_route("uv", monkeypatch)
+    started: list[str] = []
+    real = _install._version_process
+
+    def counted(uv: str) -> Any:
+        started.append(uv)
+        return real(uv)
+
+    monkeypatch.setattr(_install, "_version_process", counted)
+    try:
+        _install.prefetch_installer_identity()
+        assert len(started) == 1 and _install._PENDING
+        identity = installer_identity()
+        assert identity.startswith("uv ") and not _install._PENDING
+        _install.prefetch_installer_identity()  # known: nothing more runs
+        assert installer_identity() == identity and len(started) == 1
+        installer_identity.cache_clear()
+        assert installer_identity() == identity and len(started) == 2  # no prefetch: asked now
+    finally:
+        installer_identity.cache_clear()
+        uv_binary.cache_clear()

@@ -13,9 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from packaging.requirements import InvalidRequirement, Requirement
-from packaging.utils import canonicalize_name
-
+from ._venv import canonical_name as canonicalize_name
 from .errors import SpecError
 
 if sys.version_info >= (3, 11):
@@ -115,6 +113,8 @@ def extra_requirements(directory: Path, extras: Sequence[str]) -> list[str]:
     out: list[str] = []
     seen: set[str] = set()
     todo = [canonicalize_name(e) for e in extras]
+    from packaging.requirements import InvalidRequirement, Requirement
+
     while todo:
         extra = todo.pop(0)
         if extra in seen:

@@ -5,6 +5,7 @@ Nothing here needs pip *inside* the environment: templates are lean by default.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -119,13 +120,39 @@ def uv_binary() -> Optional[str]:
         return None
 
 
+# `uv --version` started ahead by prefetch_installer_identity: uv path -> the process.
+_PENDING: dict[str, subprocess.Popen[str]] = {}
+
+
+def prefetch_installer_identity() -> None:
+    """Start ``uv --version`` now, for :func:`installer_identity` to read when it is first
+    asked: a caller with other work before the cache key (imports, the cache directory)
+    need not wait for uv then."""
+    uv = uv_binary()
+    if uv is None or uv in _PENDING or installer_identity.cache_info().currsize:
+        return
+    with contextlib.suppress(OSError):  # installer_identity tries again and says why
+        _PENDING[uv] = _version_process(uv)
+
+
+def _version_process(uv: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [uv, "--version"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+
+
 @cache
 def installer_identity() -> str:
     """Which installer templates are built with, for the cache key (``uv 0.5.1`` / ``pip 24``)."""
     uv = uv_binary()
     if uv:
-        out = subprocess.run([uv, "--version"], capture_output=True, text=True, check=False)
-        return out.stdout.strip() or "uv"
+        proc = _PENDING.pop(uv, None) or _version_process(uv)
+        out, _ = proc.communicate()
+        return out.strip() or "uv"
     try:
         from importlib.metadata import version
 

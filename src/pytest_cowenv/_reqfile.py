@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from packaging.requirements import InvalidRequirement, Requirement
-
 from .errors import SpecError
 
 # `-r file`, `-rfile`, `--requirement file`, `--requirement=file`; the same for -c.
@@ -129,6 +127,8 @@ class ReadFiles:
 
 
 def _check_requirement(text: str, at: str) -> None:
+    from packaging.requirements import InvalidRequirement, Requirement
+
     try:
         Requirement(text)
     except InvalidRequirement as exc:

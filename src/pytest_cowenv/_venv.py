@@ -5,6 +5,7 @@ A leaf: :mod:`.env` (a clone) and :mod:`.template` (a build) both use it.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -21,12 +22,19 @@ def site_packages(env: Path) -> Path:
     return found[0]
 
 
+def canonical_name(name: str) -> str:
+    """A project's name in its normal form (PEP 503: runs of ``-_.`` as one ``-``, lower
+    case), without importing ``packaging`` (slow to import) for it."""
+    return _SEPARATORS.sub("-", name).lower()
+
+
+_SEPARATORS = re.compile(r"[-_.]+")
+
+
 def installed_distributions(env: Path) -> dict[str, str]:
     """Canonical name → version, read from the ``.dist-info`` folder names (no subprocess)."""
-    from packaging.utils import canonicalize_name
-
     found: dict[str, str] = {}
     for info in site_packages(env).glob("*.dist-info"):
         name, _, version = info.name[: -len(".dist-info")].partition("-")
-        found[canonicalize_name(name)] = version
+        found[canonical_name(name)] = version
     return dict(sorted(found.items()))

@@ -369,8 +369,15 @@ def _claim_cache_dir(options: Options) -> None:
         raise pytest.UsageError(with_option(str(exc), options.root_option)) from None
 
 
-def _session(config: pytest.Config) -> CowEnvSession:
+def _session(config: pytest.Config, *, needs_templates: bool = False) -> CowEnvSession:
+    """This process's session, made on first need. ``needs_templates``: the caller is about
+    to look templates up, which asks the installer who it is: that starts now, while the
+    core is imported."""
     if session_key not in config.stash:
+        if needs_templates:
+            from ._install import prefetch_installer_identity
+
+            prefetch_installer_identity()
         from .session import CowEnvSession
 
         config.stash[session_key] = CowEnvSession(
@@ -553,7 +560,7 @@ def _acquire(
     from .clone import LinkMode
     from .errors import CowEnvError, SpecError, TemplateBuildError, with_option
 
-    session = _session(request.config)
+    session = _session(request.config, needs_templates=True)
     option = request.config.stash[options_key].root_option
     failed = request.config.stash.setdefault(failed_specs_key, {})
     asked = _asked(requirements, options, request.path.parent)
@@ -670,7 +677,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     from .clone import LinkMode
     from .errors import CowEnvError, SpecError
 
-    session = _session(config)
+    session = _session(config, needs_templates=True)
     failed = config.stash.setdefault(failed_specs_key, {})
     counts: Counter[Any] = Counter()
     for asked, (args, kwargs, base_dir, tests) in groups.items():

@@ -9,7 +9,6 @@ import contextlib
 import os
 import re
 import stat
-import statistics
 import threading
 import time
 import warnings
@@ -199,6 +198,8 @@ def _pct(values: list[float], pct: int) -> float:
         return 0.0
     if len(values) == 1:
         return values[0]
+    import statistics
+
     return (
         statistics.quantiles(values, n=100, method="inclusive")[pct - 1]
         if pct != 50

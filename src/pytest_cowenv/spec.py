@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import sysconfig
@@ -13,9 +14,6 @@ from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any, Optional, Union
-
-from packaging.requirements import InvalidRequirement, Requirement
-from packaging.utils import canonicalize_name
 
 from ._groups import check_extras, extra_requirements, group_requirements
 from ._install import (
@@ -26,6 +24,7 @@ from ._install import (
     uv_binary,
 )
 from ._reqfile import ReadFiles, file_item
+from ._venv import canonical_name
 from .errors import SpecError, shown
 
 FORMAT_VERSION = 1
@@ -221,7 +220,7 @@ def _names(what: str, names: Any) -> tuple[str, ...]:
         isinstance(n, str) and n.strip() for n in names
     ):
         raise SpecError(f"{what}={names!r}: give a tuple of names, e.g. {what}=('test',)")
-    return tuple(dict.fromkeys(canonicalize_name(n) for n in names))
+    return tuple(dict.fromkeys(canonical_name(n) for n in names))
 
 
 def _short(path: str) -> str:
@@ -257,8 +256,10 @@ def _check_against_lock(reqs: set[str], pins: dict[str, str], lock: str) -> None
     """A bare requirement beside lock= must agree with the locked version (it then adds
     nothing); anything else contradicts the lock."""
     for text in sorted(reqs):
+        from packaging.requirements import Requirement
+
         req = Requirement(text.split(" --hash=")[0])
-        name = canonicalize_name(req.name)
+        name = canonical_name(req.name)
         if name not in pins:
             raise SpecError(f"{text}: not in {lock}; add it to the lock, not beside lock=")
         if pins[name] and not req.specifier.contains(pins[name], prereleases=True):
@@ -287,16 +288,24 @@ def _existing(path: Path, as_given: str) -> Path:
     return path
 
 
+# A requirement that is a project name and nothing else (PEP 508's identifier).
+_BARE_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
+
+
 def normalise_requirement(text: str) -> str:
     """One spelling per meaning: canonical name, sorted extras, normalised specifiers."""
+    if _BARE_NAME.fullmatch(text):  # most requirements: no need to import packaging
+        return canonical_name(text)
+    from packaging.requirements import InvalidRequirement, Requirement
+
     try:
         req = Requirement(text)
     except InvalidRequirement as exc:
         why = (str(exc).splitlines() or ["?"])[0]  # packaging adds lines pointing at the error
         raise SpecError(f"{text!r}: invalid requirement ({why})") from None
-    out: str = canonicalize_name(req.name)
+    out: str = canonical_name(req.name)
     if req.extras:
-        out += "[" + ",".join(sorted(canonicalize_name(e) for e in req.extras)) + "]"
+        out += "[" + ",".join(sorted(canonical_name(e) for e in req.extras)) + "]"
     if req.url:
         out += f" @ {req.url}"
     elif req.specifier:

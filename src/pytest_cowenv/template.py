@@ -512,6 +512,7 @@ class TemplateCache:
         work, work_lock = self._make_build_dir(key)
         env, final = work / "env", self.layout.template(key, gen)
         done = False
+        syncing: Optional[_Background] = None
         try:
             compiled = make(env, work, phases)
             with timed(phases, "publish"):
@@ -522,13 +523,17 @@ class TemplateCache:
                 write_bits = None
                 if not protected:  # not a read-only subvolume: protect it by its modes
                     writable, write_bits = tree, strip_write_bits(tree)
+                # The metadata says "complete": the tree it describes must be on disk first,
+                # or a crash could leave complete-looking metadata over lost file data. The
+                # tree is final from here on (what follows only reads it): sync it while the
+                # manifest and hashes are made, and write the metadata once that is done.
+                syncing = _Background(sync_filesystem, str(final))
+                if write_bits:
                     tree = walk_tree(final)  # the manifest is of the tree as it stays
             with timed(phases, "hash"):
                 hashes = own_hashes(tree, site_packages(final))
             with timed(phases, "sync"):
-                # The metadata says "complete": the tree it describes must be on disk first,
-                # or a crash could leave complete-looking metadata over lost file data.
-                sync_filesystem(str(final))
+                syncing.result()
             seconds = time.perf_counter() - start + (source.build_seconds if source else 0.0)
             meta = {
                 "format": FORMAT_VERSION,
@@ -573,10 +578,37 @@ class TemplateCache:
             _remove_quietly(work, self.layout.root)
             os.close(work_lock)
             if not done:
+                if syncing is not None:
+                    syncing.join()  # its directory is about to go
                 self._discard_generation(key, gen)
         tree = writable if write_bits else tree
         built_now = source.built_now if source else True
         return Template(key, final, spec, meta, tree, built_now=built_now, generation=gen)
+
+
+class _Background:
+    """``func(*args)`` in a thread of its own; :meth:`result` waits for it, and raises what
+    it raised."""
+
+    def __init__(self, func: Callable[..., None], *args: Any) -> None:
+        self._error: Optional[BaseException] = None
+
+        def run() -> None:
+            try:
+                func(*args)
+            except BaseException as exc:  # handed to the caller of result()
+                self._error = exc
+
+        self._thread = threading.Thread(target=run, name="cowenv-sync", daemon=True)
+        self._thread.start()
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def result(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
 
 
 def _rounded(phases: dict[str, float]) -> dict[str, float]:

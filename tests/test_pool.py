@@ -344,6 +344,7 @@ def test_the_pool_thread_stands_aside_while_the_test_computes(
     clocks = _FakeClocks()
     monkeypatch.setattr(pool_module, "time", clocks)
     watch = pool_module._TestWatch()
+    monkeypatch.setattr(watch, "_sleep", clocks.sleep)
     stop = threading.Event()
     watch.wait_while_busy(stop)  # nobody followed yet: never waits
     watch.follow(threading.get_ident())
@@ -375,6 +376,7 @@ def test_the_pool_thread_works_on_while_the_test_clones_for_itself(
     clocks = _FakeClocks()
     monkeypatch.setattr(pool_module, "time", clocks)
     watch = pool_module._TestWatch()
+    monkeypatch.setattr(watch, "_sleep", clocks.sleep)
     stop = threading.Event()
     watch.follow(threading.get_ident())
     with watch.ours():
@@ -389,6 +391,18 @@ def test_the_pool_thread_works_on_while_the_test_clones_for_itself(
     clocks.wall += 0.5
     watch.wait_while_busy(stop)
     assert clocks.sleeps and clocks.sleeps[0] == 0.002
+
+
+def test_a_thread_standing_aside_goes_on_when_the_test_starts_working_for_it() -> None:
+    """A test that waits for clones the thread is proving (or clones itself) must not wait
+    out the thread's back-off as well."""
+    watch = pool_module._TestWatch()
+    woke = threading.Event()
+    thread = threading.Thread(target=lambda: (watch._sleep(600), woke.set()))
+    thread.start()
+    with watch.ours():
+        assert woke.wait(60)
+    thread.join()
 
 
 # -- whole runs, in a pytest subprocess ----------------------------------------------------

@@ -171,8 +171,10 @@ class ClonePool:
             self._watch.follow(threading.get_ident())
             # The thread is proving clones of this slot: wait for its batch rather than
             # prove others here (one look at /proc serves its whole batch).
-            while not slot.ready and slot.behind and not self._stop.is_set():
-                self._cond.wait()
+            if not slot.ready and slot.behind:
+                with self._watch.ours():  # a test waiting: the thread must not stand aside
+                    while not slot.ready and slot.behind and not self._stop.is_set():
+                        self._cond.wait()
             if self._slots.get((template.key, mode)) is not slot:
                 return None
             lease = slot.ready.popleft() if slot.ready else None
@@ -630,7 +632,8 @@ class _TestWatch:
         self._ident = 0
         self._cpu = 0.0
         self._wall = 0.0
-        self._ours = 0  # > 0 while the test's thread clones or deletes for us
+        self._ours = 0  # > 0 while the test's thread clones or deletes for us, or waits
+        self._nudge = threading.Event()  # set when that starts: the thread stops waiting
         self._lock = threading.Lock()  # a clone's worker threads all look at once
 
     def follow(self, ident: int) -> None:
@@ -647,11 +650,13 @@ class _TestWatch:
 
     @contextlib.contextmanager
     def ours(self) -> Iterator[None]:
-        """The test's thread is cloning or deleting for the pool's sake (the pool fell behind):
-        that is no test computing, and the pool must not stand aside for it, or the two work
-        by turns instead of side by side. Its CPU time meanwhile is not counted."""
+        """The test's thread is cloning or deleting for the pool's sake (the pool fell behind),
+        or waits for clones the thread is proving: that is no test computing, and the pool
+        must not stand aside for it, or the two work by turns instead of side by side. Its CPU
+        time meanwhile is not counted, and a thread standing aside is woken at once."""
         with self._lock:
             self._ours += 1
+        self._nudge.set()
         try:
             yield
         finally:
@@ -692,8 +697,13 @@ class _TestWatch:
                 raise _Stopped
             # Sleeping releases the GIL; longer sleeps while it lasts: each wake-up costs the
             # test a GIL hand-over.
-            time.sleep(backoff)
+            self._sleep(backoff)
             backoff = min(2 * backoff, MAX_BACKOFF)
+
+    def _sleep(self, seconds: float) -> None:
+        """Sleep, unless the test's thread starts working for us meanwhile (:meth:`ours`)."""
+        self._nudge.wait(seconds)
+        self._nudge.clear()
 
 
 def remove_folder(folder: Path, root: Path, pause: Optional[Callable[[], None]] = None) -> None:

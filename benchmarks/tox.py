@@ -1,24 +1,36 @@
-"""A real plugin project's pytest-version matrix, run from its own spec: pytest-cowenv against
-tox with tox-uv, in one run.
+"""A real project's tox matrix, run from its own spec: pytest-cowenv against tox with tox-uv,
+in one run.
 
     eval "$(bash scripts/cowfs.sh env)"              # works on btrfs when it is mounted
     python benchmarks/tox.py --out docs/bench-tox.txt     # 3 interleaved rounds
     python benchmarks/tox.py --rounds 1 --modes cold,warm  # a quicker look
+    python benchmarks/tox.py --project svcs --out docs/bench-tox-svcs.txt  # uv.lock and groups
 
-The project is ``pytest-rerunfailures`` (``--project``), its unmodified sdist from the package
-index, which carries its own tests and a ``tox.ini`` whose envs are factors of the pytest
-version (``py311-pytest{83,84,90,91}``: ``--factors``; the Python factor is the interpreter
-running this script). Each tool gets its own copy of the sources (setuptools writes
-``build/`` and ``*.egg-info`` into the tree it builds from); nothing in them is edited.
+The project (``--project``, from ``PROJECTS``) is an unmodified sdist from the package index
+that carries its own tests and a ``tox.ini``; the envs (``--envs``; ``{py}`` is the
+interpreter running this script, as the project's ``tox.ini`` names it) are read from that
+``tox.ini``: ``[testenv:NAME]`` sections (generative names expanded) before ``[testenv]``,
+each value's lines kept when the env has their factor condition. Each tool gets its own copy
+of the sources (builds write ``build/``, ``*.egg-info`` or coverage files into the tree they
+run in); nothing in them is edited.
+
+- ``rerunfailures``: pytest-rerunfailures 16.7, ``py311-pytest{83,84,90,91}``: its test deps
+  are ``deps`` lines under pytest-version factors.
+- ``svcs``: svcs 26.2.0, ``3.11-tests`` and ``3.11-tests-optional``: ``runner =
+  uv-venv-lock-runner`` (``uv sync --locked`` from its ``uv.lock``) with ``dependency_groups``
+  ``cov`` (which includes ``tests``) and, under the ``optional`` factor, ``optional``;
+  the command is ``coverage run -m pytest``.
 
 - **tox + tox-uv**: a venv made here (``results/tox/toxvenv``: ``pip install tox tox-uv``,
   uv pinned to the version pytest-cowenv uses) runs ``tox -e <envs>`` in the project with
   the project's own ``tox.ini``, ``--workdir`` on the benchmark filesystem.
 - **pytest-cowenv**: a generated wrapper outside the project tree (``wrapper/`` in the work
-  dir) with one test per env, marked
-  ``@pytest.mark.cowenv(*deps, project=SOURCES)`` where ``deps`` are that env's ``deps``
-  lines read from the project's ``tox.ini`` (so: the same pins as tox), which runs
-  ``cowenv.runpytest(<tox.ini's command args>, cwd=SOURCES)``. The outer pytest is the
+  dir) with one test per env, marked with that env's spec as ``tox.ini`` declares it:
+  ``@pytest.mark.cowenv(*deps, project=SOURCES, groups=..., extras=...)``, and
+  ``lock=SOURCES + "/uv.lock"`` for the lock runner (so: the same pins as tox). It runs the
+  env's command in the clone with ``cwd=SOURCES``: ``cowenv.runpytest(<args>)`` when the
+  command is ``pytest``, else the command from the clone's ``bin`` with the clone's
+  environment (no ``PYTEST_*`` variable of the outer run). The outer pytest is the
   interpreter running this script (this project installed, pytest-xdist for ``-n 2``).
 
 Modes (``--modes``), each run by both tools in every round, the order rotated per round:
@@ -31,9 +43,10 @@ Modes (``--modes``), each run by both tools in every round, the order rotated pe
 Both tools run with ``PYTHONDONTWRITEBYTECODE`` and ``PIP_FIND_LINKS`` unset and
 ``PIP_CONFIG_FILE=/dev/null`` (a typical user's settings); both install through the same uv
 and its default cache. Printed: the median wall time of each mode and tool and their ratio,
-the CPU seconds of each run's processes, the per-env test counts of every run (which must be
-equal between the tools), and where the time goes per env (tox's ``--result-json`` journal;
-cowenv's setup and call durations and the template's build phases).
+the CPU seconds of each run's processes, the per-env test counts of every run, read by the same
+parser from each command's last summary line (they must be equal between the tools), and where
+the time goes per env (tox's ``--result-json`` journal; cowenv's setup and call durations and
+the template's build phases).
 """
 
 from __future__ import annotations
@@ -44,6 +57,7 @@ import json
 import os
 import re
 import resource
+import shlex
 import shutil
 import subprocess
 import sys
@@ -60,8 +74,24 @@ from _common import RESULTS, Case, header, interleaved, load, median, quartiles,
 from pytest_cowenv._install import uv_binary
 from pytest_cowenv.clone import remove_tree, unprotect
 
-PROJECT = "pytest-rerunfailures==16.7"
-FACTORS = ("83", "84", "90", "91")
+
+@dataclass(frozen=True)
+class Project:
+    """An sdist and the envs of its ``tox.ini`` to run (``{py}``: this interpreter's factor)."""
+
+    requirement: str
+    envs: tuple[str, ...]
+    py: str  # the interpreter's factor as the project's tox.ini writes it
+
+
+PROJECTS = {
+    "rerunfailures": Project(
+        "pytest-rerunfailures==16.7",
+        ("{py}-pytest83", "{py}-pytest84", "{py}-pytest90", "{py}-pytest91"),
+        "py{major}{minor}",
+    ),
+    "svcs": Project("svcs==26.2.0", ("{py}-tests", "{py}-tests-optional"), "{major}.{minor}"),
+}
 MODES = ("cold", "warm", "cold -n 2", "warm -n 2")
 TOOLS = ("tox + tox-uv", "pytest-cowenv")
 TARGETS = {"cold": 1.0, "warm": 0.95, "cold -n 2": 1.0, "warm -n 2": 1.0}
@@ -71,36 +101,48 @@ WRAPPER_TEST = '''"""Generated by benchmarks/tox.py: {project}'s own suite, one 
 
 import json
 import os
+import subprocess
 import time
 
 import pytest
 
 SOURCES = {sources!r}
 MATRIX = {matrix!r}
-ARGS = {args!r}
 
 
 @pytest.mark.parametrize(
-    "name",
-    [pytest.param(n, marks=pytest.mark.cowenv(*deps, project=SOURCES), id=n) for n, deps in MATRIX],
+    ("name", "command"),
+    [
+        pytest.param(name, command, marks=pytest.mark.cowenv(*deps, **spec), id=name)
+        for name, deps, spec, command in MATRIX
+    ],
 )
-def test_env(cowenv, name):
+def test_env(cowenv, name, command):
     start = time.perf_counter()
-    result = cowenv.runpytest(*ARGS, cwd=SOURCES, timeout=3600)
+    if command[0] == "pytest":
+        result = cowenv.runpytest(*command[1:], cwd=SOURCES, timeout=3600)
+        ret, out, err = result.ret, result.outlines, result.errlines
+    else:  # the clone's own environment, without the outer run's PYTEST_* variables
+        env = {{k: v for k, v in cowenv.env.items() if not k.startswith("PYTEST_")}}
+        argv = [str(cowenv.bin_dir / command[0]), *command[1:]]
+        proc = subprocess.run(
+            argv, cwd=SOURCES, env=env, capture_output=True, text=True, timeout=3600
+        )
+        ret, out, err = proc.returncode, proc.stdout.splitlines(), proc.stderr.splitlines()
     seconds = time.perf_counter() - start
     template = cowenv.template
     record = {{
         "env": name,
         "call": seconds,
-        "outcomes": result.parseoutcomes() if result.outlines else {{}},
+        "tail": "\\n".join(out[-5:]),
         "built_now": template.built_now,
         "build_seconds": template.build_seconds if template.built_now else 0.0,
         "phases": template.meta.get("phases", {{}}) if template.built_now else {{}},
         "strategy": cowenv.strategy,
     }}
-    with open(os.environ["MATRIX_BENCH_OUT"], "a") as out:
-        out.write(json.dumps(record) + "\\n")
-    assert result.ret == 0, "\\n".join(result.outlines[-30:] + result.errlines[-30:])
+    with open(os.environ["MATRIX_BENCH_OUT"], "a") as out_file:
+        out_file.write(json.dumps(record) + "\\n")
+    assert ret == 0, "\\n".join(out[-30:] + err[-30:])
 '''
 
 WRAPPER_CONFTEST = '''"""Generated by benchmarks/tox.py: records each test's setup time."""
@@ -208,35 +250,111 @@ def tox_venv(uv_version: str) -> Path:
     return tox
 
 
-def tox_matrix(
-    sources: Path, factors: Sequence[str]
-) -> tuple[list[tuple[str, list[str]]], list[str]]:
-    """The envs of ``factors`` for this interpreter, each with its deps as the project's
-    ``tox.ini`` gives them (``[testenv] deps``: plain lines and lines whose factor condition
-    the env has), and ``[testenv] commands``'s arguments after ``pytest``."""
+@dataclass
+class ToxEnv:
+    """One env of the project's ``tox.ini``: what it installs and the command it runs."""
+
+    name: str
+    deps: list[str]
+    groups: list[str]
+    extras: list[str]
+    lock: bool  # runner = uv-venv-lock-runner: uv sync from the project's uv.lock
+    project: bool  # the project itself installed (not skip_install / package = skip)
+    command: list[str]
+
+    def spec(self, sources: Path) -> dict[str, Any]:
+        """The cowenv marker's keywords for this env, with the project at ``sources``."""
+        spec: dict[str, Any] = {}
+        if self.project:
+            spec["project"] = str(sources)
+        if self.lock:
+            spec["lock"] = str(sources / "uv.lock")
+        if self.groups:
+            spec["groups"] = tuple(self.groups)
+        if self.extras:
+            spec["extras"] = tuple(self.extras)
+        return spec
+
+    def shown(self) -> str:
+        parts = [f"deps {self.deps}"] if self.deps else []
+        parts += [f"groups {self.groups}"] if self.groups else []
+        parts += [f"extras {self.extras}"] if self.extras else []
+        parts += ["uv.lock"] if self.lock else []
+        parts += ["the project"] if self.project else []
+        return f"{self.name}: {', '.join(parts)}; command {shlex.join(self.command)}"
+
+
+def expand(name: str) -> list[str]:
+    """A generative tox name (``3.1{0,3}-tests{,-rich}``, ``3.1{0-5}``) as the names it makes."""
+    found = re.search(r"\{([^{}]*)\}", name)
+    if found is None:
+        return [name]
+    alternatives: list[str] = []
+    for alt in found.group(1).split(","):
+        span = re.fullmatch(r"(\d+)-(\d+)", alt.strip())
+        if span:
+            alternatives += [str(n) for n in range(int(span[1]), int(span[2]) + 1)]
+        else:
+            alternatives.append(alt.strip())
+    head, tail = name[: found.start()], name[found.end() :]
+    return [n for alt in alternatives for n in expand(head + alt + tail)]
+
+
+def matches(condition: str, factors: set[str]) -> bool:
+    """A tox factor condition: ``a,b`` any of, ``a-b`` all of, ``!a`` not."""
+    return any(
+        all((f[1:] not in factors) if f.startswith("!") else (f in factors) for f in alt.split("-"))
+        for alt in condition.split(",")
+    )
+
+
+def tox_env(sources: Path, name: str) -> ToxEnv:
+    """The env ``name`` of ``sources/tox.ini``, read the way tox reads the keys used here."""
     ini = configparser.ConfigParser(interpolation=None)
-    ini.read(sources / "tox.ini")
-    deps_lines = [ln.strip() for ln in ini["testenv"]["deps"].splitlines() if ln.strip()]
-    command = ini["testenv"]["commands"].split()
-    if command[0] != "pytest":
-        raise SystemExit(f"{sources / 'tox.ini'}: [testenv] commands is not a pytest command")
-    args = [a for a in command[1:] if not a.startswith("{")]  # no {posargs}
-    py = f"py{sys.version_info.major}{sys.version_info.minor}"
-    matrix = []
-    for factor in factors:
-        name = f"{py}-pytest{factor}"
-        has = set(name.split("-"))
-        deps = []
-        for line in deps_lines:
-            cond = re.match(r"([\w,!-]+):\s+(.*)", line)
+    if not ini.read(sources / "tox.ini"):
+        raise SystemExit(f"{sources}: no tox.ini")
+    own = [
+        sec
+        for sec in ini.sections()
+        if sec.startswith("testenv:") and name in expand(sec.split(":", 1)[1])
+    ]
+    factors = set(name.split("-"))
+
+    def lines(key: str) -> list[str]:
+        section = next((sec for sec in [*own, "testenv"] if ini.has_option(sec, key)), None)
+        if section is None:
+            return []
+        text = ini.get(section, key).replace("\\\n", " ")
+        out = []
+        for line in (ln.strip() for ln in text.splitlines()):
+            cond = re.match(r"([\w.,!-]+):\s+(.*)", line)
             if cond is None:
-                deps.append(line)
-            elif all(f in has for f in cond.group(1).split("-")):
-                deps.append(cond.group(2))
-        if not any(d.startswith("pytest") for d in deps):
-            raise SystemExit(f"{sources / 'tox.ini'}: no deps line for factor pytest{factor}")
-        matrix.append((name, deps))
-    return matrix, args
+                if line and not line.startswith("#"):
+                    out.append(line)
+            elif matches(cond.group(1), factors):
+                out.append(cond.group(2))
+        for line in out:
+            if re.search(r"\{(?!posargs)", line):
+                raise SystemExit(
+                    f"{sources / 'tox.ini'}: [{section}] {key}: {line!r} is a tox "
+                    "substitution this benchmark does not read"
+                )
+        return out
+
+    commands = lines("commands")
+    if len(commands) != 1:
+        raise SystemExit(f"{sources / 'tox.ini'}: {name} has {len(commands)} commands, not one")
+    command = re.sub(r"\{posargs:([^}]*)\}", r"\1", commands[0]).replace("{posargs}", "")
+    skip = [v.lower() for v in lines("skip_install")] == ["true"] or lines("package") == ["skip"]
+    return ToxEnv(
+        name=name,
+        deps=lines("deps"),
+        groups=[g for line in lines("dependency_groups") for g in line.split()],
+        extras=[e for line in lines("extras") for e in line.replace(",", " ").split()],
+        lock=lines("runner") == ["uv-venv-lock-runner"],
+        project=not skip,
+        command=shlex.split(command),
+    )
 
 
 def parse_counts(output: str) -> dict[str, int]:
@@ -311,16 +429,15 @@ class Tox:
         for name in self.envs:
             setup = {c["run_id"]: c["elapsed"] for c in data[name].get("setup", [])}
             tests = data[name].get("test", [])
+            # the lock runner's one step, uv sync, installs the locked set and the project
+            deps = ("install_deps", "install_package_deps", "uv-sync")
             envs[name] = {
                 "counts": norm(parse_counts("".join(c["output"] for c in tests))),
                 "create venv": setup.get("venv", 0.0),
-                "install deps": setup.get("install_deps", 0.0)
-                + setup.get("install_package_deps", 0.0),
+                "install deps": sum(setup.get(k, 0.0) for k in deps),
                 "install project": setup.get("install_package", 0.0),
                 "other setup": sum(
-                    v
-                    for k, v in setup.items()
-                    if k not in ("venv", "install_deps", "install_package_deps", "install_package")
+                    v for k, v in setup.items() if k not in ("venv", "install_package", *deps)
                 ),
                 "tests": sum(c["elapsed"] for c in tests),
             }
@@ -330,10 +447,8 @@ class Tox:
 
 
 class Cowenv:
-    def __init__(
-        self, sources: Path, base: Path, matrix: list[tuple[str, list[str]]], args: list[str]
-    ) -> None:
-        self.pristine, self.base, self.matrix, self.args = sources, base, matrix, args
+    def __init__(self, project: Project, sources: Path, base: Path, envs: list[ToxEnv]) -> None:
+        self.project, self.pristine, self.base, self.envs = project, sources, base, envs
 
     def case(self, mode: str, runs: dict[str, list[Run]]) -> Case:
         tag = mode.replace(" ", "")
@@ -352,8 +467,9 @@ class Cowenv:
             wrapper.mkdir()
             (wrapper / "pytest.ini").write_text("[pytest]\n")
             (wrapper / "conftest.py").write_text(WRAPPER_CONFTEST)
+            matrix = [(e.name, e.deps, e.spec(src), e.command) for e in self.envs]
             test = WRAPPER_TEST.format(
-                project=PROJECT, sources=str(src), matrix=self.matrix, args=self.args
+                project=self.project.requirement, sources=str(src), matrix=matrix
             )
             (wrapper / "test_matrix.py").write_text(test)
             if warm:
@@ -383,7 +499,7 @@ class Cowenv:
             envs.setdefault(record.pop("env"), {}).update(record)
         for name, record in envs.items():
             phases = record.get("phases", {})
-            record["counts"] = norm(record.get("outcomes", {}))
+            record["counts"] = norm(parse_counts(record.get("tail", "")))
             record["create venv"] = phases.get("venv", 0.0)
             record["install deps"] = phases.get("install", 0.0)
             record["install project"] = phases.get("wheels", 0.0)
@@ -398,7 +514,9 @@ class Cowenv:
         return Run(wall, cpu, envs, summary=summary)
 
 
-def describe(args: argparse.Namespace, tox: Path, uv: str, work: Path) -> list[str]:
+def describe(
+    args: argparse.Namespace, project: Project, tox: Path, uv: str, work: Path
+) -> list[str]:
     def version(argv: Sequence[str]) -> str:
         # tox says first that the current directory has no tox.ini: keep the version's line
         return next(ln for ln in check(argv).splitlines() if re.match(r"(uv )?\d", ln))
@@ -411,7 +529,7 @@ def describe(args: argparse.Namespace, tox: Path, uv: str, work: Path) -> list[s
         f"tox {toxv}; {version([uv, '--version'])} (both tools); "
         f"pytest-cowenv {dist_version('pytest-cowenv')}, pytest {dist_version('pytest')} and "
         f"pytest-xdist {dist_version('pytest-xdist')} for the outer run",
-        f"project {PROJECT} (sdist, unmodified), envs {', '.join(args.envs)}; "
+        f"project {project.requirement} (sdist, unmodified), envs {', '.join(args.envs)}; "
         f"work dir {work} ({fs_of(work)}); uv cache warm for both",
         f"rounds {args.rounds}, modes {', '.join(args.modes)}",
     ]
@@ -524,7 +642,8 @@ def report(runs: dict[str, dict[str, list[Run]]], args: argparse.Namespace) -> l
     lines.append(table(["tool, mode", *parts, "tool-wide build", "rest of wall"], part_rows))
     lines.append(
         "tox: create venv = uv venv, install deps = uv pip install of the deps and the project's"
-        " dependencies, install project = uv pip install of the sdist (uv builds its wheel),"
+        " dependencies (the lock runner: uv sync, which also builds and installs the project),"
+        " install project = uv pip install of the sdist (uv builds its wheel),"
         " tool-wide build = the .pkg env and build_sdist; cowenv: the template's build phases"
         " (venv, install, wheels = building the project's wheel), other setup = the rest of the"
         " test's setup (byte-compiling, publishing, cloning, hashing the project);"
@@ -561,7 +680,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "--modes", default=",".join(MODES), help=f"comma-separated: {', '.join(MODES)}"
     )
     parser.add_argument(
-        "--factors", default=",".join(FACTORS), help="the tox.ini pytest factors (83,84,90,91)"
+        "--project", choices=sorted(PROJECTS), default="rerunfailures", help="(rerunfailures)"
+    )
+    parser.add_argument(
+        "--envs", help="comma-separated tox envs ({py}: this interpreter; default: the project's)"
     )
     parser.add_argument(
         "--dir", type=Path, help="where the envs and caches go (default: the btrfs mount)"
@@ -580,18 +702,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     uv_version = check([uv, "--version"]).split()[1]
     base = args.dir or Path(os.environ.get("COWENV_TEST_BTRFS") or tempfile.gettempdir())
     work = Path(tempfile.mkdtemp(prefix="bench-matrix-", dir=base))
-    sources = fetch_sources(PROJECT)
+    project = PROJECTS[args.project]
+    sources = fetch_sources(project.requirement)
     tox = tox_venv(uv_version)
-    matrix, test_args = tox_matrix(sources, [f.strip() for f in args.factors.split(",")])
-    args.envs = [name for name, _ in matrix]
-    out_lines = describe(args, tox, uv, work)
+    py = project.py.format(major=sys.version_info.major, minor=sys.version_info.minor)
+    names = args.envs.split(",") if args.envs else project.envs
+    envs = [tox_env(sources, name.strip().format(py=py)) for name in names if name.strip()]
+    args.envs = [env.name for env in envs]
+    out_lines = describe(args, project, tox, uv, work)
+    out_lines += [f"  {env.shown()}" for env in envs]
     for line in out_lines:
         print(line, flush=True)
-    for name, deps in matrix:
-        print(f"  {name}: deps {deps}, command pytest {' '.join(test_args)}")
     runs: dict[str, dict[str, list[Run]]] = {tool: {} for tool in TOOLS}
     toxes = Tox(tox, sources, work, args.envs)
-    cowenvs = Cowenv(sources, work, matrix, test_args)
+    cowenvs = Cowenv(project, sources, work, envs)
     cases = []
     for mode in args.modes:
         cases += [toxes.case(mode, runs[TOOLS[0]]), cowenvs.case(mode, runs[TOOLS[1]])]
@@ -619,18 +743,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for line in lines:
         print(line)
     if args.out:
-        args.out.write_text(
-            "\n".join(
-                out_lines
-                + [
-                    f"  {name}: deps {deps}, command pytest {' '.join(test_args)}"
-                    for name, deps in matrix
-                ]
-                + [""]
-                + lines
-            )
-            + "\n"
-        )
+        args.out.write_text("\n".join([*out_lines, "", *lines]) + "\n")
     return 0
 
 

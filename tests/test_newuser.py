@@ -1,6 +1,7 @@
-"""Tried as a new user would: a real, unmodified project from the index (attrs, whose sdist
-declares its test environment as a PEP 735 group and ships a uv.lock) runs its own test suite
-in a clone built from that group, and from its lock with uv."""
+"""Tried as a new user would: real, unmodified projects from the index run their own test
+suites in clones built from their own specs: attrs (its sdist declares its test environment as
+a PEP 735 group and ships a uv.lock) from that group, and from its lock with uv; svcs from its
+uv.lock and the dependency groups of its tox.ini's envs, with the counts tox gets."""
 
 from __future__ import annotations
 
@@ -108,3 +109,57 @@ def test_a_real_plugin_runs_its_suite_once_per_pytest_minor(
     # 8.2 is pinned to 8.2.1: the requirement cuts 8.2.2 out of the minor.
     assert versions[:4] == ["8.2.1", "8.3.5", "8.4.2", "9.0.3"], minors
     result.assert_outcomes(passed=len(minors))
+
+
+SVCS = "svcs==26.2.0"
+
+SVCS_INNER = """
+import pytest
+
+SOURCES = {sources!r}
+
+# The envs of svcs's tox.ini: runner = uv-venv-lock-runner, dependency_groups = cov (tests:)
+# and optional (optional:), the project installed as a wheel.
+@pytest.mark.parametrize(
+    "groups", [pytest.param(g, id="-".join(g)) for g in [("cov",), ("cov", "optional")]]
+)
+def test_svcs_own_suite(request, groups):
+    spec = dict(project=SOURCES, lock=SOURCES + "/uv.lock", groups=groups)
+    request.applymarker(pytest.mark.cowenv(**spec))
+    cowenv = request.getfixturevalue("cowenv")
+    result = cowenv.runpytest("-p", "no:cacheprovider", cwd=SOURCES, timeout=1200)
+    print("inner:", "-".join(groups), result.outlines[-1])
+    assert result.ret == 0, "\\n".join(result.outlines[-30:])
+"""
+
+
+@pytest.mark.network
+@pytest.mark.slow
+def test_a_real_project_runs_its_suite_from_its_uv_lock_and_groups_as_tox_does(
+    pytester: pytest.Pytester,
+    tmp_path_factory: pytest.TempPathFactory,
+    cache: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """svcs's envs ``3.11-tests`` and ``3.11-tests-optional`` (its tox.ini: ``coverage run -m
+    pytest`` in ``uv sync --locked --no-default-groups --group cov [--group optional]``) give
+    the counts below under tox, measured with ``tox -e 3.11-tests,3.11-tests-optional`` in the
+    unpacked sdist (tox 4.67.15, tox-uv 1.37.1, uv 0.13.9, CPython 3.11.7); the clones built
+    from the same lock and groups must give the same ones."""
+    skip_without_uv()
+    # pytest changes its output where CI or BUILD_NUMBER is set; tox's counts were taken
+    # without them, as a developer runs tox.
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv("BUILD_NUMBER", raising=False)
+    sources = sdist_sources(SVCS, tmp_path_factory.mktemp("svcs-sdist"))
+    pytester.makepyfile(SVCS_INNER.format(sources=str(sources)))
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-s", f"--cowenv-dir={cache}", timeout=1800
+    )
+    result.assert_outcomes(passed=2)
+    counts = dict(re.findall(r"inner: (\S+) =+ (.*) in [\d.]+s =+", result.stdout.str()))
+    assert counts == {
+        "cov": "158 passed, 1 skipped",
+        "cov-optional": "207 passed, 1 skipped",
+    }, result.outlines
+    assert any("uv.lock [group cov, optional]" in line for line in result.outlines)

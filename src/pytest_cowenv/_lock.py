@@ -115,6 +115,16 @@ def _select(
                 f"lock={given!r}: undeclared {what} {', '.join(unknown)}; {path.name} has: {have}"
             )
     environment, tags = _target(python, given)
+    where = f"python {python}" if python else "this interpreter"
+    if lock.environments and not any(m.evaluate(environment) for m in lock.environments):
+        covered = " or ".join(str(marker) for marker in lock.environments)
+        here = (
+            f"{environment.get('implementation_name')} {environment.get('python_full_version')} "
+            f"on {environment.get('sys_platform')} {environment.get('platform_machine')}"
+        )
+        raise SpecError(
+            f"lock={given!r}: {path.name} locks for {covered} only, not for {where} ({here})"
+        )
     try:
         chosen = list(
             lock.select(
@@ -125,7 +135,6 @@ def _select(
             )
         )
     except PylockSelectError as exc:
-        where = f"python {python}" if python else "this interpreter"
         raise SpecError(f"lock={given!r}: nothing installable for {where}: {exc}") from None
     found = Locked()
     for package, dist in chosen:

@@ -52,6 +52,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "_content",
             "generations",
             "_releases",
+            "_wheelcache",
         },
     ),
     ("templates and the clone handle", {"template", "_build", "env"}),

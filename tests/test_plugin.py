@@ -24,6 +24,7 @@ import pytest
 from _helpers import INTERNAL_FRAME, fast_cache
 from _wheels import standard_wheelhouse
 from pytest_cowenv import _build as build_module
+from pytest_cowenv import _wheelcache as wheelcache_module
 from pytest_cowenv import spec as spec_module
 from pytest_cowenv import template as template_module
 from pytest_cowenv._install import build_wheel
@@ -337,13 +338,13 @@ def test_project_is_built_once_and_installed(
     pytester: pytest.Pytester, run: Run, cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     builds: list[str] = []
-    real = build_wheel  # as _build.py imported it
+    real = build_wheel  # as _wheelcache.py imported it
 
     def counting(project: Path, *args: Any, **kwargs: Any) -> Any:
         builds.append(project.name)
         return real(project, *args, **kwargs)
 
-    monkeypatch.setattr(build_module, "build_wheel", counting)
+    monkeypatch.setattr(wheelcache_module, "build_wheel", counting)
     make_project(pytester.path, "rootproj", 42)
     make_project(pytester.path / "tests" / "sub" / "other", "otherproj", 7)
     body = """

@@ -24,6 +24,9 @@ from .clone import make_template_dir
 from .errors import TemplateBuildError
 from .spec import TemplateSpec, find_interpreter
 
+# (project directory, a new folder for it) → the path of a wheel of the project.
+WheelSource = Callable[[Path, Path], Path]
+
 
 @contextlib.contextmanager
 def timed(phases: dict[str, float], name: str) -> Iterator[None]:
@@ -54,9 +57,11 @@ def build_env(
     phases: dict[str, float],
     *,
     compile: bool = True,
+    wheel_of: Optional[WheelSource] = None,
 ) -> dict[str, Any]:
     """Create, fill, relocate and (if ``compile``) byte-compile the environment ``env`` (a
-    new path).
+    new path). Local projects are built into wheels in ``work``, or taken from ``wheel_of``
+    (the cache's, see :mod:`._wheelcache`).
 
     Returns what byte-compiling reports (see :func:`compile_env`; :data:`NOT_COMPILED`
     without ``compile``); adds each phase's seconds to ``phases``.
@@ -71,7 +76,10 @@ def build_env(
     for local in map(Path, spec.local):
         if local.is_dir():
             with timed(phases, "wheels"):
-                wheel = build_wheel(local, work, interp.executable, spec.index)
+                if wheel_of is None:
+                    wheel = build_wheel(local, work, interp.executable, spec.index)
+                else:
+                    wheel = wheel_of(local, work / f"wheels-{local.name}")
             origins[wheel] = local
             wheels[str(local)] = wheel
     for command in install_commands(spec, python, work, wheels, interp.executable):

@@ -44,6 +44,10 @@ KEPT = re.compile(rf"^{_ANY_RUN}-[A-Za-z0-9_.]+-\d+$")
 LISTING = re.compile(rf"^{KEY}\.(?:json|lock)$")
 LISTING_TMP = re.compile(rf"^\.{KEY}\.json\.{TOKEN}\.tmp$")
 
+# Under wheels/ (see _wheelcache): a built wheel's folder (the wheel and its `wheel.json`),
+# or the lock its builders take.
+WHEEL_ENTRY = re.compile(rf"^(?P<key>{KEY})(?P<lock>\.lock)?$")
+
 
 def is_generation(name: str, *, is_dir: bool) -> bool:
     """Whether ``name`` under templates/ is a numbered generation's tree (``is_dir``) or one

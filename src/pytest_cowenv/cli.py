@@ -308,15 +308,17 @@ def cmd_versions(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from .maintenance import list_templates, open_layout
+    from .maintenance import list_templates, list_wheels, open_layout
 
     root = _root(args)
     layout = open_layout(root)
     templates, leftovers = list_templates(layout) if layout else ([], [])
+    wheels = list_wheels(layout) if layout else []
     data = {
         "dir": str(root),
         "templates": [asdict(t) for t in templates],
         "leftovers": [asdict(x) for x in leftovers],
+        "wheels": [asdict(w) for w in wheels],
     }
     lines = [] if layout else [f"no cache at {root}"]
     now = time.time()
@@ -334,6 +336,10 @@ def cmd_list(args: argparse.Namespace) -> int:
         ]
     for x in leftovers:
         lines.append(f"{x.kind}: {x.path} ({x.note})")
+    for w in wheels:
+        users = f"used by {w.templates} template{'' if w.templates == 1 else 's'}"
+        users = users if w.templates else "no template uses it; `prune` removes it"
+        lines.append(f"wheel {w.file}: {w.path} ({human(w.bytes)}; {users})")
     if layout:
         total = sum(t.disk_bytes for t in templates)
         count = f"{len(templates)} template{'' if len(templates) == 1 else 's'}"

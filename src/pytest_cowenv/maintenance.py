@@ -34,6 +34,7 @@ from ._names import (
     META_TMP,
     RUN_DIR,
     TMP_FILE,
+    WHEEL_ENTRY,
 )
 from .clone import remove_tree
 from .generations import (
@@ -76,6 +77,17 @@ class Leftover:
     path: str
     kind: str  # "old generation" | "incomplete template" | "orphan metadata" | "build dir" | …
     note: str
+
+
+@dataclass(frozen=True)
+class WheelInfo:
+    """A cached wheel of a local project (see ``_wheelcache``) as ``list`` shows it."""
+
+    key: str
+    path: str
+    file: str
+    bytes: int
+    templates: int  # how many template generations list it (prune removes it at 0)
 
 
 @dataclass(frozen=True)
@@ -168,6 +180,28 @@ def list_templates(layout: Layout) -> tuple[list[TemplateInfo], list[Leftover]]:
             leftovers.append(Leftover(child.path, "kept", "kept by --cowenv-keep"))
     templates.sort(key=lambda t: t.last_used)
     return templates, leftovers
+
+
+def list_wheels(layout: Layout) -> list[WheelInfo]:
+    """The cached wheels of local projects, by file name."""
+    users: dict[str, int] = {}
+    for key, gens in layout.generations().items():
+        for gen in gens:
+            meta = read_meta(layout, key, gen)
+            for wheel in meta.get("wheels", []) if meta else []:
+                users[str(wheel)] = users.get(str(wheel), 0) + 1
+    found = [
+        WheelInfo(
+            entry.name,
+            entry.path,
+            _wheel_file(Path(entry.path)),
+            allocated_bytes(Path(entry.path)),
+            users.get(entry.name, 0),
+        )
+        for entry in _children(layout.wheels)
+        if (match := WHEEL_ENTRY.match(entry.name)) and not match["lock"]
+    ]
+    return sorted(found, key=lambda w: (w.file, w.key))
 
 
 def _info(layout: Layout, key: str, gen: int, meta: dict[str, Any]) -> TemplateInfo:
@@ -366,6 +400,7 @@ def prune(
             else:
                 report.skipped.append(Item(str(path), what, size, reason))
     prune_bytecode(layout, report)
+    prune_wheels(layout, report)
     prune_listings(layout, report, older_than=0 if everything else older_than_days * DAY)
     return report
 
@@ -426,6 +461,7 @@ def clean(layout: Layout, *, kept: bool = False) -> Report:
                 remove_tree(entry.path, root=layout.root)
                 report.removed.append(Item(entry.path, "kept clone"))
     prune_bytecode(layout, report)
+    prune_wheels(layout, report)
     prune_listings(layout, report)
     return report
 
@@ -468,6 +504,7 @@ def clean_all(layout: Layout, *, lock_timeout: float = PRUNE_LOCK_TIMEOUT) -> Re
     for entry in _children(layout.versions):  # the listers' locks: a lister only lists again
         if LISTING.match(entry.name):
             remove_tree(entry.path, root=layout.root)
+    report.skipped += _remove_wheel_locks(layout)
     folders = (
         layout.templates,
         layout.clones,
@@ -475,6 +512,7 @@ def clean_all(layout: Layout, *, lock_timeout: float = PRUNE_LOCK_TIMEOUT) -> Re
         layout.kept,
         layout.bytecode,
         layout.versions,
+        layout.wheels,
     )
     for folder in folders:
         with contextlib.suppress(OSError):  # only if empty: a look-alike of the user's stays
@@ -531,6 +569,85 @@ def prune_bytecode(layout: Layout, report: Report) -> None:
     if count:
         what = f"unused bytecode ({count} entr{'y' if count == 1 else 'ies'})"
         report.removed.append(Item(str(layout.bytecode), what, size))
+
+
+def wheels_in_use(layout: Layout) -> Optional[set[str]]:
+    """The keys of the cached wheels (``wheels/<key>/``) some template's metadata lists; None
+    while a template is being built (it lists its wheels only once it is done)."""
+    used: set[str] = set()
+    for key, gens in layout.generations().items():
+        if is_held(layout.lock(key)):
+            return None
+        for gen in gens:  # every generation: an old one may still be in use
+            meta = read_meta(layout, key, gen)
+            wheels = meta.get("wheels") if meta else None
+            if isinstance(wheels, list):
+                used.update(str(w) for w in wheels)
+    return used
+
+
+def prune_wheels(layout: Layout, report: Report) -> None:
+    """Remove the cached wheels of local projects that no template lists: a wheel lives as
+    long as a template installed from it (the next template of that project, with other
+    requirements, builds no wheel), and goes with the last one.
+
+    The cache of wheels is a cache: a wheel removed under a build only costs that build a
+    wheel build (a build installs from its own link to the wheel, which stays)."""
+    import filelock
+
+    used = wheels_in_use(layout)
+    if used is None:
+        return  # a build will list its wheels once done: the next prune or clean will do it
+    for entry in _children(layout.wheels):
+        match = WHEEL_ENTRY.match(entry.name)
+        if match is None or match["lock"] or entry.name in used:
+            continue  # not ours, a lock (see _remove_wheel_locks), or in use
+        lock = filelock.FileLock(str(layout.wheel_lock(entry.name)), timeout=0)
+        try:
+            lock.acquire()
+        except filelock.Timeout:
+            report.skipped.append(Item(entry.path, "wheel", reason="being built"))
+            continue
+        try:
+            what = f"wheel {_wheel_file(Path(entry.path))}"
+            size = allocated_bytes(Path(entry.path))
+            remove_tree(entry.path, root=layout.root)
+            report.removed.append(Item(entry.path, what, size))
+        except OSError as exc:
+            report.skipped.append(Item(entry.path, "wheel", reason=str(exc)))
+        finally:
+            lock.release()
+
+
+def _wheel_file(entry: Path) -> str:
+    """The wheel's file name in its folder, for people; "(incomplete)" if there is none."""
+    found = sorted(c.name for c in _children(entry) if c.name.endswith(".whl"))
+    return found[0] if found else "(incomplete)"
+
+
+def _remove_wheel_locks(layout: Layout) -> list[Item]:
+    """``clean --all`` only: remove the build locks of wheels that are gone, unlinked while
+    we hold them (as :func:`_remove_lock_files` does for templates); what is held is
+    skipped."""
+    import filelock
+
+    skipped = []
+    for entry in _children(layout.wheels):
+        match = WHEEL_ENTRY.match(entry.name)
+        if match is None or not match["lock"]:
+            continue
+        lock = filelock.FileLock(entry.path, timeout=0)
+        try:
+            lock.acquire()
+        except filelock.Timeout:
+            skipped.append(Item(entry.path, "wheel build lock", reason="a wheel being built"))
+            continue
+        try:
+            if not os.path.lexists(layout.wheel_entry(match["key"])):
+                remove_tree(entry.path, root=layout.root)
+        finally:
+            lock.release()
+    return skipped
 
 
 def prune_listings(layout: Layout, report: Report, *, older_than: Optional[float] = None) -> None:

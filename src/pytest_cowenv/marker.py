@@ -19,7 +19,7 @@ import stat
 import uuid
 from typing import NamedTuple, Optional
 
-from ._names import KEY, LISTING, LISTING_TMP, META_TMP, is_generation
+from ._names import KEY, LISTING, LISTING_TMP, META_TMP, WHEEL_ENTRY, is_generation
 
 CACHEDIR_TAG = "CACHEDIR.TAG"
 TAG_SIGNATURE = "Signature: 8a477f597d28d172789f06886806bc55"
@@ -129,6 +129,13 @@ def _first_stranger(root: str, names: list[str], *, remains: bool = False) -> Op
                 ).endswith("/"):
                     return repr(f"{name}/{_shown(sub, child)}")
             continue  # release listings of versions(), kept in versions/
+        if remains and shown == "wheels/":
+            sub = os.path.join(root, name)
+            for child in sorted(os.listdir(sub)):
+                match, child_shown = WHEEL_ENTRY.match(child), _shown(sub, child)
+                if match is None or child_shown.endswith("/") == bool(match["lock"]):
+                    return repr(f"{name}/{child_shown}")
+            continue  # wheels of local projects (_wheelcache): `<key>/` and `<key>.lock`
         if not _LEGACY[""].fullmatch(shown) and not (remains and name == CACHEDIR_TAG):
             return repr(shown)
         if shown.endswith("/") and name in _LEGACY:

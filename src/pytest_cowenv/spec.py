@@ -197,14 +197,20 @@ class TemplateSpec:
         data["index"] = asdict(self.index)
         return data
 
-    def key(self) -> str:
-        """The content hash that names this spec's template."""
+    def local_hashes(self) -> dict[str, str]:
+        """The :func:`content_hash` of each of ``local``, by path."""
+        return {p: content_hash(Path(p)) for p in self.local}
+
+    def key(self, local_hashes: Optional[dict[str, str]] = None) -> str:
+        """The content hash that names this spec's template. ``local_hashes``: what
+        :meth:`local_hashes` returned, if the caller has it already."""
         interp = find_interpreter(self.python)
+        hashes = self.local_hashes() if local_hashes is None else local_hashes
         spec = {k: v for k, v in self.as_dict().items() if k not in _DISPLAY_FIELDS}
         payload = {
             "format": FORMAT_VERSION,
             "spec": spec,
-            "local": [content_hash(Path(p)) for p in self.local],
+            "local": [hashes[p] for p in self.local],
             "python": asdict(interp),
             "installer": installer_identity(),
             "resolver_env": resolver_environment(),

@@ -46,6 +46,7 @@ class Layout:
         self.bytecode = self.root / "pyc"  # compiled sources shared by templates (_bytecode)
         self.kept = self.root / "kept"  # clones kept by --cowenv-keep
         self.versions = self.root / "versions"  # release listings (_releases), made on need
+        self.wheels = self.root / "wheels"  # wheels of local projects (_wheelcache), on need
 
     # A template is published in immutable generations: `<key>.<n>` (the tree), `<key>.<n>.json`
     # (its metadata, written last: the mark of completion) and `<key>.<n>.inuse` (the shared
@@ -91,6 +92,13 @@ class Layout:
     def linked(self, key: str, gen: int) -> Path:
         """Present once a hardlink clone was made of this generation (see template.py)."""
         return self.templates / f"{_gen_name(key, gen)}.linked"
+
+    def wheel_entry(self, key: str) -> Path:
+        """The folder of a built wheel: the wheel and its ``wheel.json`` (see _wheelcache)."""
+        return self.wheels / key
+
+    def wheel_lock(self, key: str) -> Path:
+        return self.wheels / f"{key}.lock"
 
     def new_run_dir(self) -> Path:
         """A name for this process's clone folder (not created)."""

@@ -40,6 +40,7 @@ from ._install import installer_identity
 from ._names import BUILD_DIR, LEGACY_BUILD_DIR
 from ._owner import lock_dir
 from ._venv import installed_distributions, site_packages
+from ._wheelcache import WheelCache
 from .clone import LinkMode, Tree, clone_tree, protect, remove_tree, strip_write_bits, walk_tree
 from .errors import CowEnvError, LockTimeoutError, TemplateBuildError, shown
 from .fs import probe, sync_filesystem
@@ -107,6 +108,7 @@ class TemplateCache:
     _ready: dict[str, Template] = field(default_factory=dict)
     _failed: dict[str, TemplateBuildError] = field(default_factory=dict)
     _keys: dict[TemplateSpec, str] = field(default_factory=dict)
+    _local_hashes: dict[str, dict[str, str]] = field(default_factory=dict)  # key -> the spec's
     _in_use: dict[tuple[str, int], IO[bytes]] = field(default_factory=dict)
     _key_locks: dict[str, threading.Lock] = field(default_factory=dict)
     _mutex: threading.Lock = field(default_factory=threading.Lock)
@@ -119,14 +121,20 @@ class TemplateCache:
     _procs: list[Any] = field(default_factory=list)  # compilers running in the background
     _describe: dict[str, str] = field(default_factory=dict)  # key -> spec.describe()
     _undiscarded: list[tuple[str, int]] = field(default_factory=list)  # see _discard_generation
+    wheels: WheelCache = field(init=False)  # wheels of local projects, shared by templates
+
+    def __post_init__(self) -> None:
+        self.wheels = WheelCache(self.layout, self.lock_timeout)
 
     def key(self, spec: TemplateSpec) -> str:
         with self._mutex:
             key = self._keys.get(spec)
         if key is None:
-            key = spec.key()
+            hashes = spec.local_hashes()  # kept: the wheels of its projects are keyed by them
+            key = spec.key(hashes)
             with self._mutex:
                 self._keys[spec] = key
+                self._local_hashes[key] = hashes
         return key
 
     def get(self, spec: TemplateSpec) -> Template:
@@ -352,9 +360,20 @@ class TemplateCache:
         """A new generation of ``key`` from scratch (lock held); compiled unless
         ``compile_behind``."""
         bytecode, compile = self.layout.bytecode, not self.compile_behind
+        with self._mutex:
+            hashes = self._local_hashes.get(key)
+        hashes = hashes if hashes is not None else spec.local_hashes()
+        interp, used = find_interpreter(spec.python), []
+
+        def wheel_of(project: Path, out: Path) -> Path:
+            content = hashes[str(project)]
+            wheel_key, wheel = self.wheels.wheel(project, content, interp, spec.index, out)
+            used.append(wheel_key)
+            return wheel
 
         def make(env: Path, work: Path, phases: dict[str, float]) -> dict[str, Any]:
-            return build_env(spec, env, work, bytecode, phases, compile=compile)
+            made = build_env(spec, env, work, bytecode, phases, compile=compile, wheel_of=wheel_of)
+            return {**made, "wheels": used}
 
         return self._make_generation(spec, key, make)
 
@@ -551,6 +570,8 @@ class TemplateCache:
                 "bytecode": {k: compiled[k] for k in _COUNTS},
                 # The shared store's entries this template uses: `prune` keeps these.
                 "bytecode_store": {"dir": compiled["store"], "entries": compiled["entries"]},
+                # The cached wheels (_wheelcache) it installed: `prune` keeps these.
+                "wheels": source.meta.get("wheels", []) if source else compiled["wheels"],
                 # A twin is the same build: `rebuild_before` judges both alike.
                 "created": source.meta["created"] if source else time.time(),
                 "plugin_version": __version__,

@@ -5,6 +5,7 @@ in one run.
     python benchmarks/tox.py --out docs/bench-tox.txt     # 3 interleaved rounds
     python benchmarks/tox.py --rounds 1 --modes cold,warm  # a quicker look
     python benchmarks/tox.py --project svcs --out docs/bench-tox-svcs.txt  # uv.lock and groups
+    python benchmarks/tox.py --project structlog --rounds 1  # a dependency group, no lock
 
 The project (``--project``, from ``PROJECTS``) is an unmodified sdist from the package index
 that carries its own tests and a ``tox.ini``; the envs (``--envs``; ``{py}`` is the
@@ -20,6 +21,9 @@ run in); nothing in them is edited.
   uv-venv-lock-runner`` (``uv sync --locked`` from its ``uv.lock``) with ``dependency_groups``
   ``cov`` (which includes ``tests``) and, under the ``optional`` factor, ``optional``;
   the command is ``coverage run -m pytest``.
+- ``structlog``: structlog 26.1.0, ``3.11-tests``: ``dependency_groups`` ``tests`` resolved
+  afresh (tox-uv's default runner; no lock), the project built by tox's ``.pkg`` env; the
+  command is ``pytest``.
 
 - **tox + tox-uv**: a venv made here (``results/tox/toxvenv``: ``pip install tox tox-uv``,
   uv pinned to the version pytest-cowenv uses) runs ``tox -e <envs>`` in the project with
@@ -91,6 +95,7 @@ PROJECTS = {
         "py{major}{minor}",
     ),
     "svcs": Project("svcs==26.2.0", ("{py}-tests", "{py}-tests-optional"), "{major}.{minor}"),
+    "structlog": Project("structlog==26.1.0", ("{py}-tests",), "{major}.{minor}"),
 }
 MODES = ("cold", "warm", "cold -n 2", "warm -n 2")
 TOOLS = ("tox + tox-uv", "pytest-cowenv")

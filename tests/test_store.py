@@ -412,3 +412,89 @@ def test_a_waiting_builder_and_a_pruner_share_one_lock_file(tmp_path: Path) -> N
     assert remove_template(layout, KEY, 1) is None
     assert not layout.template(KEY, 1).exists() and not layout.meta(KEY, 1).exists()
     assert os.path.samestat(layout.lock(KEY).stat(), before)
+
+
+# -- the build lock ------------------------------------------------------------------------------
+
+
+def test_the_build_lock_excludes_threads_processes_and_filelock(tmp_path: Path) -> None:
+    """An exclusive flock, as filelock takes it: held by one thread, another thread, another
+    process with filelock, and a second BuildLock of the same path all find it taken."""
+    import subprocess
+    import sys
+
+    import filelock
+
+    from pytest_cowenv._atomic import BuildLock
+
+    path = tmp_path / "k.lock"
+    first, second = BuildLock(path), BuildLock(path)
+    assert first.try_acquire()
+    assert not second.try_acquire()
+    in_thread: list[bool] = []
+    thread = threading.Thread(target=lambda: in_thread.append(BuildLock(path).try_acquire()))
+    thread.start()
+    thread.join()
+    assert in_thread == [False]
+    code = "import filelock, sys\ntry:\n    filelock.FileLock(sys.argv[1]).acquire(timeout=0)\n"
+    code += "except filelock.Timeout:\n    print('held')\n"
+    held = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True)
+    assert held.stdout == "held\n"
+    first.release()
+    assert second.try_acquire()
+    second.release()
+    theirs = filelock.FileLock(str(path))
+    theirs.acquire()
+    assert not first.try_acquire()
+    theirs.release()
+    assert first.try_acquire()
+    first.release()
+
+
+def test_a_build_lock_removed_while_waited_for_is_not_taken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``clean --all`` unlinks a key's lock file under the lock: a waiter that opened the old
+    file before must not take that one (two builders would hold different files)."""
+    import fcntl
+
+    from pytest_cowenv._atomic import BuildLock
+
+    path = tmp_path / "k.lock"
+    real_flock = fcntl.flock
+
+    def removed_first(fd: int, operation: int) -> None:
+        path.unlink()  # between the waiter's open and its flock
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", removed_first)
+    waiter = BuildLock(path)
+    assert not waiter.try_acquire()
+    monkeypatch.setattr(fcntl, "flock", real_flock)
+    assert not path.exists()
+    assert waiter.try_acquire() and path.exists()  # the next try: a new file, locked
+    assert not BuildLock(path).try_acquire()
+    waiter.release()
+
+
+def test_leftovers_of_dead_runs_go_behind_the_first_test(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The session's first look at the cache starts the clean-up of dead runs' leftovers in
+    the background; closing the session waits for it."""
+    from pytest_cowenv import maintenance
+    from pytest_cowenv.session import CowEnvSession, Settings
+
+    release, done = threading.Event(), threading.Event()
+
+    def slow_clean(layout: Any) -> list[Path]:
+        release.wait(30)
+        done.set()
+        return []
+
+    monkeypatch.setattr(maintenance, "clean_stale", slow_clean)
+    session = CowEnvSession(Settings(root=str(tmp_path / "cache")))
+    assert session.layout.templates.is_dir() and not done.is_set()
+    release.set()
+    session.close()
+    assert done.is_set()

@@ -681,3 +681,21 @@ def test_the_installer_is_asked_once_ahead_of_the_key(monkeypatch: pytest.Monkey
     finally:
         installer_identity.cache_clear()
         uv_binary.cache_clear()
+
+
+def test_a_base_env_made_behind_the_install_reports_its_own_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """uv's venv is made while the install runs (see start_base_env): its failure is still
+    a one-line TemplateBuildError, raised when the build waits for it."""
+    from pytest_cowenv._build import start_base_env
+
+    _use_route("uv", monkeypatch)
+    env = tmp_path / "env"
+    env.mkdir()
+    made = start_base_env(env, str(tmp_path / "no-python"), pip=False, what="spec x")
+    with pytest.raises(TemplateBuildError) as failed:
+        made()
+    assert str(failed.value).startswith("spec x: creating the base environment with ")
+    installer_identity.cache_clear()
+    uv_binary.cache_clear()

@@ -5,10 +5,11 @@ in use (clean-up takes it exclusively before it removes one).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sys
 from pathlib import Path
-from typing import IO, Optional
+from typing import IO, Any, Optional
 
 from .marker import write_new_file
 from .store import temp_name
@@ -74,3 +75,62 @@ def _share(f: IO[bytes]) -> bool:
         return True
     fcntl.flock(f.fileno(), fcntl.LOCK_SH)
     return os.fstat(f.fileno()).st_nlink > 0
+
+
+class BuildLock:
+    """An exclusive ``flock`` on a lock file that stays in place: the lock filelock takes on
+    POSIX, so that every version of this plugin agrees on it, without importing filelock
+    (slow to import) where ``fcntl`` is there. Each :meth:`try_acquire` opens the file anew:
+    two threads of one process exclude each other as two processes do."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: Optional[int] = None
+        self._portable: Any = None  # a filelock.FileLock, where flock is not to be had
+
+    def try_acquire(self) -> bool:
+        """Take the lock if nobody holds it; never waits."""
+        if self._portable is None:
+            try:
+                import fcntl
+            except ImportError:  # pragma: no cover - Windows
+                fcntl = None  # type: ignore[assignment]
+            if fcntl is not None:
+                flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | os.O_CLOEXEC
+                fd = os.open(self.path, flags, 0o644)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    return False
+                except OSError as exc:
+                    os.close(fd)
+                    if exc.errno not in _NO_FLOCK:
+                        raise
+                else:
+                    if os.fstat(fd).st_nlink > 0:
+                        self._fd = fd
+                        return True
+                    os.close(fd)  # removed while we waited (`clean --all`): try the new one
+                    return False
+            import filelock
+
+            self._portable = filelock.FileLock(str(self.path))
+        import filelock
+
+        try:
+            self._portable.acquire(timeout=0)
+        except filelock.Timeout:
+            return False
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)  # closing the only descriptor of the open file drops its flock
+        elif self._portable is not None:
+            self._portable.release()
+
+
+# flock errors of a filesystem that has no working flock: filelock's own way is taken there.
+_NO_FLOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)

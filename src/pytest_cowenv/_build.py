@@ -69,22 +69,29 @@ def build_env(
     interp = find_interpreter(spec.python)
     with timed(phases, "venv"):
         make_template_dir(env)
-        create_base_env(env, interp.executable, pip=spec.pip, what=spec.describe())
+        base_env_made = start_base_env(env, interp.executable, pip=spec.pip, what=spec.describe())
     python = env / "bin" / "python"
     origins: dict[Path, Path] = {}
     wheels: dict[str, Path] = {}
-    for local in map(Path, spec.local):
-        if local.is_dir():
-            with timed(phases, "wheels"):
-                if wheel_of is None:
-                    wheel = build_wheel(local, work, interp.executable, spec.index)
-                else:
-                    wheel = wheel_of(local, work / f"wheels-{local.name}")
-            origins[wheel] = local
-            wheels[str(local)] = wheel
-    for command in install_commands(spec, python, work, wheels, interp.executable):
-        with timed(phases, "install"):
-            run_installer(command, f"{spec.describe()}: installing failed")
+    try:
+        for local in map(Path, spec.local):
+            if local.is_dir():
+                with timed(phases, "wheels"):
+                    if wheel_of is None:
+                        wheel = build_wheel(local, work, interp.executable, spec.index)
+                    else:
+                        wheel = wheel_of(local, work / f"wheels-{local.name}")
+                origins[wheel] = local
+                wheels[str(local)] = wheel
+        for command in install_commands(spec, python, work, wheels, interp.executable):
+            with timed(phases, "install"):
+                run_installer(command, f"{spec.describe()}: installing failed")
+    except BaseException:
+        with contextlib.suppress(TemplateBuildError):  # the first failure is the one to tell
+            base_env_made()
+        raise
+    with timed(phases, "venv"):
+        base_env_made()
     with timed(phases, "relocate"):
         relocate(env, env, interp.executable)
         point_at_sources(site_packages(env), origins)
@@ -98,21 +105,44 @@ def build_env(
 _VIRTUALENV = threading.Lock()
 
 
-def create_base_env(env: Path, python: str, *, pip: bool, what: str) -> None:
-    """A bare virtual environment at ``env`` (an empty directory): by ``uv venv`` when uv is
-    there and pip is not wanted, else by virtualenv, in-process (a ``python -m virtualenv``
-    would spend more time starting than creating), which seeds pip from its own wheels."""
+def start_base_env(env: Path, python: str, *, pip: bool, what: str) -> Callable[[], None]:
+    """Start making a bare virtual environment at ``env`` (an empty directory); the function
+    returned waits until it is complete, and raises if it failed.
+
+    By ``uv venv`` when uv is there and pip is not wanted, in the background: uv then
+    installs into ``env`` as a prefix of ``python`` (see ``install_command``), which needs
+    nothing of the venv, and the two write different files. Else by virtualenv, in-process
+    (a ``python -m virtualenv`` would spend more time starting than creating), which seeds
+    pip from its own wheels, before anything is installed."""
     uv = uv_binary()
     if uv and not pip:
         # --no-project and --no-config: no pyproject.toml or uv.toml around steers it.
         cmd = [uv, "venv", "--quiet", "--no-project", "--no-config", "--allow-existing"]
-        run_installer(
-            [*cmd, "--python", python, str(env)],
-            f"{what}: creating the base environment with {python} failed",
+        cmd += ["--python", python, str(env)]
+        proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env=clean_env(),
         )
-        # uv marks a venv as a cache for backup tools: a template's clones are not caches.
-        (env / "CACHEDIR.TAG").unlink(missing_ok=True)
-        return
+
+        def made() -> None:
+            out, err = proc.communicate()
+            if proc.returncode != 0:
+                failed = f"{what}: creating the base environment with {python} failed"
+                raise TemplateBuildError(failure_message(failed, cmd, proc.returncode, err + out))
+            # uv marks a venv as a cache for backup tools: a template's clones are not caches.
+            (env / "CACHEDIR.TAG").unlink(missing_ok=True)
+
+        return made
+    create_with_virtualenv(env, python, pip=pip, what=what)
+    return lambda: None
+
+
+def create_with_virtualenv(env: Path, python: str, *, pip: bool, what: str) -> None:
+    """A bare virtual environment at ``env`` made by virtualenv (see :func:`start_base_env`)."""
     from virtualenv import cli_run
 
     seed = ["--seeder", "app-data", "--no-setuptools", "--no-wheel"] if pip else ["--no-seed"]

@@ -219,6 +219,7 @@ class CowEnvSession:
         self.coverage = coverage  # measures the clones' processes, when the run measures
         self.stats = Stats()
         self._layout: Optional[Layout] = None
+        self._cleaning: Optional[threading.Thread] = None  # see `layout`
         self._cache: Optional[TemplateCache] = None
         self._run_dir: Optional[Path] = None
         self._run_lock: Optional[int] = None  # held while the run folder exists: see _owner
@@ -233,7 +234,12 @@ class CowEnvSession:
     def layout(self) -> Layout:
         if self._layout is None:
             self._layout = prepare_root(self.settings.root)
-            self.clean_stale()
+            # What dead processes left goes in the background: that removes nothing a live
+            # process holds (this one included), and the first test need not wait for it.
+            self._cleaning = threading.Thread(
+                target=self._clean_stale_quietly, name="cowenv-clean", daemon=True
+            )
+            self._cleaning.start()
         return self._layout
 
     @property
@@ -489,6 +495,8 @@ class CowEnvSession:
         """Stop the pool thread, then remove whatever clones this process still has: unused
         pool clones, the trash, and clones of tests that crashed or were interrupted."""
         busy: set[str] = set()
+        if self._cleaning is not None:
+            self._cleaning.join()
         if self._pool is not None and not self._pool.close():
             # The thread did not stop in time: leave its folders to the next run's clean-up.
             busy = {self._pool.ready_dir.name, self._pool.trash_dir.name}
@@ -505,6 +513,10 @@ class CowEnvSession:
             self._run_lock = None
         if self._cache is not None:
             self._cache.close()  # lets go of its generations: superseded ones go now
+
+    def _clean_stale_quietly(self) -> None:
+        with contextlib.suppress(OSError):  # leftovers that stay are tried again next run
+            self.clean_stale()
 
     def clean_stale(self) -> list[Path]:
         """Remove run folders and build leftovers of processes that are gone."""

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import IO, Any, Callable, Optional
 
 from . import __version__
-from ._atomic import hold_existing, hold_in_use, write_atomically
+from ._atomic import BuildLock, hold_existing, hold_in_use, write_atomically
 from ._build import build_env, compile_env, timed
 from ._content import own_hashes
 from ._install import installer_identity
@@ -48,6 +48,8 @@ from .spec import FORMAT_VERSION, TemplateSpec, find_interpreter
 from .store import Layout
 
 DEFAULT_LOCK_TIMEOUT = float(os.environ.get("PYTEST_COWENV_LOCK_TIMEOUT", "900"))
+_LOCK_POLL = 0.05  # seconds between two tries of a build lock that another holds
+_NEVER = threading.Event()  # never set: a wait on it is a sleep
 CLOSE_TIMEOUT = 10.0  # seconds `close` waits, after Ctrl-C, for a killed compile to clean up
 _COUNTS = ("reused", "compiled", "failed", "dropped")  # what byte-compiling did, in metadata
 # Makes the environment of a new generation in ``env`` (a new path; ``work`` is the build
@@ -281,32 +283,25 @@ class TemplateCache:
     def _locked(self, key: str, give_up: Optional[threading.Event] = None) -> Iterator[None]:
         """Hold the key's build lock; waiting for it, stop with :class:`_GaveUp` once
         ``give_up`` is set."""
-        import filelock
-
         lock_path = self.layout.lock(key)
         owner = lock_path.with_suffix(".owner")
-        lock = filelock.FileLock(str(lock_path), timeout=self.lock_timeout)
-        try:
-            if give_up is None:
-                lock.acquire()
-            else:
-                deadline = time.monotonic() + self.lock_timeout
-                while not _acquired(lock, 0.05):
-                    if give_up.is_set():
-                        raise _GaveUp
-                    if time.monotonic() > deadline:
-                        raise filelock.Timeout(str(lock_path))
-        except filelock.Timeout:
-            try:
-                holder = owner.read_text(encoding="utf-8").strip()
-            except OSError:
-                holder = "unknown process"
-            # The lock is an flock: it dies with its holder, so the holder is alive and busy.
-            raise LockTimeoutError(
-                f"template {key}: lock {lock_path} held by {holder} for more than "
-                f"{self.lock_timeout:g} s; wait for that build, stop it, or raise "
-                "PYTEST_COWENV_LOCK_TIMEOUT"
-            ) from None
+        lock = BuildLock(lock_path)
+        deadline = time.monotonic() + self.lock_timeout
+        while not lock.try_acquire():
+            if give_up is not None and give_up.is_set():
+                raise _GaveUp
+            if time.monotonic() > deadline:
+                try:
+                    holder = owner.read_text(encoding="utf-8").strip()
+                except OSError:
+                    holder = "unknown process"
+                # The lock is an flock: it dies with its holder, so the holder is alive and busy.
+                raise LockTimeoutError(
+                    f"template {key}: lock {lock_path} held by {holder} for more than "
+                    f"{self.lock_timeout:g} s; wait for that build, stop it, or raise "
+                    "PYTEST_COWENV_LOCK_TIMEOUT"
+                )
+            (give_up or _NEVER).wait(_LOCK_POLL)
         try:
             owner.write_text(
                 f"pid {os.getpid()} on {socket.gethostname()} since "
@@ -634,16 +629,6 @@ class _Background:
 
 def _rounded(phases: dict[str, float]) -> dict[str, float]:
     return {name: round(secs, 3) for name, secs in phases.items()}
-
-
-def _acquired(lock: Any, timeout: float) -> bool:
-    import filelock
-
-    try:
-        lock.acquire(timeout=timeout)
-    except filelock.Timeout:
-        return False
-    return True
 
 
 def matches_manifest(tree: Tree, meta: dict[str, Any], *, linked: bool = False) -> bool:

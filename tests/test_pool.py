@@ -398,7 +398,12 @@ def test_a_thread_standing_aside_goes_on_when_the_test_starts_working_for_it() -
     out the thread's back-off as well."""
     watch = pool_module._TestWatch()
     woke = threading.Event()
-    thread = threading.Thread(target=lambda: (watch._sleep(600), woke.set()))
+
+    def sleep_then_wake() -> None:
+        watch._sleep(600)
+        woke.set()
+
+    thread = threading.Thread(target=sleep_then_wake)
     thread.start()
     with watch.ours():
         assert woke.wait(60)

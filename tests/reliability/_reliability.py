@@ -322,6 +322,7 @@ def unprivileged_prefix() -> Optional[list[str]]:
 
 _ACQUIRE = """
 import sys
+import time
 from pytest_cowenv._install import IndexOptions
 from pytest_cowenv.session import CowEnvSession, Settings
 
@@ -336,8 +337,33 @@ try:
             env.run("alpha")  # the console script works: the clone is whole
         print(env.template.key, env.template.meta["created"], env.strategy)
         session.release(env)
+    # A compile behind is stopped when the session closes: leave the compiled templates a
+    # longer run would, which the callers' checks expect.
+    for spec in specs:
+        deadline = time.monotonic() + 300
+        while True:
+            env = session.acquire(session.spec(spec.split()), "check")
+            session.release(env)
+            if env.template.precompiled:
+                break
+            assert time.monotonic() < deadline, "no compiled twin of " + spec
+            time.sleep(0.1)
 finally:
     session.close()
+"""
+
+
+# The same for a pytest run: its last test waits for the compiled twin of each spec in
+# $COMPILED_SPECS (separated by commas), as the tests of a longer run would outlast the compile.
+WAIT_FOR_COMPILED = """
+
+def test_zz_the_compiled_twins_come(cowenv_factory):
+    import os, time
+    for spec in os.environ["COMPILED_SPECS"].split(","):
+        deadline = time.monotonic() + 300
+        while not cowenv_factory(*spec.split()).template.precompiled:
+            assert time.monotonic() < deadline, "no compiled twin of " + spec
+            time.sleep(0.1)
 """
 
 

@@ -20,6 +20,7 @@ from typing import Callable
 import pytest
 
 from ._reliability import (
+    WAIT_FOR_COMPILED,
     acquire_once,
     meta_of,
     stray_entries,
@@ -86,6 +87,7 @@ def edit_in_place(template: Path, rel: str, old: bytes, new: bytes) -> None:
 
 @pytest.mark.parametrize("fs", FILESYSTEMS)
 def test_same_size_same_mtime_edit_and_flipped_store_are_both_caught(
+    monkeypatch: pytest.MonkeyPatch,
     pytester: pytest.Pytester,
     real_dir: Callable[[str], Path],
     offline: list[str],
@@ -108,9 +110,10 @@ def test_same_size_same_mtime_edit_and_flipped_store_are_both_caught(
     if protected:
         protect(template)
 
-    pytester.makepyfile(INNER)
+    monkeypatch.setenv("COMPILED_SPECS", "alpha==1.0")
+    pytester.makepyfile(INNER + WAIT_FOR_COMPILED)
     result = pytester.runpytest_subprocess("--cowenv-dir", str(cache), *offline)
-    result.assert_outcomes(passed=1)
+    result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["templates built: 1: alpha==1.0*"])
     template = template_of(cache, key)  # the rebuilt generation
     meta = json.loads(meta_of(template).read_text())
@@ -120,7 +123,7 @@ def test_same_size_same_mtime_edit_and_flipped_store_are_both_caught(
     assert b"1.0" in next(template.glob("lib/python*/site-packages/alpha/__init__.py")).read_bytes()
     assert stray_entries(cache) == []
     record_property("faults", len(entries) + 1)
-    record_property("inner_tests", 1)
+    record_property("inner_tests", 2)
 
 
 @pytest.mark.parametrize("fs", ["xfs", "ext4", "tmpfs"])
@@ -168,6 +171,7 @@ def test_templates_are_read_only_and_clones_writable(
 
 @pytest.mark.parametrize("fs", FILESYSTEMS)
 def test_rebuild_drops_torn_and_forged_store_entries(
+    monkeypatch: pytest.MonkeyPatch,
     pytester: pytest.Pytester,
     real_dir: Callable[[str], Path],
     offline: list[str],
@@ -189,9 +193,10 @@ def test_rebuild_drops_torn_and_forged_store_entries(
         else:
             flip_byte(entry)
 
-    pytester.makepyfile(INNER)
+    monkeypatch.setenv("COMPILED_SPECS", "alpha==1.0")
+    pytester.makepyfile(INNER + WAIT_FOR_COMPILED)
     result = pytester.runpytest_subprocess("--cowenv-dir", str(cache), "--cowenv-rebuild", *offline)
-    result.assert_outcomes(passed=1)
+    result.assert_outcomes(passed=2)
     assert "FORGED" not in result.stdout.str()
     meta = json.loads(meta_of(template_of(cache, key)).read_text())
     assert meta["created"] > created
@@ -204,7 +209,7 @@ def test_rebuild_drops_torn_and_forged_store_entries(
         assert unseal(secret, entry.parent.name + entry.name, entry.read_bytes()) is not None
     assert stray_entries(cache) == []
     record_property("faults", 2)
-    record_property("inner_tests", 1)
+    record_property("inner_tests", 2)
 
 
 def test_prune_takes_the_store_entries_of_the_templates_it_removes(

@@ -15,6 +15,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
@@ -26,8 +27,8 @@ from _wheels import standard_wheelhouse
 from conftest import make_data_tree, make_identity_tree, shared_real_roots
 from pytest_cowenv import pool as pool_module
 from pytest_cowenv._install import IndexOptions
-from pytest_cowenv.clone import LinkMode, walk_tree
-from pytest_cowenv.errors import CloneError
+from pytest_cowenv.clone import LinkMode, forget_decisions, walk_tree
+from pytest_cowenv.errors import CloneError, CowEnvWarning
 from pytest_cowenv.pool import ClonePool
 from pytest_cowenv.session import CowEnvSession, Settings
 from pytest_cowenv.spec import TemplateSpec
@@ -205,6 +206,32 @@ def test_collection_hint_fills_the_pool_before_the_first_test(
     wait_for(lambda: any(n[0] != "." for n in os.listdir(pool.ready_dir)))
     env = session.acquire(spec, "first-test")
     assert (session.stats.pool_hits, session.stats.pool_misses) == (1, 0)
+    session.release(env)
+
+
+def test_a_fallback_met_by_the_pool_is_told_by_the_test_that_takes_its_clone(
+    roots: Callable[[str], Path], make_session: Callable[..., CowEnvSession]
+) -> None:
+    """The pool's thread makes the first copy (collection said the spec is shared): its
+    fallback warning comes from the test that takes the clone, not from the thread."""
+    root = roots("ext4")
+    first = make_session(root)
+    first.release(first.acquire(first.spec(["gamma"])))
+    first.close()
+    forget_decisions()  # the copy fallback is told once per process
+    session = make_session(root)
+    spec = session.spec(["gamma"])
+    told: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        session.expect(spec, None, tests=5)
+        pool = session.pool
+        assert pool is not None
+        wait_for(lambda: any(n[0] != "." for n in os.listdir(pool.ready_dir)))
+        env = session.acquire(spec, "first-test", warn=told.append)
+    assert session.stats.pool_hits == 1
+    assert [w for w in caught if issubclass(w.category, CowEnvWarning)] == []
+    assert len(told) == 1 and "copied instead" in told[0], told
     session.release(env)
 
 

@@ -147,6 +147,9 @@ class ClonePool:
         self._names = itertools.count()
         self._thread: Optional[threading.Thread] = None
         self._watch = _TestWatch()
+        # A fallback to copies met by the thread, for the next test that takes a clone to
+        # tell (a warning from this thread would name the pool's line, not the test's).
+        self._told: list[str] = []
         # What failed in the thread, for the summary: a test meets a failed clone's error
         # again (it clones itself), but a failed deletion would otherwise go unseen.
         self.errors: list[str] = [] if errors is None else errors
@@ -274,6 +277,16 @@ class ClonePool:
         with self._cond:
             self._returned.append(lease)
             self._wake()
+
+    def _tell(self, message: str) -> None:
+        with self._cond:
+            self._told.append(message)
+
+    def told(self) -> list[str]:
+        """The fallbacks to copies the thread met since the last call (see ``clone_tree``)."""
+        with self._cond:
+            told, self._told = self._told, []
+        return told
 
     def _slot_of(self, lease: Lease) -> Optional[_Slot]:
         """The slot ``lease`` belongs to, if it is still the current one (lock held)."""
@@ -445,6 +458,7 @@ class ClonePool:
                 slot.mode,
                 tree=slot.template.tree,
                 pause=self._pause,
+                warn=self._tell,
             )
             lease = Lease(making, result, slot.template, slot.mode)
             if self._records(slot.mode, result.strategy):

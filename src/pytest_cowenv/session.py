@@ -361,6 +361,8 @@ class CowEnvSession:
             result = lease.result
             made = True
         lease.hand_out()  # no test had it before this line: see reuse, step 2
+        for message in pool.told() if pool else []:
+            (warn or told.append)(message)
         waited = (time.perf_counter() - start) * 1000
         if pool and pooled:
             pool.start(template, mode)  # from the second use on, or when collection said so

@@ -26,8 +26,7 @@ what they import); after the uv commands the same import is timed. The figure th
 about, *cost to the first test*, is the first test's start minus pytest's own start (the
 ``pytest alone`` row, same round), against the uv commands' time. The second table shows where
 a cowenv build's time goes (its template's metadata) and the compile that runs behind the
-tests (a row only when it finished before the test did: pytest stops it when the tests end),
-and when each process exits (``exit``).
+tests, whose end pytest waits for before it exits (``exit``).
 """
 
 from __future__ import annotations

@@ -9,16 +9,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from ._bytecode import PROGRESS
 from ._install import build_wheel, clean_env, failure_message, run_installer, uv_binary
 from ._plan import install_commands
 from ._relocate import point_at_sources, relocate
@@ -166,12 +163,9 @@ def compile_env(
     *,
     behind: bool = False,
     started: Optional[Callable[[subprocess.Popen[str]], None]] = None,
-    progress: Optional[Callable[[int, int], None]] = None,
 ) -> dict[str, Any]:
     """Byte-compile site-packages with the environment's own interpreter (see _bytecode).
-    ``behind``: at the lowest CPU priority, while tests run, in a process group of its own
-    (:func:`stop_compile` stops it and its workers); ``started`` is given the process,
-    ``progress`` (sources in the store, sources) its progress lines.
+    ``behind``: at a low CPU priority, while tests run; ``started`` is given the process.
 
     Returns the counts (``reused``, ``compiled``, ``failed``, ``dropped`` store entries that
     failed their check) and the store entries used (``store`` folder, ``entries``)."""
@@ -180,49 +174,22 @@ def compile_env(
     cmd = [str(env / "bin" / "python"), "-I", "-S", str(script)]
     cmd += [str(site_packages(env)), str(bytecode)]
     cmd += ["--behind", str(os.getpid())] if behind else []
-    last = ""
-    # stderr to a file: reading stdout line by line must never leave stderr's pipe full.
-    with (
-        tempfile.TemporaryFile("w+") as errors,
-        subprocess.Popen(
-            cmd,
-            stdout=subprocess.PIPE,
-            stderr=errors,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            env=clean_env(),
-            start_new_session=behind and os.name == "posix",
-        ) as proc,
-    ):
+    with subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=clean_env(),
+    ) as proc:
         if started is not None:
             started(proc)
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            words = line.split()
-            if len(words) == 3 and words[0] == PROGRESS:
-                if progress is not None:
-                    progress(int(words[1]), int(words[2]))
-            elif line.strip():
-                last = line
-        proc.wait()
-        errors.seek(0)
-        stderr = errors.read()
+        stdout, stderr = proc.communicate()
     if proc.returncode != 0:
         raise TemplateBuildError(
             failure_message(
-                f"{spec.describe()}: byte-compiling failed", cmd, proc.returncode, stderr + last
+                f"{spec.describe()}: byte-compiling failed", cmd, proc.returncode, stderr + stdout
             )
         )
-    report: dict[str, Any] = json.loads(last)
+    report: dict[str, Any] = json.loads(stdout.splitlines()[-1])
     return report
-
-
-def stop_compile(proc: subprocess.Popen[str]) -> None:
-    """Kill a compile started ``behind``, with the workers of its process pool."""
-    if proc.returncode is not None:
-        return  # reaped: its pid may be another's now
-    with contextlib.suppress(OSError):
-        if os.name == "posix":
-            os.killpg(proc.pid, signal.SIGKILL)  # its own group: see compile_env
-        else:  # pragma: no cover - no process groups
-            proc.kill()

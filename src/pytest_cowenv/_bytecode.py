@@ -5,14 +5,11 @@ Run by the template's own interpreter, so that the bytecode fits it::
     python -I -S _bytecode.py SITE_PACKAGES STORE [--behind PARENT_PID]
 
 Standard library only (Python 3.9+): the template has nothing else. Prints one JSON line of
-counts and of the store entries the template uses; ``--behind`` first prints progress lines,
-``stored N TOTAL``: N of the TOTAL sources have their entry in the store (an entry is written
-whole, so a compile stopped here leaves N entries the next compile reuses).
-
-Each ``.pyc`` is *checked-hash* (PEP 552): valid in a clone whatever its mtimes, and still
-correct when a test edits or reinstalls a module in its clone (an unchecked pyc would keep
-serving the old code). Compiling is most of a template's build time, and most templates share
-most of their sources, so compiled files are kept in ``STORE`` by source hash.
+counts and of the store entries the template uses. Each ``.pyc`` is *checked-hash* (PEP 552):
+valid in a clone whatever its mtimes, and still correct when a test edits or reinstalls a
+module in its clone (an unchecked pyc would keep serving the old code). Compiling is most of a
+template's build time, and most templates share most of their sources, so compiled files are
+kept in ``STORE`` by source hash.
 
 The store is trusted only as far as it proves itself: every entry ends with an HMAC-SHA256, under
 a secret only its owner can read (``STORE/secret``), of the source's SHA-256 and the pyc. An
@@ -186,18 +183,14 @@ def store_dir() -> str:
     return f"{sys.implementation.cache_tag}-{importlib.util.MAGIC_NUMBER.hex()}"
 
 
-PROGRESS = "stored"  # the first word of a progress line
-
-
-def main(site: str, store_root: str, *, progress: bool = False) -> dict[str, object]:
+def main(site: str, store_root: str) -> dict[str, object]:
     secret = store_secret(store_root)
     store = os.path.join(store_root, store_dir())
     header = importlib.util.MAGIC_NUMBER + _CHECKED_HASH.to_bytes(4, "little")
     reused = failed = dropped = 0
     todo = []
     entries = set()
-    found = sources(site)
-    for src, rel in found:
+    for src, rel in sources(site):
         with open(src, "rb") as f:
             data = f.read()
         digest = hashlib.sha256(data).hexdigest()
@@ -213,23 +206,14 @@ def main(site: str, store_root: str, *, progress: bool = False) -> dict[str, obj
         place(src, pyc)
         reused += 1
         failed += not pyc
-    total, ready = (len(found) if progress else 0), len(found) - len(todo)
-    if total:
-        print(PROGRESS, ready, total, flush=True)
     workers = min(os.cpu_count() or 1, len(todo) // _POOL_MIN)
-    compiled: list[bool] = []
     if workers > 1:
         from concurrent.futures import ProcessPoolExecutor  # slow to import: only if needed
 
-        initializer = die_with_parent if progress else None
-        with ProcessPoolExecutor(workers, initializer=initializer) as pool:
-            for ok in pool.map(compile_and_keep, todo, chunksize=16):
-                compiled.append(ok)
-                _progress(total, ready + len(compiled))
+        with ProcessPoolExecutor(workers) as pool:
+            compiled = list(pool.map(compile_and_keep, todo, chunksize=16))
     else:
-        for job in todo:
-            compiled.append(compile_and_keep(job))
-            _progress(total, ready + len(compiled))
+        compiled = [compile_and_keep(job) for job in todo]
     failed += compiled.count(False)
     return {
         "reused": reused,
@@ -241,46 +225,22 @@ def main(site: str, store_root: str, *, progress: bool = False) -> dict[str, obj
     }
 
 
-def _progress(total: int, stored: int) -> None:
-    """A progress line every so often (``total`` 0: none)."""
-    if total and (stored % 16 == 0 or stored == total):
-        print(PROGRESS, stored, total, flush=True)
-
-
-def lowest_priority() -> None:
-    """Run only when nothing else wants the CPU (Linux's idle class), else at the lowest
-    niceness: the tests are the run's critical path, the compile only shortens later ones.
-    The pool's workers inherit it."""
-    with contextlib.suppress(AttributeError, OSError):
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-        return
+def behind(parent: int) -> None:
+    """Compiling while tests run: they go first (the pool's workers inherit the niceness); and
+    on Linux, die with the process that started us, which removes our build folder."""
     if hasattr(os, "nice"):
-        with contextlib.suppress(OSError):
-            os.nice(19)
-
-
-def die_with_parent() -> None:
-    """On Linux, be killed when the process that started us dies (the pool's workers too:
-    a worker left behind would write into a removed build folder)."""
+        os.nice(10)
     if sys.platform.startswith("linux"):
         import ctypes
         import signal
 
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def behind(parent: int) -> None:
-    """Compiling while tests run: they go first; and die with the process that started us,
-    which removes our build folder."""
-    lowest_priority()
-    die_with_parent()
-    if sys.platform.startswith("linux") and os.getppid() != parent:  # it died before we asked
-        sys.exit(1)
+        if os.getppid() != parent:  # it died before we asked
+            sys.exit(1)
 
 
 if __name__ == "__main__":
-    is_behind = len(sys.argv) > 4 and sys.argv[3] == "--behind"
-    if is_behind:
+    if len(sys.argv) > 4 and sys.argv[3] == "--behind":
         behind(int(sys.argv[4]))
-    print(json.dumps(main(sys.argv[1], sys.argv[2], progress=is_behind)))
+    print(json.dumps(main(sys.argv[1], sys.argv[2])))

@@ -73,10 +73,10 @@ class Stats:
     fresh: int = 0  # clones handed to a test for the first time
     recycled: int = 0  # clones handed to a test after another test had them
     discarded: Counter[str] = field(default_factory=Counter)  # used clones trashed, by why
-    # Compiling behind the tests (see template.py): description -> seconds; stopped at the end.
+    # Compiling behind the tests (see template.py): description -> seconds, and still running.
     compiled_behind: dict[str, float] = field(default_factory=dict)
+    compiling_behind: list[str] = field(default_factory=list)
     behind_errors: list[str] = field(default_factory=list)
-    stopped_behind: dict[str, int] = field(default_factory=dict)  # description -> stored
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -100,8 +100,8 @@ class Stats:
             "recycled": self.recycled,
             "discarded": dict(self.discarded),
             "compiled_behind": self.compiled_behind,
+            "compiling_behind": self.compiling_behind,
             "behind_errors": self.behind_errors,
-            "stopped_behind": self.stopped_behind,
         }
 
     def merge(self, other: dict[str, Any]) -> None:
@@ -127,8 +127,10 @@ class Stats:
         self.recycled += other.get("recycled", 0)
         self.discarded.update(other.get("discarded", {}))
         self.compiled_behind.update(other.get("compiled_behind", {}))
+        self.compiling_behind += [
+            d for d in other.get("compiling_behind", []) if d not in self.compiling_behind
+        ]
         self.behind_errors += other.get("behind_errors", [])
-        self.stopped_behind.update(other.get("stopped_behind", {}))
 
     def summary_lines(self) -> list[str]:
         lines = []
@@ -141,11 +143,12 @@ class Stats:
         if self.compiled_behind:
             done = ", ".join(f"{d} ({s:.1f} s)" for d, s in self.compiled_behind.items())
             lines.append(f"templates compiled behind the tests: {done}")
-        lines += [
-            f"compiling behind stopped at exit: {d}: the next run goes on from {n} stored modules"
-            for d, n in self.stopped_behind.items()
-            if d not in self.compiled_behind
-        ]
+        running = [d for d in self.compiling_behind if d not in self.compiled_behind]
+        if running:
+            lines.append(
+                f"templates compiling behind the tests: {', '.join(running)} "
+                "(pytest waits for it before it exits; the next run clones it compiled)"
+            )
         lines += [f"not compiled: {e}" for e in self.behind_errors]
         if self.clones:
             strategies = ", ".join(f"{k} {v}" for k, v in sorted(self.strategies.items()))
@@ -469,12 +472,11 @@ class CowEnvSession:
         the tests, for the summary)."""
         if self._cache is None:
             return
-        self._cache.stop_behind()
-        done, errors, stopped = self._cache.behind_report()
+        done, running, errors = self._cache.behind_report()
         with self._lock:
             self.stats.compiled_behind.update(done)
+            self.stats.compiling_behind = running
             self.stats.behind_errors = errors
-            self.stats.stopped_behind = stopped
 
     def finish_coverage(self) -> None:
         """Hand the clones' coverage to the run's measurement and count it in :attr:`stats`

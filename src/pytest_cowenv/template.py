@@ -13,10 +13,7 @@ like any fresh venv); a background thread then, under the key's lock, clones tha
 into a build folder, compiles the clone and publishes it as the next generation, marked as
 compiled from it. The session clones the compiled one from then on. Only a complete
 generation is ever cloned: the compiled one is built aside and renamed into place like any
-other, and its metadata comes last. The compiler runs at the lowest CPU priority, and when the
-tests end one still running is stopped, not awaited: it publishes nothing, its build folder is
-removed, and the entries it wrote to the bytecode store (each one whole) are the next run's
-head start.
+other, and its metadata comes last.
 """
 
 from __future__ import annotations
@@ -37,7 +34,7 @@ from typing import IO, Any, Callable, Optional
 
 from . import __version__
 from ._atomic import BuildLock, hold_existing, hold_in_use, write_atomically
-from ._build import build_env, compile_env, stop_compile, timed
+from ._build import build_env, compile_env, timed
 from ._content import own_hashes
 from ._install import installer_identity
 from ._names import BUILD_DIR, LEGACY_BUILD_DIR
@@ -121,12 +118,10 @@ class TemplateCache:
     reused: list[Template] = field(default_factory=list)
     compiled_behind: list[Template] = field(default_factory=list)  # what the thread swapped in
     behind_errors: list[str] = field(default_factory=list)  # why a background compile failed
-    stopped_behind: dict[str, int] = field(default_factory=dict)  # description -> stored sources
-    _stored: dict[str, int] = field(default_factory=dict)  # key -> sources in the store so far
     _behind: dict[str, threading.Thread] = field(default_factory=dict)
     _closing: threading.Event = field(default_factory=threading.Event)
-    _procs: dict[str, Any] = field(default_factory=dict)  # key -> its compile behind, running
-    _stopped: set[str] = field(default_factory=set)  # keys whose compile stop_behind killed
+    _procs: list[Any] = field(default_factory=list)  # compilers running in the background
+    _describe: dict[str, str] = field(default_factory=dict)  # key -> spec.describe()
     _undiscarded: list[tuple[str, int]] = field(default_factory=list)  # see _discard_generation
     wheels: WheelCache = field(init=False)  # wheels of local projects, shared by templates
 
@@ -177,13 +172,13 @@ class TemplateCache:
             self._failed.pop(key, None)
 
     def close(self) -> None:
-        """Stop a compile running behind (see :meth:`stop_behind`), then let go
+        """Finish a compile running behind (one still waiting for its lock stops), then let go
         of every generation this process holds, and remove those that a rebuild or a compile
         has superseded meanwhile if nobody else holds them (else their last holder does, or
         the next clean-up)."""
         from .generations import collect_generations
 
-        self.stop_behind()
+        self._finish_behind()
         with self._mutex:
             undiscarded, self._undiscarded = self._undiscarded, []
         for key, gen in undiscarded:  # never complete: no metadata, nobody uses them
@@ -399,9 +394,10 @@ class TemplateCache:
                 target=self._compile_behind,
                 args=(spec, key, source),
                 name=f"cowenv-compile-{key[:12]}",
-                daemon=True,  # `stop_behind` ends it; an abrupt exit leaves a dead build folder
+                daemon=True,  # `close` waits for it; an abrupt exit leaves a dead build folder
             )
             self._behind[key] = thread
+            self._describe[key] = spec.describe()
         thread.start()
 
     def _compile_behind(self, spec: TemplateSpec, key: str, source: Template) -> None:
@@ -425,50 +421,37 @@ class TemplateCache:
         except _GaveUp:
             pass
         except (CowEnvError, OSError) as exc:
-            with self._mutex:
-                stopped = key in self._stopped
-            if stopped:  # by stop_behind: its entries stay in the store
-                with self._mutex:
-                    self.stopped_behind[spec.describe()] = self._stored.get(key, 0)
-                return
             first = (str(exc).splitlines() or [repr(exc)])[0]
             with self._mutex:
                 self.behind_errors.append(f"{spec.describe()}: compiling behind the tests: {first}")
 
-    def behind_report(self) -> tuple[dict[str, float], list[str], dict[str, int]]:
-        """What compiling behind the tests did: the twins swapped in (description → seconds
-        of their compile), the errors, and the compiles :meth:`stop_behind` stopped
-        (description → sources they left in the store)."""
+    def behind_report(self) -> tuple[dict[str, float], list[str], list[str]]:
+        """What compiling behind the tests did so far: the twins swapped in (description →
+        seconds of their compile), the descriptions still compiling, and the errors."""
         with self._mutex:
             done = {
                 t.spec.describe(): sum(t.meta.get("phases_behind", {}).values())
                 for t in self.compiled_behind
             }
-            return done, list(self.behind_errors), dict(self.stopped_behind)
+            running = [key for key, thread in self._behind.items() if thread.is_alive()]
+            running = [self._describe.get(key, key) for key in running]
+            return done, running, list(self.behind_errors)
 
-    def stop_behind(self) -> None:
-        """The tests are done: stop a compile running behind them rather than wait for it.
-        What it compiled stays in the bytecode store (each entry is written whole), so the
-        next run's compile goes on from there; it publishes no twin, and its thread removes
-        its build folder. Idempotent; :meth:`close` calls it."""
+    def _finish_behind(self) -> None:
+        """Let a compile running behind finish (the first test already ran on the uncompiled
+        generation; the next run wants the compiled one); on Ctrl-C, stop it."""
         self._closing.set()
         with self._mutex:
             threads = list(self._behind.values())
-            procs = dict(self._procs)
-            self._stopped.update(procs)
-        for proc in procs.values():
-            stop_compile(proc)
-        self._join(threads)
-
-    def _join(self, threads: list[threading.Thread]) -> None:
         try:
             for thread in threads:
                 thread.join()
         except KeyboardInterrupt:
             with self._mutex:
-                procs = list(self._procs.values())
+                procs = list(self._procs)
             for proc in procs:
-                stop_compile(proc)
+                with contextlib.suppress(OSError):
+                    proc.kill()
             for thread in threads:
                 thread.join(CLOSE_TIMEOUT)  # it removes its build folder
             raise
@@ -493,18 +476,12 @@ class TemplateCache:
     ) -> Template:
         """Publish ``source`` byte-compiled as the next generation of ``key`` (lock held):
         a clone of it, compiled in the build folder."""
-        root = self.layout.root
+        root, procs = self.layout.root, []
 
         def track(proc: Any) -> None:
+            procs.append(proc)
             with self._mutex:
-                self._procs[key] = proc
-                if self._closing.is_set():
-                    self._stopped.add(key)  # started as the tests ended: stopped with the rest
-                    stop_compile(proc)
-
-        def stored(count: int, total: int) -> None:
-            with self._mutex:
-                self._stored[key] = count
+                self._procs.append(proc)
 
         def unchanged() -> None:
             """A template that hardlink clones share can be written through them: never
@@ -526,16 +503,11 @@ class TemplateCache:
             with timed(phases, "compile"):
                 try:
                     return compile_env(
-                        env,
-                        spec,
-                        self.layout.bytecode,
-                        behind=behind,
-                        started=track if behind else None,
-                        progress=stored if behind else None,
+                        env, spec, self.layout.bytecode, behind=behind, started=track
                     )
                 finally:
                     with self._mutex:
-                        self._procs.pop(key, None)
+                        self._procs[:] = [p for p in self._procs if p not in procs]
 
         return self._make_generation(spec, key, make, source=source)
 

@@ -337,8 +337,8 @@ try:
             env.run("alpha")  # the console script works: the clone is whole
         print(env.template.key, env.template.meta["created"], env.strategy)
         session.release(env)
-    # A compile behind is stopped when the session closes: leave the compiled templates a
-    # longer run would, which the callers' checks expect.
+    # The callers' checks look at compiled templates: wait for each compiled twin here
+    # rather than count on how a session's close treats a compile still running behind.
     for spec in specs:
         deadline = time.monotonic() + 300
         while True:
@@ -354,7 +354,7 @@ finally:
 
 
 # The same for a pytest run: its last test waits for the compiled twin of each spec in
-# $COMPILED_SPECS (separated by commas), as the tests of a longer run would outlast the compile.
+# $COMPILED_SPECS (separated by commas), whatever the run's end does with a running compile.
 WAIT_FOR_COMPILED = """
 
 def test_zz_the_compiled_twins_come(cowenv_factory):

@@ -80,6 +80,13 @@ def test_group(cowenv):
 @pytest.mark.cowenv(lock="pylock.toml")
 def test_lock(cowenv):
     assert versions(cowenv) == {"alpha": "1.0", "beta": "1.0"}
+    # alpha's lock entry names its index: installed as from it (`pip freeze`: alpha==1.0);
+    # beta's names only its file, so its direct URL stays, with the RECORD that lists it.
+    code = ("import importlib.metadata as m, sys; d = m.distribution(sys.argv[1]); "
+            "print(d.read_text('direct_url.json') is None, "
+            "any(f.name == 'direct_url.json' for f in d.files))")
+    assert cowenv.run("python", "-c", code, "alpha").stdout.split() == ["True", "False"]
+    assert cowenv.run("python", "-c", code, "beta").stdout.split() == ["False", "True"]
 
 @pytest.mark.cowenv("-r requirements/bad-hash.txt")
 def test_hash_mismatch(cowenv): pass
@@ -145,6 +152,7 @@ def make_project(root: Path, wheels: Path) -> None:
             "[[packages]]",
             f'name = "{name}"',
             'version = "1.0"',
+            *(['index = "https://packages.example/simple"'] if name == "alpha" else []),
             f'wheels = [{{ url = "{wheel.as_uri()}", hashes = {{ sha256 = "{sha256(wheel)}" }} }}]',
             "",
         ]

@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional
 
 from ._install import build_wheel, clean_env, failure_message, run_installer, uv_binary
 from ._plan import install_commands
-from ._relocate import point_at_sources, relocate
+from ._relocate import forget_index_urls, point_at_sources, relocate
 from ._venv import site_packages
 from .clone import make_template_dir
 from .errors import TemplateBuildError
@@ -95,6 +95,7 @@ def build_env(
     with timed(phases, "relocate"):
         relocate(env, env, interp.executable)
         point_at_sources(site_packages(env), origins)
+        forget_index_urls(site_packages(env), spec.from_index)
     if not compile:
         return dict(NOT_COMPILED)
     with timed(phases, "compile"):

@@ -31,6 +31,7 @@ class Locked:
     requirements: list[str] = field(default_factory=list)  # "name @ url --hash=algo:hex"
     local: list[str] = field(default_factory=list)  # locked project directories
     pins: dict[str, str] = field(default_factory=dict)  # name -> locked version ("" unknown)
+    indexed: list[str] = field(default_factory=list)  # names the lock says came from an index
     sources: dict[str, str] = field(default_factory=dict)  # path -> sha256 of content
     shown: str = ""
 
@@ -156,6 +157,8 @@ def _select(
                 f"(only {', '.join(dist.hashes)})"
             )
         found.requirements.append(f"{name} @ {url} {' '.join(usable)}")
+        if package.index is not None:
+            found.indexed.append(str(canonicalize_name(name)))
     return found
 
 

@@ -6,13 +6,16 @@ Done once, in the template, so that every clone works wherever it lives.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Optional
+
+from ._venv import canonical_name
 
 # The shell reads line 2 as `exec <python beside this script> <script> <args>`; Python reads
 # lines 2-3 as one string literal and goes on with the entry-point code below them.
@@ -144,6 +147,28 @@ def point_at_sources(site: Path, origins: Mapping[Path, Path]) -> int:
         _update_record(record_file, text.encode())
         changed += 1
     return changed
+
+
+def forget_index_urls(site: Path, names: Collection[str]) -> int:
+    """Remove ``direct_url.json`` (and its RECORD line) of the distributions ``names``
+    (normalised names): a lock's file installed by its URL then lists as installed from its
+    index (``name==version`` in ``pip freeze``), as ``uv sync`` leaves it."""
+    if not names:
+        return 0
+    wanted, removed = set(names), 0
+    for path in site.glob("*.dist-info/direct_url.json"):
+        dist = path.parent.name[: -len(".dist-info")].rpartition("-")[0]
+        if canonical_name(dist) not in wanted or path.is_symlink():
+            continue
+        record = path.parent / "RECORD"
+        rel = f"{path.parent.name}/{path.name}"
+        with contextlib.suppress(FileNotFoundError):
+            lines = record.read_text(encoding="utf-8").splitlines()
+            kept = [ln for ln in lines if ln.split(",")[0] != rel]
+            record.write_text("\n".join(kept) + "\n", encoding="utf-8")
+        path.unlink()
+        removed += 1
+    return removed
 
 
 def _update_record(path: Path, data: bytes) -> None:

@@ -71,6 +71,9 @@ class TemplateSpec:
     project: Optional[str] = None  # the project among ``local``, installed with ``extras``
     extras: tuple[str, ...] = ()
     locked: bool = False  # ``requirements`` are a lock's exact set: installed without deps
+    # Installed from a lock by their file's URL, though the lock says they come from an index:
+    # installed as from an index (no direct_url.json), as `uv sync` and `pip install -r` do.
+    from_index: tuple[str, ...] = ()
     resolution: Optional[str] = None  # uv only
     exclude_newer: Optional[str] = None  # uv only
     shown: tuple[str, ...] = ()  # what describe() shows: where the spec came from
@@ -136,6 +139,7 @@ class TemplateSpec:
         toml_dir = Path(project_dir or pyproject_dir or base)
         sources = dict(files.sources)
         locked = lock is not None
+        from_index: tuple[str, ...] = ()
         if python is not None:
             if not isinstance(python, str) or not python.strip():
                 raise SpecError(f"python={python!r}: give a version like '3.12' or a path")
@@ -153,6 +157,7 @@ class TemplateSpec:
             )
             _check_against_lock(reqs, found.pins, found.shown)
             reqs = set(found.requirements)
+            from_index = tuple(sorted(found.indexed))
             local |= set(found.local)
             sources.update(found.sources)
             shown.insert(0, found.shown)
@@ -181,6 +186,7 @@ class TemplateSpec:
             project=project_dir,
             extras=extras if project_dir is not None and not locked else (),
             locked=locked,
+            from_index=from_index,
             resolution=resolution,
             exclude_newer=exclude_newer,
             shown=tuple([*shown, *direct]),

@@ -529,17 +529,15 @@ def clean_all(layout: Layout, *, lock_timeout: float = PRUNE_LOCK_TIMEOUT) -> Re
 def bytecode_in_use(layout: Layout) -> Optional[set[tuple[str, str]]]:
     """(store folder, entry name) of every bytecode store entry a template's metadata lists;
     None while a template is being built (its entries are listed only once it is done)."""
-    used: set[tuple[str, str]] = set()
-    for key, gens in layout.generations().items():
-        if is_held(layout.lock(key)):
-            return None
-        for gen in gens:  # every generation: an old one may still be in use
-            meta = read_meta(layout, key, gen)
-            store = meta.get("bytecode_store") if meta else None
-            if isinstance(store, dict):
-                folder = str(store.get("dir", ""))
-                used.update((folder, str(digest)) for digest in store.get("entries", ()))
-    return used
+    stores = _listed_in_metadata(layout, "bytecode_store")
+    if stores is None:
+        return None
+    return {
+        (str(store.get("dir", "")), str(digest))
+        for store in stores
+        if isinstance(store, dict)
+        for digest in store.get("entries", ())
+    }
 
 
 def prune_bytecode(layout: Layout, report: Report) -> None:
@@ -574,16 +572,25 @@ def prune_bytecode(layout: Layout, report: Report) -> None:
 def wheels_in_use(layout: Layout) -> Optional[set[str]]:
     """The keys of the cached wheels (``wheels/<key>/``) some template's metadata lists; None
     while a template is being built (it lists its wheels only once it is done)."""
-    used: set[str] = set()
+    lists = _listed_in_metadata(layout, "wheels")
+    if lists is None:
+        return None
+    return {str(w) for wheels in lists if isinstance(wheels, list) for w in wheels}
+
+
+def _listed_in_metadata(layout: Layout, name: str) -> Optional[list[Any]]:
+    """The value of ``name`` in the metadata of every generation of every template (each that
+    has it), for what they use of the cache's shared stores; None while a template is being
+    built (it lists what it uses only once it is done)."""
+    found = []
     for key, gens in layout.generations().items():
         if is_held(layout.lock(key)):
             return None
         for gen in gens:  # every generation: an old one may still be in use
             meta = read_meta(layout, key, gen)
-            wheels = meta.get("wheels") if meta else None
-            if isinstance(wheels, list):
-                used.update(str(w) for w in wheels)
-    return used
+            if meta is not None and name in meta:
+                found.append(meta[name])
+    return found
 
 
 def prune_wheels(layout: Layout, report: Report) -> None:

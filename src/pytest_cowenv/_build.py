@@ -16,7 +16,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from ._install import build_wheel, clean_env, failure_message, run_installer, uv_binary
+from ._install import (
+    build_wheel,
+    clean_env,
+    failure_message,
+    run_installer,
+    start_captured,
+    uv_binary,
+)
 from ._plan import install_commands
 from ._relocate import forget_index_urls, point_at_sources, relocate
 from ._venv import site_packages
@@ -120,14 +127,7 @@ def start_base_env(env: Path, python: str, *, pip: bool, what: str) -> Callable[
         # --no-project and --no-config: no pyproject.toml or uv.toml around steers it.
         cmd = [uv, "venv", "--quiet", "--no-project", "--no-config", "--allow-existing"]
         cmd += ["--python", python, str(env)]
-        proc = subprocess.Popen(
-            cmd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            env=clean_env(),
-        )
+        proc = start_captured(cmd)
 
         def made() -> None:
             out, err = proc.communicate()
@@ -175,14 +175,7 @@ def compile_env(
     cmd = [str(env / "bin" / "python"), "-I", "-S", str(script)]
     cmd += [str(site_packages(env)), str(bytecode)]
     cmd += ["--behind", str(os.getpid())] if behind else []
-    with subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        env=clean_env(),
-    ) as proc:
+    with start_captured(cmd) as proc:
         if started is not None:
             started(proc)
         stdout, stderr = proc.communicate()

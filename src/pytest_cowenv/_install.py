@@ -319,6 +319,19 @@ def run_installer(cmd: Sequence[str], what: str) -> None:
         )
 
 
+def start_captured(cmd: Sequence[str]) -> subprocess.Popen[str]:
+    """Start ``cmd`` as :func:`run_installer` runs one (output captured as text, no stdin, the
+    clean environment) without waiting for it: the caller communicates."""
+    return subprocess.Popen(
+        list(cmd),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=clean_env(),
+    )
+
+
 def failure_message(what: str, cmd: Sequence[str], code: int, output: str) -> str:
     """First line names the culprit (the short summary keeps only it); then the tool's words."""
     lines = [ln for ln in output.strip().splitlines() if ln.strip()]

@@ -4,7 +4,9 @@ template. Real filesystems, the offline wheelhouse, and a build backend that log
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -134,6 +136,34 @@ def test_a_failed_build_caches_nothing(root: Path, wheelhouse: Path, project: Pa
         cache.get(make_spec(wheelhouse, project, "alpha"))
     assert entries(cache.layout) == []
     assert list(cache.layout.tmp.iterdir()) == []
+
+
+def test_a_wheel_lock_held_too_long_times_out(
+    root: Path, wheelhouse: Path, project: Path, log: Path
+) -> None:
+    cache = TemplateCache(prepare_root(root))
+    cache.get(make_spec(wheelhouse, project, "alpha"))
+    (entry,) = entries(cache.layout)
+    (entry / "wheel.json").unlink()  # no longer sound: the next template rebuilds it, locked
+    holder = os.open(cache.layout.wheel_lock(entry.name), os.O_RDWR)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)  # as a builder in another process holds it
+        waiting = TemplateCache(prepare_root(root), lock_timeout=0.3)
+        # The template build reports it as its own failure (a LockTimeoutError is an OSError).
+        with pytest.raises(TemplateBuildError) as info:
+            waiting.get(make_spec(wheelhouse, project, "beta"))
+        lock = cache.layout.wheel_lock(entry.name)
+        assert f"building the template failed: wheel of {project}: lock {lock} held by " in str(
+            info.value
+        )
+        assert "another process for more than 0.3 s; wait for that build, stop it, or " in str(
+            info.value
+        )
+    finally:
+        os.close(holder)
+    assert builds(log) == 1
+    again = TemplateCache(prepare_root(root)).get(make_spec(wheelhouse, project, "beta"))
+    assert again.built_now and builds(log) == 2  # the lock died with its holder
 
 
 GET_SCRIPT = """

@@ -8,6 +8,8 @@ import contextlib
 import errno
 import os
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import IO, Any, Optional
 
@@ -124,6 +126,16 @@ class BuildLock:
             return False
         return True
 
+    def acquire(self, timeout: float, give_up: Optional[threading.Event] = None) -> bool:
+        """Take the lock, waiting for it up to ``timeout`` seconds (one try if 0 or less);
+        False if another still holds it then, or once ``give_up`` is set."""
+        deadline = time.monotonic() + timeout
+        while not self.try_acquire():
+            if (give_up is not None and give_up.is_set()) or time.monotonic() > deadline:
+                return False
+            (give_up or _NEVER).wait(_POLL)
+        return True
+
     def release(self) -> None:
         if self._fd is not None:
             fd, self._fd = self._fd, None
@@ -131,6 +143,9 @@ class BuildLock:
         elif self._portable is not None:
             self._portable.release()
 
+
+_POLL = 0.05  # seconds between two tries of a build lock that another holds
+_NEVER = threading.Event()  # never set: a wait on it is a sleep
 
 # flock errors of a filesystem that has no working flock: filelock's own way is taken there.
 _NO_FLOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)

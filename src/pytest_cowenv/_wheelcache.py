@@ -24,10 +24,12 @@ import os
 import stat
 import subprocess
 import zipfile
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Optional
 
+from ._atomic import BuildLock
 from ._install import IndexOptions, build_wheel, installer_identity, resolver_environment
 from ._names import BUILD_DIR, LEGACY_BUILD_DIR
 from ._owner import lock_dir
@@ -137,18 +139,14 @@ class WheelCache:
         return target
 
     @contextlib.contextmanager
-    def _locked(self, key: str, project: Path) -> Any:
-        import filelock
-
-        lock = filelock.FileLock(str(self.layout.wheel_lock(key)), timeout=self.lock_timeout)
-        try:
-            lock.acquire()
-        except filelock.Timeout:
+    def _locked(self, key: str, project: Path) -> Iterator[None]:
+        lock = BuildLock(self.layout.wheel_lock(key))
+        if not lock.acquire(self.lock_timeout):
             raise LockTimeoutError(
                 f"wheel of {shown(project)}: lock {self.layout.wheel_lock(key)} held by another "
                 f"process for more than {self.lock_timeout:g} s; wait for that build, stop it, "
                 "or raise PYTEST_COWENV_LOCK_TIMEOUT"
-            ) from None
+            )
         try:
             yield
         finally:

@@ -48,8 +48,6 @@ from .spec import FORMAT_VERSION, TemplateSpec, find_interpreter
 from .store import Layout
 
 DEFAULT_LOCK_TIMEOUT = float(os.environ.get("PYTEST_COWENV_LOCK_TIMEOUT", "900"))
-_LOCK_POLL = 0.05  # seconds between two tries of a build lock that another holds
-_NEVER = threading.Event()  # never set: a wait on it is a sleep
 CLOSE_TIMEOUT = 10.0  # seconds `close` waits, after Ctrl-C, for a killed compile to clean up
 _COUNTS = ("reused", "compiled", "failed", "dropped")  # what byte-compiling did, in metadata
 # Makes the environment of a new generation in ``env`` (a new path; ``work`` is the build
@@ -286,22 +284,19 @@ class TemplateCache:
         lock_path = self.layout.lock(key)
         owner = lock_path.with_suffix(".owner")
         lock = BuildLock(lock_path)
-        deadline = time.monotonic() + self.lock_timeout
-        while not lock.try_acquire():
+        if not lock.acquire(self.lock_timeout, give_up):
             if give_up is not None and give_up.is_set():
                 raise _GaveUp
-            if time.monotonic() > deadline:
-                try:
-                    holder = owner.read_text(encoding="utf-8").strip()
-                except OSError:
-                    holder = "unknown process"
-                # The lock is an flock: it dies with its holder, so the holder is alive and busy.
-                raise LockTimeoutError(
-                    f"template {key}: lock {lock_path} held by {holder} for more than "
-                    f"{self.lock_timeout:g} s; wait for that build, stop it, or raise "
-                    "PYTEST_COWENV_LOCK_TIMEOUT"
-                )
-            (give_up or _NEVER).wait(_LOCK_POLL)
+            try:
+                holder = owner.read_text(encoding="utf-8").strip()
+            except OSError:
+                holder = "unknown process"
+            # The lock is an flock: it dies with its holder, so the holder is alive and busy.
+            raise LockTimeoutError(
+                f"template {key}: lock {lock_path} held by {holder} for more than "
+                f"{self.lock_timeout:g} s; wait for that build, stop it, or raise "
+                "PYTEST_COWENV_LOCK_TIMEOUT"
+            )
         try:
             owner.write_text(
                 f"pid {os.getpid()} on {socket.gethostname()} since "

@@ -147,12 +147,3 @@ def sdist_sources(requirement: str, where: Path) -> Path:
             tar.extractall(where)
     (sources,) = (p for p in where.iterdir() if p.is_dir())
     return sources
-
-
-def btrfs_or_tmp_cache(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
-    """The body of a ``root`` fixture: a cache root on btrfs when mounted (subvolumes,
-    read-only templates; the ``btrfs_dir`` fixture), else in ``tmp_path``."""
-    on_btrfs = mounted("COWENV_TEST_BTRFS", "btrfs") is not None
-    base = request.getfixturevalue("btrfs_dir") if on_btrfs else tmp_path
-    yield base / "cache"
-    unprotect_templates(base / "cache")

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 import pytest
 
-from _helpers import remove_cache, settle_btrfs
+from _helpers import mounted, remove_cache, settle_btrfs, unprotect_templates
+from _wheels import standard_wheelhouse
 from pytest_cowenv import fs
 from pytest_cowenv._install import uv_binary
 from pytest_cowenv.clone import forget_decisions, remove_tree
@@ -181,6 +182,25 @@ def real_fs(request: pytest.FixtureRequest) -> tuple[str, Path]:
     """Each real filesystem in turn: ``(name, fresh directory on it)``."""
     name: str = request.param
     return name, request.getfixturevalue(f"{name}_dir")
+
+
+# --- caches and wheels of the template tests ------------------------------------------------
+
+
+@pytest.fixture
+def root(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
+    """A cache root: on btrfs when mounted (subvolumes, read-only templates; the ``btrfs_dir``
+    fixture), else in ``tmp_path``. Modules that share a root per filesystem override it."""
+    on_btrfs = mounted("COWENV_TEST_BTRFS", "btrfs") is not None
+    base = request.getfixturevalue("btrfs_dir") if on_btrfs else tmp_path
+    yield base / "cache"
+    unprotect_templates(base / "cache")
+
+
+@pytest.fixture(scope="module")
+def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The standard offline wheels (``_wheels.standard_wheelhouse``), made once per module."""
+    return standard_wheelhouse(tmp_path_factory.mktemp("wheelhouse"))
 
 
 # --- trees to clone ---------------------------------------------------------------------

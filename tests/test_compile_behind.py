@@ -14,14 +14,11 @@ import os
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from _helpers import btrfs_or_tmp_cache
-from _wheels import standard_wheelhouse
 from pytest_cowenv import TemplateCache, TemplateSpec, clone_tree
 from pytest_cowenv import _build as build_module
 from pytest_cowenv import template as template_module
@@ -32,17 +29,6 @@ from pytest_cowenv.store import prepare_root
 from pytest_cowenv.template import Template, matches_manifest
 
 pytestmark = pytest.mark.usefixtures("offline_machine")
-
-
-@pytest.fixture
-def root(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
-    """A cache root: on btrfs when mounted (subvolumes, read-only templates), else tmp_path."""
-    yield from btrfs_or_tmp_cache(request, tmp_path)
-
-
-@pytest.fixture(scope="module")
-def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return standard_wheelhouse(tmp_path_factory.mktemp("wheelhouse"))
 
 
 def make_spec(wheelhouse: Path, *requirements: str) -> TemplateSpec:

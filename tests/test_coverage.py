@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any, Callable, cast
 import pytest
 
 from _helpers import fast_cache
-from _wheels import standard_wheelhouse
 from pytest_cowenv._coverage import CLONE_DIR, PTH_NAME
 
 if TYPE_CHECKING:
@@ -131,11 +130,6 @@ def make_project(directory: Path) -> Path:
     (directory / "src" / "mypkg" / "cli.py").write_text(CLI)
     (directory / "tests" / "test_in_clones.py").write_text(TESTS)
     return directory
-
-
-@pytest.fixture(scope="module")
-def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return standard_wheelhouse(tmp_path_factory.mktemp("wheelhouse"))
 
 
 @pytest.fixture(scope="module")

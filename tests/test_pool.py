@@ -23,7 +23,6 @@ from typing import Any, Callable
 import pytest
 
 from _helpers import wait_for
-from _wheels import standard_wheelhouse
 from conftest import make_data_tree, make_identity_tree, shared_real_roots
 from pytest_cowenv import pool as pool_module
 from pytest_cowenv._install import IndexOptions
@@ -42,11 +41,6 @@ SPEC = "alpha==1.0"
 def _offline_machine(offline_machine: None, monkeypatch: pytest.MonkeyPatch) -> None:
     """Offline, and the pool as each test sets it, not as this shell does."""
     monkeypatch.delenv("PYTEST_COWENV_POOL", raising=False)
-
-
-@pytest.fixture(scope="module")
-def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return standard_wheelhouse(tmp_path_factory.mktemp("wheels"))
 
 
 @pytest.fixture(scope="module")

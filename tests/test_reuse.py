@@ -21,7 +21,6 @@ from typing import Callable
 import pytest
 
 from _helpers import wait_for
-from _wheels import standard_wheelhouse
 from conftest import shared_real_roots
 from pytest_cowenv import reuse
 from pytest_cowenv._install import IndexOptions
@@ -40,11 +39,6 @@ TICK = time.clock_getres(reuse.CLOCK_REALTIME_COARSE)
 def _offline_machine(offline_machine: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PYTEST_COWENV_POOL", raising=False)
     monkeypatch.delenv("PYTEST_COWENV_REUSE", raising=False)
-
-
-@pytest.fixture(scope="module")
-def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return standard_wheelhouse(tmp_path_factory.mktemp("wheels"))
 
 
 @pytest.fixture(scope="module")

@@ -24,8 +24,8 @@ from typing import Any
 
 import pytest
 
-from _helpers import btrfs_or_tmp_cache, mounted, unprotect_templates
-from _wheels import make_wheel, standard_wheelhouse
+from _helpers import mounted, unprotect_templates
+from _wheels import make_wheel
 from conftest import skip_without_uv
 from pytest_cowenv import (
     CacheDirError,
@@ -65,17 +65,6 @@ def route(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> It
     yield request.param
     uv_binary.cache_clear()
     installer_identity.cache_clear()
-
-
-@pytest.fixture
-def root(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
-    """A cache root: on btrfs when mounted (subvolumes, read-only templates), else tmp_path."""
-    yield from btrfs_or_tmp_cache(request, tmp_path)
-
-
-@pytest.fixture(scope="module")
-def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return standard_wheelhouse(tmp_path_factory.mktemp("wheelhouse"))
 
 
 def offline(wheelhouse: Path) -> IndexOptions:

@@ -11,13 +11,10 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from _helpers import btrfs_or_tmp_cache
-from _wheels import standard_wheelhouse
 from pytest_cowenv import TemplateCache, TemplateSpec, marker
 from pytest_cowenv._install import IndexOptions
 from pytest_cowenv.cli import main
@@ -36,16 +33,6 @@ def build_wheel(*args, **kwargs):
         f.write("built\\n")
     return _build(*args, **kwargs)
 """
-
-
-@pytest.fixture
-def root(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
-    yield from btrfs_or_tmp_cache(request, tmp_path)
-
-
-@pytest.fixture(scope="module")
-def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return standard_wheelhouse(tmp_path_factory.mktemp("wheelhouse"))
 
 
 @pytest.fixture

@@ -277,6 +277,38 @@ def test_the_walk_looks_at_every_entry_through_its_own_directory(root: Path) -> 
         remove_tree(base)
 
 
+def test_the_quick_look_refuses_but_never_accepts(root: Path) -> None:
+    """Before the look at /proc, a quick look at the directories near the root refuses a
+    clone the test plainly changed; a change deeper down passes it and is left to step 5's
+    whole walk, which runs after the look at /proc whatever the quick look said."""
+    base = root / f"quick-{os.getpid()}"
+    deep = base / "lib" / "python3.11" / "site-packages" / "pkg"
+    deep.mkdir(parents=True)
+    (deep / "mod.py").write_text("x = 1\n")
+    try:
+        rec = reuse.record(str(base))
+        assert [rel for rel, _want in rec.top] == [
+            "",
+            f"{os.sep}lib",
+            f"{os.sep}lib{os.sep}python3.11",
+            f"{os.sep}lib{os.sep}python3.11{os.sep}site-packages",
+        ]
+        time.sleep(2 * TICK)  # past the recorded ctimes' tick
+        with _restoring_dir(deep):
+            (deep / "new.py").write_text("")
+        assert reuse.changed(str(base), rec, quick=True) is None
+        assert reuse.changed(str(base), rec) == os.sep.join(
+            ("", "lib", "python3.11", "site-packages", "pkg changed")
+        )
+        rec = reuse.record(str(base))
+        time.sleep(2 * TICK)
+        with _restoring_dir(deep.parent):
+            (deep.parent / "installed.py").write_text("")
+        assert reuse.changed(str(base), rec, quick=True) is not None
+    finally:
+        remove_tree(base)
+
+
 def test_a_change_in_the_tick_of_the_newest_ctime_is_not_trusted(session: CowEnvSession) -> None:
     """Step 2: handed out in the coarse-clock tick of its newest ctime, a clone could be
     changed without a new ctime. Simulated by the hand-out time (the kernel decides the
@@ -312,6 +344,34 @@ def test_a_clone_the_test_waited_for_is_reused_too(session: CowEnvSession) -> No
     assert reuse.eligible(lease.record, lease.handed_out_ns)
     assert fate(session, first) == "reused"
     session.release(second)
+
+
+def test_a_clone_given_back_before_its_template_is_pooled_serves_the_next_test(
+    session: CowEnvSession,
+) -> None:
+    """A template is pooled from its second use: the first test's clone waits, unproven, for
+    that use (and is proven then) instead of being proven for nothing and trashed."""
+    spec = session.spec([SPEC])
+    session.release(session.acquire(spec, "first"))
+    second = session.acquire(spec, "second")
+    assert (session.stats.fresh, session.stats.recycled) == (1, 1)
+    assert lease_of(session, second).uses == 1
+    session.release(second)
+
+
+def test_only_the_newest_clone_waits_for_its_template_to_be_pooled(
+    session: CowEnvSession,
+) -> None:
+    """Clones of templates used once stay out of the trash one at a time (full copies on
+    filesystems without reflinks): a later one sends the waiting one to the trash."""
+    spec = session.spec([SPEC])
+    pool = session.pool
+    assert pool is not None
+    session.release(session.acquire(spec, "first", LinkMode.AUTO))
+    session.release(session.acquire(spec, "other", LinkMode.COPY))
+    assert [u.mode for u in pool._returned] == [LinkMode.COPY]
+    session.release(session.acquire(spec, "again", LinkMode.AUTO))
+    assert (session.stats.fresh, session.stats.recycled) == (3, 0)
 
 
 # -- processes the test left behind ---------------------------------------------------------

@@ -14,6 +14,8 @@ Each clone lives in a folder of its own (``<folder>/env``): the folder is what i
 (into the run folder for a test, back into ``pool/`` after it), so the clone's root keeps
 the ctime it was recorded with. A used clone goes back to the pool only by the proof in
 :mod:`~pytest_cowenv.reuse` (its steps are named there); anything else goes to the trash.
+Used clones are proven in batches (one look at /proc serves a batch: :data:`BATCH`,
+:data:`HOLD`); one whose template is not pooled yet waits, unproven, for a test to take it.
 """
 
 from __future__ import annotations
@@ -48,6 +50,10 @@ MIN_WINDOW = 0.001  # below BACKOFF: a look after a sleep always counts
 BACKOFF = 0.002
 MAX_BACKOFF = 0.032
 CLOSE_TIMEOUT = 10.0  # seconds `close` waits for the thread; it stops between directories
+# Used clones are proven together (one look at /proc serves them all): a lone one waits for
+# BATCH - 1 more, for at most HOLD seconds, unless a test needs it first (it proves it then).
+BATCH = 2
+HOLD = 0.05
 # What an import reads: checked-hash pycs make it read the source too (to hash it).
 WARM_SUFFIXES = (".pyc", ".py", ".so", ".pth")
 WARM = hasattr(os, "posix_fadvise")  # Linux; elsewhere clones are not warmed
@@ -69,6 +75,7 @@ class Lease:
     uses: int = 0  # tests that had it before
     handed_out_ns: int = 0  # reuse.coarse_now() when the current test got it
     handed_out_boot_ns: int = 0  # reuse.boot_ns() then
+    returned_at: float = 0.0  # time.monotonic() when its test gave it back
 
     @property
     def path(self) -> Path:
@@ -139,6 +146,7 @@ class ClonePool:
         self._slots: dict[tuple[str, LinkMode], _Slot] = {}
         self._trash: deque[Path] = deque()  # folders
         self._returned: deque[Lease] = deque()  # used clones awaiting the proof
+        self._hold: Optional[float] = None  # seconds the thread may wait for a batch to fill
         self._snapshot_wants: dict[str, tuple[Template, reuse.Record]] = {}
         self._primers: deque[Primer] = deque()
         self._warm_lists: dict[str, tuple[Template, list[str]]] = {}
@@ -164,6 +172,17 @@ class ClonePool:
         The thread does not refill until :meth:`start`: the caller renames its clone first,
         and on btrfs a rename waits for the transaction commit that a snapshot makes.
         """
+        parked: list[Lease] = []
+        with self._cond:
+            if (template.key, mode) not in self._slots:  # not pooled (yet): see give_back
+                parked = [u for u in self._returned if u.template is template and u.mode is mode]
+                for used in parked:
+                    self._returned.remove(used)
+                if not parked:
+                    return None
+        if parked:
+            with self.foreground():
+                return next((u for u in self._proven(parked) if u is not None), None)
         with self._cond:
             slot = self._slots.get((template.key, mode))
             if slot is None:
@@ -274,9 +293,20 @@ class ClonePool:
             self.discard(lease.folder)
             return
         lease.folder = target
+        lease.returned_at = time.monotonic()
         with self._cond:
+            if self._slots.get((lease.template.key, lease.mode)) is None:
+                # Not pooled (yet: a template is pooled from its second use): kept, unproven,
+                # for the next test that asks for it; only the newest such clone is kept.
+                for old in [u for u in self._returned if self._parked(u)]:
+                    self._returned.remove(old)
+                    self._trash.append(old.folder)
             self._returned.append(lease)
             self._wake()
+
+    def _parked(self, lease: Lease) -> bool:
+        """Whether ``lease`` (given back) waits for its template to be pooled (lock held)."""
+        return (lease.template.key, lease.mode) not in self._slots
 
     def _tell(self, message: str) -> None:
         with self._cond:
@@ -392,11 +422,33 @@ class ClonePool:
             self._trash.append(slot.ready.popleft().folder)
         self._cond.notify()
 
+    def _batch(self, now: float) -> tuple[list[Lease], Optional[float]]:
+        """The used clones to prove now, and else how long the oldest may still wait for
+        others (lock held). Clones of a rebuilt template go to the trash unproven; parked ones
+        (see :meth:`give_back`) stay for a test's :meth:`take`."""
+        pooled = []
+        for lease in list(self._returned):
+            slot = self._slots.get((lease.template.key, lease.mode))
+            if slot is None:
+                continue
+            if slot.template is not lease.template:
+                self._returned.remove(lease)
+                self._trash.append(lease.folder)
+                continue
+            pooled.append(lease)
+        if not pooled:
+            return [], None
+        left = pooled[0].returned_at + HOLD - now
+        if len(pooled) < BATCH and left > 0 and not self._stop.is_set():
+            return [], left
+        return pooled, None
+
     def _next_job(self) -> Optional[Callable[[], None]]:
         """What to do next, most urgent first (lock held)."""
-        if self._returned:
-            batch = list(self._returned)
-            self._returned.clear()
+        batch, self._hold = self._batch(time.monotonic())
+        if batch:
+            for lease in batch:
+                self._returned.remove(lease)
             slots = [self._slot_of(lease) for lease in batch]
             for slot in slots:
                 if slot is not None:
@@ -427,7 +479,7 @@ class ClonePool:
                     job = self._next_job()
                     if job is not None:
                         break
-                    self._cond.wait()
+                    self._cond.wait(self._hold)  # a lone used clone waits at most so long
             try:
                 self._watch.wait_while_busy(self._stop)
                 job()
@@ -443,7 +495,10 @@ class ClonePool:
 
     def _make(self, slot: _Slot) -> None:
         with self._cond:
-            if self._returned:  # given back while this waited for the test: proving is cheaper
+            back = sum(1 for u in self._returned if u.template is slot.template)
+            # Given back while this waited for the test: proving is cheaper, if it is due, or
+            # if that one makes the clone unneeded.
+            if back and (self._batch(time.monotonic())[0] or slot.supply() + back >= self.size):
                 slot.making = False
                 self._cond.notify()
                 return
@@ -534,7 +589,7 @@ class ClonePool:
         rest = []
         for i, lease in enumerate(batch):
             assert lease.record is not None
-            if reuse.changed(os.fspath(lease.path), lease.record, dirs_only=True):
+            if reuse.changed(os.fspath(lease.path), lease.record, quick=True):
                 self._refuse(lease, "changed")  # no need to look further
             else:
                 rest.append(i)

@@ -56,6 +56,7 @@ _SYMLINK_MODE = stat.S_IFLNK | 0o777  # Linux symlinks have no modes of their ow
 # What the proof opens a directory with: a handle to look through, never a link followed.
 _DIR_FLAGS = getattr(os, "O_PATH", 0) | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _PF_KTHREAD = 0x00200000  # a kernel thread, in the flags of /proc/<pid>/stat
+QUICK_DEPTH = 3  # /lib/pythonX.Y/site-packages: where :func:`changed`'s quick look stops
 # (inode, size, mode, mtime_ns, ctime_ns): what an entry must still have
 Want = tuple[int, int, int, int, int]
 
@@ -78,6 +79,12 @@ class Record:
     @cached_property
     def inodes(self) -> frozenset[tuple[int, int]]:
         return frozenset((self.dev, want[0]) for _rel, want in self.wants)
+
+    @cached_property
+    def top(self) -> tuple[tuple[str, Want], ...]:
+        """The root and the directories down to :data:`QUICK_DEPTH`."""
+        dirs = self.wants[: self.dirs]
+        return tuple(item for item in dirs if item[0].count(os.sep) <= QUICK_DEPTH)
 
     @cached_property
     def plan(self) -> tuple[_Dir, ...]:
@@ -203,10 +210,11 @@ def wait_past(rec: Record) -> None:
         time.sleep(min(short, 10**9) / 1e9)
 
 
-def changed(clone: str, rec: Record, dirs_only: bool = False) -> Optional[str]:
+def changed(clone: str, rec: Record, quick: bool = False) -> Optional[str]:
     """Step 5: the first entry that is not as recorded, said in words; None if none is.
-    ``dirs_only``: the root and the directories only, where most changes show (a file
-    created, deleted or renamed): a quick look that can refuse a clone, never accept one.
+    ``quick``: the root and the directories down to ``QUICK_DEPTH`` (``site-packages``)
+    only, where an install or a file the test left shows: a quick look that can refuse a
+    clone, never accept one.
 
     Each directory is opened once, without following a link (``O_PATH``: no read rights
     needed, nothing read), relative to its parent's handle, and looked at through that
@@ -215,8 +223,8 @@ def changed(clone: str, rec: Record, dirs_only: bool = False) -> Optional[str]:
     so a directory moved or replaced since shows as changed: the moved one by its own
     ctime, its parent by its ctime too.
     """
-    if dirs_only:  # a few paths: cheaper looked at whole than through handles
-        for rel, want in rec.wants[: rec.dirs]:
+    if quick:  # a few paths: cheaper looked at whole than through handles
+        for rel, want in rec.top:
             try:
                 st = os.lstat(clone + rel)
             except OSError as exc:

@@ -494,6 +494,8 @@ def _check_outside(local: tuple[str, ...], root: Optional[str]) -> None:
     from .errors import SpecError, shown
     from .store import default_root
 
+    if not local:
+        return
     cache = Path(root or default_root()).resolve()
     for directory in map(Path, local):
         if directory.is_dir() and cache.is_relative_to(directory):
@@ -549,13 +551,13 @@ def _acquire(
     request: pytest.FixtureRequest,
     requirements: tuple[Any, ...],
     options: dict[str, Any],
-    where: tuple[str, int],
+    where: Callable[[], tuple[str, int]],
 ) -> CowEnv:
     """A clone for this test, or a one-line failure (no traceback) that names the culprit.
 
     A spec that cannot be made or built fails every test that asks for it, from memory:
     the interpreter search or the build is not retried per test. A warning of the core is
-    attributed to ``where`` (file, line) in the user's tests, never to our own lines.
+    attributed to ``where()`` (file, line) in the user's tests, never to our own lines.
     """
     from .clone import LinkMode
     from .errors import CowEnvError, SpecError, TemplateBuildError, with_option
@@ -578,7 +580,8 @@ def _acquire(
         except CowEnvError as exc:  # clone errors may pass (disk space): not remembered
             problem = with_option(str(exc), option)
         else:
-            problem = _warn_at(where, [with_option(message, option) for message in told])
+            messages = [with_option(message, option) for message in told]
+            problem = _warn_at(where(), messages) if messages else None
             if problem is None:
                 request.node.stash.setdefault(envs_key, []).append(env)
                 return env
@@ -626,7 +629,7 @@ def cowenv(request: pytest.FixtureRequest) -> Iterator[CowEnv]:
     asked = marker_request(request.node, getattr(request, "param", None))
     if isinstance(asked, str):
         pytest.fail(asked, pytrace=False)
-    env = _acquire(request, *asked, _test_line(request))
+    env = _acquire(request, *asked, lambda: _test_line(request))
     yield env
     _release(request, env)
 
@@ -641,7 +644,8 @@ def cowenv_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., Cow
 
     def factory(*requirements: Any, **options: Any) -> CowEnv:
         caller = sys._getframe(1)  # the user's call: where its warnings belong
-        env = _acquire(request, requirements, options, (caller.f_code.co_filename, caller.f_lineno))
+        where = (caller.f_code.co_filename, caller.f_lineno)
+        env = _acquire(request, requirements, options, lambda: where)
         made.append(env)
         return env
 

@@ -673,8 +673,13 @@ def test_ctrl_c_leaves_only_kept_clones(
 
         def test_interrupted(cowenv, cowenv_factory):
             cowenv_factory("gamma")
-            pathlib.Path(os.environ["COWENV_READY"]).write_text(str(cowenv.path))
-            time.sleep(120)
+            ready = pathlib.Path(os.environ["COWENV_READY"])
+            ready.with_suffix(".tmp").write_text(str(cowenv.path))
+            ready.with_suffix(".tmp").rename(ready)  # seen only once written
+            # Short naps: a Ctrl-C caught just before one long sleep began would not
+            # interrupt it (CPython looks at caught signals when a sleep is interrupted).
+            for _ in range(1200):
+                time.sleep(0.1)
         """
     )
     args = ["-p", "no:cacheprovider", f"--cowenv-dir={cache}", "--cowenv-keep=all"]

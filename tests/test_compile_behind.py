@@ -25,6 +25,7 @@ from pytest_cowenv import template as template_module
 from pytest_cowenv._content import problems
 from pytest_cowenv._install import IndexOptions
 from pytest_cowenv.clone import remove_tree, walk_tree
+from pytest_cowenv.errors import TemplateBuildError
 from pytest_cowenv.store import prepare_root
 from pytest_cowenv.template import Template, matches_manifest
 
@@ -271,8 +272,77 @@ def test_what_a_full_disk_keeps_from_removing_goes_at_close(
     monkeypatch.setattr(template_module, "compile_env", failing)
     cache = new_cache(root, compile_behind=True)
     first = cache.get(make_spec(wheelhouse, "alpha"))
+    cache._recording[first.key].join(60)  # the compile starts once the template is recorded
     cache._behind[first.key].join(60)
     assert refused and cache.layout.generations_of(first.key) == [1, 2]  # its .inuse
     cache.close()
     assert cache.layout.generations_of(first.key) == [1]
     assert not [p for p in cache.layout.templates.iterdir() if ".2" in p.name]
+
+
+def test_the_first_clone_comes_before_the_recording(
+    root: Path, wheelhouse: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A template built now is cloned before it is protected, hashed, synced and its
+    metadata written; meanwhile its builder holds the key's lock, so another process waits
+    and then takes it, complete, instead of building or discarding it."""
+    monkeypatch.setattr(TemplateCache, "_start_behind", lambda *args: None)
+    cache = new_cache(root, compile_behind=True)
+    spec = make_spec(wheelhouse, "alpha")
+    layout = cache.layout
+    other: dict[str, Any] = {}
+    with cache.first_use(spec) as first:
+        assert first.built_now and not layout.meta(first.key, 1).exists()
+        clone = root / "first-clone"
+        clone_tree(first.path, clone)
+        assert run_python(clone, "import alpha; print(alpha.__name__)") == "alpha"
+        another = new_cache(root, compile_behind=True)
+        waiting = threading.Thread(target=lambda: other.update(t=another.get(spec)))
+        waiting.start()
+        waiting.join(0.5)
+        assert waiting.is_alive(), "another process went past the lock of an unrecorded build"
+        assert not layout.meta(first.key, 1).exists(), "recorded before the first clone"
+    waiting.join(60)
+    got = other["t"]
+    assert got.generation == 1 and not got.built_now, "the other process rebuilt"
+    meta = json.loads(layout.meta(first.key, 1).read_text())
+    assert matches_manifest(walk_tree(first.path), meta)
+    assert problems(walk_tree(first.path), meta, site_of(first.path)) == []
+    assert first.meta is not None and first.meta["manifest"] == meta["manifest"]
+    assert {"walk", "hash", "sync"} <= set(meta["phases"])
+    remove_tree(clone)
+    another.close()
+    cache.close()
+
+
+def test_a_failed_recording_discards_the_template_and_fails_later_tests(
+    root: Path, wheelhouse: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first clone stays its test's; the generation goes, the key's lock is let go, and
+    the spec fails from then on with the reason (the next run builds it again)."""
+    real_write = template_module.write_atomically  # type: ignore[attr-defined]
+
+    def full_disk(path: Path, text: str) -> None:
+        if path.suffix == ".json":
+            raise OSError(28, "No space left on device")
+        real_write(path, text)
+
+    monkeypatch.setattr(template_module, "write_atomically", full_disk)
+    cache = new_cache(root, compile_behind=True)
+    spec = make_spec(wheelhouse, "alpha")
+    with cache.first_use(spec) as first:
+        clone = root / "first-clone"
+        clone_tree(first.path, clone)
+    cache._recording[first.key].join(60)
+    with pytest.raises(TemplateBuildError, match="No space left"):
+        cache.get(spec)
+    assert cache.behind_errors and "recording behind the first test" in cache.behind_errors[0]
+    assert cache.layout.generations_of(first.key) == []
+    assert sorted(p.name for p in cache.layout.tmp.iterdir()) == [], "a build folder was left"
+    assert run_python(clone, "import alpha; print(alpha.__name__)") == "alpha"
+    remove_tree(clone)
+    cache.close()
+    monkeypatch.setattr(template_module, "write_atomically", real_write)
+    again = new_cache(root)
+    assert again.get(spec).built_now, "the next run builds it again"
+    again.close()

@@ -317,53 +317,51 @@ class CowEnvSession:
         (see :func:`clone_tree`); without it, that is a :class:`CowEnvWarning` from the
         caller's line."""
         told: list[str] = []
-        template = self.cache.get(spec)
         mode = link_mode or self.settings.link_mode
-        if mode is LinkMode.HARDLINK:
-            self.cache.will_hardlink(template)
-        with self._lock:
-            self._seq += 1
-            seq = self._seq
-            self._uses[(template.key, mode)] += 1
-            pooled = self._uses[(template.key, mode)] >= 2 or (spec, mode) in self._expected
-            if template.built_now:
-                self.stats.built.setdefault(spec.describe(), template.build_seconds)
-            elif spec.describe() not in self.stats.reused:
-                self.stats.reused.append(spec.describe())
-        folder = self.run_dir / f"{_safe_name(name)}-{seq}"
-        pool = self.pool
-        start = time.perf_counter()
-        lease = pool.take(template, mode) if pool else None
-        if lease is not None and pool is not None:
-            try:
-                os.rename(lease.folder, folder)
-                lease.folder = folder
-            except OSError:  # never expected (same folder tree); a fresh clone is still right
-                pool.give_back(lease, reusable=False)
-                lease = None
-        if lease is None:
-            folder.mkdir()
-            try:
-                with pool.foreground() if pool else contextlib.nullcontext():
-                    result = clone_tree(
-                        template.path,
-                        folder / ENV,
-                        mode,
-                        tree=template.tree,
-                        warn=warn or told.append,
-                    )
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    folder.rmdir()
-                raise
-            lease = Lease(folder, result, template, mode)
-            if pool:
-                pool.record(lease)
-            made = False
-        else:
-            result = lease.result
-            made = True
-        lease.hand_out()  # no test had it before this line: see reuse, step 2
+        with self._template_for(spec, mode) as template:
+            with self._lock:
+                self._seq += 1
+                seq = self._seq
+                self._uses[(template.key, mode)] += 1
+                pooled = self._uses[(template.key, mode)] >= 2 or (spec, mode) in self._expected
+                if template.built_now:
+                    self.stats.built.setdefault(spec.describe(), template.build_seconds)
+                elif spec.describe() not in self.stats.reused:
+                    self.stats.reused.append(spec.describe())
+            folder = self.run_dir / f"{_safe_name(name)}-{seq}"
+            pool = self.pool
+            start = time.perf_counter()
+            lease = pool.take(template, mode) if pool else None
+            if lease is not None and pool is not None:
+                try:
+                    os.rename(lease.folder, folder)
+                    lease.folder = folder
+                except OSError:  # never expected (same folder tree); a fresh clone is still right
+                    pool.give_back(lease, reusable=False)
+                    lease = None
+            if lease is None:
+                folder.mkdir()
+                try:
+                    with pool.foreground() if pool else contextlib.nullcontext():
+                        result = clone_tree(
+                            template.path,
+                            folder / ENV,
+                            mode,
+                            tree=template.tree,
+                            warn=warn or told.append,
+                        )
+                except BaseException:
+                    with contextlib.suppress(OSError):
+                        folder.rmdir()
+                    raise
+                lease = Lease(folder, result, template, mode)
+                if pool:
+                    pool.record(lease)
+                made = False
+            else:
+                result = lease.result
+                made = True
+            lease.hand_out()  # no test had it before this line: see reuse, step 2
         for message in pool.told() if pool else []:
             (warn or told.append)(message)
         waited = (time.perf_counter() - start) * 1000
@@ -397,6 +395,18 @@ class CowEnvSession:
         for message in told:
             warnings.warn(CowEnvWarning(message), stacklevel=2)
         return env
+
+    def _template_for(
+        self, spec: TemplateSpec, mode: LinkMode
+    ) -> contextlib.AbstractContextManager[Template]:
+        """``spec``'s template, for a clone made in the ``with`` block: a template built now
+        is recorded once the block ends (see ``TemplateCache.first_use``), except for hard
+        links, which share its inodes and wait until it is recorded."""
+        if mode is not LinkMode.HARDLINK:
+            return self.cache.first_use(spec)
+        template = self.cache.get(spec)
+        self.cache.will_hardlink(template)
+        return contextlib.nullcontext(template)
 
     def expect(self, spec: TemplateSpec, link_mode: Optional[LinkMode], tests: int) -> None:
         """Collection says ``tests`` tests will use ``spec``: from two on, pool it from its

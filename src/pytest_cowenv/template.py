@@ -14,6 +14,16 @@ into a build folder, compiles the clone and publishes it as the next generation,
 compiled from it. The session clones the compiled one from then on. Only a complete
 generation is ever cloned: the compiled one is built aside and renamed into place like any
 other, and its metadata comes last.
+
+Recording behind the first test (the same sessions): a new generation's builder may clone it
+as soon as it is renamed into place and walked, before it is protected, hashed, synced and
+its metadata written — those follow in a background thread. The invariant that makes this
+safe: until its metadata exists, a generation is clonable by its builder only, and only while
+the builder holds the key's build lock, which that thread lets go of after the metadata is
+written (or the generation discarded). No other process can see it as complete, discard it as
+dead or supersede it meanwhile; this process's compile behind waits for the recording. If
+recording fails, the generation is discarded and later asks for the spec fail with the error;
+clones made before stay the tests' own.
 """
 
 from __future__ import annotations
@@ -121,6 +131,8 @@ class TemplateCache:
     _procs: list[Any] = field(default_factory=list)  # compilers running in the background
     _describe: dict[str, str] = field(default_factory=dict)  # key -> spec.describe()
     _undiscarded: list[tuple[str, int]] = field(default_factory=list)  # see _discard_generation
+    _recording: dict[str, threading.Thread] = field(default_factory=dict)  # see _record_behind
+    _unrecorded: dict[str, tuple[_Pending, contextlib.ExitStack]] = field(default_factory=dict)
     wheels: WheelCache = field(init=False)  # wheels of local projects, shared by templates
 
     def __post_init__(self) -> None:
@@ -139,6 +151,20 @@ class TemplateCache:
 
     def get(self, spec: TemplateSpec) -> Template:
         """The template for ``spec``, built if needed. A failed build is not retried."""
+        return self._get(spec, None)
+
+    @contextlib.contextmanager
+    def first_use(self, spec: TemplateSpec) -> Iterator[Template]:
+        """:meth:`get`, for a caller about to clone the template in the ``with`` block: a
+        template built now is recorded behind (see the module's doc) only once the block
+        ends, so that the clone does not wait for the recording's writes."""
+        go = threading.Event()
+        try:
+            yield self._get(spec, go)
+        finally:
+            go.set()
+
+    def _get(self, spec: TemplateSpec, go: Optional[threading.Event]) -> Template:
         key = self.key(spec)
         with self._mutex:
             key_lock = self._key_locks.setdefault(key, threading.Lock())
@@ -159,7 +185,10 @@ class TemplateCache:
             with self._mutex:
                 self._ready[key] = template
                 (self.built if template.built_now else self.reused).append(template)
-            if self.compile_behind and not template.precompiled:
+                unrecorded = self._unrecorded.pop(key, None)
+            if unrecorded is not None:  # it starts the compile behind once recorded
+                self._record_behind(spec, key, *unrecorded, go=go)
+            elif self.compile_behind and not template.precompiled:
                 self._start_behind(spec, key, template)
             return template
 
@@ -176,6 +205,7 @@ class TemplateCache:
         the next clean-up)."""
         from .generations import collect_generations
 
+        self._finish_recording()
         self._finish_behind()
         with self._mutex:
             undiscarded, self._undiscarded = self._undiscarded, []
@@ -208,11 +238,18 @@ class TemplateCache:
         found = self._find(spec, key)
         if found is not None:
             return self._mark_used(found)
-        with self._locked(key):
+        with contextlib.ExitStack() as held:
+            held.enter_context(self._locked(key))
             found = self._find(spec, key)  # another process may have built it meanwhile
             if found is None:
                 self._discard_dead_builds(key)
-                found = self._build(spec, key)
+                pending = self._build(spec, key)
+                if self.compile_behind:  # the lock goes with the recording: see `_get`
+                    with self._mutex:
+                        self._unrecorded[key] = (pending, held.pop_all())
+                    return pending.template
+                pending.record()
+                found = pending.template
         from .generations import collect_generations
 
         collect_generations(self.layout, key)  # the ones it supersedes, if nobody holds them
@@ -265,7 +302,9 @@ class TemplateCache:
 
     def will_hardlink(self, template: Template) -> None:
         """Note that ``template`` is about to be hard-linked (which changes its files' ctimes),
-        so that later loads check its manifest without ctimes and inodes."""
+        so that later loads check its manifest without ctimes and inodes. Waits until the
+        template is recorded: hard links share its inodes, which recording makes read-only."""
+        self._recorded(template.key)
         with contextlib.suppress(OSError):
             self.layout.linked(template.key, template.generation).touch()
 
@@ -346,9 +385,9 @@ class TemplateCache:
             if fd is not None:  # else a cleaner took it first: another name
                 return work, fd
 
-    def _build(self, spec: TemplateSpec, key: str) -> Template:
-        """A new generation of ``key`` from scratch (lock held); compiled unless
-        ``compile_behind``."""
+    def _build(self, spec: TemplateSpec, key: str) -> _Pending:
+        """A new generation of ``key`` from scratch (lock held), still to be recorded;
+        compiled unless ``compile_behind``."""
         bytecode, compile = self.layout.bytecode, not self.compile_behind
         with self._mutex:
             hashes = self._local_hashes.get(key)
@@ -365,7 +404,58 @@ class TemplateCache:
             made = build_env(spec, env, work, bytecode, phases, compile=compile, wheel_of=wheel_of)
             return {**made, "wheels": used}
 
-        return self._make_generation(spec, key, make)
+        return self._publish(spec, key, make)
+
+    def _record_behind(
+        self,
+        spec: TemplateSpec,
+        key: str,
+        pending: _Pending,
+        lock: contextlib.ExitStack,
+        *,
+        go: Optional[threading.Event] = None,
+    ) -> None:
+        """Record ``pending`` in a background thread, once ``go`` is set, holding the key's
+        build lock (``lock``) until its metadata is written (see the module's doc); then
+        have it compiled behind."""
+
+        def record() -> None:
+            from .generations import collect_generations
+
+            try:
+                with lock:
+                    if go is not None:
+                        go.wait()
+                    pending.record()
+            except TemplateBuildError as exc:
+                with self._mutex:
+                    if self._ready.get(key) is pending.template:
+                        del self._ready[key]
+                    self._failed[key] = exc
+                    first = (str(exc).splitlines() or [repr(exc)])[0]
+                    self.behind_errors.append(f"{first} (recording behind the first test)")
+                return
+            collect_generations(self.layout, key)
+            if not pending.template.precompiled:
+                self._start_behind(spec, key, pending.template)
+
+        thread = threading.Thread(target=record, name=f"cowenv-record-{key[:12]}", daemon=True)
+        with self._mutex:
+            self._recording[key] = thread
+        thread.start()
+
+    def _recorded(self, key: str) -> None:
+        """Wait until a recording of ``key`` by this process is done."""
+        with self._mutex:
+            thread = self._recording.get(key)
+        if thread is not None:
+            thread.join()
+
+    def _finish_recording(self) -> None:
+        with self._mutex:
+            threads = list(self._recording.values())
+        for thread in threads:
+            thread.join()
 
     # -- compiling ------------------------------------------------------------------------
 
@@ -512,38 +602,31 @@ class TemplateCache:
         self, spec: TemplateSpec, key: str, make: Maker, source: Optional[Template] = None
     ) -> Template:
         """Have ``make`` fill a new build folder's ``env``, then publish it as the next
-        generation of ``key`` (lock held): rename, protect, manifest, hashes, sync, and the
-        metadata last. ``source``: the generation it is the compiled twin of."""
+        generation of ``key`` and record it (lock held). ``source``: the generation it is the
+        compiled twin of."""
+        pending = self._publish(spec, key, make, source)
+        pending.record()
+        return pending.template
+
+    def _publish(
+        self, spec: TemplateSpec, key: str, make: Maker, source: Optional[Template] = None
+    ) -> _Pending:
+        """Have ``make`` fill a new build folder's ``env``, rename it into place as the next
+        generation of ``key`` and walk it (lock held): what a clone needs. The rest is the
+        returned record's (see :meth:`_record`), which must run before the lock is let go."""
         start = time.perf_counter()
         phases: dict[str, float] = {}
         gen = max(self.layout.generations_of(key), default=0) + 1
         self._in_use[(key, gen)] = hold_in_use(self.layout.in_use(key, gen))
         work, work_lock = self._make_build_dir(key)
         env, final = work / "env", self.layout.template(key, gen)
-        done = False
-        syncing: Optional[_Background] = None
+        published = False
         try:
             compiled = make(env, work, phases)
             with timed(phases, "publish"):
                 os.rename(env, final)
-                protected = protect(final)
             with timed(phases, "walk"):
                 tree = walk_tree(final)
-                write_bits = None
-                if not protected:  # not a read-only subvolume: protect it by its modes
-                    writable, write_bits = tree, strip_write_bits(tree)
-                # The metadata says "complete": the tree it describes must be on disk first,
-                # or a crash could leave complete-looking metadata over lost file data. The
-                # tree is final from here on (what follows only reads it): sync it while the
-                # manifest and hashes are made, and write the metadata once that is done.
-                syncing = _Background(sync_filesystem, str(final))
-                if write_bits:
-                    tree = walk_tree(final)  # the manifest is of the tree as it stays
-            with timed(phases, "hash"):
-                hashes = own_hashes(tree, site_packages(final))
-            with timed(phases, "sync"):
-                syncing.result()
-            seconds = time.perf_counter() - start + (source.build_seconds if source else 0.0)
             meta = {
                 "format": FORMAT_VERSION,
                 "key": key,
@@ -552,7 +635,10 @@ class TemplateCache:
                 "interpreter": find_interpreter(spec.python).fingerprint(),
                 "installer": installer_identity(),
                 "resolved": installed_distributions(final),
-                "build_seconds": round(seconds, 3),
+                # Until the generation can be cloned; recording it follows (see the module's doc).
+                "build_seconds": round(
+                    time.perf_counter() - start + (source.build_seconds if source else 0.0), 3
+                ),
                 # The twin's own (clone, compile, ...) are its `phases_behind`.
                 "phases": source.meta.get("phases", {}) if source else _rounded(phases),
                 # False: published before byte-compiling; its compiled twin comes next.
@@ -567,34 +653,99 @@ class TemplateCache:
                 "plugin_version": __version__,
                 "files": tree.nfiles,
                 "bytes": tree.nbytes,
-                "manifest": tree.listing(),
-                # Removed from every file and directory, given back in every clone.
-                "write_bits": write_bits,
-                # Files no RECORD vouches for (see verify.py), by content.
-                "hashes": hashes,
             }
             if source is not None:
-                meta.update(compiled_from=source.generation, phases_behind=_rounded(phases))
-            # Compact: the manifest is long, and the C encoder only writes without indent.
-            write_atomically(self.layout.meta(key, gen), json.dumps(meta, separators=(",", ":")))
-            done = True
+                meta["compiled_from"] = source.generation
+            published = True
         except OSError as exc:
-            raise TemplateBuildError(
-                f"{spec.describe()}: building the template failed: {exc}"
-                + _space_hint(self.layout.root, exc.errno)
-            ) from None
+            raise self._build_failed(spec, exc) from None
         except TemplateBuildError as exc:
             raise _with_space_hint(exc, self.layout.root) from None
         finally:
-            _remove_quietly(work, self.layout.root)
-            os.close(work_lock)
-            if not done:
-                if syncing is not None:
-                    syncing.join()  # its directory is about to go
-                self._discard_generation(key, gen)
-        tree = writable if write_bits else tree
+            if not published:
+                self._let_go(key, gen, work, work_lock, failed=True)
         built_now = source.built_now if source else True
-        return Template(key, final, spec, meta, tree, built_now=built_now, generation=gen)
+        template = Template(key, final, spec, meta, tree, built_now=built_now, generation=gen)
+
+        def record() -> None:
+            try:
+                self._record(spec, template, phases, behind=source is not None)
+            except OSError as exc:
+                self._let_go(key, gen, work, work_lock, failed=True)
+                raise self._build_failed(spec, exc) from None
+            except BaseException:
+                self._let_go(key, gen, work, work_lock, failed=True)
+                raise
+            self._let_go(key, gen, work, work_lock, failed=False)
+
+        return _Pending(template, record)
+
+    def _record(
+        self, spec: TemplateSpec, template: Template, phases: dict[str, float], *, behind: bool
+    ) -> None:
+        """Protect a published generation, then write its metadata: manifest, hashes, and
+        last (after a sync), the file that says it is complete. ``template.meta`` is
+        completed in place; ``template.tree`` stays the walk that clones are made from."""
+        final, tree, meta = template.path, template.tree, template.meta
+        syncing: Optional[_Background] = None
+        try:
+            with timed(phases, "publish"):
+                protected = protect(final)
+            with timed(phases, "walk"):
+                write_bits = None
+                if not protected:  # not a read-only subvolume: protect it by its modes
+                    write_bits = strip_write_bits(tree)
+                # The metadata says "complete": the tree it describes must be on disk first,
+                # or a crash could leave complete-looking metadata over lost file data. The
+                # tree is final from here on (what follows only reads it): sync it while the
+                # manifest and hashes are made, and write the metadata once that is done.
+                syncing = _Background(sync_filesystem, str(final))
+                if write_bits:
+                    tree = walk_tree(final)  # the manifest is of the tree as it stays
+            with timed(phases, "hash"):
+                hashes = own_hashes(tree, site_packages(final))
+            with timed(phases, "sync"):
+                syncing.result()
+        finally:
+            if syncing is not None:
+                syncing.join()  # its directory may be about to go
+        meta.update(
+            manifest=tree.listing(),
+            # Removed from every file and directory, given back in every clone.
+            write_bits=write_bits,
+            # Files no RECORD vouches for (see verify.py), by content.
+            hashes=hashes,
+        )
+        meta["phases_behind" if behind else "phases"] = _rounded(phases)
+        # Compact: the manifest is long, and the C encoder only writes without indent.
+        write_atomically(
+            self.layout.meta(template.key, template.generation),
+            json.dumps(meta, separators=(",", ":")),
+        )
+
+    def _let_go(self, key: str, gen: int, work: Path, work_lock: int, *, failed: bool) -> None:
+        """Remove the build folder of generation ``gen``, and if it ``failed``, the
+        generation itself (lock held)."""
+        _remove_quietly(work, self.layout.root)
+        os.close(work_lock)
+        if failed:
+            self._discard_generation(key, gen)
+
+    def _build_failed(self, spec: TemplateSpec, exc: OSError) -> TemplateBuildError:
+        return TemplateBuildError(
+            f"{spec.describe()}: building the template failed: {exc}"
+            + _space_hint(self.layout.root, exc.errno)
+        )
+
+
+@dataclass
+class _Pending:
+    """A generation renamed into place and walked, not yet recorded: its builder may clone
+    it, and must call ``record`` (which raises :class:`TemplateBuildError` after discarding
+    the generation) before it lets go of the key's build lock."""
+
+    template: Template
+    record: Callable[[], None]
 
 
 class _Background:

@@ -308,7 +308,8 @@ def test_the_first_clone_comes_before_the_recording(
     meta = json.loads(layout.meta(first.key, 1).read_text())
     assert matches_manifest(walk_tree(first.path), meta)
     assert problems(walk_tree(first.path), meta, site_of(first.path)) == []
-    assert first.meta is not None and first.meta["manifest"] == meta["manifest"]
+    assert first.meta["manifest"] == meta["manifest"]
+    assert (first.tree.nfiles, first.tree.nbytes) == (meta["files"], meta["bytes"])
     assert {"walk", "hash", "sync"} <= set(meta["phases"])
     remove_tree(clone)
     another.close()

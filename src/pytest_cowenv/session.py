@@ -347,7 +347,7 @@ class CowEnvSession:
                             template.path,
                             folder / ENV,
                             mode,
-                            tree=template.tree,
+                            tree=template.tree_if_walked,  # else walked if need be
                             warn=warn or told.append,
                         )
                 except BaseException:

@@ -16,8 +16,9 @@ generation is ever cloned: the compiled one is built aside and renamed into plac
 other, and its metadata comes last.
 
 Recording behind the first test (the same sessions): a new generation's builder may clone it
-as soon as it is renamed into place and walked, before it is protected, hashed, synced and
-its metadata written — those follow in a background thread. The invariant that makes this
+as soon as it is renamed into place (a subvolume's walk goes on meanwhile: its snapshots need
+none), before it is protected, hashed, synced and its metadata written — those follow in a
+background thread. The invariant that makes this
 safe: until its metadata exists, a generation is clonable by its builder only, and only while
 the builder holds the key's build lock, which that thread lets go of after the metadata is
 written (or the generation discarded). No other process can see it as complete, discard it as
@@ -40,7 +41,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable, Optional
+from typing import IO, Any, Callable, Generic, Optional, TypeVar, Union
 
 from . import __version__
 from ._atomic import BuildLock, hold_existing, hold_in_use, write_atomically
@@ -53,7 +54,7 @@ from ._venv import installed_distributions, site_packages
 from ._wheelcache import WheelCache
 from .clone import LinkMode, Tree, clone_tree, protect, remove_tree, strip_write_bits, walk_tree
 from .errors import CowEnvError, LockTimeoutError, TemplateBuildError, shown
-from .fs import probe, sync_filesystem
+from .fs import is_subvolume, probe, sync_filesystem
 from .spec import FORMAT_VERSION, TemplateSpec, find_interpreter
 from .store import Layout
 
@@ -77,9 +78,21 @@ class Template:
     path: Path  # the tree of one generation: it stays as it is while this process runs
     spec: TemplateSpec
     meta: dict[str, Any]
-    tree: Tree
+    walked: Union[Tree, Callable[[], Tree]]  # its walk, or what waits for it (see _publish)
     built_now: bool = False
     generation: int = 1
+
+    @property
+    def tree(self) -> Tree:
+        """The walk of :attr:`path` that clones are made from (waits for it if need be)."""
+        if not isinstance(self.walked, Tree):
+            self.walked = self.walked()
+        return self.walked
+
+    @property
+    def tree_if_walked(self) -> Optional[Tree]:
+        """:attr:`tree` if the walk is done, else None (a snapshot needs none)."""
+        return self.walked if isinstance(self.walked, Tree) else None
 
     @property
     def requirements(self) -> tuple[str, ...]:
@@ -625,8 +638,11 @@ class TemplateCache:
             compiled = make(env, work, phases)
             with timed(phases, "publish"):
                 os.rename(env, final)
-            with timed(phases, "walk"):
-                tree = walk_tree(final)
+            walked: Union[Tree, Callable[[], Tree]]
+            if is_subvolume(final):  # its first clone, a snapshot, is made during the walk
+                walked = _Background(_timed_walk, final, phases, name="cowenv-walk").result
+            else:  # a clone file by file needs the walk first
+                walked = _timed_walk(final, phases)
             meta = {
                 "format": FORMAT_VERSION,
                 "key": key,
@@ -651,8 +667,6 @@ class TemplateCache:
                 # A twin is the same build: `rebuild_before` judges both alike.
                 "created": source.meta["created"] if source else time.time(),
                 "plugin_version": __version__,
-                "files": tree.nfiles,
-                "bytes": tree.nbytes,
             }
             if source is not None:
                 meta["compiled_from"] = source.generation
@@ -665,7 +679,7 @@ class TemplateCache:
             if not published:
                 self._let_go(key, gen, work, work_lock, failed=True)
         built_now = source.built_now if source else True
-        template = Template(key, final, spec, meta, tree, built_now=built_now, generation=gen)
+        template = Template(key, final, spec, meta, walked, built_now=built_now, generation=gen)
 
         def record() -> None:
             try:
@@ -687,7 +701,7 @@ class TemplateCache:
         last (after a sync), the file that says it is complete. ``template.meta`` is
         completed in place; ``template.tree`` stays the walk that clones are made from."""
         final, tree, meta = template.path, template.tree, template.meta
-        syncing: Optional[_Background] = None
+        syncing: Optional[_Background[None]] = None
         try:
             with timed(phases, "publish"):
                 protected = protect(final)
@@ -710,6 +724,8 @@ class TemplateCache:
             if syncing is not None:
                 syncing.join()  # its directory may be about to go
         meta.update(
+            files=tree.nfiles,
+            bytes=tree.nbytes,
             manifest=tree.listing(),
             # Removed from every file and directory, given back in every clone.
             write_bits=write_bits,
@@ -748,29 +764,39 @@ class _Pending:
     record: Callable[[], None]
 
 
-class _Background:
-    """``func(*args)`` in a thread of its own; :meth:`result` waits for it, and raises what
-    it raised."""
+_T = TypeVar("_T")
 
-    def __init__(self, func: Callable[..., None], *args: Any) -> None:
+
+class _Background(Generic[_T]):
+    """``func(*args)`` in a thread of its own; :meth:`result` waits for it, and returns what
+    it returned or raises what it raised."""
+
+    def __init__(self, func: Callable[..., _T], *args: Any, name: str = "cowenv-sync") -> None:
         self._error: Optional[BaseException] = None
+        self._value: Optional[_T] = None
 
         def run() -> None:
             try:
-                func(*args)
+                self._value = func(*args)
             except BaseException as exc:  # handed to the caller of result()
                 self._error = exc
 
-        self._thread = threading.Thread(target=run, name="cowenv-sync", daemon=True)
+        self._thread = threading.Thread(target=run, name=name, daemon=True)
         self._thread.start()
 
     def join(self) -> None:
         self._thread.join()
 
-    def result(self) -> None:
+    def result(self) -> _T:
         self._thread.join()
         if self._error is not None:
             raise self._error
+        return self._value  # type: ignore[return-value]  # set, as func returned
+
+
+def _timed_walk(path: Path, phases: dict[str, float]) -> Tree:
+    with timed(phases, "walk"):
+        return walk_tree(path)
 
 
 def _rounded(phases: dict[str, float]) -> dict[str, float]:

@@ -455,6 +455,7 @@ class TemplateCache:
         thread = threading.Thread(target=record, name=f"cowenv-record-{key[:12]}", daemon=True)
         with self._mutex:
             self._recording[key] = thread
+            self._describe[key] = spec.describe()
         thread.start()
 
     def _recorded(self, key: str) -> None:
@@ -531,7 +532,9 @@ class TemplateCache:
                 t.spec.describe(): sum(t.meta.get("phases_behind", {}).values())
                 for t in self.compiled_behind
             }
-            running = [key for key, thread in self._behind.items() if thread.is_alive()]
+            # A template still being recorded is compiled once it is: count it as running.
+            threads = [*self._recording.items(), *self._behind.items()]
+            running = list(dict.fromkeys(key for key, thread in threads if thread.is_alive()))
             running = [self._describe.get(key, key) for key in running]
             return done, running, list(self.behind_errors)
 

@@ -136,6 +136,7 @@ def test_nothing_clones_a_half_compiled_tree(
     monkeypatch.setattr(template_module, "compile_env", slow_compile)
     cache = new_cache(root, compile_behind=True)
     spec = make_spec(wheelhouse, "alpha")
+    cache.expect_clones(spec, 3)  # collection said: compiled from the first clone on
     first = cache.get(spec)
     assert compiling.wait(60)
     layout = cache.layout
@@ -196,6 +197,7 @@ def test_a_failed_compile_behind_keeps_the_uncompiled_template(
     monkeypatch.setattr(template_module, "compile_env", failing)
     cache = new_cache(root, compile_behind=True)
     spec = make_spec(wheelhouse, "alpha")
+    cache.expect_clones(spec, 2)
     first = cache.get(spec)
     cache.close()  # waits for the thread
     assert len(cache.behind_errors) == 1 and "No space left" in cache.behind_errors[0]
@@ -206,9 +208,56 @@ def test_a_failed_compile_behind_keeps_the_uncompiled_template(
     assert meta["precompiled"] is False
 
 
-def test_a_run_reports_its_compile_and_leaves_the_compiled_twin(
+def run_inner(pytester: pytest.Pytester, root: Path, wheelhouse: Path) -> pytest.RunResult:
+    return pytester.runpytest_subprocess(
+        "--cowenv-dir", str(root), "--cowenv-find-links", str(wheelhouse), "--cowenv-offline",
+        "-p", "no:cacheprovider",
+    )  # fmt: skip
+
+
+def compiled_or_compiling(result: pytest.RunResult, what: str) -> list[str]:
+    """The summary line saying ``what`` was compiled behind the tests: done before the
+    summary, or still running then (and pytest waited for it)."""
+    return [
+        line
+        for line in result.outlines
+        if line.startswith(f"templates compiled behind the tests: {what} (")
+        or line.startswith(f"templates compiling behind the tests: {what} (pytest waits")
+    ]
+
+
+def only_tree(root: Path) -> tuple[Path, dict[str, Any]]:
+    trees = [p for p in (root / "templates").iterdir() if p.is_dir()]
+    assert len(trees) == 1, trees
+    return trees[0], json.loads(Path(f"{trees[0]}.json").read_text())
+
+
+def test_a_run_of_several_tests_compiles_and_leaves_the_compiled_twin(
     pytester: pytest.Pytester, root: Path, wheelhouse: Path
 ) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.cowenv("alpha")
+        @pytest.mark.parametrize("i", range(2))
+        def test_each(cowenv, i):
+            assert cowenv.run("alpha").stdout == "alpha 2.0\\n"
+        """
+    )
+    result = run_inner(pytester, root, wheelhouse)
+    result.assert_outcomes(passed=2)
+    assert compiled_or_compiling(result, "alpha"), result.outlines
+    tree, meta = only_tree(root)
+    assert tree.name.endswith(".2") and meta["precompiled"] is True
+    assert meta["compiled_from"] == 1
+
+
+def test_a_template_one_test_uses_is_compiled_by_the_next_run(
+    pytester: pytest.Pytester, root: Path, wheelhouse: Path
+) -> None:
+    """The twin would serve no clone of the run that built the template: that run leaves it
+    uncompiled and says so; the next run clones it uncompiled and compiles it behind."""
     pytester.makepyfile(
         """
         import pytest
@@ -219,22 +268,50 @@ def test_a_run_reports_its_compile_and_leaves_the_compiled_twin(
             assert cowenv.run("alpha").stdout == "alpha 2.0\\n"
         """
     )
-    result = pytester.runpytest_subprocess(
-        "--cowenv-dir", str(root), "--cowenv-find-links", str(wheelhouse), "--cowenv-offline",
-        "-p", "no:cacheprovider",
-    )  # fmt: skip
+    result = run_inner(pytester, root, wheelhouse)
     result.assert_outcomes(passed=1)
-    # Done before the summary, or still running then (and pytest waited for it).
-    assert [
-        line
-        for line in result.outlines
-        if line.startswith("templates compiled behind the tests: alpha (")
-        or line.startswith("templates compiling behind the tests: alpha (pytest waits")
-    ], result.outlines
-    trees = [p for p in (root / "templates").iterdir() if p.is_dir()]
-    assert len(trees) == 1 and trees[0].name.endswith(".2"), trees
-    meta = json.loads(Path(f"{trees[0]}.json").read_text())
-    assert meta["precompiled"] is True and meta["compiled_from"] == 1
+    assert not compiled_or_compiling(result, "alpha"), result.outlines
+    assert (
+        "templates left uncompiled: alpha (one test used each; the next run that uses one "
+        "compiles it behind its tests)"
+    ) in result.outlines
+    tree, meta = only_tree(root)
+    assert tree.name.endswith(".1") and meta["precompiled"] is False
+
+    again = run_inner(pytester, root, wheelhouse)
+    again.assert_outcomes(passed=1)
+    assert compiled_or_compiling(again, "alpha"), again.outlines
+    assert not [line for line in again.outlines if "left uncompiled" in line]
+    tree, meta = only_tree(root)
+    assert tree.name.endswith(".2") and meta["precompiled"] is True
+    assert meta["compiled_from"] == 1
+
+
+def test_a_second_clone_starts_the_compile(root: Path, wheelhouse: Path) -> None:
+    """Without word from collection (a factory's calls, the pool off), the first clone of a
+    new template does not start its compile; the second does."""
+    cache = new_cache(root, compile_behind=True)
+    spec = make_spec(wheelhouse, "alpha")
+    first = cache.get(spec)
+    assert cache._behind == {} and cache.left_uncompiled() == ["alpha"]
+    assert cache.get(spec) is first  # the second clone: its compile starts now
+    assert list(cache._behind) == [first.key] and cache.left_uncompiled() == []
+    twin = twin_of(cache, spec, first)
+    assert twin.precompiled and twin.meta["compiled_from"] == 1
+    cache.close()
+
+
+def test_the_summary_says_what_was_left_uncompiled() -> None:
+    from pytest_cowenv.session import Stats
+
+    stats = Stats()
+    stats.merge({"uncompiled": ["alpha", "beta"]})
+    stats.merge({"uncompiled": ["alpha"], "compiled_behind": {"beta": 1.5}})  # another worker
+    assert stats.summary_lines() == [
+        "templates compiled behind the tests: beta (1.5 s)",
+        "templates left uncompiled: alpha (one test used each; the next run that uses one "
+        "compiles it behind its tests)",
+    ]
 
 
 def test_the_summary_says_what_compiling_behind_did() -> None:
@@ -271,7 +348,9 @@ def test_what_a_full_disk_keeps_from_removing_goes_at_close(
     monkeypatch.setattr(template_module, "remove_tree", remove_tree)
     monkeypatch.setattr(template_module, "compile_env", failing)
     cache = new_cache(root, compile_behind=True)
-    first = cache.get(make_spec(wheelhouse, "alpha"))
+    spec = make_spec(wheelhouse, "alpha")
+    cache.expect_clones(spec, 2)
+    first = cache.get(spec)
     cache._recording[first.key].join(60)  # the compile starts once the template is recorded
     cache._behind[first.key].join(60)
     assert refused and cache.layout.generations_of(first.key) == [1, 2]  # its .inuse

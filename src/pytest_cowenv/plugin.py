@@ -657,8 +657,9 @@ def cowenv_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., Cow
 @pytest.hookimpl(trylast=True)  # after -k/-m deselection: count only the tests that will run
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tell the session which specs several tests share, so that their pools start early
-    (see ``CowEnvSession.expect``). Only ``cowenv`` users are counted: factory calls are
-    not known before they happen."""
+    and their new templates are compiled behind from the first clone on (see
+    ``CowEnvSession.expect``). Only ``cowenv`` users are counted: factory calls are not known
+    before they happen (their template's compile starts at its second clone)."""
     if config.stash[options_key].pool <= 0 or config.option.collectonly:
         return
     from .matrix import marker_request

@@ -77,6 +77,7 @@ class Stats:
     compiled_behind: dict[str, float] = field(default_factory=dict)
     compiling_behind: list[str] = field(default_factory=list)
     behind_errors: list[str] = field(default_factory=list)
+    uncompiled: list[str] = field(default_factory=list)  # built, one clone: not compiled
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -102,6 +103,7 @@ class Stats:
             "compiled_behind": self.compiled_behind,
             "compiling_behind": self.compiling_behind,
             "behind_errors": self.behind_errors,
+            "uncompiled": self.uncompiled,
         }
 
     def merge(self, other: dict[str, Any]) -> None:
@@ -131,6 +133,7 @@ class Stats:
             d for d in other.get("compiling_behind", []) if d not in self.compiling_behind
         ]
         self.behind_errors += other.get("behind_errors", [])
+        self.uncompiled += [d for d in other.get("uncompiled", []) if d not in self.uncompiled]
 
     def summary_lines(self) -> list[str]:
         lines = []
@@ -150,6 +153,13 @@ class Stats:
                 "(pytest waits for it before it exits; the next run clones it compiled)"
             )
         lines += [f"not compiled: {e}" for e in self.behind_errors]
+        # Another worker may have compiled what this one left (several xdist workers).
+        left = [d for d in self.uncompiled if d not in self.compiled_behind and d not in running]
+        if left:
+            lines.append(
+                f"templates left uncompiled: {', '.join(left)} (one test used each; "
+                "the next run that uses one compiles it behind its tests)"
+            )
         if self.clones:
             strategies = ", ".join(f"{k} {v}" for k, v in sorted(self.strategies.items()))
             lines.append(f"clones: {self.clones} ({strategies})")
@@ -409,12 +419,16 @@ class CowEnvSession:
         return contextlib.nullcontext(template)
 
     def expect(self, spec: TemplateSpec, link_mode: Optional[LinkMode], tests: int) -> None:
-        """Collection says ``tests`` tests will use ``spec``: from two on, pool it from its
-        first use, and if its template is already built, load it and fill its pool now, in
+        """Collection says ``tests`` tests will use ``spec``: from two on, compile its
+        template behind the tests from its first use if this process builds it, pool it from
+        its first use, and if its template is already built, load it and fill its pool now, in
         the background. A template not built yet is not built here: that stays the first
         test's job (so a run that is deselected or stopped early never pays for it)."""
         mode = link_mode or self.settings.link_mode
-        if tests < 2 or self.settings.pool <= 0:
+        if tests < 2:
+            return
+        self.cache.expect_clones(spec, tests)
+        if self.settings.pool <= 0:
             return
         with self._lock:
             if (spec, mode) in self._expected:
@@ -483,10 +497,12 @@ class CowEnvSession:
         if self._cache is None:
             return
         done, running, errors = self._cache.behind_report()
+        uncompiled = self._cache.left_uncompiled()
         with self._lock:
             self.stats.compiled_behind.update(done)
             self.stats.compiling_behind = running
             self.stats.behind_errors = errors
+            self.stats.uncompiled = uncompiled
 
     def finish_coverage(self) -> None:
         """Hand the clones' coverage to the run's measurement and count it in :attr:`stats`

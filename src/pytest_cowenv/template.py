@@ -25,6 +25,12 @@ written (or the generation discarded). No other process can see it as complete, 
 dead or supersede it meanwhile; this process's compile behind waits for the recording. If
 recording fails, the generation is discarded and later asks for the spec fail with the error;
 clones made before stay the tests' own.
+
+A twin pays off only for clones made after it: a template built by this process is compiled
+behind once a second clone of it is asked for, or from its first clone when collection said
+that several tests will use it (:meth:`TemplateCache.expect_clones`). One that a single test
+of the run uses stays uncompiled (that test's clone compiles what it imports, as any fresh
+venv does); the next process that uses it finds it uncompiled and compiles it behind its tests.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import socket
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,8 +128,8 @@ class TemplateCache:
     """Finds or builds templates under one cache root. Thread-safe; one per process.
 
     ``compile_behind``: :meth:`get` returns a new template before it is byte-compiled and
-    compiles it in a background thread (see the module's doc); else :meth:`get` returns
-    compiled templates only."""
+    compiles it in a background thread when more clones of it are to come (see the module's
+    doc); else :meth:`get` returns compiled templates only."""
 
     layout: Layout
     rebuild_before: float = 0.0  # templates created before this time are rebuilt
@@ -140,6 +147,8 @@ class TemplateCache:
     compiled_behind: list[Template] = field(default_factory=list)  # what the thread swapped in
     behind_errors: list[str] = field(default_factory=list)  # why a background compile failed
     _behind: dict[str, threading.Thread] = field(default_factory=dict)
+    _asked: Counter[str] = field(default_factory=Counter)  # key -> `get` calls answered
+    _expected: set[str] = field(default_factory=set)  # keys collection expects several clones of
     _closing: threading.Event = field(default_factory=threading.Event)
     _procs: list[Any] = field(default_factory=list)  # compilers running in the background
     _describe: dict[str, str] = field(default_factory=dict)  # key -> spec.describe()
@@ -183,10 +192,15 @@ class TemplateCache:
             key_lock = self._key_locks.setdefault(key, threading.Lock())
         with key_lock:  # threads asking for one key wait for the first, then share its answer
             with self._mutex:
-                if key in self._ready:
-                    return self._ready[key]
-                if key in self._failed:
+                self._asked[key] += 1
+                found = self._ready.get(key)
+                if found is None and key in self._failed:
                     raise self._failed[key]
+            if found is not None:
+                # A second clone: a compile waits for the key's lock, held while recording.
+                if self.compile_behind and not found.precompiled and self._twin_wanted(found):
+                    self._start_behind(spec, key, found)
+                return found
             try:
                 template = self._get_or_build(spec, key)
                 if not template.precompiled and not self.compile_behind:
@@ -201,9 +215,38 @@ class TemplateCache:
                 unrecorded = self._unrecorded.pop(key, None)
             if unrecorded is not None:  # it starts the compile behind once recorded
                 self._record_behind(spec, key, *unrecorded, go=go)
-            elif self.compile_behind and not template.precompiled:
+            elif self.compile_behind and not template.precompiled and self._twin_wanted(template):
                 self._start_behind(spec, key, template)
             return template
+
+    def expect_clones(self, spec: TemplateSpec, clones: int) -> None:
+        """Collection says this run will ask ``clones`` clones of ``spec``: from two on, its
+        template, if this process builds it, is compiled behind from its first clone on."""
+        if clones >= 2:
+            key = self.key(spec)
+            with self._mutex:
+                self._expected.add(key)
+
+    def _twin_wanted(self, template: Template) -> bool:
+        with self._mutex:
+            return self._wanted(template)
+
+    def _wanted(self, template: Template) -> bool:
+        """Whether the uncompiled ``template`` is worth compiling behind now (mutex held): it
+        was found so (made by an earlier run, which will not compile it), or more clones of it
+        are to come in this run than the one asked for first."""
+        key = template.key
+        return not template.built_now or self._asked[key] >= 2 or key in self._expected
+
+    def left_uncompiled(self) -> list[str]:
+        """The templates this process built and left uncompiled (one clone of each was
+        asked for): the next process that uses one compiles it behind its tests."""
+        with self._mutex:
+            return [
+                t.spec.describe()
+                for t in self.built
+                if not t.precompiled and t.key not in self._behind and not self._wanted(t)
+            ]
 
     def forget(self, key: str) -> None:
         """Drop the in-memory template (after a rebuild elsewhere, or in tests)."""
@@ -449,7 +492,7 @@ class TemplateCache:
                     self.behind_errors.append(f"{first} (recording behind the first test)")
                 return
             collect_generations(self.layout, key)
-            if not pending.template.precompiled:
+            if not pending.template.precompiled and self._twin_wanted(pending.template):
                 self._start_behind(spec, key, pending.template)
 
         thread = threading.Thread(target=record, name=f"cowenv-record-{key[:12]}", daemon=True)
@@ -532,8 +575,13 @@ class TemplateCache:
                 t.spec.describe(): sum(t.meta.get("phases_behind", {}).values())
                 for t in self.compiled_behind
             }
-            # A template still being recorded is compiled once it is: count it as running.
-            threads = [*self._recording.items(), *self._behind.items()]
+            # A template still being recorded is compiled once it is, if wanted: running.
+            recording = [
+                (key, thread)
+                for key, thread in self._recording.items()
+                if any(t.key == key and self._wanted(t) for t in self.built)
+            ]
+            threads = [*recording, *self._behind.items()]
             running = list(dict.fromkeys(key for key, thread in threads if thread.is_alive()))
             running = [self._describe.get(key, key) for key in running]
             return done, running, list(self.behind_errors)

@@ -11,7 +11,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -426,3 +428,53 @@ def test_a_failed_recording_discards_the_template_and_fails_later_tests(
     again = new_cache(root)
     assert again.get(spec).built_now, "the next run builds it again"
     again.close()
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux's /proc")
+def test_compile_workers_die_with_their_killed_compiler(tmp_path: Path) -> None:
+    """A compile is killed when pytest dies (or is Ctrl-C'd during close); its pool's workers
+    must go with it, not wait for work forever."""
+    site, store = tmp_path / "site", tmp_path / "store"
+    site.mkdir()
+    store.mkdir(mode=0o700)
+    body = "".join(f"def f{i}(x):\n    return [x * {i} for _ in range(3)]\n" for i in range(400))
+    for i in range(300):  # enough work for a pool of workers, for seconds
+        (site / f"m{i}.py").write_text(body)
+    script = Path(build_module.__file__).with_name("_bytecode.py")
+    proc = subprocess.Popen(
+        [sys.executable, "-I", "-S", str(script), str(site), str(store)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        while len(workers) < 2 and proc.poll() is None and time.monotonic() < deadline:
+            workers = _children(proc.pid)
+            time.sleep(0.01)
+        if len(workers) < 2:
+            pytest.skip("the compile ran without a pool of workers here (one core?)")
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(os.path.exists(f"/proc/{w}") for w in workers):
+        time.sleep(0.05)
+    alive = [w for w in workers if os.path.exists(f"/proc/{w}")]
+    for pid in alive:
+        os.kill(pid, signal.SIGKILL)
+    assert alive == [], "the killed compiler's workers outlived it"

@@ -210,7 +210,8 @@ def main(site: str, store_root: str) -> dict[str, object]:
     if workers > 1:
         from concurrent.futures import ProcessPoolExecutor  # slow to import: only if needed
 
-        with ProcessPoolExecutor(workers) as pool:
+        init, args = _die_with_parent, (os.getpid(),)
+        with ProcessPoolExecutor(workers, initializer=init, initargs=args) as pool:
             compiled = list(pool.map(compile_and_keep, todo, chunksize=16))
     else:
         compiled = [compile_and_keep(job) for job in todo]
@@ -230,6 +231,13 @@ def behind(parent: int) -> None:
     on Linux, die with the process that started us, which removes our build folder."""
     if hasattr(os, "nice"):
         os.nice(10)
+    _die_with_parent(parent)
+
+
+def _die_with_parent(parent: int) -> None:
+    """On Linux, be killed when ``parent`` (the process that started us) dies. A pool worker
+    needs it too: killed with its parent, a worker would wait for work forever, since the
+    other workers hold the pipe it reads open."""
     if sys.platform.startswith("linux"):
         import ctypes
         import signal
@@ -237,7 +245,7 @@ def behind(parent: int) -> None:
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
         if os.getppid() != parent:  # it died before we asked
-            sys.exit(1)
+            os._exit(1)
 
 
 if __name__ == "__main__":

@@ -25,8 +25,9 @@ pydantic"`` in the environment is done (neither environment has bytecode by then
 what they import); after the uv commands the same import is timed. The figure the targets are
 about, *cost to the first test*, is the first test's start minus pytest's own start (the
 ``pytest alone`` row, same round), against the uv commands' time. The second table shows where
-a cowenv build's time goes (its template's metadata) and the compile that runs behind the
-tests, whose end pytest waits for before it exits (``exit``).
+a cowenv build's time goes (its template's metadata) and, when one runs, the compile behind the
+tests, whose end pytest waits for before it exits (``exit``): since one test uses the template
+here, none runs (the template is left uncompiled for the next run that uses it).
 """
 
 from __future__ import annotations

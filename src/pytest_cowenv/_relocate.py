@@ -160,22 +160,23 @@ def forget_index_urls(site: Path, names: Collection[str]) -> int:
         dist = path.parent.name[: -len(".dist-info")].rpartition("-")[0]
         if canonical_name(dist) not in wanted or path.is_symlink():
             continue
-        record = path.parent / "RECORD"
-        rel = f"{path.parent.name}/{path.name}"
-        with contextlib.suppress(FileNotFoundError):
-            lines = record.read_text(encoding="utf-8").splitlines()
-            kept = [ln for ln in lines if ln.split(",")[0] != rel]
-            record.write_text("\n".join(kept) + "\n", encoding="utf-8")
+        with contextlib.suppress(FileNotFoundError):  # no RECORD: nothing lists it
+            _update_record(path, None)
         path.unlink()
         removed += 1
     return removed
 
 
-def _update_record(path: Path, data: bytes) -> None:
-    """Give ``path``'s line in its distribution's RECORD the new hash and size."""
+def _update_record(path: Path, data: Optional[bytes]) -> None:
+    """Give ``path``'s line in its distribution's RECORD the hash and size of ``data``, or
+    drop the line (``None``: the file is going)."""
     record = path.parent / "RECORD"
     rel = f"{path.parent.name}/{path.name}"
-    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
     lines = record.read_text(encoding="utf-8").splitlines()
-    new = [f"{rel},sha256={digest},{len(data)}" if ln.split(",")[0] == rel else ln for ln in lines]
+    if data is None:
+        new = [ln for ln in lines if ln.split(",")[0] != rel]
+    else:
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        line = f"{rel},sha256={digest},{len(data)}"
+        new = [line if ln.split(",")[0] == rel else ln for ln in lines]
     record.write_text("\n".join(new) + "\n", encoding="utf-8")

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from _helpers import processes
 from pytest_cowenv import TemplateCache, TemplateSpec, clone_tree
 from pytest_cowenv import _build as build_module
 from pytest_cowenv import template as template_module
@@ -430,20 +431,6 @@ def test_a_failed_recording_discards_the_template_and_fails_later_tests(
     again.close()
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.append(int(entry))
-    return found
-
-
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux's /proc")
 def test_compile_workers_die_with_their_killed_compiler(tmp_path: Path) -> None:
     """A compile is killed when pytest dies (or is Ctrl-C'd during close); its pool's workers
@@ -464,7 +451,7 @@ def test_compile_workers_die_with_their_killed_compiler(tmp_path: Path) -> None:
     try:
         deadline = time.monotonic() + 60
         while len(workers) < 2 and proc.poll() is None and time.monotonic() < deadline:
-            workers = _children(proc.pid)
+            workers = [pid for pid, parent, _, _ in processes() if parent == proc.pid]
             time.sleep(0.01)
         if len(workers) < 2:
             pytest.skip("the compile ran without a pool of workers here (one core?)")

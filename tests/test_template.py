@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from _helpers import mounted, unprotect_templates
+from _helpers import mounted, processes, unprotect_templates
 from _wheels import make_wheel
 from conftest import skip_without_uv
 from pytest_cowenv import (
@@ -201,17 +201,12 @@ def test_two_processes_on_a_cold_cache_build_once(root: Path, wheelhouse: Path) 
 def _group_processes(pgid: int) -> list[str]:
     """Command lines of the live processes of process group ``pgid``."""
     found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            fields = stat.rpartition(")")[2].split()
-            state, group = fields[0], int(fields[2])
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
-        except (OSError, ValueError):
-            continue
+    for pid, _parent, group, state in processes():
         if group == pgid and state != "Z":
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
             found.append(cmdline.decode(errors="replace"))
     return found
 

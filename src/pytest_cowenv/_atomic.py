@@ -13,8 +13,50 @@ import time
 from pathlib import Path
 from typing import IO, Any, Optional
 
+from .errors import CacheDirError
 from .marker import write_new_file
 from .store import temp_name
+
+# Lock files and notes of the cache are opened without following a link: a link planted at
+# one of their names would have us truncate, create or lock the file it points to.
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def open_ours(path: Path, flags: int) -> int:
+    """``os.open`` of a lock file or note of the cache, never through a link; a link there
+    is not ours and is left alone: :class:`CacheDirError`, which names it."""
+    try:
+        return os.open(path, flags | _NOFOLLOW, 0o644)
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.EMLINK):  # EMLINK: the BSDs' word for it
+            raise
+    raise _not_ours(path)
+
+
+def _not_ours(path: Path) -> CacheDirError:
+    return CacheDirError(
+        f"{path}: a symbolic link where pytest-cowenv keeps a file of its own; it was not "
+        "made by pytest-cowenv and is left alone: remove it, or use another cache directory"
+    )
+
+
+def write_note(path: Path, text: str) -> None:
+    """Write the small informative file ``path`` (as a build lock's owner note), never
+    through a link; a planted link makes this raise :class:`CacheDirError`."""
+    fd = open_ours(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def read_note(path: Path) -> Optional[str]:
+    """The text of ``path`` as :func:`write_note` wrote it; None if it is absent, a link or
+    unreadable."""
+    try:
+        fd = open_ours(path, os.O_RDONLY)
+    except (OSError, CacheDirError):
+        return None
+    with os.fdopen(fd, encoding="utf-8", errors="replace") as f:
+        return f.read()
 
 
 def write_atomically(path: Path, text: str) -> None:
@@ -51,7 +93,7 @@ def hold_in_use(path: Path) -> IO[bytes]:
     """Create ``path`` if needed and hold a shared lock on it until the process ends (or the
     file is closed)."""
     while True:
-        f = open(path, "ab")  # noqa: SIM115 - held open on purpose
+        f = os.fdopen(open_ours(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "ab")
         if _share(f):
             return f
         f.close()  # it was removed, and this file unlinked, while we waited
@@ -60,7 +102,7 @@ def hold_in_use(path: Path) -> IO[bytes]:
 def hold_existing(path: Path) -> Optional[IO[bytes]]:
     """Hold a shared lock on ``path`` as :func:`hold_in_use`, or None if it is gone."""
     try:
-        f = open(path, "rb")  # noqa: SIM115 - held open on purpose
+        f = os.fdopen(open_ours(path, os.O_RDONLY), "rb")
     except FileNotFoundError:
         return None
     if _share(f):
@@ -98,8 +140,7 @@ class BuildLock:
             except ImportError:  # pragma: no cover - Windows
                 fcntl = None  # type: ignore[assignment]
             if fcntl is not None:
-                flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | os.O_CLOEXEC
-                fd = os.open(self.path, flags, 0o644)
+                fd = open_ours(self.path, os.O_RDWR | os.O_CREAT)
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
@@ -117,6 +158,8 @@ class BuildLock:
                     return False
             import filelock
 
+            if os.path.islink(self.path):  # filelock before 3.20.1 opens through links
+                raise _not_ours(self.path)
             self._portable = filelock.FileLock(str(self.path))
         import filelock
 

@@ -18,6 +18,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple, Optional, Union
@@ -33,6 +34,7 @@ from packaging.utils import (
 )
 from packaging.version import InvalidVersion, Version
 
+from ._atomic import BuildLock
 from ._install import IndexOptions, _index_args, clean_env, resolver_environment, uv_binary
 from .errors import SpecError
 
@@ -128,10 +130,8 @@ def list_releases(
     path; None: the running interpreter): list what could be installed there."""
     if cache_dir is None:
         return _list_now(name, index, python)
-    import filelock
-
     path = cache_dir / f"{listing_key(name, index, python)}.json"
-    with filelock.FileLock(str(cache_dir / f"{path.stem}.lock"), timeout=PIP_TIMEOUT * 2):
+    with _one_lister(name, cache_dir / f"{path.stem}.lock"):
         entry = _read(path, name)
         if entry is not None and entry.run == fresh_after:  # this run's own outcome
             if entry.error:
@@ -181,6 +181,20 @@ class _Entry(NamedTuple):
     listing: Optional[Listing]
     error: str
     run: Optional[float]
+
+
+@contextlib.contextmanager
+def _one_lister(name: str, lock_path: Path) -> Iterator[None]:
+    lock = BuildLock(lock_path)
+    if not lock.acquire(PIP_TIMEOUT * 2):
+        raise SpecError(
+            f"{name}: another process has been listing its releases for more than "
+            f"{PIP_TIMEOUT * 2:g} s (it holds {lock_path}); try again once it is done"
+        )
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _read(path: Path, name: str) -> Optional[_Entry]:

@@ -13,7 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Callable, Optional
 
+from ._atomic import open_ours
 from .clone import remove_tree
+from .errors import CacheDirError
 from .store import Layout
 
 
@@ -36,7 +38,7 @@ def unclaimed(path: Path) -> Iterator[bool]:
     except ImportError:  # pragma: no cover - Windows: prune relies on age only
         yield True
         return
-    with open(path, "ab") as f:
+    with os.fdopen(open_ours(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "ab") as f:
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -95,6 +97,15 @@ def remove_generation(
     arriving meanwhile waits and then finds the generation gone. ``still_wanted`` is asked
     again under the lock. Without the key's build lock, only for a generation that no builder
     can be at work on: a superseded or an abandoned one (see ``remove_template``)."""
+    try:
+        return _remove_unclaimed(layout, key, gen, still_wanted)
+    except CacheDirError as exc:  # a link where the in-use lock should be: left alone
+        return str(exc)
+
+
+def _remove_unclaimed(
+    layout: Layout, key: str, gen: int, still_wanted: Optional[Callable[[], Optional[str]]]
+) -> Optional[str]:
     with unclaimed(layout.in_use(key, gen)) as free:
         if not free:
             return in_use_reason(layout, key, gen)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from . import _owner
+from ._atomic import BuildLock, read_note
 from ._names import (
     BUILD_DIR,
     KEPT,
@@ -37,6 +38,7 @@ from ._names import (
     WHEEL_ENTRY,
 )
 from .clone import remove_tree
+from .errors import CacheDirError
 from .generations import (
     collect_generations,
     in_use_reason,
@@ -238,10 +240,7 @@ def _orphan_note(layout: Layout, key: str) -> str:
 
 
 def _builder(layout: Layout, key: str) -> str:
-    try:
-        return layout.owner_note(key).read_text(encoding="utf-8").strip()
-    except OSError:
-        return "another process"
+    return (read_note(layout.owner_note(key)) or "").strip() or "another process"
 
 
 def allocated_bytes(path: Path) -> int:
@@ -338,13 +337,12 @@ def remove_template(
     """Remove generation ``gen`` of ``key`` under the key's build lock (so that no builder is
     making it, nor numbering the next one meanwhile); return why not, or None once removed.
     The key's lock files go with its last generation."""
-    import filelock
-
-    lock = filelock.FileLock(str(layout.lock(key)), timeout=lock_timeout)
+    lock = BuildLock(layout.lock(key))
     try:
-        lock.acquire()
-    except filelock.Timeout:
-        return f"being built by {_builder(layout, key)}"
+        if not lock.acquire(lock_timeout):
+            return f"being built by {_builder(layout, key)}"
+    except CacheDirError as exc:  # a link where the lock should be
+        return str(exc)
     try:
         reason = remove_generation(layout, key, gen, still_wanted=still_wanted)
         if reason is None and not layout.generations_of(key):
@@ -600,8 +598,6 @@ def prune_wheels(layout: Layout, report: Report) -> None:
 
     The cache of wheels is a cache: a wheel removed under a build only costs that build a
     wheel build (a build installs from its own link to the wheel, which stays)."""
-    import filelock
-
     used = wheels_in_use(layout)
     if used is None:
         return  # a build will list its wheels once done: the next prune or clean will do it
@@ -609,10 +605,13 @@ def prune_wheels(layout: Layout, report: Report) -> None:
         match = WHEEL_ENTRY.match(entry.name)
         if match is None or match["lock"] or entry.name in used:
             continue  # not ours, a lock (see _remove_wheel_locks), or in use
-        lock = filelock.FileLock(str(layout.wheel_lock(entry.name)), timeout=0)
+        lock = BuildLock(layout.wheel_lock(entry.name))
         try:
-            lock.acquire()
-        except filelock.Timeout:
+            held = lock.try_acquire()
+        except CacheDirError as exc:  # a link where the lock should be
+            report.skipped.append(Item(entry.path, "wheel", reason=str(exc)))
+            continue
+        if not held:
             report.skipped.append(Item(entry.path, "wheel", reason="being built"))
             continue
         try:
@@ -636,17 +635,18 @@ def _remove_wheel_locks(layout: Layout) -> list[Item]:
     """``clean --all`` only: remove the build locks of wheels that are gone, unlinked while
     we hold them (as :func:`_remove_lock_files` does for templates); what is held is
     skipped."""
-    import filelock
-
     skipped = []
     for entry in _children(layout.wheels):
         match = WHEEL_ENTRY.match(entry.name)
         if match is None or not match["lock"]:
             continue
-        lock = filelock.FileLock(entry.path, timeout=0)
+        lock = BuildLock(Path(entry.path))
         try:
-            lock.acquire()
-        except filelock.Timeout:
+            held = lock.try_acquire()
+        except CacheDirError as exc:  # a link with a lock's name: not ours
+            skipped.append(Item(entry.path, "wheel build lock", reason=str(exc)))
+            continue
+        if not held:
             skipped.append(Item(entry.path, "wheel build lock", reason="a wheel being built"))
             continue
         try:
@@ -685,13 +685,12 @@ def _remove_lock_files(layout: Layout, key: str) -> Optional[str]:
     before could still lock the removed file (filelock before 3.20.4 does not re-check the
     link count): the risk of starting a build in a cache while removing it, which `prune`
     and `clean` never take."""
-    import filelock
-
-    lock = filelock.FileLock(str(layout.lock(key)), timeout=0)
+    lock = BuildLock(layout.lock(key))
     try:
-        lock.acquire()
-    except filelock.Timeout:
-        return f"being built by {_builder(layout, key)}"
+        if not lock.try_acquire():
+            return f"being built by {_builder(layout, key)}"
+    except CacheDirError as exc:  # a link where the lock should be
+        return str(exc)
     try:
         if not layout.generations_of(key):
             for side in (layout.owner_note(key), layout.lock(key)):

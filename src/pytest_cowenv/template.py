@@ -51,7 +51,14 @@ from pathlib import Path
 from typing import IO, Any, Callable, Generic, Optional, TypeVar, Union
 
 from . import __version__
-from ._atomic import BuildLock, hold_existing, hold_in_use, write_atomically
+from ._atomic import (
+    BuildLock,
+    hold_existing,
+    hold_in_use,
+    read_note,
+    write_atomically,
+    write_note,
+)
 from ._build import build_env, compile_env, timed
 from ._content import own_hashes
 from ._install import installer_identity
@@ -382,10 +389,7 @@ class TemplateCache:
         if not lock.acquire(self.lock_timeout, give_up):
             if give_up is not None and give_up.is_set():
                 raise _GaveUp
-            try:
-                holder = owner.read_text(encoding="utf-8").strip()
-            except OSError:
-                holder = "unknown process"
+            holder = (read_note(owner) or "").strip() or "unknown process"
             # The lock is an flock: it dies with its holder, so the holder is alive and busy.
             raise LockTimeoutError(
                 f"template {key}: lock {lock_path} held by {holder} for more than "
@@ -393,15 +397,16 @@ class TemplateCache:
                 "PYTEST_COWENV_LOCK_TIMEOUT"
             )
         try:
-            owner.write_text(
+            write_note(
+                owner,
                 f"pid {os.getpid()} on {socket.gethostname()} since "
                 f"{time.strftime('%Y-%m-%d %H:%M:%S')} ({' '.join(sys.argv[:3])})\n",
-                encoding="utf-8",
             )
             yield
         finally:
             with contextlib.suppress(OSError):
-                owner.unlink()
+                if not os.path.islink(owner):  # a link planted there is not ours to remove
+                    owner.unlink()
             lock.release()
 
     def _discard_dead_builds(self, key: str) -> None:

@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from ._atomic import write_atomically
+from ._atomic import BuildLock, write_atomically
 from ._content import problems
 from ._install import IndexOptions
 from ._venv import site_packages
 from .clone import Tree, remove_tree, walk_tree
-from .errors import CowEnvError
+from .errors import CacheDirError, CowEnvError
 from .maintenance import current_generation, read_meta, template_keys
 from .spec import TemplateSpec
 from .store import Layout
@@ -83,8 +83,6 @@ def verify_cache(
     manifest; one that fails loses its metadata (so no run trusts it) and, with ``rebuild``,
     is built again from its spec.
     """
-    import filelock
-
     if keys is None:
         keys = template_keys(layout)
     verdicts = []
@@ -98,10 +96,13 @@ def verify_cache(
             continue
         verdict = Verdict(key, str(path), str(meta.get("describe", "?")), "ok")
         verdicts.append(verdict)
-        lock = filelock.FileLock(str(layout.lock(key)), timeout=lock_timeout)
+        lock = BuildLock(layout.lock(key))
         try:
-            lock.acquire()
-        except filelock.Timeout:
+            held = lock.acquire(lock_timeout)
+        except CacheDirError as exc:  # a link where the lock should be
+            verdict.state, verdict.note = "skipped", str(exc)
+            continue
+        if not held:
             verdict.state, verdict.note = "skipped", "being built by another process"
             continue
         try:

@@ -270,6 +270,77 @@ def test_no_deletion_leaves_the_cache(
     record_property("inner_tests", INNER_TESTS)
 
 
+# --- lock files and notes: never written through ------------------------------------------
+
+BUILDS = """
+import pytest
+
+@pytest.mark.cowenv("alpha==1.0")
+def test_builds(cowenv):
+    pass
+"""
+
+
+def test_locks_and_notes_are_never_written_through(
+    pytester: pytest.Pytester,
+    sentinel_at: Callable[[str], tuple[Path, Sentinel]],
+    offline: list[str],
+    wheelhouse: Path,
+) -> None:
+    """Links planted at a template's build lock, owner note and in-use lock, and at a wheel's
+    build lock, point at a user's file. Opening one would truncate (filelock before 3.20.1
+    opened locks with O_TRUNC through links), create or lock that file, and writing the owner
+    note would overwrite it. A run that must build the key fails with one line naming the link;
+    ``prune``, ``clean`` and ``verify`` skip what it guards; the file stays as it was."""
+    cache, sentinel = sentinel_at("ext4")
+    victim = sentinel.path / "precious.txt"
+    key, _, _ = acquire_once(cache, wheelhouse, "alpha==1.0")
+    templates, wheels = cache / "templates", cache / "wheels"
+    (gen_dir,) = template_dirs(cache)
+    plants = [templates / f"{key}.lock", templates / f"{key}.owner"]
+    plants += [templates / f"{gen_dir.name}.inuse", wheels / f"{'d' * 24}.lock"]
+    wheels.mkdir(exist_ok=True)
+    for plant in plants:
+        if os.path.lexists(plant):
+            os.unlink(plant)
+        os.symlink(victim, plant)
+
+    for args in (("verify",), ("prune", "--all"), ("clean",), ("clean", "--all")):
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest_cowenv", *args],
+            capture_output=True,
+            text=True,
+            env={**inner_env(), "PYTEST_COWENV_DIR": str(cache)},
+            stdin=subprocess.DEVNULL,
+            timeout=120,
+            check=False,
+        )
+        out = proc.stdout + proc.stderr
+        assert "Traceback" not in out, out
+        sentinel.check(" ".join(args))
+        assert all(plant.is_symlink() for plant in plants), (args, out)
+
+    # A run that must build the key: its template gone, the links still there.
+    unprotect(gen_dir)
+    shutil.rmtree(gen_dir)
+    os.unlink(templates / f"{gen_dir.name}.json")
+    pytester.makepyfile(test_builds=BUILDS)
+    result = pytester.runpytest_subprocess("--cowenv-dir", str(cache), *offline)
+    out = "\n".join(result.outlines + result.errlines)
+    result.assert_outcomes(errors=1)
+    assert f"{templates / key}.lock: a symbolic link where pytest-cowenv keeps" in out, out
+    assert not internal_frames(out), out
+    sentinel.check("a build under a linked lock")
+
+    os.unlink(templates / f"{key}.lock")  # the owner note's link is still there
+    result = pytester.runpytest_subprocess("--cowenv-dir", str(cache), *offline)
+    out = "\n".join(result.outlines + result.errlines)
+    result.assert_outcomes(errors=1)
+    assert f"{templates / key}.owner: a symbolic link where" in out, out
+    sentinel.check("a build under a linked owner note")
+    assert (templates / f"{key}.owner").is_symlink()
+
+
 # --- the clone engine's clean-up of a failed clone ---------------------------------------
 
 

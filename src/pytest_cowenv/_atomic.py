@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import IO, Any, Optional
 
-from .errors import CacheDirError
+from .errors import CacheDirError, not_ours
 from .marker import write_new_file
 from .store import temp_name
 
@@ -30,14 +30,7 @@ def open_ours(path: Path, flags: int) -> int:
     except OSError as exc:
         if exc.errno not in (errno.ELOOP, errno.EMLINK):  # EMLINK: the BSDs' word for it
             raise
-    raise _not_ours(path)
-
-
-def _not_ours(path: Path) -> CacheDirError:
-    return CacheDirError(
-        f"{path}: a symbolic link where pytest-cowenv keeps a file of its own; it was not "
-        "made by pytest-cowenv and is left alone: remove it, or use another cache directory"
-    )
+    raise not_ours(path)
 
 
 def write_note(path: Path, text: str) -> None:
@@ -159,7 +152,7 @@ class BuildLock:
             import filelock
 
             if os.path.islink(self.path):  # filelock before 3.20.1 opens through links
-                raise _not_ours(self.path)
+                raise not_ours(self.path)
             self._portable = filelock.FileLock(str(self.path))
         import filelock
 

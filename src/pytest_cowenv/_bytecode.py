@@ -172,10 +172,18 @@ def compile_and_keep(job: tuple[str, str, str, str, bytes]) -> bool:
         data = f.read()
     pyc = pyc_bytes(data, rel)
     place(src, pyc)
-    os.makedirs(os.path.dirname(stored), exist_ok=True)
-    # The digest was of the bytes read before: seal what was compiled, not what was listed.
-    write_new(stored, seal(secret, hashlib.sha256(data).hexdigest(), pyc))  # b"": no compile
+    if stored and own_dir(os.path.dirname(stored)):
+        # The digest was of the bytes read before: seal what was compiled, not what was listed.
+        write_new(stored, seal(secret, hashlib.sha256(data).hexdigest(), pyc))  # b"": no compile
     return bool(pyc)
+
+
+def own_dir(path: str) -> bool:
+    """Make the store's folder ``path`` if it is missing; False if a symbolic link stands at
+    its name: not ours, so no entry is read or kept through it (the store is a cache)."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path)
+    return not os.path.islink(path)
 
 
 def store_dir() -> str:
@@ -186,6 +194,7 @@ def store_dir() -> str:
 def main(site: str, store_root: str) -> dict[str, object]:
     secret = store_secret(store_root)
     store = os.path.join(store_root, store_dir())
+    keep = own_dir(store)
     header = importlib.util.MAGIC_NUMBER + _CHECKED_HASH.to_bytes(4, "little")
     reused = failed = dropped = 0
     todo = []
@@ -195,8 +204,8 @@ def main(site: str, store_root: str) -> dict[str, object]:
             data = f.read()
         digest = hashlib.sha256(data).hexdigest()
         entries.add(digest)
-        stored = os.path.join(store, digest[:2], digest[2:])
-        entry = _read(stored)
+        stored = os.path.join(store, digest[:2], digest[2:]) if keep else ""
+        entry = _read(stored) if stored else None
         pyc = None if entry is None else unseal(secret, digest, entry)
         dropped += entry is not None and pyc is None
         # A kept pyc is used only if its header says it was compiled from exactly this source.

@@ -99,14 +99,16 @@ def source(index: IndexOptions) -> str:
 
 def listing_dir(root: Optional[str]) -> Optional[Path]:
     """``versions/`` of the cache at ``root`` (the default cache if None), made on first
-    need; None if the cache is unusable: a listing is then made without it, and whatever
-    needs the cache says why."""
+    need; None if the cache is unusable (or ``versions/`` is a symbolic link): a listing is
+    then made without it, and whatever needs the cache says why."""
     from .errors import CacheDirError
     from .store import check_safe, prepare_root
 
     try:
         layout = prepare_root(root)
         layout.versions.mkdir(exist_ok=True)
+        if os.path.islink(layout.versions):  # not ours: nothing is written through it
+            return None
         check_safe(layout.versions, parents=False)
     except (OSError, CacheDirError):
         return None

@@ -56,6 +56,15 @@ class CacheDirError(CowEnvError):
     """The cache directory is missing, unsafe or unusable."""
 
 
+def not_ours(path: object, what: str = "file") -> CacheDirError:
+    """The error for a symbolic link at the name of a ``what`` ("file" or "folder") of the
+    cache: it is not ours, and nothing is written, created or locked through it."""
+    return CacheDirError(
+        f"{shown(path)}: a symbolic link where pytest-cowenv keeps a {what} of its own; it was "
+        "not made by pytest-cowenv and is left alone: remove it, or use another cache directory"
+    )
+
+
 class LockTimeoutError(CowEnvError, TimeoutError):
     """Another process held a template lock for longer than we may wait."""
 

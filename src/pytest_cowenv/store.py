@@ -14,7 +14,7 @@ from typing import Optional, Union
 from . import marker
 from ._names import TEMPLATE_ENTRY
 from ._owner import current
-from .errors import CacheDirError, shown
+from .errors import CacheDirError, not_ours, shown
 
 ENV_DIR = "PYTEST_COWENV_DIR"
 
@@ -134,6 +134,7 @@ def prepare_root(root: Optional[Union[str, os.PathLike[str]]]) -> Layout:
     check_safe(path)
     claim(path)
     layout = Layout(path)
+    check_folders(layout)
     try:
         for sub in (layout.templates, layout.clones, layout.tmp, layout.bytecode):
             sub.mkdir(exist_ok=True)
@@ -209,8 +210,18 @@ def open_existing(root: Path, *, adopt: bool = False, remains: bool = False) -> 
     if state.kind == "legacy" and adopt:
         claim(root)
     layout = Layout(root)
+    check_folders(layout)
     check_kept(layout)
     return layout
+
+
+def check_folders(layout: Layout) -> None:
+    """A link at the name of one of the cache's folders is refused (:func:`not_ours`):
+    builds, clones and store entries would be written wherever it points. ``kept/``,
+    ``versions/`` and ``wheels/`` are vetted where they are made, on need."""
+    for sub in (layout.templates, layout.clones, layout.tmp, layout.bytecode):
+        if os.path.islink(sub):
+            raise not_ours(sub, "folder")
 
 
 def foreign_message(path: Path, why: str) -> str:

@@ -55,6 +55,7 @@ from ._atomic import (
     BuildLock,
     hold_existing,
     hold_in_use,
+    open_ours,
     read_note,
     write_atomically,
     write_note,
@@ -75,6 +76,7 @@ from .store import Layout
 DEFAULT_LOCK_TIMEOUT = float(os.environ.get("PYTEST_COWENV_LOCK_TIMEOUT", "900"))
 CLOSE_TIMEOUT = 10.0  # seconds `close` waits, after Ctrl-C, for a killed compile to clean up
 _COUNTS = ("reused", "compiled", "failed", "dropped")  # what byte-compiling did, in metadata
+_MARK = os.O_WRONLY | os.O_CREAT  # a generation's `.linked` mark: its presence is all it says
 # Makes the environment of a new generation in ``env`` (a new path; ``work`` is the build
 # folder): returns what byte-compiling reports, adds each phase's seconds to ``phases``.
 Maker = Callable[[Path, Path, dict[str, float]], dict[str, Any]]
@@ -368,8 +370,9 @@ class TemplateCache:
         so that later loads check its manifest without ctimes and inodes. Waits until the
         template is recorded: hard links share its inodes, which recording makes read-only."""
         self._recorded(template.key)
-        with contextlib.suppress(OSError):
-            self.layout.linked(template.key, template.generation).touch()
+        with contextlib.suppress(OSError):  # a link there raises CacheDirError, naming it
+            mark = open_ours(self.layout.linked(template.key, template.generation), _MARK)
+            os.close(mark)
 
     def _mark_used(self, template: Template) -> Template:
         """Touch last-used (the in-use lock is already held: see `_find`)."""

@@ -320,7 +320,7 @@ def unprivileged_prefix() -> Optional[list[str]]:
     return [setpriv, "--bounding-set=-dac_override,-dac_read_search"]
 
 
-_ACQUIRE = """
+ACQUIRE = """
 import sys
 import time
 from pytest_cowenv._install import IndexOptions
@@ -375,7 +375,7 @@ def acquire_each(
     ``alpha`` in the clone, remove the clone. Returns (key, ``created``, clone strategy)
     for each spec."""
     proc = subprocess.run(
-        [sys.executable, "-c", _ACQUIRE, str(root), str(wheelhouse), *specs],
+        [sys.executable, "-c", ACQUIRE, str(root), str(wheelhouse), *specs],
         capture_output=True,
         text=True,
         env=env or inner_env(),

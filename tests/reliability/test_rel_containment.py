@@ -27,7 +27,14 @@ import pytest
 
 from _helpers import internal_frames, unprotect
 
-from ._reliability import acquire_once, cowenv_cli, inner_env, template_dirs, tree_digest
+from ._reliability import (
+    ACQUIRE,
+    acquire_once,
+    cowenv_cli,
+    inner_env,
+    template_dirs,
+    tree_digest,
+)
 
 FILESYSTEMS = ["btrfs", "xfs", "ext4", "tmpfs"]
 DEAD_PID = 4_000_000_000  # above any pid_max: no such process, ever
@@ -339,6 +346,114 @@ def test_locks_and_notes_are_never_written_through(
     assert f"{templates / key}.owner: a symbolic link where" in out, out
     sentinel.check("a build under a linked owner note")
     assert (templates / f"{key}.owner").is_symlink()
+
+
+# --- side files and folders of the cache: never made, touched or filled through a link -----
+
+HARDLINKS = """
+import pytest
+
+@pytest.mark.cowenv("alpha==1.0", link_mode="hardlink")
+def test_links(cowenv):
+    pass
+"""
+
+
+def test_the_hardlink_mark_is_never_made_through_a_link(
+    pytester: pytest.Pytester,
+    sentinel_at: Callable[[str], tuple[Path, Sentinel]],
+    offline: list[str],
+    wheelhouse: Path,
+) -> None:
+    """A hardlink clone marks its generation (``templates/KEY.N.linked``). A link planted at
+    the mark's name had the mark made at the link's target (a file created outside the
+    cache) or that file's times set (``Path.touch``). Now the clone fails with one line
+    naming the link, and the link and its target stay as they were."""
+    cache, sentinel = sentinel_at("ext4")
+    acquire_once(cache, wheelhouse, "alpha==1.0")
+    (gen_dir,) = template_dirs(cache)
+    mark = cache / "templates" / f"{gen_dir.name}.linked"
+    victim = sentinel.path / "precious.txt"
+    os.utime(victim, ns=(1_000_000_000_000_000_000, 1_000_000_000_000_000_000))
+    pytester.makepyfile(test_links=HARDLINKS)
+    for target in (victim, sentinel.path / "made-through-a-link"):  # a file, and none yet
+        if os.path.lexists(mark):
+            os.unlink(mark)
+        os.symlink(target, mark)
+        result = pytester.runpytest_subprocess("--cowenv-dir", str(cache), *offline)
+        out = "\n".join(result.outlines + result.errlines)
+        result.assert_outcomes(errors=1)
+        assert f"{mark}: a symbolic link where pytest-cowenv keeps" in out, out
+        assert not internal_frames(out), out
+        sentinel.check(f"a hardlink clone with its mark linked to {target.name}")
+        assert os.stat(victim).st_mtime_ns == 1_000_000_000_000_000_000, "its times were set"
+        assert mark.is_symlink()
+
+
+@pytest.mark.parametrize("folder", ["templates", "clones", "tmp", "pyc", "pyc/STORE"])
+def test_no_folder_of_the_cache_is_filled_through_a_link(
+    sentinel_at: Callable[[str], tuple[Path, Sentinel]], wheelhouse: Path, folder: str
+) -> None:
+    """A folder of the cache (or the bytecode store's folder for this interpreter) replaced
+    by a link to a user's folder: a build and a clone wrote their trees, metadata, locks and
+    store entries into that folder. A link there is refused, naming it; nothing is written
+    through it."""
+    from pytest_cowenv._bytecode import store_dir
+    from pytest_cowenv.store import prepare_root
+
+    cache, sentinel = sentinel_at("ext4")
+    prepare_root(cache)
+    planted = cache / folder.replace("STORE", store_dir())
+    if planted.is_dir():
+        planted.rmdir()
+    os.symlink(sentinel.path, planted)
+    proc = subprocess.run(
+        [sys.executable, "-c", ACQUIRE, str(cache), str(wheelhouse), "alpha==1.0"],
+        capture_output=True,
+        text=True,
+        env=inner_env(),
+        stdin=subprocess.DEVNULL,
+        timeout=300,
+        check=False,
+    )
+    out = proc.stdout + proc.stderr
+    sentinel.check(f"a build and a clone with {folder}/ linked")
+    assert planted.is_symlink()
+    if folder == "pyc/STORE":  # the store is a cache: compiled without it
+        assert proc.returncode == 0, out
+    else:
+        assert proc.returncode != 0, out
+        assert f"{planted}: a symbolic link where pytest-cowenv keeps" in out, out
+
+
+LISTS = """
+import pytest
+from pytest_cowenv import versions
+
+@pytest.mark.parametrize("req", versions("alpha"))
+def test_listed(req):
+    pass
+"""
+
+
+def test_release_listings_are_never_written_through_a_linked_folder(
+    pytester: pytest.Pytester,
+    sentinel_at: Callable[[str], tuple[Path, Sentinel]],
+    offline: list[str],
+) -> None:
+    """``versions()`` keeps its listings and their lock in ``versions/``, made on first need;
+    one replaced by a link to a user's folder had both written there. A linked
+    ``versions/`` is left alone: the releases are listed without the cache."""
+    from pytest_cowenv.store import prepare_root
+
+    cache, sentinel = sentinel_at("ext4")
+    prepare_root(cache)
+    os.symlink(sentinel.path, cache / "versions")
+    pytester.makepyfile(test_lists=LISTS)
+    result = pytester.runpytest_subprocess("--cowenv-dir", str(cache), *offline)
+    result.assert_outcomes(passed=2)  # alpha 1.0 and 2.0
+    sentinel.check("versions() with versions/ linked")
+    assert (cache / "versions").is_symlink()
 
 
 # --- the clone engine's clean-up of a failed clone ---------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import sys
 import threading
@@ -50,6 +51,13 @@ def read_note(path: Path) -> Optional[str]:
         return None
     with os.fdopen(fd, encoding="utf-8", errors="replace") as f:
         return f.read()
+
+
+def read_json(path: Path) -> Any:
+    """The JSON document in ``path``, a file of the cache (metadata, a listing), never read
+    through a link: a link raises OSError (ELOOP) as an unreadable file does."""
+    with os.fdopen(os.open(path, os.O_RDONLY | _NOFOLLOW), "rb") as f:
+        return json.loads(f.read())
 
 
 def write_atomically(path: Path, text: str) -> None:

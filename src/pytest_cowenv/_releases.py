@@ -34,7 +34,7 @@ from packaging.utils import (
 )
 from packaging.version import InvalidVersion, Version
 
-from ._atomic import BuildLock
+from ._atomic import BuildLock, read_json
 from ._install import IndexOptions, _index_args, clean_env, resolver_environment, uv_binary
 from .errors import SpecError
 
@@ -201,7 +201,7 @@ def _one_lister(name: str, lock_path: Path) -> Iterator[None]:
 
 def _read(path: Path, name: str) -> Optional[_Entry]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json(path)  # never through a link
         if data.get("format") != LISTING_FORMAT:
             return None
         listing = None

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 import shutil
 import stat
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from . import _owner
-from ._atomic import BuildLock, read_note
+from ._atomic import BuildLock, read_json, read_note
 from ._names import (
     BUILD_DIR,
     KEPT,
@@ -127,7 +126,7 @@ def open_layout(root: Path, *, adopt: bool = False, remains: bool = False) -> Op
 
 def read_meta(layout: Layout, key: str, gen: int) -> Optional[dict[str, Any]]:
     try:
-        meta = json.loads(layout.meta(key, gen).read_text(encoding="utf-8"))
+        meta = read_json(layout.meta(key, gen))  # never through a link
     except (OSError, ValueError):
         return None
     return meta if isinstance(meta, dict) and meta.get("key") == key else None

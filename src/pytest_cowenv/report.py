@@ -70,9 +70,12 @@ def probe_summary(path: str, remember: bool = False) -> tuple[str, str, str]:
     """
     dev = os.stat(path).st_dev
     memo = os.path.join(path, PROBE_MEMO)
-    if remember:  # a memo outside our own, vetted cache dir could be anyone's: never read it
+    # A memo outside our own, vetted cache dir could be anyone's: never read it; nor one
+    # that is a link (not ours: neither read nor replaced).
+    remember = remember and not os.path.islink(memo)
+    if remember:
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            with open(memo, encoding="utf-8") as f:
+            with os.fdopen(os.open(memo, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)), "rb") as f:
                 data = json.load(f)
             if data["format"] == _MEMO_FORMAT and data["st_dev"] == dev:
                 return str(data["fstype"]), str(data["strategy"]), str(data["reason"])

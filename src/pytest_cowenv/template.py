@@ -56,6 +56,7 @@ from ._atomic import (
     hold_existing,
     hold_in_use,
     open_ours,
+    read_json,
     read_note,
     write_atomically,
     write_note,
@@ -291,7 +292,7 @@ class TemplateCache:
             if gen == 0:
                 break
             try:
-                meta = json.loads(self.layout.meta(key, gen).read_text(encoding="utf-8"))
+                meta = read_json(self.layout.meta(key, gen))
             except (OSError, ValueError):
                 continue
             return meta if isinstance(meta, dict) else None
@@ -349,7 +350,7 @@ class TemplateCache:
         meta_path, tree_path = self.layout.meta(key, gen), self.layout.template(key, gen)
         interp = find_interpreter(spec.python)  # SpecError is the user's to read
         try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            meta = read_json(meta_path)
             if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
                 return None
             if meta.get("key") != key or float(meta["created"]) < self.rebuild_before:
@@ -376,8 +377,8 @@ class TemplateCache:
 
     def _mark_used(self, template: Template) -> Template:
         """Touch last-used (the in-use lock is already held: see `_find`)."""
-        with contextlib.suppress(OSError):
-            os.utime(self.layout.meta(template.key, template.generation))
+        with contextlib.suppress(OSError):  # never the times of what a link there points to
+            os.utime(self.layout.meta(template.key, template.generation), follow_symlinks=False)
         return template
 
     # -- building ------------------------------------------------------------------------
@@ -619,7 +620,7 @@ class TemplateCache:
             if gen <= source.generation:
                 break
             with contextlib.suppress(OSError, ValueError):
-                meta = json.loads(self.layout.meta(key, gen).read_text(encoding="utf-8"))
+                meta = read_json(self.layout.meta(key, gen))
                 if isinstance(meta, dict) and meta.get("compiled_from") == source.generation:
                     return gen
         return None

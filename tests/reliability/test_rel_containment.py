@@ -456,6 +456,57 @@ def test_release_listings_are_never_written_through_a_linked_folder(
     assert (cache / "versions").is_symlink()
 
 
+def test_metadata_is_never_read_or_touched_through_a_link(
+    pytester: pytest.Pytester,
+    sentinel_at: Callable[[str], tuple[Path, Sentinel]],
+    offline: list[str],
+    wheelhouse: Path,
+) -> None:
+    """A template's metadata moved out of the cache and a link left in its place: a run
+    read the user's file as its metadata, trusted the template by it and set the file's
+    times on every use; ``verify`` trusted it too. A link there is no metadata of ours: the
+    template counts as damaged and is rebuilt, and the user's file stays as it was."""
+    cache, sentinel = sentinel_at("ext4")
+    key, created, _ = acquire_once(cache, wheelhouse, "alpha==1.0")
+    (gen_dir,) = template_dirs(cache)
+    meta = cache / "templates" / f"{gen_dir.name}.json"
+    moved = sentinel.path.parent / "elsewhere.json"  # the user's file now
+    shutil.move(meta, moved)
+    os.utime(moved, ns=(1_000_000_000_000_000_000, 1_000_000_000_000_000_000))
+    text = moved.read_text()
+    os.symlink(moved, meta)
+    out = cowenv_cli(cache, "verify", "--no-rebuild")
+    assert f"{key}  alpha==1.0: ok" not in out and "re-trusted" not in out, out
+    pytester.makepyfile(test_builds=BUILDS)
+    result = pytester.runpytest_subprocess("--cowenv-dir", str(cache), *offline)
+    result.assert_outcomes(passed=1)
+    assert os.stat(moved).st_mtime_ns == 1_000_000_000_000_000_000, "its times were set"
+    assert moved.read_text() == text
+    sentinel.check("a run and verify with a linked metadata file")
+    again, rebuilt, _ = acquire_once(cache, wheelhouse, "alpha==1.0")
+    assert again == key and rebuilt != created, "the template was trusted through the link"
+
+
+def test_the_probe_memo_is_never_read_or_replaced_through_a_link(
+    pytester: pytest.Pytester, sentinel_at: Callable[[str], tuple[Path, Sentinel]]
+) -> None:
+    """The header keeps its filesystem probe in ``fs-probe.json`` of the cache root. A link
+    planted there was read as the memo and then replaced by one: now it is neither, the run
+    probes afresh, and the link stays."""
+    from pytest_cowenv.store import prepare_root
+
+    cache, sentinel = sentinel_at("ext4")
+    prepare_root(cache)
+    memo = cache / "fs-probe.json"
+    os.symlink(sentinel.path / "precious.txt", memo)
+    pytester.makepyfile("def test_nothing():\n    pass\n")
+    result = pytester.runpytest_subprocess("--cowenv-dir", str(cache))
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["cowenv: dir=*, fs=ext4, *"])
+    assert memo.is_symlink()
+    sentinel.check("a header with its probe memo linked")
+
+
 # --- the clone engine's clean-up of a failed clone ---------------------------------------
 
 

@@ -307,13 +307,14 @@ def _with_btrfs_usage(templates: list[TemplateInfo]) -> list[TemplateInfo]:
 
 
 def is_held(path: Path) -> bool:
-    """True if some process holds a lock on ``path``; never creates the file."""
+    """True if some process holds a lock on ``path``; never creates the file, nor locks
+    what a link there points to (a link is no lock of ours: False)."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows: no advisory locks to look at
         return False
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return False
     try:

@@ -507,6 +507,30 @@ def test_the_probe_memo_is_never_read_or_replaced_through_a_link(
     sentinel.check("a header with its probe memo linked")
 
 
+def test_listing_never_locks_through_a_link(
+    sentinel_at: Callable[[str], tuple[Path, Sentinel]], wheelhouse: Path
+) -> None:
+    """``list`` asks whether a template is in use by trying its in-use lock. Through a link
+    planted there it locked the user's file it points to (and called the template in use
+    when the user's own program held a lock on that file). A link is no lock of ours."""
+    import fcntl
+
+    cache, sentinel = sentinel_at("ext4")
+    acquire_once(cache, wheelhouse, "alpha==1.0")
+    (gen_dir,) = template_dirs(cache)
+    in_use = cache / "templates" / f"{gen_dir.name}.inuse"
+    victim = sentinel.path / "precious.txt"
+    if os.path.lexists(in_use):
+        os.unlink(in_use)
+    os.symlink(victim, in_use)
+    with open(victim, "rb") as held:  # the user's own program locks its file
+        fcntl.flock(held.fileno(), fcntl.LOCK_SH)
+        out = cowenv_cli(cache, "list")
+    assert "[in use]" not in out, out
+    assert in_use.is_symlink()
+    sentinel.check("list with a linked in-use lock")
+
+
 # --- the clone engine's clean-up of a failed clone ---------------------------------------
 
 

@@ -518,7 +518,8 @@ def _b64(data):
 def _version():
     if not os.path.exists(".git"):
         return "0.1"
-    out = subprocess.run(["git", "describe", "--tags"], capture_output=True, text=True)
+    # --dirty as setuptools-scm asks: git then refreshes (rewrites) the index it uses.
+    out = subprocess.run(["git", "describe", "--tags", "--dirty"], capture_output=True, text=True)
     return out.stdout.strip().lstrip("v")
 
 def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
@@ -628,8 +629,12 @@ def test_project_versioned_by_git_builds_from_the_copy(
     git = ["git", "-c", "user.email=t@example.org", "-c", "user.name=t"]
     for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "one"], ["tag", "v0.7"]):
         subprocess.run([*git, *args], cwd=project, check=True, capture_output=True)
+    index = project / ".git" / "index"
+    before = (index.read_bytes(), index.stat().st_mtime_ns)
     template = new_cache(root).get(make_spec(wheelhouse, "alpha", project=project))
     assert template.resolved["proj"] == "0.7"
+    # The copy's git writes its own index: the project's stays as it was.
+    assert (index.read_bytes(), index.stat().st_mtime_ns) == before
     status = subprocess.run(
         ["git", "status", "--porcelain", "--ignored"], cwd=project, capture_output=True, text=True
     )

@@ -354,17 +354,31 @@ def failure_message(what: str, cmd: Sequence[str], code: int, output: str) -> st
     return f"{what}: {culprit}\ncommand: {' '.join(str(c) for c in cmd)} (exit code {code})\n{tail}"
 
 
-def link_vcs(project: Path, copy: Path) -> None:
+def link_vcs(project: Path, copy: Path, private: Path) -> None:
     """Let the copy see the project's git repository: backends that take the version from
-    git (setuptools-scm, hatch-vcs) fail without it. Nothing is copied; git only reads."""
+    git (setuptools-scm, hatch-vcs) fail without it. Nothing is copied but the index and
+    HEAD: the copy's ``.git`` names ``private``, a git folder of its own (as a linked
+    worktree has one) whose ``commondir`` is the project's. Git writes there, never in the
+    project (``git describe --dirty`` rewrites the index it uses)."""
     git = project / ".git"
     if git.is_dir():
-        (copy / ".git").symlink_to(git, target_is_directory=True)
+        admin = git
     elif git.is_file():  # a worktree or submodule: "gitdir: <path>", maybe relative
         text = git.read_text(encoding="utf-8").strip()
-        if text.startswith("gitdir:"):
-            target = (project / text[len("gitdir:") :].strip()).resolve()
-            (copy / ".git").write_text(f"gitdir: {target}\n", encoding="utf-8")
+        if not text.startswith("gitdir:"):
+            return
+        admin = (project / text[len("gitdir:") :].strip()).resolve()
+    else:
+        return
+    common = admin.resolve()
+    with contextlib.suppress(OSError):  # a worktree's folder names the repository's own
+        common = (admin / (admin / "commondir").read_text(encoding="utf-8").strip()).resolve()
+    private.mkdir()
+    (private / "commondir").write_text(f"{common}\n", encoding="utf-8")
+    for name in ("HEAD", "index"):
+        with contextlib.suppress(FileNotFoundError):
+            shutil.copyfile(admin / name, private / name)
+    (copy / ".git").write_text(f"gitdir: {private}\n", encoding="utf-8")
 
 
 def build_wheel(project: Path, out_dir: Path, python: str, index: IndexOptions) -> Path:
@@ -381,7 +395,7 @@ def build_wheel(project: Path, out_dir: Path, python: str, index: IndexOptions) 
         return {name for name in names if skips(rel, name)}
 
     shutil.copytree(project, work, ignore=ignore, symlinks=True)
-    link_vcs(project, work)
+    link_vcs(project, work, out_dir / f"git-{project.name}")
     wheels = out_dir / f"wheels-{project.name}"
     uv = uv_binary()
     if uv:

@@ -24,6 +24,7 @@ import pytest
 from _helpers import processes
 from pytest_cowenv import TemplateCache, TemplateSpec, clone_tree
 from pytest_cowenv import _build as build_module
+from pytest_cowenv import _install as install_module
 from pytest_cowenv import template as template_module
 from pytest_cowenv._content import problems
 from pytest_cowenv._install import IndexOptions
@@ -396,6 +397,96 @@ def test_the_first_clone_comes_before_the_recording(
     remove_tree(clone)
     another.close()
     cache.close()
+
+
+def test_a_new_subvolume_is_walked_behind_its_first_clone(
+    root: Path, wheelhouse: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A snapshot needs no walk: a new btrfs template is walked by its recording, after its
+    first clone, not by a thread that would compete with the test's thread for the GIL until
+    the test starts; the session counts the clone's size once the walk is done, without
+    waiting for it."""
+    from pytest_cowenv.fs import is_subvolume
+    from pytest_cowenv.session import CowEnvSession, Settings
+
+    monkeypatch.setattr(TemplateCache, "_start_behind", lambda *args: None)
+    walked, go_on = threading.Event(), threading.Event()
+    real_walk = walk_tree
+
+    def held_walk(path: Any) -> Any:
+        if Path(path).parent.name == "templates":
+            walked.set()
+            assert go_on.wait(60)
+        return real_walk(path)
+
+    monkeypatch.setattr(template_module, "walk_tree", held_walk)
+    index = IndexOptions(find_links=(str(wheelhouse),), offline=True)
+    session = CowEnvSession(Settings(root=str(root), pool=0, index=index))
+    got: dict[str, Any] = {}
+    acquiring = threading.Thread(
+        target=lambda: got.update(env=session.acquire(make_spec(wheelhouse, "alpha")))
+    )
+    acquiring.start()
+    acquiring.join(60)
+    assert not acquiring.is_alive(), "the first clone waited for the template's walk"
+    env = got["env"]
+    if not is_subvolume(env.template.path):
+        go_on.set()
+        session.release(env)
+        session.close()
+        pytest.skip("the cache is not on btrfs: a template that is no subvolume is walked first")
+    assert env.template.tree_if_walked is None
+    assert walked.wait(60), "the recording did not walk the template"
+    go_on.set()
+    session.release(env)
+    session.note_compiles()
+    assert session.stats.shared_bytes == env.template.tree.nbytes > 0
+    session.close()
+    meta = json.loads(session.layout.meta(env.template.key, 1).read_text())
+    assert matches_manifest(walk_tree(env.template.path), meta)
+
+
+def test_the_venv_and_the_first_clone_are_prepared_while_the_installer_runs(
+    root: Path, wheelhouse: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cold spec's installer starts first: uv's venv, this run's clone folder and pool, and
+    the clean-up of dead runs start once it runs (none of them is the install's), so they
+    neither delay it nor wait after it."""
+    from pytest_cowenv import maintenance
+    from pytest_cowenv.session import CowEnvSession, Settings
+
+    events: list[str] = []
+    real_run, real_base = install_module.run_installer, build_module.start_base_env
+
+    def run_installer(*args: Any) -> None:
+        events.append("installer")
+        real_run(*args)
+        events.append("installed")
+        assert session._preparing is not None, "nothing was prepared while it ran"
+        session._preparing.join(60)
+        assert session._run_dir is not None and session._pool is not None
+        assert session._cleaning is not None
+
+    def start_base_env(*args: Any, **kwargs: Any) -> Any:
+        events.append("venv")
+        return real_base(*args, **kwargs)
+
+    def clean(layout: Any) -> list[Path]:
+        events.append("clean")
+        return []
+
+    monkeypatch.setattr(build_module, "run_installer", run_installer)
+    monkeypatch.setattr(build_module, "start_base_env", start_base_env)
+    monkeypatch.setattr(maintenance, "clean_stale", clean)
+    index = IndexOptions(find_links=(str(wheelhouse),), offline=True)
+    session = CowEnvSession(Settings(root=str(root), index=index))
+    env = session.acquire(make_spec(wheelhouse, "alpha"))
+    assert run_python(env.path, "import alpha; print(alpha.__name__)") == "alpha"
+    session.release(env)
+    session.close()
+    if build_module.base_env_by_uv(pip=False):
+        assert [e for e in events if e != "clean"][:3] == ["installer", "venv", "installed"]
+    assert "clean" in events
 
 
 def test_a_failed_recording_discards_the_template_and_fails_later_tests(

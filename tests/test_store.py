@@ -477,24 +477,31 @@ def test_a_build_lock_removed_while_waited_for_is_not_taken(
     waiter.release()
 
 
-def test_leftovers_of_dead_runs_go_behind_the_first_test(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_leftovers_of_dead_runs_go_behind_the_first_clone(
+    root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The session's first look at the cache starts the clean-up of dead runs' leftovers in
-    the background; closing the session waits for it."""
+    """The clean-up of dead runs' leftovers starts in the background once the session has
+    made its first clone (or once its first installer runs: see test_compile_behind), never
+    at its first look at the cache, where it would slow the build down; closing the session
+    waits for it."""
     from pytest_cowenv import maintenance
     from pytest_cowenv.session import CowEnvSession, Settings
 
-    release, done = threading.Event(), threading.Event()
+    release, started, done = threading.Event(), threading.Event(), threading.Event()
 
     def slow_clean(layout: Any) -> list[Path]:
+        started.set()
         release.wait(30)
         done.set()
         return []
 
     monkeypatch.setattr(maintenance, "clean_stale", slow_clean)
-    session = CowEnvSession(Settings(root=str(tmp_path / "cache")))
-    assert session.layout.templates.is_dir() and not done.is_set()
+    session = CowEnvSession(Settings(root=str(root), pool=0))
+    assert session.layout.templates.is_dir()
+    assert not started.wait(0.2), "cleaning started before any build or clone"
+    env = session.acquire(session.spec([]))  # nothing to install: no installer runs
+    assert started.wait(30) and not done.is_set()
+    session.release(env)
     release.set()
     session.close()
     assert done.is_set()

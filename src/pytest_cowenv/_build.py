@@ -65,21 +65,39 @@ def build_env(
     *,
     compile: bool = True,
     wheel_of: Optional[WheelSource] = None,
+    installing: Optional[Callable[[], None]] = None,
 ) -> dict[str, Any]:
     """Create, fill, relocate and (if ``compile``) byte-compile the environment ``env`` (a
     new path). Local projects are built into wheels in ``work``, or taken from ``wheel_of``
-    (the cache's, see :mod:`._wheelcache`).
+    (the cache's, see :mod:`._wheelcache`). ``installing`` is called once the first
+    installer command runs (see :func:`run_installer`).
 
     Returns what byte-compiling reports (see :func:`compile_env`; :data:`NOT_COMPILED`
     without ``compile``); adds each phase's seconds to ``phases``.
     """
     interp = find_interpreter(spec.python)
+
+    def start_base() -> Callable[[], None]:
+        with timed(phases, "venv"):
+            return start_base_env(env, interp.executable, pip=spec.pip, what=spec.describe())
+
     with timed(phases, "venv"):
         make_template_dir(env)
-        base_env_made = start_base_env(env, interp.executable, pip=spec.pip, what=spec.describe())
+    # uv installs without the venv (see start_base_env): the installer starts first, and the
+    # venv while it runs. virtualenv's venv is made first (pip installs into it).
+    base_env_made = None if base_env_by_uv(spec.pip) else start_base()
+
+    def installer_started() -> None:
+        nonlocal base_env_made
+        if base_env_made is None:
+            base_env_made = start_base()
+        if installing is not None:
+            installing()
+
     python = env / "bin" / "python"
     origins: dict[Path, Path] = {}
     wheels: dict[str, Path] = {}
+    started: Optional[Callable[[], None]] = installer_started
     try:
         for local in map(Path, spec.local):
             if local.is_dir():
@@ -92,11 +110,15 @@ def build_env(
                 wheels[str(local)] = wheel
         for command in install_commands(spec, python, work, wheels, interp.executable):
             with timed(phases, "install"):
-                run_installer(command, f"{spec.describe()}: installing failed")
+                run_installer(command, f"{spec.describe()}: installing failed", started)
+            started = None
     except BaseException:
         with contextlib.suppress(TemplateBuildError):  # the first failure is the one to tell
-            base_env_made()
+            if base_env_made is not None:
+                base_env_made()
         raise
+    if base_env_made is None:  # nothing to install
+        base_env_made = start_base()
     with timed(phases, "venv"):
         base_env_made()
     with timed(phases, "relocate"):
@@ -123,7 +145,7 @@ def start_base_env(env: Path, python: str, *, pip: bool, what: str) -> Callable[
     (a ``python -m virtualenv`` would spend more time starting than creating), which seeds
     pip from its own wheels, before anything is installed."""
     uv = uv_binary()
-    if uv and not pip:
+    if uv and base_env_by_uv(pip):
         # --no-project and --no-config: no pyproject.toml or uv.toml around steers it.
         cmd = [uv, "venv", "--quiet", "--no-project", "--no-config", "--allow-existing"]
         cmd += ["--python", python, str(env)]
@@ -140,6 +162,11 @@ def start_base_env(env: Path, python: str, *, pip: bool, what: str) -> Callable[
         return made
     create_with_virtualenv(env, python, pip=pip, what=what)
     return lambda: None
+
+
+def base_env_by_uv(pip: bool) -> bool:
+    """Whether :func:`start_base_env` makes the venv with uv (else with virtualenv)."""
+    return uv_binary() is not None and not pip
 
 
 def create_with_virtualenv(env: Path, python: str, *, pip: bool, what: str) -> None:

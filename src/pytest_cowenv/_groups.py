@@ -11,19 +11,26 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from ._venv import canonical_name as canonicalize_name
 from .errors import SpecError
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python < 3.11 (tomli is pytest's own dependency there)
-    import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
+
+def _tomllib() -> ModuleType:
+    """The TOML parser, imported when a spec first reads TOML: most specs read none, and a
+    cold spec's first test waits for the imports of every module its build uses."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python < 3.11 (tomli is pytest's own dependency there)
+        import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
+    return tomllib
 
 
 def read_toml(path: Path, what: str) -> dict[str, Any]:
     """The parsed TOML file ``path``, or a SpecError that says where it does not parse."""
+    tomllib = _tomllib()
     try:
         with open(path, "rb") as f:
             data: dict[str, Any] = tomllib.load(f)
@@ -38,6 +45,7 @@ def read_toml(path: Path, what: str) -> dict[str, Any]:
 
 def loads_toml(text: str, what: str) -> dict[str, Any]:
     """Parsed TOML text, or a SpecError that says where it does not parse."""
+    tomllib = _tomllib()
     try:
         data: dict[str, Any] = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -303,25 +303,26 @@ def install_command(
     ]
 
 
-def run_installer(cmd: Sequence[str], what: str) -> None:
-    """Run an installer command; failure becomes a TemplateBuildError with its last lines."""
-    proc = subprocess.run(
-        list(cmd),
-        capture_output=True,
-        text=True,
-        env=clean_env(),
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
+def run_installer(
+    cmd: Sequence[str], what: str, started: Optional[Callable[[], None]] = None
+) -> None:
+    """Run an installer command; failure becomes a TemplateBuildError with its last lines.
+    ``started`` is called once the command runs, before waiting for it."""
+    with start_captured(cmd) as proc:
+        try:
+            if started is not None:
+                started()
+            stdout, stderr = proc.communicate()
+        except BaseException:  # Ctrl-C included: as subprocess.run, never leave it running
+            proc.kill()
+            raise
     if proc.returncode != 0:
-        raise TemplateBuildError(
-            failure_message(what, cmd, proc.returncode, proc.stderr + proc.stdout)
-        )
+        raise TemplateBuildError(failure_message(what, cmd, proc.returncode, stderr + stdout))
 
 
 def start_captured(cmd: Sequence[str]) -> subprocess.Popen[str]:
-    """Start ``cmd`` as :func:`run_installer` runs one (output captured as text, no stdin, the
-    clean environment) without waiting for it: the caller communicates."""
+    """Start ``cmd`` the way installers run (output captured as text, no stdin, the clean
+    environment) without waiting for it: the caller communicates."""
     return subprocess.Popen(
         list(cmd),
         stdout=subprocess.PIPE,

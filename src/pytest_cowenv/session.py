@@ -21,15 +21,15 @@ from ._defaults import DEFAULT_POOL
 from ._install import IndexOptions
 from ._owner import lock_dir
 from .clone import LinkMode, Warn, clone_tree
-from .env import CowEnv
 from .errors import CacheDirError, CowEnvError, CowEnvWarning, shown
-from .pool import ENV, ClonePool, Lease, remove_folder
 from .spec import TemplateSpec
 from .store import Layout, check_kept, prepare_root
 from .template import Template, TemplateCache
 
 if TYPE_CHECKING:
     from ._coverage import CloneCoverage
+    from .env import CowEnv
+    from .pool import ClonePool, Lease
 
 
 @dataclass(frozen=True)
@@ -229,7 +229,8 @@ class CowEnvSession:
         self.coverage = coverage  # measures the clones' processes, when the run measures
         self.stats = Stats()
         self._layout: Optional[Layout] = None
-        self._cleaning: Optional[threading.Thread] = None  # see `layout`
+        self._cleaning: Optional[threading.Thread] = None  # see `_start_cleaning`
+        self._preparing: Optional[threading.Thread] = None  # see `_installing`
         self._cache: Optional[TemplateCache] = None
         self._run_dir: Optional[Path] = None
         self._run_lock: Optional[int] = None  # held while the run folder exists: see _owner
@@ -239,17 +240,12 @@ class CowEnvSession:
         self._uses: Counter[tuple[str, LinkMode]] = Counter()
         self._expected: set[tuple[TemplateSpec, LinkMode]] = set()
         self._leases: dict[CowEnv, Lease] = {}
+        self._unsized: list[Template] = []  # see `_count_shared`
 
     @property
     def layout(self) -> Layout:
         if self._layout is None:
             self._layout = prepare_root(self.settings.root)
-            # What dead processes left goes in the background: that removes nothing a live
-            # process holds (this one included), and the first test need not wait for it.
-            self._cleaning = threading.Thread(
-                target=self._clean_stale_quietly, name="cowenv-clean", daemon=True
-            )
-            self._cleaning.start()
         return self._layout
 
     @property
@@ -257,9 +253,45 @@ class CowEnvSession:
         if self._cache is None:
             # The first test starts before a new template is byte-compiled (see template.py).
             self._cache = TemplateCache(
-                self.layout, rebuild_before=self.settings.rebuild_before, compile_behind=True
+                self.layout,
+                rebuild_before=self.settings.rebuild_before,
+                compile_behind=True,
+                installing=self._installing,
             )
         return self._cache
+
+    def _installing(self) -> None:
+        """The template cache started an installer. The first time, prepare in a thread what
+        the first clone needs besides its template (the modules, this run's folder and pool)
+        and start the clean-up of dead runs: none of it is the build's, and done while the
+        installer runs, it neither delays the installer's start nor waits after its end."""
+        with self._lock:
+            if self._preparing is not None:
+                return
+            self._preparing = threading.Thread(
+                target=self._prepare_clones, name="cowenv-prepare", daemon=True
+            )
+        self._preparing.start()
+
+    def _prepare_clones(self) -> None:
+        from . import env, pool  # noqa: F401  # what `acquire` imports
+
+        with contextlib.suppress(OSError, CowEnvError):  # `acquire` meets it again, and says so
+            _ = self.pool
+        self._start_cleaning()
+
+    def _start_cleaning(self) -> None:
+        """Remove what dead processes left, in the background (once): that removes nothing a
+        live process holds (this one included), and no test need wait for it. Started while
+        the first installer runs, else by the first clone: never before a build, which it
+        would slow down."""
+        with self._lock:
+            if self._cleaning is not None:
+                return
+            self._cleaning = threading.Thread(
+                target=self._clean_stale_quietly, name="cowenv-clean", daemon=True
+            )
+        self._cleaning.start()
 
     @property
     def run_dir(self) -> Path:
@@ -279,6 +311,8 @@ class CowEnvSession:
         if self.settings.pool <= 0:
             return None
         run_dir = self.run_dir
+        from .pool import ClonePool
+
         with self._lock:
             if self._pool is None:
                 self._pool = ClonePool(
@@ -329,6 +363,10 @@ class CowEnvSession:
         told: list[str] = []
         mode = link_mode or self.settings.link_mode
         with self._template_for(spec, mode) as template:
+            # Not before: a new template's build starts sooner (see `_installing`).
+            from .env import CowEnv
+            from .pool import ENV, Lease
+
             with self._lock:
                 self._seq += 1
                 seq = self._seq
@@ -401,10 +439,29 @@ class CowEnvSession:
                 if result.strategy == "copy":
                     self.stats.copied_bytes += result.bytes
                 else:
-                    self.stats.shared_bytes += template.tree.nbytes
+                    self._unsized.append(template)
+        self._count_shared()
+        self._start_cleaning()
         for message in told:
             warnings.warn(CowEnvWarning(message), stacklevel=2)
         return env
+
+    def _count_shared(self, *, wait: bool = False) -> None:
+        """Add the size of each clone that shares its template's blocks to the statistics,
+        once its template's walk is done (a new template's first snapshot is made while it is
+        walked: no test waits for the walk to count it); ``wait`` for the walks (the end)."""
+        ready: list[Template] = []
+        waiting: list[Template] = []
+        with self._lock:
+            for template in self._unsized:
+                (ready if wait or template.tree_if_walked is not None else waiting).append(template)
+            self._unsized = waiting
+        size = 0
+        for template in ready:
+            with contextlib.suppress(OSError, CowEnvError):  # a failed walk: its recording says so
+                size += template.tree.nbytes
+        with self._lock:
+            self.stats.shared_bytes += size
 
     def _template_for(
         self, spec: TemplateSpec, mode: LinkMode
@@ -483,6 +540,8 @@ class CowEnvSession:
         if self._pool is not None and lease is not None:
             self._pool.give_back(lease, reusable=kept is None)  # a rename; the rest behind
         elif os.path.lexists(folder):
+            from .pool import remove_folder
+
             remove_folder(folder, self.layout.root)
             if kept is None:
                 with self._lock:
@@ -492,8 +551,9 @@ class CowEnvSession:
         return kept
 
     def note_compiles(self) -> None:
-        """Copy what compiling behind the tests did so far into :attr:`stats` (at the end of
-        the tests, for the summary)."""
+        """Copy what compiling behind the tests did so far into :attr:`stats`, and the sizes of
+        clones still uncounted (at the end of the tests, for the summary)."""
+        self._count_shared(wait=True)
         if self._cache is None:
             return
         done, running, errors = self._cache.behind_report()
@@ -523,12 +583,16 @@ class CowEnvSession:
         """Stop the pool thread, then remove whatever clones this process still has: unused
         pool clones, the trash, and clones of tests that crashed or were interrupted."""
         busy: set[str] = set()
+        if self._preparing is not None:
+            self._preparing.join()  # it may start the clean-up
         if self._cleaning is not None:
             self._cleaning.join()
         if self._pool is not None and not self._pool.close():
             # The thread did not stop in time: leave its folders to the next run's clean-up.
             busy = {self._pool.ready_dir.name, self._pool.trash_dir.name}
         if self._run_dir is not None and self._run_dir.exists():
+            from .pool import remove_folder
+
             for child in self._run_dir.iterdir():
                 if child.name in busy:
                     continue

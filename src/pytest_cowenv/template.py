@@ -16,9 +16,9 @@ generation is ever cloned: the compiled one is built aside and renamed into plac
 other, and its metadata comes last.
 
 Recording behind the first test (the same sessions): a new generation's builder may clone it
-as soon as it is renamed into place (a subvolume's walk goes on meanwhile: its snapshots need
-none), before it is protected, hashed, synced and its metadata written — those follow in a
-background thread. The invariant that makes this
+as soon as it is renamed into place (a subvolume is not walked before: its snapshots need no
+walk), before it is walked, protected, hashed, synced and its metadata written — those follow
+in a background thread. The invariant that makes this
 safe: until its metadata exists, a generation is clonable by its builder only, and only while
 the builder holds the key's build lock, which that thread lets go of after the metadata is
 written (or the generation discarded). No other process can see it as complete, discard it as
@@ -95,7 +95,7 @@ class Template:
     path: Path  # the tree of one generation: it stays as it is while this process runs
     spec: TemplateSpec
     meta: dict[str, Any]
-    walked: Union[Tree, Callable[[], Tree]]  # its walk, or what waits for it (see _publish)
+    walked: Union[Tree, Callable[[], Tree]]  # its walk, or what makes it (see _publish)
     built_now: bool = False
     generation: int = 1
 
@@ -139,12 +139,15 @@ class TemplateCache:
 
     ``compile_behind``: :meth:`get` returns a new template before it is byte-compiled and
     compiles it in a background thread when more clones of it are to come (see the module's
-    doc); else :meth:`get` returns compiled templates only."""
+    doc); else :meth:`get` returns compiled templates only. ``installing``: called in the
+    building thread as each build's installer starts, to start work that can overlap it
+    (it must return at once)."""
 
     layout: Layout
     rebuild_before: float = 0.0  # templates created before this time are rebuilt
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT
     compile_behind: bool = False
+    installing: Optional[Callable[[], None]] = None
     _ready: dict[str, Template] = field(default_factory=dict)
     _failed: dict[str, TemplateBuildError] = field(default_factory=dict)
     _keys: dict[TemplateSpec, str] = field(default_factory=dict)
@@ -466,7 +469,16 @@ class TemplateCache:
             return wheel
 
         def make(env: Path, work: Path, phases: dict[str, float]) -> dict[str, Any]:
-            made = build_env(spec, env, work, bytecode, phases, compile=compile, wheel_of=wheel_of)
+            made = build_env(
+                spec,
+                env,
+                work,
+                bytecode,
+                phases,
+                compile=compile,
+                wheel_of=wheel_of,
+                installing=self.installing,
+            )
             return {**made, "wheels": used}
 
         return self._publish(spec, key, make)
@@ -685,8 +697,9 @@ class TemplateCache:
         self, spec: TemplateSpec, key: str, make: Maker, source: Optional[Template] = None
     ) -> _Pending:
         """Have ``make`` fill a new build folder's ``env``, rename it into place as the next
-        generation of ``key`` and walk it (lock held): what a clone needs. The rest is the
-        returned record's (see :meth:`_record`), which must run before the lock is let go."""
+        generation of ``key`` and walk it unless a snapshot can clone it (lock held): what a
+        clone needs. The rest is the returned record's (see :meth:`_record`), which must run
+        before the lock is let go."""
         start = time.perf_counter()
         phases: dict[str, float] = {}
         gen = max(self.layout.generations_of(key), default=0) + 1
@@ -699,8 +712,11 @@ class TemplateCache:
             with timed(phases, "publish"):
                 os.rename(env, final)
             walked: Union[Tree, Callable[[], Tree]]
-            if is_subvolume(final):  # its first clone, a snapshot, is made during the walk
-                walked = _Background(_timed_walk, final, phases, name="cowenv-walk").result
+            if is_subvolume(final):
+                # Its snapshots need no walk: the first thread that needs it walks it (the
+                # recording, behind the first test), not a thread beside the first clone,
+                # which would hold the GIL that the test's thread needs until the test starts.
+                walked = _Once(_timed_walk, final, phases)
             else:  # a clone file by file needs the walk first
                 walked = _timed_walk(final, phases)
             meta = {
@@ -760,11 +776,14 @@ class TemplateCache:
         """Protect a published generation, then write its metadata: manifest, hashes, and
         last (after a sync), the file that says it is complete. ``template.meta`` is
         completed in place; ``template.tree`` stays the walk that clones are made from."""
-        final, tree, meta = template.path, template.tree, template.meta
+        final, meta = template.path, template.meta
         syncing: Optional[_Background[None]] = None
         try:
+            # Protecting first: the kernel's part, during which the first test's thread, which
+            # has just cloned the generation, holds the GIL unhindered until its test starts.
             with timed(phases, "publish"):
                 protected = protect(final)
+            tree = template.tree  # a subvolume is walked now (its own phase, "walk")
             with timed(phases, "walk"):
                 write_bits = None
                 if not protected:  # not a read-only subvolume: protect it by its modes
@@ -816,9 +835,9 @@ class TemplateCache:
 
 @dataclass
 class _Pending:
-    """A generation renamed into place and walked, not yet recorded: its builder may clone
-    it, and must call ``record`` (which raises :class:`TemplateBuildError` after discarding
-    the generation) before it lets go of the key's build lock."""
+    """A generation renamed into place (and walked, unless a subvolume), not yet recorded: its
+    builder may clone it, and must call ``record`` (which raises :class:`TemplateBuildError`
+    after discarding the generation) before it lets go of the key's build lock."""
 
     template: Template
     record: Callable[[], None]
@@ -849,6 +868,29 @@ class _Background(Generic[_T]):
 
     def result(self) -> _T:
         self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[return-value]  # set, as func returned
+
+
+class _Once(Generic[_T]):
+    """``func(*args)``, run by the first thread that calls this, which the others wait for;
+    every call returns what it returned, or raises what it raised."""
+
+    def __init__(self, func: Callable[..., _T], *args: Any) -> None:
+        self._func: Optional[Callable[[], _T]] = lambda: func(*args)
+        self._lock = threading.Lock()
+        self._error: Optional[BaseException] = None
+        self._value: Optional[_T] = None
+
+    def __call__(self) -> _T:
+        with self._lock:
+            if self._func is not None:
+                func, self._func = self._func, None
+                try:
+                    self._value = func()
+                except BaseException as exc:  # handed to every caller
+                    self._error = exc
         if self._error is not None:
             raise self._error
         return self._value  # type: ignore[return-value]  # set, as func returned

@@ -448,8 +448,9 @@ class CowEnvSession:
 
     def _count_shared(self, *, wait: bool = False) -> None:
         """Add the size of each clone that shares its template's blocks to the statistics,
-        once its template's walk is done (a new template's first snapshot is made while it is
-        walked: no test waits for the walk to count it); ``wait`` for the walks (the end)."""
+        once its template's walk is done (a new btrfs template is walked behind its first
+        snapshot's test: no test waits for the walk to count it); ``wait`` for the walks (at
+        the end)."""
         ready: list[Template] = []
         waiting: list[Template] = []
         with self._lock:

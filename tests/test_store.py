@@ -481,9 +481,8 @@ def test_leftovers_of_dead_runs_go_behind_the_first_clone(
     root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The clean-up of dead runs' leftovers starts in the background once the session has
-    made its first clone (or once its first installer runs: see test_compile_behind), never
-    at its first look at the cache, where it would slow the build down; closing the session
-    waits for it."""
+    made its first clone, never at its first look at the cache, where it would slow the build
+    down (see test_compile_behind); closing the session waits for it."""
     from pytest_cowenv import maintenance
     from pytest_cowenv.session import CowEnvSession, Settings
 

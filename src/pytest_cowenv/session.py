@@ -262,9 +262,9 @@ class CowEnvSession:
 
     def _installing(self) -> None:
         """The template cache started an installer. The first time, prepare in a thread what
-        the first clone needs besides its template (the modules, this run's folder and pool)
-        and start the clean-up of dead runs: none of it is the build's, and done while the
-        installer runs, it neither delays the installer's start nor waits after its end."""
+        the first clone needs besides its template (the modules, this run's folder and pool):
+        none of it is the build's, and done while the installer runs, it neither delays the
+        installer's start nor waits after its end."""
         with self._lock:
             if self._preparing is not None:
                 return
@@ -278,13 +278,12 @@ class CowEnvSession:
 
         with contextlib.suppress(OSError, CowEnvError):  # `acquire` meets it again, and says so
             _ = self.pool
-        self._start_cleaning()
 
     def _start_cleaning(self) -> None:
         """Remove what dead processes left, in the background (once): that removes nothing a
-        live process holds (this one included), and no test need wait for it. Started while
-        the first installer runs, else by the first clone: never before a build, which it
-        would slow down."""
+        live process holds (this one included), and no test need wait for it. Started by the
+        first clone: before it, the thread would take CPU and the GIL from the build and the
+        clone that the first test waits for."""
         with self._lock:
             if self._cleaning is not None:
                 return

@@ -466,6 +466,66 @@ def test_a_process_that_only_knows_the_path_cannot_reach_the_next_test(
         late.wait()
 
 
+# A process that waits for a path on stdin, then holds that file open.
+OPEN_LATER = (
+    "import sys, time; f = open(sys.stdin.readline().strip()); print('ready', flush=True); "
+    "time.sleep(60)"
+)
+CLOCK_TICK = 1 / os.sysconf("SC_CLK_TCK")  # what /proc counts process start times in
+
+
+def test_a_process_an_earlier_user_of_the_clone_started_keeps_it(
+    session: CowEnvSession, tmp_path: Path
+) -> None:
+    """Step 4 looks at the processes started since the clone's *first* hand-out: one that
+    its first test left running (holding nothing then, so that clone was reused) and that
+    opens it under the name the second test got keeps it from a third test. A scan from
+    the current hand-out on would miss it: it started ticks before the second test."""
+    env = recorded(session)
+    root_ino = os.lstat(env.path).st_ino
+    late = subprocess.Popen(
+        [sys.executable, "-c", OPEN_LATER],
+        cwd=tmp_path,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert fate(session, env) == "reused"
+        time.sleep(3 * CLOCK_TICK)  # its start is ticks before the second hand-out
+        again = session.acquire(env.template.spec, "second")
+        assert os.lstat(again.path).st_ino == root_ino  # the same clone
+        assert late.stdin is not None and late.stdout is not None
+        late.stdin.write(f"{again.path / 'pyvenv.cfg'}\n")
+        late.stdin.flush()
+        assert late.stdout.readline().strip() == "ready"
+        assert fate(session, again) == "in use by a process"
+    finally:
+        late.kill()
+        late.wait()
+
+
+def test_the_scan_looks_at_this_process_and_those_started_since(tmp_path: Path) -> None:
+    """:func:`reuse.holders` looks into this process whenever it started, and into another
+    only if it started since the given time (the clone's first hand-out): an older one that
+    holds a file of the clone is out of its reach (see the README)."""
+    held = tmp_path / "file"
+    held.write_text("")
+    st = os.stat(held)
+    clones = [(frozenset({(st.st_dev, st.st_ino)}), str(tmp_path / "elsewhere"))]
+    before = reuse.boot_ns()
+    time.sleep(3 * CLOCK_TICK)
+    with _process([sys.executable, "-c", HOLD_FD, str(held)]) as proc:
+        time.sleep(3 * CLOCK_TICK)
+        after = reuse.boot_ns()
+        found = reuse.holders(clones, before)[0]
+        # (Not run as root, another user's process started meanwhile may be named first.)
+        assert found.startswith(f"pid {proc.pid} (") or "another user's" in found, found
+        assert f"pid {proc.pid} " not in str(reuse.holders(clones, after))
+    with open(held):
+        assert f"pid {os.getpid()} (" in reuse.holders(clones, reuse.boot_ns())[0]
+
+
 def test_a_process_this_user_may_not_inspect_counts_if_it_started_since(
     tmp_path: Path,
 ) -> None:

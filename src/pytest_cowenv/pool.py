@@ -74,7 +74,7 @@ class Lease:
     record: Optional[reuse.Record] = None  # None: it is never reused
     uses: int = 0  # tests that had it before
     handed_out_ns: int = 0  # reuse.coarse_now() when the current test got it
-    handed_out_boot_ns: int = 0  # reuse.boot_ns() then
+    first_boot_ns: int = 0  # reuse.boot_ns() when its first test got it (see reuse, step 4)
     returned_at: float = 0.0  # time.monotonic() when its test gave it back
 
     @property
@@ -83,8 +83,9 @@ class Lease:
 
     def hand_out(self) -> None:
         """Note the time: call it after the folder has its test's name, before the test."""
+        if not self.first_boot_ns:
+            self.first_boot_ns = reuse.boot_ns()
         self.handed_out_ns = reuse.coarse_now()
-        self.handed_out_boot_ns = reuse.boot_ns()
 
 
 @dataclass
@@ -596,7 +597,7 @@ class ClonePool:
         held = (
             reuse.holders(
                 [(self._inodes(batch[i]), os.fspath(batch[i].folder)) for i in rest],
-                min(batch[i].handed_out_boot_ns for i in rest),
+                min(batch[i].first_boot_ns for i in rest),
             )
             if rest
             else {}

@@ -19,8 +19,10 @@ the session do the steps in this order; each step is needed for the next to mean
    its own.
 4. **No process holds a way back in.** After that rename, :func:`holders` finds every process
    whose cwd, root or open file is one of the clone's inodes (or its folder), or which maps
-   a file of it. Whatever it finds sends the clone to the trash. A process this user may not
-   inspect (another user's) counts as a holder if it started after the clone was handed out.
+   a file of it, among this process and those started since the clone's first hand-out
+   (the only ones a test may have started, directly or not; see :func:`holders`). Whatever
+   it finds sends the clone to the trash. Such a process that this user may not inspect
+   (another user's) counts as a holder.
 5. **Nothing changed.** :func:`changed` finds every recorded path with its recorded inode,
    size, mode, mtime and ctime. Any write, truncate, chmod, chown, xattr change, hard link or
    utime gives an inode a new ctime (steps 1-2: a different one); a create, delete or rename
@@ -30,7 +32,9 @@ Only on the filesystems where this was tested (:data:`PROVEN`) and only on Linux
 The scan of step 4 is not atomic: a process that, while it runs, opens a file relative to a
 directory handle and closes that handle between the scan's listing of its descriptors and
 its look at them, or that has its own cwd per thread (``unshare(CLONE_FS)``), is not seen;
-a process that was given the clone's new name by someone is out of reach of any proof.
+a process that was given the clone's new name by someone is out of reach of any proof, and
+so is one started before the clone's first hand-out that a test gives a path or a descriptor
+into it.
 """
 
 from __future__ import annotations
@@ -267,29 +271,44 @@ def holders(
 ) -> dict[int, str]:
     """Step 4 for several clones at once: ``clones`` are (their inodes as (st_dev, st_ino),
     the path of the folder they are now in), ``since_boot_ns`` the ``CLOCK_BOOTTIME`` of the
-    earliest hand-out. Returns, by index into ``clones``, who holds each held one."""
+    earliest *first* hand-out among them. Returns, by index into ``clones``, who holds each
+    held one.
+
+    Only this process and the processes started since ``since_boot_ns`` are looked into.
+    A process gets a handle into a clone by inheriting it (then it started after its parent
+    had it), by opening one of its paths, or by being sent a descriptor. Before its first
+    hand-out a clone's paths were the pool's, known to no test; from it on, whatever a test
+    starts starts after it, and so does whatever those processes start, however long the
+    clone keeps being reused (hence the first hand-out, not the current one: a process an
+    earlier test of the same clone left running may open it under its later names). So an
+    older process reaches a clone only if someone hands it a path or a descriptor (a server a
+    session fixture started, told a test's path): like a process told the clone's new name,
+    that is out of this proof's reach. Process start times count in clock ticks, rounded
+    down: a process started in the tick of ``since_boot_ns`` counts as started since.
+    """
     found: dict[int, str] = {}
     try:
         pids = [p for p in os.listdir("/proc") if p.isdigit()]
     except OSError:
         return dict.fromkeys(range(len(clones)), "/proc cannot be read")
     since_ticks = since_boot_ns * os.sysconf("SC_CLK_TCK") // 10**9
+    me = str(os.getpid())
     folders = [b" " + os.fsencode(folder) + b"/" for _inodes, folder in clones]
     for pid in pids:
         base = f"/proc/{pid}/"
+        # Kernel threads and zombies have no program (no descriptors, cwd or mappings of a
+        # user's files): _started_at says -1 for them, and for a process gone meanwhile.
+        if pid != me and _started_at(base) < since_ticks:
+            continue
         try:
-            # Kernel threads and zombies have no program: no descriptors, cwd or mappings of
-            # a user's files. Most of /proc is kernel threads.
-            os.readlink(base + "exe")
             handles = [base + "cwd", base + "root"]
             handles += [f"{base}fd/{fd}" for fd in os.listdir(base + "fd")]
             maps = _read(base + "maps")
         except FileNotFoundError:
             continue  # gone
-        except PermissionError:  # another user's: it counts if the test may have started it
-            if _started_at(base) >= since_ticks:
-                for i in range(len(clones)):
-                    found.setdefault(i, f"pid {pid} (another user's, started since)")
+        except PermissionError:  # another user's, started since: the test may have started it
+            for i in range(len(clones)):
+                found.setdefault(i, f"pid {pid} (another user's, started since)")
             continue
         except OSError:
             continue
@@ -325,7 +344,14 @@ def _started_at(base: str) -> int:
     """A user process's start, in clock ticks since boot; -1 for a kernel thread, a zombie
     or a process gone meanwhile (``stat`` is readable by everyone)."""
     try:
-        fields = _read(base + "stat").rpartition(b")")[2].split()
+        fd = os.open(base + "stat", os.O_RDONLY)
+        try:
+            # One read: the fields up to the 22nd fit in far less (a comm is 16 bytes at
+            # most, and the fields after it are numbers, no parenthesis among them).
+            head = os.read(fd, 1024)
+        finally:
+            os.close(fd)
+        fields = head.rpartition(b")")[2].split()
         state, flags, start = fields[0], int(fields[6]), int(fields[19])  # fields 3, 9, 22
     except (OSError, IndexError, ValueError):
         return -1

@@ -172,7 +172,8 @@ def test_pool_zero_is_synchronous(root: Path, make_session: Callable[..., CowEnv
 def test_close_removes_pool_and_trash(
     root: Path, make_session: Callable[..., CowEnvSession]
 ) -> None:
-    session = make_session(root)
+    # (With reuse, the three clones out would count as coming back: none made ahead.)
+    session = make_session(root, reuse="no")
     spec = session.spec([SPEC])
     envs = [session.acquire(spec, f"t{i}") for i in range(3)]
     template = envs[0].template
@@ -183,6 +184,28 @@ def test_close_removes_pool_and_trash(
     session.close()
     assert not run_dir.exists()
     assert run_dirs(root) == []
+
+
+def test_clones_out_count_as_coming_back_until_one_is_discarded(
+    root: Path, make_session: Callable[..., CowEnvSession]
+) -> None:
+    """With reuse, the clones tests have are counted as ready for later tests (they come
+    back if their tests only read), also those handed out before the template was pooled;
+    once one comes back changed, the pool makes clones ahead as without reuse."""
+    session = make_session(root)
+    spec = session.spec([SPEC])
+    first = session.acquire(spec, "t0")  # its template is not pooled yet
+    second = session.acquire(spec, "t1")  # pooled from this second use on
+    pool = session.pool
+    assert pool is not None
+    template = second.template
+    time.sleep(0.2)
+    assert pool.ready(template, LinkMode.AUTO) == 0  # two out, two wanted: none made
+    (second.path / "written").write_text("")
+    session.release(second)
+    wait_for(lambda: session.stats.discarded["changed"] == 1)
+    wait_for(lambda: pool.ready(template, LinkMode.AUTO) == 2)
+    session.release(first)
 
 
 def test_collection_hint_fills_the_pool_before_the_first_test(

@@ -100,7 +100,10 @@ class _Slot:
     out: int = 0  # recorded clones with tests now: they may come back
     proving: int = 0  # given back, being proven by a test's thread
     behind: int = 0  # given back, being proven by the pool's thread
-    coming_back: bool = False  # the last one given back was reused: count those out as ready
+    # No used clone was discarded since the last one was reused: count those out as ready.
+    # True at first: a suite whose tests only read needs no clone made ahead for the one its
+    # first test has; the first discarded one turns it off.
+    coming_back: bool = True
 
     def supply(self) -> int:
         """Clones a next test may get without a new clone."""
@@ -147,6 +150,9 @@ class ClonePool:
         self._slots: dict[tuple[str, LinkMode], _Slot] = {}
         self._trash: deque[Path] = deque()  # folders
         self._returned: deque[Lease] = deque()  # used clones awaiting the proof
+        # Recorded clones with tests, of templates not pooled when they were handed out: the
+        # slot made later counts them as out (they may come back).
+        self._unpooled: list[Lease] = []
         self._hold: Optional[float] = None  # seconds the thread may wait for a batch to fill
         self._snapshot_wants: dict[str, tuple[Template, reuse.Record]] = {}
         self._primers: deque[Primer] = deque()
@@ -183,7 +189,11 @@ class ClonePool:
                     return None
         if parked:
             with self.foreground():
-                return next((u for u in self._proven(parked) if u is not None), None)
+                lease = next((u for u in self._proven(parked) if u is not None), None)
+            if lease is not None:
+                with self._cond:
+                    self._unpooled.append(lease)
+            return lease
         with self._cond:
             slot = self._slots.get((template.key, mode))
             if slot is None:
@@ -211,22 +221,20 @@ class ClonePool:
                 self._returned.remove(used)
             slot.proving += len(mine)
         # All of them at once: one look at the processes serves the batch.
+        proven: list[Lease] = []
         try:
             with self.foreground():
                 proven = [u for u in self._proven(mine) if u is not None]
         finally:
-            with self._cond:
+            with self._cond:  # no longer proving, and ready or out, in one step
                 slot.proving -= len(mine)
-        if not proven:
-            return None
-        with self._cond:
-            if self._slots.get((template.key, mode)) is slot and not self._stop.is_set():
-                slot.ready.extendleft(reversed(proven[1:]))
-            else:
-                self._trash.extend(u.folder for u in proven[1:])
-                self._cond.notify()
-            slot.out += 1
-        return proven[0]
+                if self._slots.get((template.key, mode)) is slot and not self._stop.is_set():
+                    slot.ready.extendleft(reversed(proven[1:]))
+                else:
+                    self._trash.extend(u.folder for u in proven[1:])
+                    self._cond.notify()
+                slot.out += bool(proven)
+        return proven[0] if proven else None
 
     def ready(self, template: Template, mode: LinkMode) -> int:
         """How many clones of ``template`` are ready now."""
@@ -243,7 +251,11 @@ class ClonePool:
             else:
                 if slot is not None:
                     self._drop(slot)
-                self._slots[(template.key, mode)] = _Slot(template, mode)
+                slot = self._slots[(template.key, mode)] = _Slot(template, mode)
+                out = [u for u in self._unpooled if u.template is template and u.mode is mode]
+                for lease in out:
+                    self._unpooled.remove(lease)
+                slot.out = len(out)
             self._wake()
 
     def prime(self, primer: Primer) -> None:
@@ -268,20 +280,20 @@ class ClonePool:
             slot = self._slot_of(lease)
             if slot is not None:
                 slot.out += 1
+            else:
+                self._unpooled.append(lease)
 
     def give_back(self, lease: Lease, reusable: bool = True) -> None:
         """A test is done with ``lease`` (its folder where the test had it): back to the pool
         once proven unchanged, else to the trash. ``reusable=False`` (a kept clone, whose
         folder is left): to the trash, not counted as discarded."""
         why = self._refused(lease) if reusable else None
-        with self._cond:
-            slot = self._slot_of(lease)
-            if slot is not None and lease.record is not None:
-                slot.out = max(0, slot.out - 1)
-            if slot is not None and (why is not None or not reusable):
-                slot.coming_back = False
-                self._cond.notify()  # it may need a new clone now
         if why is not None or not reusable:
+            with self._cond:
+                slot = self._not_out(lease)
+                if slot is not None:
+                    slot.coming_back = False
+                    self._cond.notify()  # it may need a new clone now
             if why is not None:
                 self._count(why)
             self.discard(lease.folder)
@@ -290,12 +302,16 @@ class ClonePool:
         try:
             os.rename(lease.folder, target)  # step 3: the path the test knew is gone
         except OSError:
+            with self._cond:
+                self._not_out(lease)
             self._count("rename failed")
             self.discard(lease.folder)
             return
         lease.folder = target
         lease.returned_at = time.monotonic()
         with self._cond:
+            # No longer out, and given back, in one step: the thread never sees it in neither.
+            self._not_out(lease)
             if self._slots.get((lease.template.key, lease.mode)) is None:
                 # Not pooled (yet: a template is pooled from its second use): kept, unproven,
                 # for the next test that asks for it; only the newest such clone is kept.
@@ -304,6 +320,15 @@ class ClonePool:
                     self._trash.append(old.folder)
             self._returned.append(lease)
             self._wake()
+
+    def _not_out(self, lease: Lease) -> Optional[_Slot]:
+        """Stop counting ``lease`` as with a test; its slot, if current (lock held)."""
+        slot = self._slot_of(lease)
+        if lease in self._unpooled:
+            self._unpooled.remove(lease)
+        elif slot is not None and lease.record is not None:
+            slot.out = max(0, slot.out - 1)
+        return slot
 
     def _parked(self, lease: Lease) -> bool:
         """Whether ``lease`` (given back) waits for its template to be pooled (lock held)."""
@@ -394,6 +419,7 @@ class ClonePool:
             self._slots.clear()
             self._trash.clear()
             self._returned.clear()
+            self._unpooled.clear()
         for path in leftovers:
             with contextlib.suppress(OSError):
                 remove_folder(path, self.root)

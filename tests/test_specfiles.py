@@ -400,7 +400,9 @@ def test_hashed_requirements_come_before_a_project_without_a_hash(tmp_path: Path
     (tmp_path / "r.txt").write_text("--find-links ./wheels\nalpha==1.0 --hash=sha256:ab\n")
     made = spec("-r r.txt", base=tmp_path, project=".")
     wheel = tmp_path / "demo-0.1-py3-none-any.whl"
-    first, then = install_commands(made, tmp_path / "python", tmp_path, {str(tmp_path): wheel})
+    plan = install_commands(made, tmp_path / "python", tmp_path)
+    [first] = plan.first  # runs while the project's wheel is built
+    [then] = plan.then({str(tmp_path): wheel})
     assert first[-2] == "-r" and str(wheel) not in first
     assert (tmp_path / "requirements.txt").read_text() == (
         f"--find-links {tmp_path / 'wheels'}\nalpha==1.0 --hash=sha256:ab\n"

@@ -641,6 +641,118 @@ def test_project_versioned_by_git_builds_from_the_copy(
     assert status.stdout == ""  # nothing written into the tree, not even ignored files
 
 
+# -- a lock's set installed while the project's wheel is built ---------------------------------
+
+WAITS_FOR_THE_LOCKED_SET = """
+import glob, time
+
+_build = build_wheel
+
+def build_wheel(*args, **kwargs):  # builds once the template's install of the lock has begun
+    deadline = time.monotonic() + 60
+    while not glob.glob({installed!r}) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with open({log!r}, "a") as f:
+        f.write("seen\\n" if glob.glob({installed!r}) else "not seen\\n")
+    return _build(*args, **kwargs)
+"""
+
+FAILS = "\ndef build_wheel(*args, **kwargs):\n    raise SystemExit('no wheel today')\n"
+
+
+def write_pylock(path: Path, wheelhouse: Path, *, bad_hash: str = "") -> Path:
+    """A pylock.toml of alpha 1.0 and beta 1.0 from the wheelhouse (``bad_hash``: that one's
+    hash is wrong)."""
+    lines = ['lock-version = "1.0"', 'created-by = "tests"', ""]
+    for name in ("alpha", "beta"):
+        wheel = wheelhouse / f"{name}-1.0-py3-none-any.whl"
+        digest = "0" * 64 if name == bad_hash else hashlib.sha256(wheel.read_bytes()).hexdigest()
+        lines += [
+            "[[packages]]",
+            f'name = "{name}"',
+            'version = "1.0"',
+            f'wheels = [{{ url = "{wheel.as_uri()}", hashes = {{ sha256 = "{digest}" }} }}]',
+            "",
+        ]
+    path.write_text("\n".join(lines))
+    return path
+
+
+def our_live_children() -> list[int]:
+    return [pid for pid, parent, _g, state in processes() if parent == os.getpid() and state != "Z"]
+
+
+def test_the_lock_is_installed_while_the_projects_wheel_is_built(
+    root: Path, wheelhouse: Path, project: Path, route: str, tmp_path: Path
+) -> None:
+    """The backend builds only once it sees the lock's packages in the template being built:
+    built first, as before, it would not see them. The installed set is the same."""
+    log = tmp_path / "builds.log"
+    installed = root / "tmp" / "*" / "env" / "lib" / "python*" / "site-packages" / "alpha*"
+    with open(project / "backend.py", "a") as f:
+        f.write(WAITS_FOR_THE_LOCKED_SET.format(installed=str(installed), log=str(log)))
+    lock = write_pylock(tmp_path / "pylock.toml", wheelhouse)
+    template = new_cache(root).get(make_spec(wheelhouse, lock=lock, project=project))
+    assert log.read_text() == "seen\n"
+    assert template.resolved == {"alpha": "1.0", "beta": "1.0", "proj": "0.1"}
+    out = subprocess.run(
+        [str(template.path / "bin" / "python"), "-c", "import proj, beta; print(proj.ANSWER)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == "42"
+    assert set(template.meta["phases"]) >= {"venv", "install", "wheels"}
+
+
+def test_a_wheel_failing_beside_the_locked_install_is_told_and_leaves_nothing(
+    root: Path, wheelhouse: Path, project: Path, route: str, tmp_path: Path
+) -> None:
+    with open(project / "backend.py", "a") as f:
+        f.write(FAILS)
+    cache = new_cache(root)
+    spec = make_spec(
+        wheelhouse, lock=write_pylock(tmp_path / "pylock.toml", wheelhouse), project=project
+    )
+    with pytest.raises(TemplateBuildError) as failed:
+        cache.get(spec)
+    first, _, output = str(failed.value).partition("\n")
+    assert str(project) in first and "building a wheel failed" in first, first
+    # The build's own output: pip passes the backend's on, uv (--quiet) names the hook.
+    assert output.startswith("command: "), output
+    assert "build_wheel" in output or "no wheel today" in output, output
+    assert leftovers(cache.layout) == [] and cache.layout.generations_of(cache.key(spec)) == []
+    assert our_live_children() == []
+
+
+def test_a_failed_locked_install_stops_waiting_for_another_builders_wheel(
+    root: Path, wheelhouse: Path, project: Path, route: str, tmp_path: Path
+) -> None:
+    """Another process builds the project's wheel (holds its lock); the lock's own install
+    fails meanwhile: that failure is told at once, not after the wheel's lock timeout."""
+    import fcntl
+
+    (tmp_path / "good").mkdir()
+    good = write_pylock(tmp_path / "good" / "pylock.toml", wheelhouse)
+    cache = new_cache(root, lock_timeout=120)
+    cache.get(make_spec(wheelhouse, lock=good, project=project))
+    (entry,) = (p for p in cache.layout.wheels.iterdir() if p.is_dir())
+    (entry / "wheel.json").unlink()  # no longer sound: the next template rebuilds it, locked
+    holder = os.open(cache.layout.wheel_lock(entry.name), os.O_RDWR)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)  # as a builder in another process holds it
+        bad = write_pylock(tmp_path / "pylock.toml", wheelhouse, bad_hash="beta")
+        spec = make_spec(wheelhouse, lock=bad, project=project)
+        with pytest.raises(TemplateBuildError) as failed:
+            new_cache(root, lock_timeout=120).get(spec)
+    finally:
+        os.close(holder)
+    first = str(failed.value).partition("\n")[0]
+    assert "installing failed" in first and "ash mismatch" in first, first
+    assert leftovers(cache.layout) == [] and cache.layout.generations_of(cache.key(spec)) == []
+    assert our_live_children() == []
+
+
 # -- the installer's identity ----------------------------------------------------------------
 
 

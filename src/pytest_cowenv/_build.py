@@ -31,8 +31,9 @@ from .clone import make_template_dir
 from .errors import TemplateBuildError
 from .spec import TemplateSpec, find_interpreter
 
-# (project directory, a new folder for it) → the path of a wheel of the project.
-WheelSource = Callable[[Path, Path], Path]
+# (project directory, a new folder for it, an event set when the wheel is no longer wanted)
+# → the path of a wheel of the project.
+WheelSource = Callable[[Path, Path, threading.Event], Path]
 
 
 @contextlib.contextmanager
@@ -69,23 +70,24 @@ def build_env(
 ) -> dict[str, Any]:
     """Create, fill, relocate and (if ``compile``) byte-compile the environment ``env`` (a
     new path). Local projects are built into wheels in ``work``, or taken from ``wheel_of``
-    (the cache's, see :mod:`._wheelcache`). ``installing`` is called once the first
-    installer command runs (see :func:`run_installer`).
+    (the cache's, see :mod:`._wheelcache`), in a thread of their own: meanwhile the base
+    environment is made and the installs that need no wheel run (see ``InstallPlan``).
+    ``installing`` is called once the first installer command runs (see
+    :func:`run_installer`).
 
     Returns what byte-compiling reports (see :func:`compile_env`; :data:`NOT_COMPILED`
     without ``compile``); adds each phase's seconds to ``phases``.
     """
     interp = find_interpreter(spec.python)
+    python = env / "bin" / "python"
+    projects = [Path(local) for local in spec.local if os.path.isdir(local)]
+    # First: everything below overlaps the wheels.
+    wheels = _Wheels(projects, work, interp.executable, spec, wheel_of) if projects else None
+    base_env_made: Optional[Callable[[], None]] = None
 
     def start_base() -> Callable[[], None]:
         with timed(phases, "venv"):
             return start_base_env(env, interp.executable, pip=spec.pip, what=spec.describe())
-
-    with timed(phases, "venv"):
-        make_template_dir(env)
-    # uv installs without the venv (see start_base_env): the installer starts first, and the
-    # venv while it runs. virtualenv's venv is made first (pip installs into it).
-    base_env_made = None if base_env_by_uv(spec.pip) else start_base()
 
     def installer_started() -> None:
         nonlocal base_env_made
@@ -94,28 +96,35 @@ def build_env(
         if installing is not None:
             installing()
 
-    python = env / "bin" / "python"
-    origins: dict[Path, Path] = {}
-    wheels: dict[str, Path] = {}
+    built: dict[str, Path] = {}
     started: Optional[Callable[[], None]] = installer_started
     try:
-        for local in map(Path, spec.local):
-            if local.is_dir():
-                with timed(phases, "wheels"):
-                    if wheel_of is None:
-                        wheel = build_wheel(local, work, interp.executable, spec.index)
-                    else:
-                        wheel = wheel_of(local, work / f"wheels-{local.name}")
-                origins[wheel] = local
-                wheels[str(local)] = wheel
-        for command in install_commands(spec, python, work, wheels, interp.executable):
+        with timed(phases, "venv"):
+            make_template_dir(env)
+        # uv installs without the venv (see start_base_env): the installer starts first, and
+        # the venv while it runs. virtualenv's venv is made first (pip installs into it).
+        if not base_env_by_uv(spec.pip):
+            base_env_made = start_base()
+        plan = install_commands(spec, python, work, interp.executable)
+        for command in plan.first:
             with timed(phases, "install"):
                 run_installer(command, f"{spec.describe()}: installing failed", started)
             started = None
-    except BaseException:
+        with timed(phases, "wheels"):  # what is left of building them: the rest overlapped
+            built = wheels.result() if wheels is not None else {}
+        for command in plan.then(built):
+            with timed(phases, "install"):
+                run_installer(command, f"{spec.describe()}: installing failed", started)
+            started = None
+    except BaseException as exc:
+        # No wheel build outlives the build: its process and the files it writes in `work`.
+        wheel_failure = wheels.stop() if wheels is not None else None
         with contextlib.suppress(TemplateBuildError):  # the first failure is the one to tell
             if base_env_made is not None:
                 base_env_made()
+        if wheel_failure is not None and isinstance(exc, Exception):
+            # The wheels came first before the overlap: their failure is still the one told.
+            raise wheel_failure from None
         raise
     if base_env_made is None:  # nothing to install
         base_env_made = start_base()
@@ -123,12 +132,58 @@ def build_env(
         base_env_made()
     with timed(phases, "relocate"):
         relocate(env, env, interp.executable)
-        point_at_sources(site_packages(env), origins)
+        point_at_sources(site_packages(env), {wheel: Path(local) for local, wheel in built.items()})
         forget_index_urls(site_packages(env), spec.from_index)
     if not compile:
         return dict(NOT_COMPILED)
     with timed(phases, "compile"):
         return compile_env(env, spec, bytecode)
+
+
+class _Wheels:
+    """The wheels of a spec's local project directories, one after the other, in a thread:
+    built, taken from the cache, or waited for while another process builds them."""
+
+    def __init__(
+        self,
+        projects: list[Path],
+        work: Path,
+        python: str,
+        spec: TemplateSpec,
+        wheel_of: Optional[WheelSource],
+    ) -> None:
+        self._unwanted = threading.Event()
+        self._wheels: dict[str, Path] = {}
+        self._error: Optional[BaseException] = None
+
+        def run() -> None:
+            try:
+                for project in projects:
+                    if wheel_of is None:
+                        wheel = build_wheel(project, work, python, spec.index)
+                    else:
+                        wheel = wheel_of(project, work / f"wheels-{project.name}", self._unwanted)
+                    self._wheels[str(project)] = wheel
+            except BaseException as exc:  # handed to result() or stop()
+                if not self._unwanted.is_set():  # else it may be our own giving up
+                    self._error = exc
+
+        self._thread = threading.Thread(target=run, name="cowenv-wheels", daemon=True)
+        self._thread.start()
+
+    def result(self) -> dict[str, Path]:
+        """Each project directory's wheel, once all are there; raises what a build raised."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return dict(self._wheels)
+
+    def stop(self) -> Optional[BaseException]:
+        """Give up waiting for other processes' builds and wait for the thread (a build of
+        our own runs to its end: its process is not left behind); what a build raised."""
+        self._unwanted.set()
+        self._thread.join()
+        return self._error
 
 
 # virtualenv keeps process-wide state (its app-data, interpreter cache): one build at a time.

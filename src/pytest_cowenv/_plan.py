@@ -4,35 +4,53 @@ Plain requirements go on the command line, as before. Whatever a requirement fil
 (``--hash`` values, index options, constraints) is written back into files of the build
 folder and passed with ``-r``/``-c``, so that pip and uv apply them as they would to the
 user's own files (hash-checking mode included). A lock's set is installed without
-resolving (``--no-deps``), the locked projects after it.
+resolving (``--no-deps``), the locked projects after it. What needs no project's wheel comes
+first, so that a build can run it while the wheels are built (see ``_build.build_env``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from ._install import install_command
 from .spec import TemplateSpec
+
+
+@dataclass(frozen=True)
+class InstallPlan:
+    """The installer commands of one build, in order: ``first`` install no local project
+    (they run while the projects' wheels are built); ``then(wheels)`` are the rest, given the
+    wheel built from each local project directory."""
+
+    first: list[list[str]]
+    then: Callable[[Mapping[str, Path]], list[list[str]]]
 
 
 def install_commands(
     spec: TemplateSpec,
     python: Path,
     work: Path,
-    wheels: Mapping[str, Path],
     base: Optional[str] = None,
-) -> list[list[str]]:
-    """The commands that fill ``python``'s environment; ``wheels`` maps each local project
-    directory of ``spec`` to the wheel built from it; ``base``: see :func:`install_command`."""
-    local: list[str] = []
-    for path in spec.local:
-        wheel = wheels.get(path)
-        item = str(wheel) if wheel is not None else path
-        if path == spec.project and spec.extras:
-            item += f"[{','.join(spec.extras)}]"
-        local.append(item)
+) -> InstallPlan:
+    """The commands that fill ``python``'s environment; ``base``: see :func:`install_command`.
+
+    Only commands that would come first anyway go into ``first``: a lock's set and hashed
+    requirements, installed before the projects today. Plain requirements and the projects
+    are resolved together, in one command, which waits for the wheels."""
+
+    def local(wheels: Mapping[str, Path]) -> list[str]:
+        items = []
+        for path in spec.local:
+            wheel = wheels.get(path)
+            item = str(wheel) if wheel is not None else path
+            if path == spec.project and spec.extras:
+                item += f"[{','.join(spec.extras)}]"
+            items.append(item)
+        return items
+
     extra: list[str] = []
     if spec.resolution:
         extra += ["--resolution", spec.resolution]
@@ -44,21 +62,32 @@ def install_commands(
         extra += ["-c", str(constraints)]
     hashed = spec.locked or any(" --hash=" in r for r in spec.requirements)
     if not (hashed or spec.options):
-        items = [*spec.requirements, *local]
-        return [install_command(python, items, spec.index, extra, base=base)] if items else []
+
+        def together(wheels: Mapping[str, Path]) -> list[list[str]]:
+            items = [*spec.requirements, *local(wheels)]
+            return [install_command(python, items, spec.index, extra, base=base)] if items else []
+
+        return InstallPlan([], together)
     requirements = work / "requirements.txt"
     requirements.write_text("\n".join([*spec.options, *spec.requirements]) + "\n", "utf-8")
     from_file = [*extra, "-r", str(requirements)] + (["--no-deps"] if spec.locked else [])
     if not hashed:
-        return [install_command(python, local, spec.index, from_file, base=base)]
+        return InstallPlan(
+            [],
+            lambda wheels: [
+                install_command(python, local(wheels), spec.index, from_file, base=base)
+            ],
+        )
     # Hash-checking mode covers every item of a command, and a project built here has no
     # hash to check: it comes second (without deps after a lock, whose set is complete).
-    commands = (
+    first = (
         [install_command(python, [], spec.index, from_file, base=base)] if spec.requirements else []
     )
-    if local:
-        options = work / "options.txt"
-        options.write_text("\n".join(spec.options) + "\n", "utf-8")
-        then = [*extra, "-r", str(options)] + (["--no-deps"] if spec.locked else [])
-        commands.append(install_command(python, local, spec.index, then, base=base))
-    return commands
+    if not spec.local:
+        return InstallPlan(first, lambda wheels: [])
+    options = work / "options.txt"
+    options.write_text("\n".join(spec.options) + "\n", "utf-8")
+    then = [*extra, "-r", str(options)] + (["--no-deps"] if spec.locked else [])
+    return InstallPlan(
+        first, lambda wheels: [install_command(python, local(wheels), spec.index, then, base=base)]
+    )

@@ -23,6 +23,7 @@ import json
 import os
 import stat
 import subprocess
+import threading
 import zipfile
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -89,16 +90,23 @@ class WheelCache:
         self.built: list[str] = []  # keys this process built
 
     def wheel(
-        self, project: Path, content: str, interp: Interpreter, index: IndexOptions, out: Path
+        self,
+        project: Path,
+        content: str,
+        interp: Interpreter,
+        index: IndexOptions,
+        out: Path,
+        give_up: Optional[threading.Event] = None,
     ) -> tuple[str, Path]:
         """The key and a checked copy in ``out`` (a new folder) of the wheel of ``project``
-        (see :func:`wheel_key`), built now if the cache has no sound one."""
+        (see :func:`wheel_key`), built now if the cache has no sound one. Waiting for another
+        process's build of it stops with :class:`TemplateBuildError` once ``give_up`` is set."""
         key = wheel_key(project, content, interp, index)
         self._make_wheels_dir()
         found = self._take(key, out)
         if found is not None:
             return key, found
-        with self._locked(key, project):
+        with self._locked(key, project, give_up):
             found = self._take(key, out)  # another process may have built it meanwhile
             if found is None:
                 self._discard(key)  # absent, or damaged: never trusted
@@ -139,9 +147,13 @@ class WheelCache:
         return target
 
     @contextlib.contextmanager
-    def _locked(self, key: str, project: Path) -> Iterator[None]:
+    def _locked(
+        self, key: str, project: Path, give_up: Optional[threading.Event]
+    ) -> Iterator[None]:
         lock = BuildLock(self.layout.wheel_lock(key))
-        if not lock.acquire(self.lock_timeout):
+        if not lock.acquire(self.lock_timeout, give_up):
+            if give_up is not None and give_up.is_set():
+                raise TemplateBuildError(f"wheel of {shown(project)}: no longer wanted")
             raise LockTimeoutError(
                 f"wheel of {shown(project)}: lock {self.layout.wheel_lock(key)} held by another "
                 f"process for more than {self.lock_timeout:g} s; wait for that build, stop it, "

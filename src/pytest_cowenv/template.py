@@ -462,9 +462,11 @@ class TemplateCache:
         hashes = hashes if hashes is not None else spec.local_hashes()
         interp, used = find_interpreter(spec.python), []
 
-        def wheel_of(project: Path, out: Path) -> Path:
+        def wheel_of(project: Path, out: Path, unwanted: threading.Event) -> Path:
             content = hashes[str(project)]
-            wheel_key, wheel = self.wheels.wheel(project, content, interp, spec.index, out)
+            wheel_key, wheel = self.wheels.wheel(
+                project, content, interp, spec.index, out, unwanted
+            )
             used.append(wheel_key)
             return wheel
 

@@ -27,7 +27,8 @@ about, *cost to the first test*, is the first test's start minus pytest's own st
 ``pytest alone`` row, same round), against the uv commands' time. The second table shows where
 a cowenv build's time goes (its template's metadata) and, when one runs, the compile behind the
 tests, whose end pytest waits for before it exits (``exit``): since one test uses the template
-here, none runs (the template is left uncompiled for the next run that uses it).
+here, none is awaited (a serial run compiles it on the spare core and stops that compile when
+the test ends; the rest is the next run's).
 """
 
 from __future__ import annotations

@@ -104,7 +104,7 @@ def test_a_clone_of_the_uncompiled_template_compiles_on_import(
 ) -> None:
     """Like any fresh venv: timestamp pycs in the clone, the template untouched, and a module
     edited in the clone is what imports."""
-    monkeypatch.setattr(TemplateCache, "_start_behind", lambda *args: None)
+    monkeypatch.setattr(TemplateCache, "_start_behind", lambda *args, **kwargs: None)
     cache = new_cache(root, compile_behind=True)
     first = cache.get(make_spec(wheelhouse, "alpha"))
     assert not first.precompiled
@@ -158,7 +158,7 @@ def test_nothing_clones_a_half_compiled_tree(
 def test_a_rebuild_meanwhile_is_never_superseded_by_a_stale_twin(
     root: Path, wheelhouse: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(TemplateCache, "_start_behind", lambda *args: None)
+    monkeypatch.setattr(TemplateCache, "_start_behind", lambda *args, **kwargs: None)
     spec = make_spec(wheelhouse, "alpha")
     behind = new_cache(root, compile_behind=True)
     first = behind.get(spec)
@@ -175,7 +175,7 @@ def test_another_process_compiles_and_the_session_takes_its_twin(
 ) -> None:
     """`pytest-cowenv build` (compile_behind off) finding an uncompiled template compiles it
     before it returns; a session waiting for the lock then takes that twin."""
-    monkeypatch.setattr(TemplateCache, "_start_behind", lambda *args: None)
+    monkeypatch.setattr(TemplateCache, "_start_behind", lambda *args, **kwargs: None)
     spec = make_spec(wheelhouse, "alpha")
     session = new_cache(root, compile_behind=True)
     first = session.get(spec)
@@ -212,10 +212,12 @@ def test_a_failed_compile_behind_keeps_the_uncompiled_template(
     assert meta["precompiled"] is False
 
 
-def run_inner(pytester: pytest.Pytester, root: Path, wheelhouse: Path) -> pytest.RunResult:
+def run_inner(
+    pytester: pytest.Pytester, root: Path, wheelhouse: Path, *args: str
+) -> pytest.RunResult:
     return pytester.runpytest_subprocess(
         "--cowenv-dir", str(root), "--cowenv-find-links", str(wheelhouse), "--cowenv-offline",
-        "-p", "no:cacheprovider",
+        "-p", "no:cacheprovider", *args,
     )  # fmt: skip
 
 
@@ -260,8 +262,9 @@ def test_a_run_of_several_tests_compiles_and_leaves_the_compiled_twin(
 def test_a_template_one_test_uses_is_compiled_by_the_next_run(
     pytester: pytest.Pytester, root: Path, wheelhouse: Path
 ) -> None:
-    """The twin would serve no clone of the run that built the template: that run leaves it
-    uncompiled and says so; the next run clones it uncompiled and compiles it behind."""
+    """The twin would serve no clone of the run that built the template: that run (an xdist
+    worker: no spare core, see the next test) leaves it uncompiled and says so; the next run
+    clones it uncompiled and compiles it behind."""
     pytester.makepyfile(
         """
         import pytest
@@ -272,7 +275,7 @@ def test_a_template_one_test_uses_is_compiled_by_the_next_run(
             assert cowenv.run("alpha").stdout == "alpha 2.0\\n"
         """
     )
-    result = run_inner(pytester, root, wheelhouse)
+    result = run_inner(pytester, root, wheelhouse, "-n", "1")
     result.assert_outcomes(passed=1)
     assert not compiled_or_compiling(result, "alpha"), result.outlines
     assert (
@@ -282,13 +285,106 @@ def test_a_template_one_test_uses_is_compiled_by_the_next_run(
     tree, meta = only_tree(root)
     assert tree.name.endswith(".1") and meta["precompiled"] is False
 
-    again = run_inner(pytester, root, wheelhouse)
+    again = run_inner(pytester, root, wheelhouse, "-n", "1")
     again.assert_outcomes(passed=1)
     assert compiled_or_compiling(again, "alpha"), again.outlines
     assert not [line for line in again.outlines if "left uncompiled" in line]
     tree, meta = only_tree(root)
     assert tree.name.endswith(".2") and meta["precompiled"] is True
     assert meta["compiled_from"] == 1
+
+
+def test_a_serial_run_compiles_a_one_test_template_on_its_spare_core(
+    pytester: pytest.Pytester, root: Path, wheelhouse: Path
+) -> None:
+    """A serial run compiles the template its one test uses on the core the test leaves
+    idle, and stops that compile when the tests end rather than wait for it: the summary
+    says it was compiled or left uncompiled, never that pytest waits; no build folder stays;
+    the next run finds the twin, or compiles it behind its tests."""
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.cowenv("alpha")
+        def test_first(cowenv):
+            assert cowenv.run("alpha").stdout == "alpha 2.0\\n"
+        """
+    )
+    result = run_inner(pytester, root, wheelhouse)
+    result.assert_outcomes(passed=1)
+    compiled = [ln for ln in result.outlines if ln.startswith("templates compiled behind")]
+    left = [ln for ln in result.outlines if ln.startswith("templates left uncompiled: alpha")]
+    assert len(compiled + left) == 1, result.outlines
+    assert not [ln for ln in result.outlines if "pytest waits" in ln], result.outlines
+    assert sorted(p.name for p in (root / "tmp").iterdir()) == [], "a build folder was left"
+    _, meta = only_tree(root)
+    assert meta["precompiled"] is bool(compiled)
+
+    again = run_inner(pytester, root, wheelhouse)
+    again.assert_outcomes(passed=1)
+    assert not [ln for ln in again.outlines if "left uncompiled" in ln], again.outlines
+    _, meta = only_tree(root)
+    assert meta["precompiled"] is True and meta["compiled_from"] == 1
+
+
+def test_a_spare_core_compile_is_stopped_when_the_tests_end(
+    root: Path, wheelhouse: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`stop_spare` kills a compile still running on the spare core (one that never ends
+    here) and waits for its thread: no error, no twin, no build folder; the template is left
+    uncompiled and later clones are not compiled on the spare core."""
+    calls: list[dict[str, Any]] = []
+
+    def endless(env: Path, spec: TemplateSpec, bytecode: Path, **kwargs: Any) -> Any:
+        calls.append(kwargs)
+        with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"]) as proc:
+            kwargs["started"](proc)
+            proc.wait()
+        raise TemplateBuildError(f"byte-compiling failed: exit {proc.returncode}")
+
+    monkeypatch.setattr(template_module, "compile_env", endless)
+    cache = new_cache(root, compile_behind=True, compile_spare=True)
+    spec = make_spec(wheelhouse, "alpha")
+    first = cache.get(spec)
+    cache._recording[first.key].join(60)
+    deadline = time.monotonic() + 60
+    while not cache._procs:
+        assert time.monotonic() < deadline, "the spare compile never started"
+        time.sleep(0.01)
+    assert calls == [{"behind": True, "idle": True, "started": calls[0]["started"]}]
+    cache.stop_spare()
+    assert not cache._behind[first.key].is_alive()
+    assert cache.behind_errors == [] and cache.compiled_behind == []
+    assert cache.behind_report() == ({}, [], [])
+    assert cache.left_uncompiled() == ["alpha"]
+    assert cache.layout.generations_of(first.key) == [1]
+    assert sorted(p.name for p in cache.layout.tmp.iterdir()) == [], "a build folder was left"
+    cache.close()
+
+
+def test_a_compile_on_the_spare_core_runs_alone_in_the_idle_class(tmp_path: Path) -> None:
+    """`--idle`: Linux's idle scheduling class (else the lowest niceness), and no pool of
+    workers however many sources there are."""
+    script = Path(build_module.__file__).with_name("_bytecode.py")
+    site, store = tmp_path / "site", tmp_path / "store"
+    site.mkdir()
+    store.mkdir(mode=0o700)
+    for i in range(300):  # more than enough for a pool
+        (site / f"m{i}.py").write_text(f"X = {i}\n")
+    code = (
+        "import json, os, sys; sys.path.insert(0, sys.argv[1]); import _bytecode as b; "
+        "b.behind(os.getppid(), idle=True); report = b.main(sys.argv[2], sys.argv[3], alone=True); "
+        "policy = os.sched_getscheduler(0) if hasattr(os, 'sched_getscheduler') else None; "
+        "print(json.dumps([policy, getattr(os, 'SCHED_IDLE', None), os.nice(0), "
+        "'concurrent.futures.process' in sys.modules, report['compiled']]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", code, str(script.parent), str(site), str(store)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    policy, idle, niceness, pooled, compiled = json.loads(out)
+    assert (pooled, compiled) == (False, 300)
+    assert policy == idle or niceness == 19
 
 
 def test_a_second_clone_starts_the_compile(root: Path, wheelhouse: Path) -> None:
@@ -369,7 +465,7 @@ def test_the_first_clone_comes_before_the_recording(
     """A template built now is cloned before it is protected, hashed, synced and its
     metadata written; meanwhile its builder holds the key's lock, so another process waits
     and then takes it, complete, instead of building or discarding it."""
-    monkeypatch.setattr(TemplateCache, "_start_behind", lambda *args: None)
+    monkeypatch.setattr(TemplateCache, "_start_behind", lambda *args, **kwargs: None)
     cache = new_cache(root, compile_behind=True)
     spec = make_spec(wheelhouse, "alpha")
     layout = cache.layout

@@ -245,10 +245,12 @@ def compile_env(
     bytecode: Path,
     *,
     behind: bool = False,
+    idle: bool = False,
     started: Optional[Callable[[subprocess.Popen[str]], None]] = None,
 ) -> dict[str, Any]:
     """Byte-compile site-packages with the environment's own interpreter (see _bytecode).
-    ``behind``: at a low CPU priority, while tests run; ``started`` is given the process.
+    ``behind``: at a low CPU priority, while tests run; ``idle`` (with ``behind``): only on a
+    core nothing else wants, by one process; ``started`` is given the process.
 
     Returns the counts (``reused``, ``compiled``, ``failed``, ``dropped`` store entries that
     failed their check) and the store entries used (``store`` folder, ``entries``)."""
@@ -257,6 +259,7 @@ def compile_env(
     cmd = [str(env / "bin" / "python"), "-I", "-S", str(script)]
     cmd += [str(site_packages(env)), str(bytecode)]
     cmd += ["--behind", str(os.getpid())] if behind else []
+    cmd += ["--idle"] if behind and idle else []
     with start_captured(cmd) as proc:
         if started is not None:
             started(proc)

@@ -2,7 +2,7 @@
 
 Run by the template's own interpreter, so that the bytecode fits it::
 
-    python -I -S _bytecode.py SITE_PACKAGES STORE [--behind PARENT_PID]
+    python -I -S _bytecode.py SITE_PACKAGES STORE [--behind PARENT_PID [--idle]]
 
 Standard library only (Python 3.9+): the template has nothing else. Prints one JSON line of
 counts and of the store entries the template uses. Each ``.pyc`` is *checked-hash* (PEP 552):
@@ -191,7 +191,8 @@ def store_dir() -> str:
     return f"{sys.implementation.cache_tag}-{importlib.util.MAGIC_NUMBER.hex()}"
 
 
-def main(site: str, store_root: str) -> dict[str, object]:
+def main(site: str, store_root: str, *, alone: bool = False) -> dict[str, object]:
+    """Compile ``site``; ``alone``: in this process only (one core), never a pool."""
     secret = store_secret(store_root)
     store = os.path.join(store_root, store_dir())
     keep = own_dir(store)
@@ -215,7 +216,7 @@ def main(site: str, store_root: str) -> dict[str, object]:
         place(src, pyc)
         reused += 1
         failed += not pyc
-    workers = min(os.cpu_count() or 1, len(todo) // _POOL_MIN)
+    workers = min(os.cpu_count() or 1, len(todo) // _POOL_MIN) if not alone else 1
     if workers > 1:
         from concurrent.futures import ProcessPoolExecutor  # slow to import: only if needed
 
@@ -235,12 +236,23 @@ def main(site: str, store_root: str) -> dict[str, object]:
     }
 
 
-def behind(parent: int) -> None:
-    """Compiling while tests run: they go first (the pool's workers inherit the niceness); and
-    on Linux, die with the process that started us, which removes our build folder."""
-    if hasattr(os, "nice"):
-        os.nice(10)
+def behind(parent: int, *, idle: bool) -> None:
+    """Compiling while tests run: they go first (the pool's workers inherit the priority); and
+    on Linux, die with the process that started us, which removes our build folder. ``idle``:
+    run only on a core nothing else wants (Linux's idle class, else the lowest niceness)."""
+    if not (idle and _idle_class()) and hasattr(os, "nice"):
+        with contextlib.suppress(OSError):
+            os.nice(19 if idle else 10)
     _die_with_parent(parent)
+
+
+def _idle_class() -> bool:
+    """Whether this process now runs in Linux's idle scheduling class."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        return False
+    return True
 
 
 def _die_with_parent(parent: int) -> None:
@@ -258,6 +270,7 @@ def _die_with_parent(parent: int) -> None:
 
 
 if __name__ == "__main__":
+    idle = sys.argv[5:6] == ["--idle"]
     if len(sys.argv) > 4 and sys.argv[3] == "--behind":
-        behind(int(sys.argv[4]))
-    print(json.dumps(main(sys.argv[1], sys.argv[2])))
+        behind(int(sys.argv[4]), idle=idle)
+    print(json.dumps(main(sys.argv[1], sys.argv[2], alone=idle)))

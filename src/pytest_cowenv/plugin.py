@@ -67,6 +67,7 @@ class Options:
         "reuse",
         "root",
         "root_option",
+        "serial",
     )
 
     def __init__(
@@ -86,6 +87,7 @@ class Options:
         constraints: tuple[str, ...] = (),
         cov: str = "auto",
         reuse: str = "auto",
+        serial: bool = False,
     ) -> None:
         self.constraints = constraints
         self.cov = cov
@@ -101,6 +103,7 @@ class Options:
         self.pip = pip
         self.requirements = requirements
         self.pool = pool
+        self.serial = serial
 
     def settings(self) -> Settings:
         from ._install import IndexOptions
@@ -118,6 +121,7 @@ class Options:
             pool=self.pool,
             constraints=self.constraints,
             reuse=self.reuse,
+            serial=self.serial,
         )
 
 
@@ -326,6 +330,7 @@ def make_options(config: pytest.Config) -> Options:
         constraints=constraints,
         cov=cov,
         reuse=reuse,
+        serial=workerinput is None,  # not an xdist worker: this process runs every test
     )
 
 

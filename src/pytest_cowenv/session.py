@@ -48,6 +48,9 @@ class Settings:
     # Give provably unchanged clones to later tests (needs the pool): "auto" all but btrfs
     # snapshots (making one costs less than the proof), "yes" all, "no" none.
     reuse: str = "auto"
+    # This process runs the session's tests one at a time (no xdist workers): a test leaves
+    # the other cores idle, and a template one test uses is compiled for the next run there.
+    serial: bool = False
 
 
 @dataclass
@@ -257,6 +260,7 @@ class CowEnvSession:
                 rebuild_before=self.settings.rebuild_before,
                 compile_behind=True,
                 installing=self._installing,
+                compile_spare=self.settings.serial and _cores() >= 2,
             )
         return self._cache
 
@@ -556,6 +560,7 @@ class CowEnvSession:
         self._count_shared(wait=True)
         if self._cache is None:
             return
+        self._cache.stop_spare()
         done, running, errors = self._cache.behind_report()
         uncompiled = self._cache.left_uncompiled()
         with self._lock:
@@ -619,3 +624,10 @@ class CowEnvSession:
 
 def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.]+", "_", name)[-60:].strip("_") or "env"
+
+
+def _cores() -> int:
+    """The cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1  # pragma: no cover - no affinity masks (macOS, Windows)

@@ -29,8 +29,12 @@ clones made before stay the tests' own.
 A twin pays off only for clones made after it: a template built by this process is compiled
 behind once a second clone of it is asked for, or from its first clone when collection said
 that several tests will use it (:meth:`TemplateCache.expect_clones`). One that a single test
-of the run uses stays uncompiled (that test's clone compiles what it imports, as any fresh
-venv does); the next process that uses it finds it uncompiled and compiles it behind its tests.
+of the run uses (that test's clone compiles what it imports, as any fresh venv does) is
+compiled for the next run only on a core the tests leave idle (``compile_spare``: a serial
+run's spare core): in the idle scheduling class, by one process, and stopped, not awaited,
+when the tests end (:meth:`TemplateCache.stop_spare`). What it compiled stays in the bytecode
+store; the next process that uses the template finds it uncompiled and compiles it behind its
+tests, reusing those entries.
 """
 
 from __future__ import annotations
@@ -141,13 +145,15 @@ class TemplateCache:
     compiles it in a background thread when more clones of it are to come (see the module's
     doc); else :meth:`get` returns compiled templates only. ``installing``: called in the
     building thread as each build's installer starts, to start work that can overlap it
-    (it must return at once)."""
+    (it must return at once). ``compile_spare``: a template built for one clone is compiled
+    behind too, on a spare core (see the module's doc)."""
 
     layout: Layout
     rebuild_before: float = 0.0  # templates created before this time are rebuilt
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT
     compile_behind: bool = False
     installing: Optional[Callable[[], None]] = None
+    compile_spare: bool = False
     _ready: dict[str, Template] = field(default_factory=dict)
     _failed: dict[str, TemplateBuildError] = field(default_factory=dict)
     _keys: dict[TemplateSpec, str] = field(default_factory=dict)
@@ -163,7 +169,10 @@ class TemplateCache:
     _asked: Counter[str] = field(default_factory=Counter)  # key -> `get` calls answered
     _expected: set[str] = field(default_factory=set)  # keys collection expects several clones of
     _closing: threading.Event = field(default_factory=threading.Event)
-    _procs: list[Any] = field(default_factory=list)  # compilers running in the background
+    _procs: list[tuple[str, Any]] = field(default_factory=list)  # (key, compiler) behind
+    _spare: set[str] = field(default_factory=set)  # keys compiled on a spare core
+    _stopped: set[str] = field(default_factory=set)  # keys whose spare compile was stopped
+    _tests_over: bool = False  # no spare compile starts any more: see stop_spare
     _describe: dict[str, str] = field(default_factory=dict)  # key -> spec.describe()
     _undiscarded: list[tuple[str, int]] = field(default_factory=list)  # see _discard_generation
     _recording: dict[str, threading.Thread] = field(default_factory=dict)  # see _record_behind
@@ -212,7 +221,7 @@ class TemplateCache:
             if found is not None:
                 # A second clone: a compile waits for the key's lock, held while recording.
                 if self.compile_behind and not found.precompiled and self._twin_wanted(found):
-                    self._start_behind(spec, key, found)
+                    self._start_behind(spec, key, found, spare=False)
                 return found
             try:
                 template = self._get_or_build(spec, key)
@@ -228,8 +237,8 @@ class TemplateCache:
                 unrecorded = self._unrecorded.pop(key, None)
             if unrecorded is not None:  # it starts the compile behind once recorded
                 self._record_behind(spec, key, *unrecorded, go=go)
-            elif self.compile_behind and not template.precompiled and self._twin_wanted(template):
-                self._start_behind(spec, key, template)
+            elif self.compile_behind and not template.precompiled:
+                self._start_behind_if_worth(spec, key, template)
             return template
 
     def expect_clones(self, spec: TemplateSpec, clones: int) -> None:
@@ -251,15 +260,47 @@ class TemplateCache:
         key = template.key
         return not template.built_now or self._asked[key] >= 2 or key in self._expected
 
+    def _start_behind_if_worth(self, spec: TemplateSpec, key: str, template: Template) -> None:
+        """Compile the uncompiled ``template`` behind if its twin is wanted, or, if this run
+        has a spare core, for the next run on it."""
+        if self._twin_wanted(template):
+            self._start_behind(spec, key, template, spare=False)
+        elif self.compile_spare:
+            self._start_behind(spec, key, template, spare=True)
+
     def left_uncompiled(self) -> list[str]:
         """The templates this process built and left uncompiled (one clone of each was
-        asked for): the next process that uses one compiles it behind its tests."""
+        asked for; a compile on a spare core stopped or not started): the next process that
+        uses one compiles it behind its tests."""
         with self._mutex:
             return [
                 t.spec.describe()
                 for t in self.built
-                if not t.precompiled and t.key not in self._behind and not self._wanted(t)
+                if not t.precompiled
+                and (t.key not in self._behind or t.key in self._stopped)
+                and not self._wanted(t)
             ]
+
+    def stop_spare(self) -> None:
+        """The tests are over: stop the compiles running on a spare core for templates no
+        other clone of the run asked for (their store entries are the next run's head start),
+        and wait for their threads, which remove their build folders. One that finished
+        meanwhile is published whole, or not at all. No spare compile starts after this."""
+        with self._mutex:
+            self._tests_over = True
+            keys = {
+                t.key
+                for t in self.built
+                if t.key in self._spare and t.key not in self._stopped and not self._wanted(t)
+            }
+            self._stopped |= keys
+            procs = [proc for key, proc in self._procs if key in keys]
+            threads = [thread for key, thread in self._behind.items() if key in keys]
+        for proc in procs:
+            with contextlib.suppress(OSError):
+                proc.kill()
+        for thread in threads:
+            thread.join(CLOSE_TIMEOUT)
 
     def forget(self, key: str) -> None:
         """Drop the in-memory template (after a rebuild elsewhere, or in tests)."""
@@ -275,6 +316,7 @@ class TemplateCache:
         from .generations import collect_generations
 
         self._finish_recording()
+        self.stop_spare()
         self._finish_behind()
         with self._mutex:
             undiscarded, self._undiscarded = self._undiscarded, []
@@ -515,8 +557,8 @@ class TemplateCache:
                     self.behind_errors.append(f"{first} (recording behind the first test)")
                 return
             collect_generations(self.layout, key)
-            if not pending.template.precompiled and self._twin_wanted(pending.template):
-                self._start_behind(spec, key, pending.template)
+            if not pending.template.precompiled:
+                self._start_behind_if_worth(spec, key, pending.template)
 
         thread = threading.Thread(target=record, name=f"cowenv-record-{key[:12]}", daemon=True)
         with self._mutex:
@@ -550,11 +592,16 @@ class TemplateCache:
                 return self._compile(spec, key, source)
         return self._claim(spec, key, gen) or source
 
-    def _start_behind(self, spec: TemplateSpec, key: str, source: Template) -> None:
-        """Have ``source`` compiled in a background thread, once per key and process."""
+    def _start_behind(self, spec: TemplateSpec, key: str, source: Template, *, spare: bool) -> None:
+        """Have ``source`` compiled in a background thread, once per key and process
+        (``spare``: on a spare core, see the module's doc)."""
         with self._mutex:
             if self._closing.is_set() or key in self._behind:
                 return
+            if spare and self._tests_over:
+                return
+            if spare:
+                self._spare.add(key)
             thread = threading.Thread(
                 target=self._compile_behind,
                 args=(spec, key, source),
@@ -563,7 +610,7 @@ class TemplateCache:
             )
             self._behind[key] = thread
             self._describe[key] = spec.describe()
-        thread.start()
+            thread.start()  # under the mutex: whoever finds it in `_behind` may join it
 
     def _compile_behind(self, spec: TemplateSpec, key: str, source: Template) -> None:
         """The background thread: wait for the key's lock; take the compiled twin of
@@ -588,7 +635,10 @@ class TemplateCache:
         except (CowEnvError, OSError) as exc:
             first = (str(exc).splitlines() or [repr(exc)])[0]
             with self._mutex:
-                self.behind_errors.append(f"{spec.describe()}: compiling behind the tests: {first}")
+                if key not in self._stopped:  # a stopped compile is no error
+                    self.behind_errors.append(
+                        f"{spec.describe()}: compiling behind the tests: {first}"
+                    )
 
     def behind_report(self) -> tuple[dict[str, float], list[str], list[str]]:
         """What compiling behind the tests did so far: the twins swapped in (description →
@@ -605,7 +655,11 @@ class TemplateCache:
                 if any(t.key == key and self._wanted(t) for t in self.built)
             ]
             threads = [*recording, *self._behind.items()]
-            running = list(dict.fromkeys(key for key, thread in threads if thread.is_alive()))
+            running = list(
+                dict.fromkeys(
+                    key for key, thread in threads if thread.is_alive() and key not in self._stopped
+                )
+            )
             running = [self._describe.get(key, key) for key in running]
             return done, running, list(self.behind_errors)
 
@@ -620,7 +674,7 @@ class TemplateCache:
                 thread.join()
         except KeyboardInterrupt:
             with self._mutex:
-                procs = list(self._procs)
+                procs = [proc for _, proc in self._procs]
             for proc in procs:
                 with contextlib.suppress(OSError):
                     proc.kill()
@@ -649,11 +703,15 @@ class TemplateCache:
         """Publish ``source`` byte-compiled as the next generation of ``key`` (lock held):
         a clone of it, compiled in the build folder."""
         root, procs = self.layout.root, []
+        with self._mutex:
+            idle = behind and key in self._spare
 
         def track(proc: Any) -> None:
             procs.append(proc)
             with self._mutex:
-                self._procs.append(proc)
+                self._procs.append((key, proc))
+                if key in self._stopped:  # stopped before it started
+                    proc.kill()
 
         def unchanged() -> None:
             """A template that hardlink clones share can be written through them: never
@@ -675,11 +733,11 @@ class TemplateCache:
             with timed(phases, "compile"):
                 try:
                     return compile_env(
-                        env, spec, self.layout.bytecode, behind=behind, started=track
+                        env, spec, self.layout.bytecode, behind=behind, idle=idle, started=track
                     )
                 finally:
                     with self._mutex:
-                        self._procs[:] = [p for p in self._procs if p not in procs]
+                        self._procs[:] = [kp for kp in self._procs if kp[1] not in procs]
 
         return self._make_generation(spec, key, make, source=source)
 

@@ -161,3 +161,11 @@ def processes() -> list[tuple[int, int, int, str]]:
         except (OSError, ValueError, IndexError):
             continue  # gone meanwhile
     return found
+
+
+def run_python(env: Path, code: str) -> str:
+    """What ``code`` prints when run by ``env``'s python (stripped); fails if it fails."""
+    out = subprocess.run(
+        [str(env / "bin" / "python"), "-c", code], capture_output=True, text=True, check=True
+    )
+    return out.stdout.strip()

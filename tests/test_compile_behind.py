@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from _helpers import processes
+from _helpers import processes, run_python
 from pytest_cowenv import TemplateCache, TemplateSpec, clone_tree
 from pytest_cowenv import _build as build_module
 from pytest_cowenv import _install as install_module
@@ -62,13 +62,6 @@ def pyc_flags(source: Path) -> int:
 
 def site_of(tree: Path) -> Path:
     return next(tree.glob("lib/python*/site-packages"))
-
-
-def run_python(env: Path, code: str) -> str:
-    out = subprocess.run(
-        [str(env / "bin" / "python"), "-c", code], capture_output=True, text=True, check=True
-    )
-    return out.stdout.strip()
 
 
 def test_a_new_template_comes_uncompiled_then_its_compiled_twin(
@@ -558,8 +551,8 @@ def test_the_venv_and_the_first_clone_are_prepared_while_the_installer_runs(
         events.append("installer")
         real_run(*args)
         events.append("installed")
-        assert session._preparing is not None, "nothing was prepared while it ran"
-        session._preparing.join(60)
+        assert "prepare" in session._background, "nothing was prepared while it ran"
+        session._background["prepare"].join(60)
         assert session._run_dir is not None and session._pool is not None
         assert "clean" not in events, "the clean-up competed with the build"
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from _helpers import mounted, processes, unprotect_templates
+from _helpers import mounted, processes, run_python, unprotect_templates
 from _wheels import make_wheel
 from conftest import skip_without_uv
 from pytest_cowenv import (
@@ -148,13 +148,7 @@ def test_a_module_edited_in_a_clone_is_what_imports(root: Path, wheelhouse: Path
     clone_tree(template.path, clone)
     init = next(clone.glob("lib/python*/site-packages/alpha/__init__.py"))
     init.write_text("VERSION = 'edited in the clone'\n")
-    out = subprocess.run(
-        [str(clone / "bin" / "python"), "-c", "import alpha; print(alpha.VERSION)"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert out.stdout.strip() == "edited in the clone"
+    assert run_python(clone, "import alpha; print(alpha.VERSION)") == "edited in the clone"
     remove_tree(clone)
 
 
@@ -579,13 +573,7 @@ def test_local_project_is_built_from_a_copy_and_installed(
         "url": project.as_uri(),
         "dir_info": {},
     }
-    out = subprocess.run(
-        [str(template.path / "bin" / "python"), "-c", "import proj; print(proj.ANSWER)"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert out.stdout.strip() == "42"
+    assert run_python(template.path, "import proj; print(proj.ANSWER)") == "42"
     if route == "pip":
         return  # the slow route has shown the build; the key does not depend on it
 
@@ -695,13 +683,7 @@ def test_the_lock_is_installed_while_the_projects_wheel_is_built(
     template = new_cache(root).get(make_spec(wheelhouse, lock=lock, project=project))
     assert log.read_text() == "seen\n"
     assert template.resolved == {"alpha": "1.0", "beta": "1.0", "proj": "0.1"}
-    out = subprocess.run(
-        [str(template.path / "bin" / "python"), "-c", "import proj, beta; print(proj.ANSWER)"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert out.stdout.strip() == "42"
+    assert run_python(template.path, "import proj, beta; print(proj.ANSWER)") == "42"
     assert set(template.meta["phases"]) >= {"venv", "install", "wheels"}
 
 

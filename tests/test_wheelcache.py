@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from _helpers import run_python
 from pytest_cowenv import TemplateCache, TemplateSpec, marker
 from pytest_cowenv._install import IndexOptions
 from pytest_cowenv.cli import main
@@ -83,13 +84,7 @@ def test_templates_of_one_project_build_its_wheel_once(
     changed = TemplateCache(prepare_root(root)).get(make_spec(wheelhouse, project, "alpha"))
     assert changed.built_now and builds(log) == 2
     assert len(entries(cache.layout)) == 2 and changed.meta["wheels"] != first.meta["wheels"]
-    out = subprocess.run(
-        [str(changed.path / "bin" / "python"), "-c", "import proj; print(proj.ANSWER)"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert out.stdout.strip() == "43"
+    assert run_python(changed.path, "import proj; print(proj.ANSWER)") == "43"
 
 
 @pytest.mark.parametrize("damage", ["truncated", "missing", "no record of it"])

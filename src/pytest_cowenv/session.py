@@ -15,7 +15,7 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from ._defaults import DEFAULT_POOL
 from ._install import IndexOptions
@@ -232,8 +232,9 @@ class CowEnvSession:
         self.coverage = coverage  # measures the clones' processes, when the run measures
         self.stats = Stats()
         self._layout: Optional[Layout] = None
-        self._cleaning: Optional[threading.Thread] = None  # see `_start_cleaning`
-        self._preparing: Optional[threading.Thread] = None  # see `_installing`
+        # Background work started at most once each, by name: see `_installing` ("prepare")
+        # and `_start_cleaning` ("clean").
+        self._background: dict[str, threading.Thread] = {}
         self._cache: Optional[TemplateCache] = None
         self._run_dir: Optional[Path] = None
         self._run_lock: Optional[int] = None  # held while the run folder exists: see _owner
@@ -269,13 +270,7 @@ class CowEnvSession:
         the first clone needs besides its template (the modules, this run's folder and pool):
         none of it is the build's, and done while the installer runs, it neither delays the
         installer's start nor waits after its end."""
-        with self._lock:
-            if self._preparing is not None:
-                return
-            self._preparing = threading.Thread(
-                target=self._prepare_clones, name="cowenv-prepare", daemon=True
-            )
-        self._preparing.start()
+        self._start_once("prepare", self._prepare_clones)
 
     def _prepare_clones(self) -> None:
         from . import env, pool  # noqa: F401  # what `acquire` imports
@@ -288,13 +283,15 @@ class CowEnvSession:
         live process holds (this one included), and no test need wait for it. Started by the
         first clone: before it, the thread would take CPU and the GIL from the build and the
         clone that the first test waits for."""
+        self._start_once("clean", self._clean_stale_quietly)
+
+    def _start_once(self, name: str, target: Callable[[], None]) -> None:
         with self._lock:
-            if self._cleaning is not None:
+            if name in self._background:
                 return
-            self._cleaning = threading.Thread(
-                target=self._clean_stale_quietly, name="cowenv-clean", daemon=True
-            )
-        self._cleaning.start()
+            thread = threading.Thread(target=target, name=f"cowenv-{name}", daemon=True)
+            self._background[name] = thread
+        thread.start()
 
     @property
     def run_dir(self) -> Path:
@@ -588,10 +585,10 @@ class CowEnvSession:
         """Stop the pool thread, then remove whatever clones this process still has: unused
         pool clones, the trash, and clones of tests that crashed or were interrupted."""
         busy: set[str] = set()
-        if self._preparing is not None:
-            self._preparing.join()  # it may start the clean-up
-        if self._cleaning is not None:
-            self._cleaning.join()
+        for name in ("prepare", "clean"):  # in this order: preparing may start the clean-up
+            thread = self._background.get(name)
+            if thread is not None:
+                thread.join()
         if self._pool is not None and not self._pool.close():
             # The thread did not stop in time: leave its folders to the next run's clean-up.
             busy = {self._pool.ready_dir.name, self._pool.trash_dir.name}

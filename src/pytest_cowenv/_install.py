@@ -386,7 +386,9 @@ def build_wheel(project: Path, out_dir: Path, python: str, index: IndexOptions) 
     """Build a wheel of a local project from a private copy (the source tree stays clean).
 
     The build backend is fetched with the spec's own index options (offline stays offline)
-    and runs on the template's interpreter, so a wheel with extension modules fits it.
+    and runs on the template's interpreter, so a wheel with extension modules fits it. With
+    uv it is taken from uv's cache alone when the cache has a backend that satisfies the
+    project's build requirements (see :func:`_uv_build`); the index is asked otherwise.
     """
     work = out_dir / f"src-{project.name}"
     skips = project_filter(project)
@@ -399,9 +401,10 @@ def build_wheel(project: Path, out_dir: Path, python: str, index: IndexOptions) 
     link_vcs(project, work, out_dir / f"git-{project.name}")
     wheels = out_dir / f"wheels-{project.name}"
     uv = uv_binary()
+    what = f"{shown(project)}: building a wheel failed"
     if uv:
         cmd = [uv, "build", "--wheel", "--quiet", "--python", python, "--out-dir", str(wheels)]
-        cmd += [*_index_args(index, uv=True), str(work)]
+        _uv_build([*cmd, *_index_args(index, uv=True)], work, wheels, what, index.offline)
     else:
         cmd = [
             sys.executable,
@@ -419,10 +422,29 @@ def build_wheel(project: Path, out_dir: Path, python: str, index: IndexOptions) 
             str(wheels),
             str(work),
         ]
-    run_installer(cmd, f"{shown(project)}: building a wheel failed")
+        run_installer(cmd, what)
     built = sorted(wheels.glob("*.whl"))
     if not built:
         raise TemplateBuildError(
             f"{shown(project)}: the build produced no wheel in {shown(wheels)}"
         )
     return built[0]
+
+
+def _uv_build(cmd: list[str], source: Path, wheels: Path, what: str, offline: bool) -> None:
+    """Run ``uv build`` (``cmd`` without its source) of ``source`` into ``wheels``: first with
+    ``--offline``, then, if that failed, with the network.
+
+    uv asks the index again for every cached page and wheel whose freshness it cannot tell,
+    at every build: connections and name lookups that can stall, for a backend it already
+    has. Offline, uv takes the build requirements from its cache (older cached versions
+    included, as long as they satisfy the requirements) and fails quickly when they are not
+    all there; the second run then fetches them. A project whose build fails for any other
+    reason is built twice, and the second failure is the one told."""
+    if not offline:
+        try:
+            run_installer([*cmd, "--offline", str(source)], what)
+            return
+        except TemplateBuildError:
+            shutil.rmtree(wheels, ignore_errors=True)  # no half of the first attempt is kept
+    run_installer([*cmd, str(source)], what)

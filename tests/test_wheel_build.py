@@ -1,10 +1,12 @@
-"""A local project's wheel built by uv: its build requirements come from uv's cache when the
-cache has them, from the index only when it has not. A real uv, a real build, an index over
-HTTP on localhost that counts what it is asked and tells uv to ask again every time."""
+"""What uv takes from its cache before it asks the index: a local project's build requirements
+and a template's hash-checked set come from uv's cache when the cache has them, from the index
+only when it has not. A real uv, real builds, an index over HTTP on localhost that counts what
+it is asked and tells uv to ask again every time."""
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import http.server
 import shutil
 import sys
@@ -15,10 +17,13 @@ from pathlib import Path
 
 import pytest
 
+from _helpers import remove_cache
 from _wheels import make_wheel
 from conftest import skip_without_uv
+from pytest_cowenv import TemplateCache, TemplateSpec
 from pytest_cowenv._install import IndexOptions, build_wheel
 from pytest_cowenv.errors import TemplateBuildError
+from pytest_cowenv.store import prepare_root
 from test_template import BACKEND
 
 pytestmark = pytest.mark.usefixtures("offline_machine")
@@ -52,6 +57,7 @@ class Index:
     def __init__(self, root: Path) -> None:
         page = root / "simple" / "alpha"
         wheel = make_wheel(page, "alpha", "1.0")
+        self.alpha_hash = hashlib.sha256(wheel.read_bytes()).hexdigest()
         (page / "index.html").write_text(f'<a href="{wheel.name}">{wheel.name}</a>')
         self.requests: list[str] = []
         requests = self.requests
@@ -139,3 +145,31 @@ def test_a_failing_build_tells_the_backends_error(
     assert "backend.build_wheel" in told
     assert told.splitlines()[1].startswith("command: ")
     assert "--offline" not in told.splitlines()[1]  # the failure of the build with the index
+
+
+@pytest.fixture
+def caches(tmp_path: Path) -> Iterator[Path]:
+    """A folder for cache roots, removed with their templates."""
+    path = tmp_path / "caches"
+    path.mkdir()
+    yield path
+    for root in path.iterdir() if path.is_dir() else ():
+        remove_cache(root)
+
+
+def test_a_hashed_set_that_uv_has_cached_is_installed_without_the_index(
+    tmp_path: Path, index: Index, uv_cache: Path, caches: Path
+) -> None:
+    (tmp_path / "r.txt").write_text(f"alpha==1.0 --hash=sha256:{index.alpha_hash}\n")
+    spec = TemplateSpec.create(
+        "-r r.txt", base_dir=tmp_path, index=IndexOptions(index_url=index.url)
+    )
+    TemplateCache(prepare_root(caches / "first")).get(spec)
+    assert any(path.endswith(".whl") for path in index.requests)  # the cache had nothing
+    asked = len(index.requests)
+    again = TemplateCache(prepare_root(caches / "second")).get(spec)
+    assert [r.split("==")[0] for r in again.resolved] == ["alpha"]
+    assert index.requests[asked:] == []
+    shutil.rmtree(uv_cache)  # and without it, from the index again
+    TemplateCache(prepare_root(caches / "third")).get(spec)
+    assert any(path.endswith(".whl") for path in index.requests[asked:])

@@ -106,9 +106,10 @@ def build_env(
         if not base_env_by_uv(spec.pip):
             base_env_made = start_base()
         plan = install_commands(spec, python, work, interp.executable)
-        for command in plan.first:
+        for command in plan.first:  # hash-checked: from uv's cache first, see run_installer
             with timed(phases, "install"):
-                run_installer(command, f"{spec.describe()}: installing failed", started)
+                what = f"{spec.describe()}: installing failed"
+                run_installer(command, what, started, cache_first=True)
             started = None
         with timed(phases, "wheels"):  # what is left of building them: the rest overlapped
             built = wheels.result() if wheels is not None else {}

@@ -304,10 +304,32 @@ def install_command(
 
 
 def run_installer(
-    cmd: Sequence[str], what: str, started: Optional[Callable[[], None]] = None
+    cmd: Sequence[str],
+    what: str,
+    started: Optional[Callable[[], None]] = None,
+    *,
+    cache_first: bool = False,
 ) -> None:
     """Run an installer command; failure becomes a TemplateBuildError with its last lines.
-    ``started`` is called once the command runs, before waiting for it."""
+    ``started`` is called once the command runs, before waiting for it.
+
+    ``cache_first``: a uv command runs from uv's cache alone first (``--offline``), and with
+    the network only if that failed; the second failure is the one told. uv otherwise asks
+    the index again for every cached page and wheel whose freshness it cannot tell (an index
+    or proxy that sends no cache headers): a connection and a name lookup each, which can
+    stall, for files it has. Only for commands whose outcome the cache cannot make wrong:
+    hash-checked sets (the same files either way) and wheel builds (a cached build backend
+    that satisfies the project's requirements is as good as the index's newest)."""
+    if cache_first and cmd and cmd[0] == uv_binary() and "--offline" not in cmd:
+        try:
+            _run_installer([cmd[0], "--offline", *cmd[1:]], what, started)
+            return
+        except TemplateBuildError:  # not all in the cache (or a failure the retry tells)
+            started = None
+    _run_installer(cmd, what, started)
+
+
+def _run_installer(cmd: Sequence[str], what: str, started: Optional[Callable[[], None]]) -> None:
     with start_captured(cmd) as proc:
         try:
             if started is not None:
@@ -386,9 +408,10 @@ def build_wheel(project: Path, out_dir: Path, python: str, index: IndexOptions) 
     """Build a wheel of a local project from a private copy (the source tree stays clean).
 
     The build backend is fetched with the spec's own index options (offline stays offline)
-    and runs on the template's interpreter, so a wheel with extension modules fits it. With
-    uv it is taken from uv's cache alone when the cache has a backend that satisfies the
-    project's build requirements (see :func:`_uv_build`); the index is asked otherwise.
+    and runs on the template's interpreter, so a wheel with extension modules fits it. uv
+    takes it from its cache alone when the cache has a backend that satisfies the project's
+    build requirements, and asks the index otherwise (see :func:`run_installer`); a project
+    whose build fails is then built twice.
     """
     work = out_dir / f"src-{project.name}"
     skips = project_filter(project)
@@ -401,10 +424,9 @@ def build_wheel(project: Path, out_dir: Path, python: str, index: IndexOptions) 
     link_vcs(project, work, out_dir / f"git-{project.name}")
     wheels = out_dir / f"wheels-{project.name}"
     uv = uv_binary()
-    what = f"{shown(project)}: building a wheel failed"
     if uv:
         cmd = [uv, "build", "--wheel", "--quiet", "--python", python, "--out-dir", str(wheels)]
-        _uv_build([*cmd, *_index_args(index, uv=True)], work, wheels, what, index.offline)
+        cmd += [*_index_args(index, uv=True), str(work)]
     else:
         cmd = [
             sys.executable,
@@ -422,29 +444,10 @@ def build_wheel(project: Path, out_dir: Path, python: str, index: IndexOptions) 
             str(wheels),
             str(work),
         ]
-        run_installer(cmd, what)
+    run_installer(cmd, f"{shown(project)}: building a wheel failed", cache_first=True)
     built = sorted(wheels.glob("*.whl"))
     if not built:
         raise TemplateBuildError(
             f"{shown(project)}: the build produced no wheel in {shown(wheels)}"
         )
     return built[0]
-
-
-def _uv_build(cmd: list[str], source: Path, wheels: Path, what: str, offline: bool) -> None:
-    """Run ``uv build`` (``cmd`` without its source) of ``source`` into ``wheels``: first with
-    ``--offline``, then, if that failed, with the network.
-
-    uv asks the index again for every cached page and wheel whose freshness it cannot tell,
-    at every build: connections and name lookups that can stall, for a backend it already
-    has. Offline, uv takes the build requirements from its cache (older cached versions
-    included, as long as they satisfy the requirements) and fails quickly when they are not
-    all there; the second run then fetches them. A project whose build fails for any other
-    reason is built twice, and the second failure is the one told."""
-    if not offline:
-        try:
-            run_installer([*cmd, "--offline", str(source)], what)
-            return
-        except TemplateBuildError:
-            shutil.rmtree(wheels, ignore_errors=True)  # no half of the first attempt is kept
-    run_installer([*cmd, str(source)], what)

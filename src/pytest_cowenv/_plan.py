@@ -22,8 +22,9 @@ from .spec import TemplateSpec
 @dataclass(frozen=True)
 class InstallPlan:
     """The installer commands of one build, in order: ``first`` install no local project
-    (they run while the projects' wheels are built); ``then(wheels)`` are the rest, given the
-    wheel built from each local project directory."""
+    (they run while the projects' wheels are built) and are hash-checked (they install the
+    same files from any source); ``then(wheels)`` are the rest, given the wheel built from
+    each local project directory."""
 
     first: list[list[str]]
     then: Callable[[Mapping[str, Path]], list[list[str]]]

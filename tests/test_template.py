@@ -152,6 +152,42 @@ def test_a_module_edited_in_a_clone_is_what_imports(root: Path, wheelhouse: Path
     remove_tree(clone)
 
 
+@pytest.mark.parametrize("pycs", ["template", "timestamp"])
+def test_a_same_size_edit_with_the_old_mtime_is_what_imports(
+    root: Path, wheelhouse: Path, pycs: str
+) -> None:
+    """The edit a timestamp pyc cannot see: same size, same mtime (a clone's mtimes are its
+    template's, and a test may edit within the same second, or restore the mtime). The
+    template's pycs see it; the same clone recompiled with timestamp pycs runs the old code,
+    which proves the edit is one that only a pyc checked against its source catches."""
+    template = new_cache(root).get(make_spec(wheelhouse, "alpha==1.0"))
+    clone = root / "clones" / f"same-size-{pycs}"
+    clone_tree(template.path, clone)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    python = str(clone / "bin" / "python")
+    init = next(clone.glob("lib/python*/site-packages/alpha/__init__.py"))
+    if pycs == "timestamp":
+        recompile = (
+            "import py_compile, sys; py_compile.compile(sys.argv[1], doraise=True,"
+            " invalidation_mode=py_compile.PycInvalidationMode.TIMESTAMP)"
+        )
+        subprocess.run([python, "-c", recompile, str(init)], env=env, check=True)
+    before = init.stat()
+    assert init.read_text() == "VERSION = '1.0'\n"
+    init.write_text("VERSION = '9.9'\n")
+    os.utime(init, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert init.stat().st_size == before.st_size
+    out = subprocess.run(
+        [python, "-c", "import alpha; print(alpha.VERSION)"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    )
+    assert out.stdout.strip() == ("9.9" if pycs == "template" else "1.0")
+    remove_tree(clone)
+
+
 def test_threads_asking_at_once_build_once(root: Path, wheelhouse: Path) -> None:
     cache = new_cache(root)
     spec = make_spec(wheelhouse, "alpha")

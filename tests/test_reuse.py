@@ -13,6 +13,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -524,6 +525,77 @@ def test_the_scan_looks_at_this_process_and_those_started_since(tmp_path: Path) 
         assert f"pid {proc.pid} " not in str(reuse.holders(clones, after))
     with open(held):
         assert f"pid {os.getpid()} (" in reuse.holders(clones, reuse.boot_ns())[0]
+
+
+def test_the_count_of_tasks_grows_with_each_thread() -> None:
+    """What :class:`reuse.Census` trusts: ``processes`` in ``/proc/stat`` counts a thread this
+    process starts (and a census that reads a count standing still never trusts it)."""
+    before = reuse._forks()
+    thread = threading.Thread(target=int)
+    thread.start()
+    thread.join()
+    after = reuse._forks()
+    assert before is not None and after is not None and after > before
+    assert reuse.Census().forks() is not None
+
+
+def test_a_count_that_stands_still_is_never_trusted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(reuse, "_forks", lambda: 7)  # a sandbox's constant, say
+    census = reuse.Census()
+    assert census.forks() is None
+    clones = [(frozenset[tuple[int, int]](), str(tmp_path))]
+    for _ in range(2):
+        reuse.holders(clones, reuse.boot_ns(), census)
+    assert census.looks == 2
+
+
+@pytest.fixture
+def held(tmp_path: Path) -> tuple[Path, list[tuple[frozenset[tuple[int, int]], str]]]:
+    """A file, and a "clone" that is that file's inode."""
+    path = tmp_path / "file"
+    path.write_text("")
+    st = os.stat(path)
+    return path, [(frozenset({(st.st_dev, st.st_ino)}), str(tmp_path / "elsewhere"))]
+
+
+def test_a_process_started_after_the_census_is_found(
+    held: tuple[Path, list[tuple[frozenset[tuple[int, int]], str]]],
+) -> None:
+    """Starting it moves the count, so the next look is a full one: a census that trusted
+    its old list would miss it."""
+    path, clones = held
+    census = reuse.Census()
+    since = reuse.boot_ns()
+    assert reuse.holders(clones, since, census) == {}
+    with _process([sys.executable, "-c", HOLD_FD, str(path)]) as proc:
+        found = reuse.holders(clones, since, census)[0]
+        assert found.startswith(f"pid {proc.pid} (") or "another user's" in found, found
+    assert census.looks == 2
+
+
+def test_while_no_task_is_created_the_census_serves_the_look(
+    held: tuple[Path, list[tuple[frozenset[tuple[int, int]], str]]],
+) -> None:
+    """With the count standing still (made so here: the count itself moves with any task on
+    the machine), a look skips the listing of /proc and still looks into this process and
+    into every process the last full look found started since the hand-out."""
+    path, clones = held
+    census = reuse.Census()
+    since = reuse.boot_ns()
+    time.sleep(3 * CLOCK_TICK)
+    with _process([sys.executable, "-c", HOLD_FD, str(path)]) as proc:
+        census.forks = lambda: 1  # type: ignore[method-assign]
+        assert f"pid {proc.pid} (" in reuse.holders(clones, since, census)[0]
+        assert census.looks == 1
+        assert f"pid {proc.pid} (" in reuse.holders(clones, since, census)[0]
+        assert census.looks == 1  # served by the census
+        # started before this hand-out: not looked into, as by a full look
+        assert reuse.holders(clones, reuse.boot_ns(), census) == {}
+    with open(path):
+        assert f"pid {os.getpid()} (" in reuse.holders(clones, reuse.boot_ns(), census)[0]
+    assert census.looks == 1
 
 
 def test_a_process_this_user_may_not_inspect_counts_if_it_started_since(

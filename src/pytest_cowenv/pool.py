@@ -162,6 +162,7 @@ class ClonePool:
         self._names = itertools.count()
         self._thread: Optional[threading.Thread] = None
         self._watch = _TestWatch()
+        self._census = reuse.Census()  # what the last look at /proc found (see reuse, step 4)
         # A fallback to copies met by the thread, for the next test that takes a clone to
         # tell (a warning from this thread would name the pool's line, not the test's).
         self._told: list[str] = []
@@ -624,6 +625,7 @@ class ClonePool:
             reuse.holders(
                 [(self._inodes(batch[i]), os.fspath(batch[i].folder)) for i in rest],
                 min(batch[i].first_boot_ns for i in rest),
+                self._census,
             )
             if rest
             else {}

@@ -22,7 +22,8 @@ the session do the steps in this order; each step is needed for the next to mean
    a file of it, among this process and those started since the clone's first hand-out
    (the only ones a test may have started, directly or not; see :func:`holders`). Whatever
    it finds sends the clone to the trash. Such a process that this user may not inspect
-   (another user's) counts as a holder.
+   (another user's) counts as a holder. While the kernel's count of tasks created stands
+   still, the last full look's list of processes serves instead of a new one (:class:`Census`).
 5. **Nothing changed.** :func:`changed` finds every recorded path with its recorded inode,
    size, mode, mtime and ctime. Any write, truncate, chmod, chown, xattr change, hard link or
    utime gives an inode a new ctime (steps 1-2: a different one); a create, delete or rename
@@ -42,6 +43,7 @@ from __future__ import annotations
 import os
 import stat
 import sys
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -266,8 +268,55 @@ def changed(clone: str, rec: Record, quick: bool = False) -> Optional[str]:
             os.close(fd)
 
 
+class Census:
+    """The processes the last full look at /proc found, with their start times, and the
+    kernel's count of tasks ever created (``processes`` in ``/proc/stat``: every fork and
+    every thread, never decreasing) read before that look listed them.
+
+    While the count stands still no task was created since, so every process alive now was
+    alive then, and its pid is not a new process's: the processes started since a hand-out
+    are among those the look found, with the start times it read. :func:`holders` then looks
+    into those (and this process) only. The count is used only if it counts a thread this
+    process starts (:meth:`forks`): a count that a sandbox keeps still is never trusted.
+    """
+
+    def __init__(self) -> None:
+        self._live: Optional[bool] = None  # whether the count moves: probed on first use
+        # (the count read before the look, pid → start in clock ticks, -1 for none to look at)
+        self.seen: Optional[tuple[int, dict[str, int]]] = None
+        self.looks = 0  # full looks at /proc (for tests)
+
+    def forks(self) -> Optional[int]:
+        """The count now; None where it cannot be read or does not count our own threads."""
+        if self._live is None:
+            before = _forks()
+            thread = threading.Thread(target=int, name="cowenv-census")
+            thread.start()
+            thread.join()
+            after = _forks()
+            self._live = before is not None and after is not None and after > before
+        return _forks() if self._live else None
+
+
+def _forks() -> Optional[int]:
+    """The ``processes`` line of ``/proc/stat``: tasks created since boot."""
+    try:
+        data = _read("/proc/stat")
+    except OSError:
+        return None
+    at = data.find(b"\nprocesses ")
+    if at < 0:
+        return None
+    try:
+        return int(data[at + 11 : data.index(b"\n", at + 1)])
+    except ValueError:
+        return None
+
+
 def holders(
-    clones: Sequence[tuple[frozenset[tuple[int, int]], str]], since_boot_ns: int
+    clones: Sequence[tuple[frozenset[tuple[int, int]], str]],
+    since_boot_ns: int,
+    census: Optional[Census] = None,
 ) -> dict[int, str]:
     """Step 4 for several clones at once: ``clones`` are (their inodes as (st_dev, st_ino),
     the path of the folder they are now in), ``since_boot_ns`` the ``CLOCK_BOOTTIME`` of the
@@ -285,21 +334,34 @@ def holders(
     session fixture started, told a test's path): like a process told the clone's new name,
     that is out of this proof's reach. Process start times count in clock ticks, rounded
     down: a process started in the tick of ``since_boot_ns`` counts as started since.
+
+    With a ``census``, the processes to look into come from its last full look when no task
+    was created since (see :class:`Census`), else from a full look, which it keeps.
     """
     found: dict[int, str] = {}
-    try:
-        pids = [p for p in os.listdir("/proc") if p.isdigit()]
-    except OSError:
-        return dict.fromkeys(range(len(clones)), "/proc cannot be read")
     since_ticks = since_boot_ns * os.sysconf("SC_CLK_TCK") // 10**9
     me = str(os.getpid())
+    forks = census.forks() if census is not None else None
+    seen = census.seen if census is not None else None
+    if forks is not None and seen is not None and seen[0] == forks:
+        pids = [pid for pid, start in seen[1].items() if start >= since_ticks and pid != me]
+        pids.append(me)
+    else:
+        try:
+            listed = [p for p in os.listdir("/proc") if p.isdigit()]
+        except OSError:
+            return dict.fromkeys(range(len(clones)), "/proc cannot be read")
+        # Kernel threads and zombies have no program (no descriptors, cwd or mappings of a
+        # user's files): _started_at says -1 for them, and for a process gone meanwhile.
+        starts = {pid: _started_at(f"/proc/{pid}/") for pid in listed}
+        if census is not None:
+            census.looks += 1
+            if forks is not None:
+                census.seen = (forks, starts)
+        pids = [pid for pid in listed if pid == me or starts[pid] >= since_ticks]
     folders = [b" " + os.fsencode(folder) + b"/" for _inodes, folder in clones]
     for pid in pids:
         base = f"/proc/{pid}/"
-        # Kernel threads and zombies have no program (no descriptors, cwd or mappings of a
-        # user's files): _started_at says -1 for them, and for a process gone meanwhile.
-        if pid != me and _started_at(base) < since_ticks:
-            continue
         try:
             handles = [base + "cwd", base + "root"]
             handles += [f"{base}fd/{fd}" for fd in os.listdir(base + "fd")]

@@ -107,7 +107,10 @@ def test_pooled_clone_is_fresh(root: Path, make_session: Callable[..., CowEnvSes
     template = session.cache.get(spec)
     hits = session.stats.pool_hits  # the second warm-up took the first one's clone
     for i in range(4):
-        wait_for(lambda: pool.ready(template, LinkMode.AUTO) == 2)
+        # One while every used clone came back (the warm-ups' did), two from the first
+        # discarded one on (see test_while_every_clone_comes_back_none_is_made_beside_the_one_out).
+        wanted = 2 if i else 1
+        wait_for(lambda: pool.ready(template, LinkMode.AUTO) == wanted)  # noqa: B023
         env = session.acquire(spec, f"test_{i}")
         assert session.stats.pool_hits == hits + i + 1
         # In a folder of its own, named for its test: the folder moves, the clone stays put.
@@ -206,6 +209,35 @@ def test_clones_out_count_as_coming_back_until_one_is_discarded(
     wait_for(lambda: session.stats.discarded["changed"] == 1)
     wait_for(lambda: pool.ready(template, LinkMode.AUTO) == 2)
     session.release(first)
+
+
+def test_while_every_clone_comes_back_none_is_made_beside_the_one_out(
+    root: Path, make_session: Callable[..., CowEnvSession]
+) -> None:
+    """With reuse, while no used clone was discarded the pool keeps one clone (ready, out or
+    coming back), not ``size``: the clone a test has serves the next test, and a second one
+    would only be made and deleted. From the first discarded clone on, ``size``."""
+    session = make_session(root)
+    spec = session.spec([SPEC])
+    compiled = TemplateCache(session.layout)  # no compiled twin swapped in under the test
+    compiled.get(spec)
+    compiled.close()
+    pool = session.pool
+    assert pool is not None
+    template = session.cache.get(spec)
+    pool.start(template, LinkMode.AUTO)
+    wait_for(lambda: pool.ready(template, LinkMode.AUTO) == 1)
+    time.sleep(0.2)
+    assert pool.ready(template, LinkMode.AUTO) == 1  # one, not two
+    env = session.acquire(spec, "t0")
+    time.sleep(0.2)
+    assert pool.ready(template, LinkMode.AUTO) == 0  # the one out is the next test's
+    session.release(env)
+    env = session.acquire(spec, "t1")
+    assert (session.stats.recycled, session.stats.fresh) == (1, 1)
+    (env.path / "written").write_text("")
+    session.release(env)
+    wait_for(lambda: pool.ready(template, LinkMode.AUTO) == 2)
 
 
 def test_collection_hint_fills_the_pool_before_the_first_test(

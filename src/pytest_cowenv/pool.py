@@ -104,6 +104,10 @@ class _Slot:
     # True at first: a suite whose tests only read needs no clone made ahead for the one its
     # first test has; the first discarded one turns it off.
     coming_back: bool = True
+    # No used clone of this slot was ever discarded: so far every test only read. Then the
+    # clone a test has is the next test's, proven in less time than a clone takes, and a
+    # clone made ahead beside it would only be made and deleted (see ClonePool.wanted).
+    all_back: bool = True
 
     def supply(self) -> int:
         """Clones a next test may get without a new clone."""
@@ -293,7 +297,7 @@ class ClonePool:
             with self._cond:
                 slot = self._not_out(lease)
                 if slot is not None:
-                    slot.coming_back = False
+                    slot.coming_back = slot.all_back = False
                     self._cond.notify()  # it may need a new clone now
             if why is not None:
                 self._count(why)
@@ -349,6 +353,15 @@ class ClonePool:
         """The slot ``lease`` belongs to, if it is still the current one (lock held)."""
         slot = self._slots.get((lease.template.key, lease.mode))
         return slot if slot is not None and slot.template is lease.template else None
+
+    def _back(self, slot: _Slot) -> int:
+        """Used clones of ``slot``'s template and link mode awaiting their proof (lock held)."""
+        return sum(1 for u in self._returned if u.template is slot.template and u.mode is slot.mode)
+
+    def wanted(self, slot: _Slot) -> int:
+        """How many clones of ``slot`` the pool keeps ready, out or coming back: ``size``; one
+        while reuse is on and every used clone of it came back (lock held)."""
+        return 1 if self.reuse and slot.all_back else self.size
 
     def _records(self, mode: LinkMode, strategy: str) -> bool:
         """Whether clones made this way are recorded, to be reused: never hard links (the
@@ -488,8 +501,8 @@ class ClonePool:
             primer = self._primers.popleft()
             return lambda: self._run_primer(primer)
         for slot in self._slots.values():
-            back = sum(1 for u in self._returned if u.template is slot.template)
-            if not slot.making and not slot.failed and slot.supply() + back < self.size:
+            back = self._back(slot)
+            if not slot.making and not slot.failed and slot.supply() + back < self.wanted(slot):
                 if not self._room_for(slot.template):
                     continue  # a near-full disk: what is left is for the tests' own clones
                 slot.making = True
@@ -523,10 +536,11 @@ class ClonePool:
 
     def _make(self, slot: _Slot) -> None:
         with self._cond:
-            back = sum(1 for u in self._returned if u.template is slot.template)
+            back = self._back(slot)
             # Given back while this waited for the test: proving is cheaper, if it is due, or
             # if that one makes the clone unneeded.
-            if back and (self._batch(time.monotonic())[0] or slot.supply() + back >= self.size):
+            wanted = self.wanted(slot)
+            if back and (self._batch(time.monotonic())[0] or slot.supply() + back >= wanted):
                 slot.making = False
                 self._cond.notify()
                 return
@@ -654,7 +668,7 @@ class ClonePool:
         with self._cond:
             slot = self._slot_of(lease)
             if slot is not None:
-                slot.coming_back = False
+                slot.coming_back = slot.all_back = False
                 self._cond.notify()  # it may need a new clone now
             self.discarded[why] += 1
             self._trash.append(lease.folder)

@@ -8,6 +8,7 @@ is one (read-only subvolumes), else in tmp_path. ``PYTHONDONTWRITEBYTECODE`` is 
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import json
 import os
@@ -645,3 +646,55 @@ def test_compile_workers_die_with_their_killed_compiler(tmp_path: Path) -> None:
     for pid in alive:
         os.kill(pid, signal.SIGKILL)
     assert alive == [], "the killed compiler's workers outlived it"
+
+
+def test_a_killed_compile_leaves_no_temp_file_in_the_store(tmp_path: Path) -> None:
+    """A compile stopped by a signal (a spare compile at the tests' end) may die between
+    writing a store entry's temp file and renaming it: its temp files go once it is reaped,
+    nobody else's, and nothing through a link planted in the store."""
+    env = tmp_path / "env"
+    (env / "lib" / "python3" / "site-packages").mkdir(parents=True)
+    (env / "bin").mkdir()
+    (env / "bin" / "python").symlink_to(sys.executable)
+    store = tmp_path / "pyc"
+    entries = store / "cpython-311-a70d0d0a" / "ab"
+    entries.mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (store / "cpython-311-a70d0d0a" / "cd").symlink_to(elsewhere)
+    planted: dict[str, Path] = {}
+
+    def kill_mid_write(proc: subprocess.Popen[str]) -> None:
+        planted["secret"] = store / f"secret.{proc.pid}.0123abcd.tmp"
+        planted["entry"] = entries / f"cdef.{proc.pid}.89abcdef.tmp"
+        planted["behind the link"] = elsewhere / f"cdef.{proc.pid}.89abcdef.tmp"
+        planted["another process's"] = entries / f"cdef.{proc.pid + 1}.89abcdef.tmp"
+        for path in planted.values():
+            path.write_bytes(b"half")
+        proc.kill()
+
+    with pytest.raises(TemplateBuildError):
+        build_module.compile_env(
+            env, make_spec(tmp_path, "alpha"), store, behind=True, started=kill_mid_write
+        )
+    left = {what for what, path in planted.items() if path.exists()}
+    assert left == {"behind the link", "another process's"}
+
+
+def test_the_store_secret_leaves_no_temp_file_when_the_disk_refuses_it(tmp_path: Path) -> None:
+    """A full disk fails the secret's write: the error stands, and no temp file stays."""
+    code = (
+        "import resource, signal, sys\n"
+        "from pytest_cowenv._bytecode import store_secret\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))  # every write fails: EFBIG\n"
+        "try:\n"
+        "    store_secret(sys.argv[1])\n"
+        "except OSError as e:\n"
+        "    print(e.errno)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == str(errno.EFBIG), out.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -265,6 +265,8 @@ def compile_env(
         if started is not None:
             started(proc)
         stdout, stderr = proc.communicate()
+    if proc.returncode < 0:  # killed (a spare compile stopped at the tests' end, Ctrl-C)
+        remove_leftovers(bytecode, proc.pid)
     if proc.returncode != 0:
         raise TemplateBuildError(
             failure_message(
@@ -273,3 +275,36 @@ def compile_env(
         )
     report: dict[str, Any] = json.loads(stdout.splitlines()[-1])
     return report
+
+
+def remove_leftovers(bytecode: Path, pid: int) -> None:
+    """Remove the temp files that compiler ``pid``, killed and reaped, left half written in
+    the bytecode store (``_bytecode.tmp_name``: the secret at the top, entries two folders
+    down). Every folder is opened without following a link, and files are removed relative
+    to it: only what the store's own folders hold goes."""
+    import re
+    import stat
+
+    theirs = re.compile(rf"\.{pid}\.[0-9a-f]{{8}}\.tmp$").search
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0)
+
+    def sweep(name: str, parent: Optional[int], depth: int) -> None:
+        try:
+            fd = os.open(name, flags, dir_fd=parent)
+        except OSError:  # gone, or a link: nothing of ours to sweep there
+            return
+        try:
+            with os.scandir(fd) as entries:
+                found = [(e.name, e.stat(follow_symlinks=False).st_mode) for e in entries]
+            for child, mode in found:
+                if stat.S_ISDIR(mode) and depth < 2:
+                    sweep(child, fd, depth + 1)
+                elif stat.S_ISREG(mode) and theirs(child):
+                    with contextlib.suppress(OSError):
+                        os.unlink(child, dir_fd=fd)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+    sweep(str(bytecode), None, 0)

@@ -85,12 +85,18 @@ def _read(path: str) -> Optional[bytes]:
         os.close(fd)
 
 
+def tmp_name(path: str) -> str:
+    """The name under which this process writes ``path`` before renaming it into place:
+    ``PATH.PID.8HEX.tmp`` (see ``_build.remove_leftovers``)."""
+    return f"{path}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
+
+
 def write_new(path: str, data: bytes) -> None:
     """Write ``path`` whole or not at all, for the builds that read the store while this one
     writes it. Not synced: a crash may still leave an entry torn or empty behind its name,
     and its MAC then fails, so it is dropped and compiled afresh (an fsync per entry would
     cost more than compiling)."""
-    tmp = f"{path}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
+    tmp = tmp_name(path)
     fd = os.open(tmp, _CREATE, 0o600)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -119,13 +125,13 @@ def store_secret(store_root: str) -> bytes:
     if _secret_ok(data, path):
         assert data is not None
         return data
-    tmp = f"{path}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
+    tmp = tmp_name(path)
     fd = os.open(tmp, _CREATE, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(os.urandom(MAC_SIZE))
-        f.flush()
-        os.fsync(f.fileno())
-    try:
+    try:  # a full disk fails the write or the fsync: the temp file goes all the same
+        with os.fdopen(fd, "wb") as f:
+            f.write(os.urandom(MAC_SIZE))
+            f.flush()
+            os.fsync(f.fileno())
         if data is None and not os.path.lexists(path):
             with contextlib.suppress(FileExistsError):  # a builder beside us made one: use it
                 os.link(tmp, path)

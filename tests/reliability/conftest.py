@@ -18,7 +18,10 @@ import pytest
 from _helpers import settle_btrfs, unprotect_templates
 from _wheels import standard_wheelhouse
 
-from ._reliability import OUTER_VARS, mount_of
+from ._reliability import OUTER_VARS, exclusive, mount_of
+
+# The small filesystems that tests fill, one test at a time (``exclusive``).
+SMALL = ("small", "smallbtrfs")
 
 
 @pytest.fixture
@@ -37,9 +40,15 @@ def real_dir(request: pytest.FixtureRequest) -> Iterator[Callable[[str], Path]]:
     if os.environ.get("RELIABILITY_KEEP"):  # to look at a failure's cache afterwards
         return
     for name, path in made:
-        _remove(path)
-        if name == "smallbtrfs":
-            settle_btrfs(mount_of(name))  # the next test there would find it full
+        if name not in SMALL:
+            _remove(path)
+            continue
+        # A test that fills a small filesystem measures its free space under this lock: give
+        # the space back under it too, or that test measures while this one still holds it
+        # (its "does not fit" then fits once this removal is done).
+        with exclusive(str(mount_of(name))):
+            _remove(path)
+            settle_btrfs(mount_of(name))  # btrfs frees a destroyed subvolume's blocks later
 
 
 def _remove(path: Path) -> None:

@@ -376,6 +376,29 @@ def test_an_unreachable_index_is_named(pytester: pytest.Pytester, cache: Path) -
     assert "releases" not in json.loads(listing.read_text())
 
 
+def test_an_object_address_with_404_in_it_is_no_missing_page() -> None:
+    """pip names the failed connection's object, whose address may hold "404": the index is
+    still unreachable, not missing a page (it was told as "no release of alpha" then)."""
+    from pytest_cowenv._releases import unreachable_in
+
+    refused = (
+        "Could not fetch URL http://127.0.0.1:9/simple/alpha/: connection error: "
+        "HTTPConnectionPool(host='127.0.0.1', port=9): Max retries exceeded with url: "
+        "/simple/alpha/ (Caused by NewConnectionError('<pip._vendor.urllib3.connection."
+        "HTTPConnection object at 0x7f404e3c1c10>: Failed to establish a new connection: "
+        "[Errno 111] Connection refused')) - skipping"
+    )
+    missing = (
+        "Could not fetch URL https://pypi.org/simple/alpha/: 404 Client Error: Not Found for "
+        "url: https://pypi.org/simple/alpha/ - skipping"
+    )
+    assert unreachable_in(f"{missing}\n{refused}\n") == (
+        "http://127.0.0.1:9/simple/alpha/",
+        refused.split("/: ", 1)[1].removesuffix(" - skipping"),
+    )
+    assert unreachable_in(missing) is None
+
+
 # --- the cache of listings ------------------------------------------------------------------
 
 

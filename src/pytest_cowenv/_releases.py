@@ -322,11 +322,9 @@ def _list_now(name: str, index: IndexOptions, python: Optional[str] = None) -> L
     yanked = _yanked_versions(canonicalize_name(name), output) - set(versions)
     releases = tuple(Release(v) for v in versions if v) + tuple(Release(v, True) for v in yanked)
     if not releases:
-        unreachable = [
-            (m["url"], m["why"]) for m in _UNREACHABLE.finditer(output) if "404" not in m["why"]
-        ]
+        unreachable = unreachable_in(output)
         if unreachable:
-            url, why = unreachable[0]
+            url, why = unreachable
             raise Unreachable(
                 f"listing the releases of {name}: {url} is unreachable ({_short(why)}); "
                 "to list offline, give find-links and offline"
@@ -338,6 +336,20 @@ def _list_now(name: str, index: IndexOptions, python: Optional[str] = None) -> L
                 f"{last[0].strip()}"
             )
     return Listing(name, releases, where, time.time())
+
+
+def unreachable_in(output: str) -> Optional[tuple[str, str]]:
+    """The first index page pip could not fetch for another reason than its absence (404),
+    as (url, why), from ``pip index versions -vv`` output."""
+    for found in _UNREACHABLE.finditer(output):
+        # Object addresses in urllib3's reprs ("object at 0x7f404e…") are no status code.
+        if not _NOT_FOUND.search(_ADDRESS.sub("", found["why"])):
+            return found["url"], found["why"]
+    return None
+
+
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]+")
+_NOT_FOUND = re.compile(r"(?<![\w.])404(?![\w.])")
 
 
 def _short(why: str) -> str:

@@ -282,10 +282,14 @@ def remove_leftovers(bytecode: Path, pid: int) -> None:
     the bytecode store (``_bytecode.tmp_name``: the secret at the top, entries two folders
     down). Every folder is opened without following a link, and files are removed relative
     to it: only what the store's own folders hold goes."""
-    import re
     import stat
 
-    theirs = re.compile(rf"\.{pid}\.[0-9a-f]{{8}}\.tmp$").search
+    from ._names import BYTECODE_TMP
+
+    def theirs(name: str) -> bool:
+        found = BYTECODE_TMP.match(name)
+        return found is not None and found["pid"] == str(pid)
+
     flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0)
 
     def sweep(name: str, parent: Optional[int], depth: int) -> None:

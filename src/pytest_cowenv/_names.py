@@ -44,6 +44,10 @@ KEPT = re.compile(rf"^{_ANY_RUN}-[A-Za-z0-9_.]+-\d+$")
 LISTING = re.compile(rf"^{KEY}\.(?:json|lock)$")
 LISTING_TMP = re.compile(rf"^\.{KEY}\.json\.{TOKEN}\.tmp$")
 
+# Under pyc/ (see _bytecode.tmp_name): a store file (the secret, or an entry two folders down)
+# being written by the compiler process `pid`.
+BYTECODE_TMP = re.compile(r"^.+\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp$")
+
 # Under wheels/ (see _wheelcache): a built wheel's folder (the wheel and its `wheel.json`),
 # or the lock its builders take.
 WHEEL_ENTRY = re.compile(rf"^(?P<key>{KEY})(?P<lock>\.lock)?$")

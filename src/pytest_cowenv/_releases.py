@@ -48,6 +48,9 @@ _YANKED = re.compile(r"Skipping link: yanked for reason: .*: (?P<url>\S+) \(from
 _UNREACHABLE = re.compile(
     r"^Could not fetch URL (?P<url>\S+?): (?P<why>.*?)(?: - skipping)?$", re.M
 )
+# An HTTP 404 in that "why", and the object addresses of urllib3's reprs that may hold "404".
+_NOT_FOUND = re.compile(r"(?<![\w.])404(?![\w.])")
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]+")
 
 
 @dataclass(frozen=True)
@@ -346,10 +349,6 @@ def unreachable_in(output: str) -> Optional[tuple[str, str]]:
         if not _NOT_FOUND.search(_ADDRESS.sub("", found["why"])):
             return found["url"], found["why"]
     return None
-
-
-_ADDRESS = re.compile(r"0x[0-9a-fA-F]+")
-_NOT_FOUND = re.compile(r"(?<![\w.])404(?![\w.])")
 
 
 def _short(why: str) -> str:

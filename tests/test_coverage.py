@@ -286,11 +286,15 @@ PYENV = Path("~/.pyenv/versions").expanduser()  # now: pytester moves HOME
 
 def other_python(supported: bool) -> str:
     """An interpreter of another minor version than this one that this coverage runs on
-    (``supported``) or not (its ``Requires-Python``); the test skips without one."""
+    (``supported``) or not (its ``Requires-Python``); the test skips without one. Without uv,
+    templates are built by this pip run on that interpreter (``pip --python``): one this pip
+    cannot run on is passed over (an old pip on a newer Python fails inside pip itself)."""
     import glob
     from importlib.metadata import metadata
 
     from packaging.specifiers import SpecifierSet
+
+    from pytest_cowenv._install import uv_binary
 
     allowed = SpecifierSet((metadata("coverage").get_all("Requires-Python") or [""])[0])
     for minor in range(8, 16):
@@ -302,9 +306,15 @@ def other_python(supported: bool) -> str:
                 continue
             probe = [found, "-c", "import sys; print(sys.executable)"]
             done = subprocess.run(probe, capture_output=True, text=True, check=False)
-            if done.returncode == 0:  # a pyenv shim for a version that is not selected fails
+            if done.returncode != 0:  # a pyenv shim for a version that is not selected fails
+                continue
+            pip = [sys.executable, "-m", "pip", "--python", found, "list"]  # reads its metadata
+            if uv_binary() or subprocess.run(pip, capture_output=True, check=False).returncode == 0:
                 return done.stdout.strip()
-    pytest.skip(f"no python3.X {'that' if supported else 'that not'} coverage supports on PATH")
+    pytest.skip(
+        f"no python3.X {'that' if supported else 'that not'} coverage supports on PATH"
+        f"{'' if uv_binary() else ' that this pip can run on (pip --python)'}"
+    )
 
 
 @pytest.mark.parametrize("supported", [True, False], ids=["supported", "unsupported"])

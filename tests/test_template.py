@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from _dist_wheels import repack_with_dependencies
 from _helpers import mounted, processes, run_python, unprotect_templates
 from _wheels import make_wheel
 from conftest import skip_without_uv
@@ -149,6 +150,47 @@ def test_a_module_edited_in_a_clone_is_what_imports(root: Path, wheelhouse: Path
     init = next(clone.glob("lib/python*/site-packages/alpha/__init__.py"))
     init.write_text("VERSION = 'edited in the clone'\n")
     assert run_python(clone, "import alpha; print(alpha.VERSION)") == "edited in the clone"
+    remove_tree(clone)
+
+
+def test_a_template_holds_its_plugins_rewritten_asserts(
+    root: Path, wheelhouse: Path, tmp_path: Path
+) -> None:
+    """pytest rewrites the asserts of each plugin it loads and keeps the result beside the
+    module: a compiled template has that file already, so a clone's first pytest neither
+    rewrites nor writes it (as in a virtual environment reused from an earlier run)."""
+    plugins = repack_with_dependencies("pytest", tmp_path / "wheels")
+    make_wheel(
+        plugins,
+        "pytest-rewritten",
+        "1.0",
+        modules={
+            "pytest_rewritten.py": "def pytest_report_header():\n    assert True\n",
+            "pytest_rewritten-1.0.dist-info/entry_points.txt": (
+                "[pytest11]\nrewritten = pytest_rewritten\n"
+            ),
+        },
+    )
+    index = IndexOptions(find_links=(str(wheelhouse), str(plugins)), offline=True)
+    spec = TemplateSpec.create(["pytest", "pytest-rewritten", "alpha"], index=index)
+    template = new_cache(root).get(spec)
+    assert template.meta["rewritten"] >= 1
+    clone = root / "clones" / "rewritten"
+    clone_tree(template.path, clone)
+    cache = next(clone.glob("lib/python*/site-packages/__pycache__"))
+    kept = {p.name: p.stat().st_mtime_ns for p in cache.glob("pytest_rewritten.*-pytest-*.pyc")}
+    assert len(kept) == 1, sorted(p.name for p in cache.iterdir())
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "test_one.py").write_text("def test_one():\n    assert 1\n")
+    # Bytecode writes on (this machine's PYTHONDONTWRITEBYTECODE would hide a rewrite).
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHONDONT", "PYTEST_"))}
+    argv = [str(clone / "bin" / "python"), "-m", "pytest", "-p", "no:cacheprovider", str(project)]
+    proc = subprocess.run(argv, cwd=project, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "plugins: rewritten-1.0" in proc.stdout
+    now = {p.name: p.stat().st_mtime_ns for p in cache.glob("pytest_rewritten.*-pytest-*.pyc")}
+    assert now == kept
     remove_tree(clone)
 
 

@@ -274,7 +274,47 @@ def compile_env(
             )
         )
     report: dict[str, Any] = json.loads(stdout.splitlines()[-1])
+    if (site_packages(env) / "_pytest").is_dir():
+        report["rewritten"] = _rewrite_plugins(env, cmd, started)
     return report
+
+
+# Loading an environment's plugins takes seconds; one that hangs must not hold the build.
+REWRITE_TIMEOUT = 120.0
+
+
+def _rewrite_plugins(
+    env: Path, compile_cmd: list[str], started: Optional[Callable[[subprocess.Popen[str]], None]]
+) -> int:
+    """Have the environment's pytest rewrite its plugins' asserts into the template (see
+    ``_bytecode.rewrites``), the way the compile ran (``behind``, ``idle``). Best effort: a
+    plugin that fails or hangs costs its clones' first pytest that work, as without this."""
+    cmd = [*compile_cmd[:5], "--rewrites", *compile_cmd[6:]]
+    with start_captured(cmd) as proc:
+        if started is not None:
+            started(proc)
+        try:
+            stdout, _ = proc.communicate(timeout=REWRITE_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+    if proc.returncode != 0:
+        _remove_pytest_temps(site_packages(env), proc.pid)
+        return 0
+    with contextlib.suppress(ValueError, IndexError, TypeError):
+        return int(json.loads(stdout.splitlines()[-1])["rewritten"])
+    return 0
+
+
+def _remove_pytest_temps(site: Path, pid: int) -> None:
+    """pytest writes each rewritten file as ``NAME.pyc.PID`` and renames it: a killed run may
+    leave one in the build folder's environment (ours alone)."""
+    tail = f".pyc.{pid}"
+    for folder, _dirs, files in os.walk(site):
+        for name in files:
+            if name.endswith(tail):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(folder, name))
 
 
 def remove_leftovers(bytecode: Path, pid: int) -> None:

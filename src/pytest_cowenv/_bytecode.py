@@ -3,6 +3,7 @@
 Run by the template's own interpreter, so that the bytecode fits it::
 
     python -I -S _bytecode.py SITE_PACKAGES STORE [--behind PARENT_PID [--idle]]
+    python -I -S _bytecode.py SITE_PACKAGES --rewrites [--behind PARENT_PID [--idle]]
 
 Standard library only (Python 3.9+): the template has nothing else. Prints one JSON line of
 counts and of the store entries the template uses. Each ``.pyc`` is *checked-hash* (PEP 552):
@@ -242,6 +243,60 @@ def main(site: str, store_root: str, *, alone: bool = False) -> dict[str, object
     }
 
 
+def rewrites(site: str) -> dict[str, object]:
+    """Have the environment's pytest load its plugins once, in an empty folder, so that the
+    assertion-rewritten bytecode it keeps beside each plugin module it rewrites
+    (``__pycache__/NAME.TAG-pytest-VERSION.pyc``) is part of the template. Without it, every
+    clone's first pytest rewrites (parses and compiles) its plugins afresh, where a reused
+    virtual environment has them from its earlier runs. pytest checks each such file against
+    its source's mtime and size, which every clone keeps; and it writes them only for modules
+    inside the environment (a plugin's package), never beside the user's tests.
+
+    Counts the files written; pytest's exit code does not matter (no tests: 5), and a plugin
+    that fails to load only leaves its own modules out. Run after :func:`main`."""
+    import site as site_module
+    import tempfile
+
+    for name in [k for k in os.environ if k.startswith("PYTEST_")]:
+        del os.environ[name]  # the outer run's options and plugins are not the template's
+    site_module.addsitedir(site)  # what the environment's own interpreter sees (.pth files)
+    before = set(_rewritten(site))
+    with tempfile.TemporaryDirectory() as empty:
+        with open(os.path.join(empty, "pytest.ini"), "w") as ini:
+            ini.write("[pytest]\n")  # the root: nothing above the folder is read
+        os.chdir(empty)
+        saved = [os.dup(1), os.dup(2)]
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, 1)
+            os.dup2(null, 2)
+            import pytest
+
+            args = ["--collect-only", "-q", "-p", "no:cacheprovider", "--rootdir", empty, empty]
+            with contextlib.suppress(Exception, SystemExit):
+                pytest.main(args)
+        except ImportError:
+            pass
+        finally:
+            sys.stdout.flush()
+            for fd, saved_fd in ((1, saved[0]), (2, saved[1])):
+                os.dup2(saved_fd, fd)
+                os.close(saved_fd)
+            os.close(null)
+            os.chdir(site)
+    return {"rewritten": len(set(_rewritten(site)) - before)}
+
+
+def _rewritten(site: str) -> list[str]:
+    """pytest's rewritten bytecode under ``site``."""
+    found = []
+    for folder, dirs, files in os.walk(site):
+        if os.path.basename(folder) == "__pycache__":
+            found += [os.path.join(folder, f) for f in files if "-pytest-" in f]
+            dirs.clear()
+    return found
+
+
 def behind(parent: int, *, idle: bool) -> None:
     """Compiling while tests run: they go first (the pool's workers inherit the priority); and
     on Linux, die with the process that started us, which removes our build folder. ``idle``:
@@ -276,7 +331,12 @@ def _die_with_parent(parent: int) -> None:
 
 
 if __name__ == "__main__":
-    idle = sys.argv[5:6] == ["--idle"]
-    if len(sys.argv) > 4 and sys.argv[3] == "--behind":
-        behind(int(sys.argv[4]), idle=idle)
-    print(json.dumps(main(sys.argv[1], sys.argv[2], alone=idle)))
+    options = sys.argv[3:]
+    idle = "--idle" in options
+    if "--behind" in options:
+        behind(int(options[options.index("--behind") + 1]), idle=idle)
+    if sys.argv[2] == "--rewrites":
+        report = rewrites(sys.argv[1])
+        sys.stdout.write(json.dumps(report) + "\n")
+    else:
+        print(json.dumps(main(sys.argv[1], sys.argv[2], alone=idle)))

@@ -796,6 +796,8 @@ class TemplateCache:
                 # False: published before byte-compiling; its compiled twin comes next.
                 "precompiled": compiled["store"] is not None,
                 "bytecode": {k: compiled[k] for k in _COUNTS},
+                # pytest's assertion-rewritten plugin modules it holds (_bytecode.rewrites)
+                "rewritten": compiled.get("rewritten", 0),
                 # The shared store's entries this template uses: `prune` keeps these.
                 "bytecode_store": {"dir": compiled["store"], "entries": compiled["entries"]},
                 # The cached wheels (_wheelcache) it installed: `prune` keeps these.

@@ -154,11 +154,13 @@ def test_a_module_edited_in_a_clone_is_what_imports(root: Path, wheelhouse: Path
 
 
 def test_a_template_holds_its_plugins_rewritten_asserts(
-    root: Path, wheelhouse: Path, tmp_path: Path
+    root: Path, wheelhouse: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """pytest rewrites the asserts of each plugin it loads and keeps the result beside the
     module: a compiled template has that file already, so a clone's first pytest neither
-    rewrites nor writes it (as in a virtual environment reused from an earlier run)."""
+    rewrites nor writes it (as in a virtual environment reused from an earlier run). The
+    outer run's pytest options are not the template's pytest's."""
+    monkeypatch.setenv("PYTEST_ADDOPTS", "--no-such-option")
     plugins = repack_with_dependencies("pytest", tmp_path / "wheels")
     make_wheel(
         plugins,
@@ -174,6 +176,7 @@ def test_a_template_holds_its_plugins_rewritten_asserts(
     index = IndexOptions(find_links=(str(wheelhouse), str(plugins)), offline=True)
     spec = TemplateSpec.create(["pytest", "pytest-rewritten", "alpha"], index=index)
     template = new_cache(root).get(spec)
+    monkeypatch.delenv("PYTEST_ADDOPTS")
     assert template.meta["rewritten"] >= 1
     clone = root / "clones" / "rewritten"
     clone_tree(template.path, clone)

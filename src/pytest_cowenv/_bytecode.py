@@ -257,8 +257,10 @@ def rewrites(site: str) -> dict[str, object]:
     import site as site_module
     import tempfile
 
-    for name in [k for k in os.environ if k.startswith("PYTEST_")]:
-        del os.environ[name]  # the outer run's options and plugins are not the template's
+    # The outer run's options, plugins and coverage (pytest-cov's and coverage's .pth files
+    # start measuring a process whose environment asks for it) are not the template's.
+    for name in [k for k in os.environ if k.startswith(("PYTEST_", "COV_CORE_", "COVERAGE_"))]:
+        del os.environ[name]
     site_module.addsitedir(site)  # what the environment's own interpreter sees (.pth files)
     before = set(_rewritten(site))
     with tempfile.TemporaryDirectory() as empty:

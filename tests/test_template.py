@@ -160,7 +160,7 @@ def test_a_template_holds_its_plugins_rewritten_asserts(
     module: a compiled template has that file already, so a clone's first pytest neither
     rewrites nor writes it (as in a virtual environment reused from an earlier run). The
     outer run's pytest options are not the template's pytest's."""
-    monkeypatch.setenv("PYTEST_ADDOPTS", "--no-such-option")
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
     plugins = repack_with_dependencies("pytest", tmp_path / "wheels")
     make_wheel(
         plugins,
@@ -176,7 +176,7 @@ def test_a_template_holds_its_plugins_rewritten_asserts(
     index = IndexOptions(find_links=(str(wheelhouse), str(plugins)), offline=True)
     spec = TemplateSpec.create(["pytest", "pytest-rewritten", "alpha"], index=index)
     template = new_cache(root).get(spec)
-    monkeypatch.delenv("PYTEST_ADDOPTS")
+    monkeypatch.delenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD")
     assert template.meta["rewritten"] >= 1
     clone = root / "clones" / "rewritten"
     clone_tree(template.path, clone)

@@ -72,6 +72,20 @@ def inner_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def run_inner(argv: Sequence[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run an inner command (a script, the CLI) in :func:`inner_env`: output captured as
+    text, no stdin; its exit code is the caller's to check."""
+    return subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        env=inner_env(),
+        stdin=subprocess.DEVNULL,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def tree_digest(root: Path, skip: tuple[str, ...] = (), skip_dirs: tuple[str, ...] = ()) -> str:
     """Hash of a tree's names, kinds, modes, sizes, contents and symlink targets.
 

@@ -32,6 +32,7 @@ from ._reliability import (
     acquire_once,
     cowenv_cli,
     inner_env,
+    run_inner,
     template_dirs,
     tree_digest,
 )
@@ -407,15 +408,8 @@ def test_no_folder_of_the_cache_is_filled_through_a_link(
     if planted.is_dir():
         planted.rmdir()
     os.symlink(sentinel.path, planted)
-    proc = subprocess.run(
-        [sys.executable, "-c", ACQUIRE, str(cache), str(wheelhouse), "alpha==1.0"],
-        capture_output=True,
-        text=True,
-        env=inner_env(),
-        stdin=subprocess.DEVNULL,
-        timeout=300,
-        check=False,
-    )
+    argv = [sys.executable, "-c", ACQUIRE, str(cache), str(wheelhouse), "alpha==1.0"]
+    proc = run_inner(argv, timeout=300)
     out = proc.stdout + proc.stderr
     sentinel.check(f"a build and a clone with {folder}/ linked")
     assert planted.is_symlink()
@@ -589,14 +583,8 @@ def test_a_mount_inside_a_stale_run_is_never_entered(
     mnt = run / "env-1" / "mnt"
     subprocess.run(["mount", "--bind", str(sentinel.path), str(mnt)], check=True)
     try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "pytest_cowenv", "clean", "--dir", str(cache)],
-            capture_output=True,
-            text=True,
-            env=inner_env(),
-            timeout=120,
-            check=False,
-        )
+        argv = [sys.executable, "-m", "pytest_cowenv", "clean", "--dir", str(cache)]
+        proc = run_inner(argv, timeout=120)
         assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
         sentinel.check("clean of a run folder with a bind mount inside")
         mounted = subprocess.run(["mountpoint", "-q", str(mnt)], check=False).returncode == 0

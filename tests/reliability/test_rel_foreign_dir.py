@@ -10,7 +10,6 @@ look-alikes inside them. Every file, its content and its inode, is the same afte
 from __future__ import annotations
 
 import hashlib
-import subprocess
 import sys
 from pathlib import Path
 from typing import Callable
@@ -19,7 +18,7 @@ import pytest
 
 from _helpers import internal_frames
 
-from ._reliability import inner_env
+from ._reliability import run_inner
 
 LOOK_ALIKES = (
     "tmp/x.123.y/",
@@ -96,15 +95,8 @@ def test_a_directory_that_is_not_ours_is_refused_by_everyone(
     assert snapshot(root) == before, "a pytest start-up touched the user's directory"
 
     for command in COMMANDS:
-        proc = subprocess.run(
-            [sys.executable, "-m", "pytest_cowenv", *command, "--dir", str(root)],
-            capture_output=True,
-            text=True,
-            env=inner_env(),
-            stdin=subprocess.DEVNULL,
-            timeout=120,
-            check=False,
-        )
+        argv = [sys.executable, "-m", "pytest_cowenv", *command, "--dir", str(root)]
+        proc = run_inner(argv, timeout=120)
         assert proc.returncode == 1 and proc.stdout == "", (command, proc.stdout, proc.stderr)
         (line,) = proc.stderr.splitlines()
         assert "is not a pytest-cowenv cache" in line and "(--dir)" in line, line

@@ -174,3 +174,26 @@ def run_python(env: Path, code: str) -> str:
         [str(env / "bin" / "python"), "-c", code], capture_output=True, text=True, check=True
     )
     return out.stdout.strip()
+
+
+PYENV = Path("~/.pyenv/versions").expanduser()  # at import: pytester moves HOME
+_WHO = "import sys; print(sys.executable); print(sys.version.split()[0])"
+
+
+def other_pythons() -> Iterator[tuple[str, str]]:
+    """(executable, version) of each interpreter on this machine of another minor version
+    than this one that runs: ``python3.X`` on PATH, else pyenv's."""
+    import glob
+
+    for minor in range(6, 16):
+        if minor == sys.version_info[1]:
+            continue
+        name = f"python3.{minor}"
+        for found in [shutil.which(name), *sorted(glob.glob(f"{PYENV}/3.{minor}*/bin/{name}"))]:
+            if not found:
+                continue
+            done = subprocess.run([found, "-c", _WHO], capture_output=True, text=True, check=False)
+            if done.returncode == 0:  # a pyenv shim for a version that is not selected fails
+                executable, version = done.stdout.splitlines()
+                yield executable, version
+                break

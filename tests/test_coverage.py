@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, cast
 
 import pytest
 
-from _helpers import fast_cache
+from _helpers import fast_cache, other_pythons
 from pytest_cowenv._coverage import CLONE_DIR, PTH_NAME
 
 if TYPE_CHECKING:
@@ -281,36 +281,24 @@ def test_clone_sees_only_coverage_of_the_outer_env(pytester: pytest.Pytester, ru
     assert pytester.run(kept / "bin" / "python", "-c", probe).outlines == ["False"]
 
 
-PYENV = Path("~/.pyenv/versions").expanduser()  # now: pytester moves HOME
-
-
 def other_python(supported: bool) -> str:
     """An interpreter of another minor version than this one that this coverage runs on
     (``supported``) or not (its ``Requires-Python``); the test skips without one. Without uv,
-    templates are built by this pip run on that interpreter (``pip --python``): one this pip
-    cannot run on is passed over (an old pip on a newer Python fails inside pip itself)."""
-    import glob
+    templates are built by this pip run on that interpreter: one this pip cannot run on is
+    passed over (the build would fail, saying so: see test_plugin)."""
     from importlib.metadata import metadata
 
     from packaging.specifiers import SpecifierSet
 
-    from pytest_cowenv._install import uv_binary
+    from pytest_cowenv._install import pip_error_for, uv_binary
 
     allowed = SpecifierSet((metadata("coverage").get_all("Requires-Python") or [""])[0])
-    for minor in range(8, 16):
-        if minor == sys.version_info[1] or (f"3.{minor}.0" in allowed) != supported:
+    for python, version in other_pythons():
+        minor = tuple(int(part) for part in version.split(".")[:2])
+        if minor < (3, 8) or ("{}.{}.0".format(*minor) in allowed) != supported:
             continue
-        pyenv = glob.glob(f"{PYENV}/3.{minor}*/bin/python3.{minor}")
-        for found in [shutil.which(f"python3.{minor}"), *pyenv]:
-            if not found:
-                continue
-            probe = [found, "-c", "import sys; print(sys.executable)"]
-            done = subprocess.run(probe, capture_output=True, text=True, check=False)
-            if done.returncode != 0:  # a pyenv shim for a version that is not selected fails
-                continue
-            pip = [sys.executable, "-m", "pip", "--python", found, "list"]  # reads its metadata
-            if uv_binary() or subprocess.run(pip, capture_output=True, check=False).returncode == 0:
-                return done.stdout.strip()
+        if uv_binary() or pip_error_for(python, version) is None:
+            return python
     pytest.skip(
         f"no python3.X {'that' if supported else 'that not'} coverage supports on PATH"
         f"{'' if uv_binary() else ' that this pip can run on (pip --python)'}"

@@ -16,20 +16,26 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from importlib.metadata import metadata
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from packaging.specifiers import SpecifierSet
 
-from _helpers import INTERNAL_FRAME, fast_cache
+from _helpers import INTERNAL_FRAME, fast_cache, other_pythons
 from _wheels import standard_wheelhouse
 from pytest_cowenv import _build as build_module
+from pytest_cowenv import _install as install_module
+from pytest_cowenv import _releases as releases_module
 from pytest_cowenv import _wheelcache as wheelcache_module
 from pytest_cowenv import spec as spec_module
 from pytest_cowenv import template as template_module
-from pytest_cowenv._install import build_wheel
+from pytest_cowenv._install import build_wheel, pip_error_for, pip_unusable_message, uv_binary
 from pytest_cowenv.clone import forget_decisions
+from pytest_cowenv.errors import SpecError, TemplateBuildError
 from pytest_cowenv.plugin import MARKER_DOC, SILENCE_COPIES
+from pytest_cowenv.spec import TemplateSpec, find_interpreter
 
 Run = Callable[..., pytest.RunResult]
 
@@ -282,6 +288,156 @@ def test_spec_errors_are_one_clear_line_and_not_retried(
     result.stdout.fnmatch_lines(["ERROR test_e.py::test_no_python_1 - Failed: python='9.9'*"])
     assert_no_frames(result)
     assert calls == {"build no-such-dist": 1, "discover 9.9": 1}
+
+
+# --- the outer pip on another Python --------------------------------------------------------
+
+
+@pytest.fixture
+def pip_route(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Templates built by the outer pip; what is read once per process is read again after."""
+    monkeypatch.setenv("PYTEST_COWENV_NO_UV", "1")
+    uv_binary.cache_clear()
+    pip_error_for.cache_clear()
+    yield
+    uv_binary.cache_clear()
+    pip_error_for.cache_clear()
+
+
+def python_this_pip_cannot_run_on() -> tuple[str, str]:
+    """(executable, version) of an interpreter that this pip fails on when it installs for it
+    (``pip --python``), found without pytest-cowenv; the test skips without one."""
+    for python, found in other_pythons():
+        pip = [sys.executable, "-m", "pip", "--python", python, "list"]  # reads its metadata
+        if subprocess.run(pip, capture_output=True, check=False).returncode != 0:
+            return python, found
+    pytest.skip(
+        f"pip {metadata('pip')['Version']} runs on every other interpreter here (pip --python): "
+        "a pip that cannot is, e.g., Debian's 23.0.1 (a venv of /usr/bin/python3) with a 3.12"
+    )
+
+
+def expected_fix(python_version: str, uv_instead: bool = True) -> str:
+    requires = (metadata("pip").get_all("Requires-Python") or [""])[0]
+    if python_version not in SpecifierSet(requires):
+        return f"pip supports Python {requires}: give another interpreter"
+    uv = " or install uv" if uv_instead else ""
+    return f"upgrade pip ({sys.executable} -m pip install -U pip){uv}"
+
+
+def test_a_python_this_pip_cannot_run_on_fails_each_test_in_one_line(
+    pytester: pytest.Pytester, run: Run, cache: Path, pip_route: None
+) -> None:
+    """Without uv, templates are built by this pip run on their interpreter (``--python``):
+    where it cannot run (an old pip on a newer Python fails inside itself, with its own
+    traceback), each test of such a spec fails with one line that names pip, the interpreter
+    and the fix. The interpreter is tried once, whatever the number of specs."""
+    python, found = python_this_pip_cannot_run_on()
+    pytester.makepyfile(
+        test_p=f"""
+        import pytest
+
+        @pytest.mark.cowenv("alpha", python={python!r})
+        def test_one(cowenv): pass
+
+        @pytest.mark.cowenv("beta", python={python!r})
+        def test_two(cowenv): pass
+        """
+    )
+    result = run("-rE", cache=cache)
+    result.assert_outcomes(errors=2)
+    pip = f"pip {metadata('pip')['Version']} ({sys.executable} -m pip)"
+    fix = expected_fix(found, uv_instead=False)  # the user opted out of uv
+    said = f"{pip} cannot run for Python {found} ({python}): {fix} (pip said: *)"
+    result.stdout.fnmatch_lines(
+        [
+            "_* ERROR at setup of test_one _*",
+            f"alpha (python {python}): {said}",
+            "_* ERROR at setup of test_two _*",
+            f"beta (python {python}): {said}",
+            "=* short test summary info =*",
+        ],
+        consecutive=True,
+    )
+    assert_no_frames(result)
+    assert pip_error_for.cache_info().misses == 1
+
+
+def test_what_pip_said_on_another_python_becomes_one_line_with_the_fix(
+    pytester: pytest.Pytester, run: Run, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The line, without such an interpreter: pip's own error (its last line) fails the test
+    with the fix, and uv is offered unless the user opted out of it."""
+    monkeypatch.setattr(build_module, "uv_binary", lambda: None)  # the pip route, uv not found
+    said = "AttributeError: module 'pkgutil' has no attribute 'ImpImporter'"
+    asked: list[tuple[str, str]] = []
+
+    def pip_fails(python: str, python_version: str) -> str:
+        asked.append((python, python_version))
+        return said
+
+    monkeypatch.setattr(install_module, "pip_error_for", pip_fails)
+    pytester.makepyfile(
+        test_p="""
+        import pytest
+
+        @pytest.mark.cowenv("alpha")
+        def test_one(cowenv): pass
+        """
+    )
+    result = run("-rE", cache=cache)
+    result.assert_outcomes(errors=1)
+    interp = find_interpreter(None)
+    line = (
+        f"alpha: pip {metadata('pip')['Version']} ({sys.executable} -m pip) cannot run for Python "
+        f"{interp.version} ({interp.executable}): {expected_fix(interp.version)} (pip said: {said})"
+    )
+    result.stdout.fnmatch_lines(
+        ["_* ERROR at setup of test_one _*", line, "=* short test summary info =*"],
+        consecutive=True,
+    )
+    assert_no_frames(result)
+    assert asked == [(interp.executable, interp.version)]
+    monkeypatch.setenv("PYTEST_COWENV_NO_UV", "1")  # no uv to offer: the user turned it off
+    spec = TemplateSpec.create(["alpha"])
+    with pytest.raises(TemplateBuildError) as raised:
+        build_module.check_pip_runs(spec, interp.executable, interp.version)
+    assert str(raised.value) == line.replace(" or install uv", "")
+    # Listing releases for that interpreter (versions(..., python=)) has no uv to offer.
+    with pytest.raises(SpecError) as listing:
+        releases_module._check_pip_runs("alpha", interp.executable)
+    assert str(listing.value) == (
+        f"listing the releases of alpha for python={interp.executable!r}: "
+        + line.partition(": ")[2].replace(" or install uv", "")
+    )
+
+
+def test_a_python_outside_pips_requires_python_gets_no_upgrade_advice() -> None:
+    requires = (metadata("pip").get_all("Requires-Python") or [""])[0]
+    message = pip_unusable_message("/opt/py27/bin/python2.7", "2.7.18", "no", uv_instead=True)
+    assert message == (
+        f"pip {metadata('pip')['Version']} ({sys.executable} -m pip) cannot run for Python 2.7.18 "
+        f"(/opt/py27/bin/python2.7): pip supports Python {requires}: give another interpreter "
+        "(pip said: no)"
+    )
+
+
+def test_the_probe_reports_pips_last_error_line_once_per_interpreter(
+    tmp_path: Path, pip_route: None
+) -> None:
+    """What pip says on an interpreter it fails on: its last error line, asked once; an
+    interpreter of this minor version is not tried (this pip runs on it)."""
+    fake = tmp_path / "python3.99"
+    fake.write_text(
+        "#!/bin/sh\necho 'Traceback (most recent call last):' >&2\n"
+        "echo 'RuntimeError: not a Python' >&2\nexit 3\n"
+    )
+    fake.chmod(0o755)
+    assert pip_error_for(str(fake), "3.99.0") == "RuntimeError: not a Python"
+    assert pip_error_for(str(fake), "3.99.0") == "RuntimeError: not a Python"
+    assert pip_error_for.cache_info().misses == 1
+    same_minor = "{}.{}.0".format(*sys.version_info[:2])
+    assert pip_error_for(str(fake), same_minor) is None
 
 
 # --- project=True ------------------------------------------------------------------------

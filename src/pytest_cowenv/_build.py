@@ -20,6 +20,7 @@ from ._install import (
     build_wheel,
     clean_env,
     failure_message,
+    pip_unusable,
     run_installer,
     start_captured,
     uv_binary,
@@ -79,6 +80,8 @@ def build_env(
     without ``compile``); adds each phase's seconds to ``phases``.
     """
     interp = find_interpreter(spec.python)
+    if uv_binary() is None:  # the outer pip installs, run on that interpreter
+        check_pip_runs(spec, interp.executable, interp.version)
     python = env / "bin" / "python"
     projects = [Path(local) for local in spec.local if os.path.isdir(local)]
     # First: everything below overlaps the wheels.
@@ -139,6 +142,17 @@ def build_env(
         return dict(NOT_COMPILED)
     with timed(phases, "compile"):
         return compile_env(env, spec, bytecode)
+
+
+def check_pip_runs(spec: TemplateSpec, python: str, version: str) -> None:
+    """Raise a one-line :class:`TemplateBuildError` if the outer pip cannot install for
+    ``python``: its installs and wheel builds would each fail inside pip, with pip's own
+    traceback (see :func:`pip_unusable`)."""
+    # Without uv only because the user opted out: installing it would change nothing.
+    opted_out = bool(os.environ.get("PYTEST_COWENV_NO_UV"))
+    unusable = pip_unusable(python, version, uv_instead=not opted_out)
+    if unusable is not None:
+        raise TemplateBuildError(f"{spec.describe()}: {unusable}")
 
 
 class _Wheels:

@@ -303,6 +303,70 @@ def install_command(
     ]
 
 
+@cache
+def pip_error_for(python: str, version: str) -> Optional[str]:
+    """The error that the outer pip meets when it installs for the interpreter ``python`` (of
+    Python ``version``), in pip's words (its last error line, not its traceback); None when
+    it runs there. pip's ``--python`` runs pip's own code on that interpreter, and an old pip
+    fails inside itself on a newer Python (Debian's pip 23.0 on 3.12), a new one refuses an
+    old Python: tried once per interpreter and process, by listing that interpreter's
+    distributions, which every pip install reads first. The pip that runs this process runs
+    on every interpreter of this minor version: those are not tried."""
+    if version.split(".")[:2] == [str(part) for part in sys.version_info[:2]]:
+        return None
+    cmd = [sys.executable, "-m", "pip", "--python", python, "list", "--format=freeze"]
+    cmd += ["--disable-pip-version-check", "--no-input"]
+    try:
+        proc = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            env=clean_env(),
+            timeout=120,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        return " ".join(str(exc).split())
+    if proc.returncode == 0:
+        return None
+    lines = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+    said = next((ln for ln in reversed(lines) if "error" in ln.lower()), lines[-1] if lines else "")
+    return said or f"exit code {proc.returncode}"
+
+
+def pip_unusable(python: str, version: str, *, uv_instead: bool) -> Optional[str]:
+    """Why the outer pip cannot install for the interpreter ``python`` (see
+    :func:`pip_error_for`), in one line that names the fix; None when it can. ``uv_instead``:
+    uv would do the work instead where it is installed."""
+    said = pip_error_for(python, version)
+    return None if said is None else pip_unusable_message(python, version, said, uv_instead)
+
+
+def pip_unusable_message(python: str, version: str, said: str, uv_instead: bool) -> str:
+    """The line of :func:`pip_unusable`: which pip, for which interpreter, the fix, and what
+    pip said. A Python outside pip's own ``Requires-Python`` gets no upgrade advice: a newer
+    pip supports it no more."""
+    from importlib.metadata import PackageNotFoundError, metadata
+
+    from packaging.specifiers import SpecifierSet
+
+    outer = f"{sys.executable} -m pip"
+    try:
+        about = metadata("pip")
+    except PackageNotFoundError:
+        return f"no pip beside pytest-cowenv ({sys.executable}): install pip" + (
+            " or uv" if uv_instead else ""
+        )
+    requires = (about.get_all("Requires-Python") or [""])[0]
+    pip = f"pip {about['Version']} ({outer}) cannot run for Python {version} ({shown(python)})"
+    if not SpecifierSet(requires).contains(version, prereleases=True):  # 3.15.0a1 too
+        fix = f"pip supports Python {requires}: give another interpreter"
+    else:
+        fix = f"upgrade pip ({outer} install -U pip)" + (" or install uv" if uv_instead else "")
+    return f"{pip}: {fix} (pip said: {shown(said)})"
+
+
 def run_installer(
     cmd: Sequence[str],
     what: str,

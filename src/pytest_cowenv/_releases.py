@@ -35,7 +35,14 @@ from packaging.utils import (
 from packaging.version import InvalidVersion, Version
 
 from ._atomic import BuildLock, read_json
-from ._install import IndexOptions, _index_args, clean_env, resolver_environment, uv_binary
+from ._install import (
+    IndexOptions,
+    _index_args,
+    clean_env,
+    pip_unusable,
+    resolver_environment,
+    uv_binary,
+)
 from .errors import SpecError
 
 EACH = ("major", "minor", "patch", "all", "lowest", "highest")
@@ -320,6 +327,8 @@ def _list_now(name: str, index: IndexOptions, python: Optional[str] = None) -> L
             f"listing the releases of {name} needs pip beside pytest ({sys.executable}): "
             "pip install pip"
         )
+    if proc.returncode != 0 and python is not None:
+        _check_pip_runs(name, python)
     found = _AVAILABLE.search(output)
     versions = [v.strip() for v in found["versions"].split(",")] if found else []
     yanked = _yanked_versions(canonicalize_name(name), output) - set(versions)
@@ -339,6 +348,18 @@ def _list_now(name: str, index: IndexOptions, python: Optional[str] = None) -> L
                 f"{last[0].strip()}"
             )
     return Listing(name, releases, where, time.time())
+
+
+def _check_pip_runs(name: str, python: str) -> None:
+    """Raise a one-line :class:`SpecError` if pip failed because it cannot run for the
+    interpreter ``python`` at all (see :func:`pip_unusable`): its traceback says nothing of
+    the index. uv is no way out: it lists nothing here."""
+    from .spec import find_interpreter
+
+    interp = find_interpreter(python)
+    unusable = pip_unusable(interp.executable, interp.version, uv_instead=False)
+    if unusable is not None:
+        raise SpecError(f"listing the releases of {name} for python={python!r}: {unusable}")
 
 
 def unreachable_in(output: str) -> Optional[tuple[str, str]]:

@@ -208,3 +208,20 @@ def test_a_spec_of_names_imports_no_packaging_and_no_statistics(tmp_path: Path) 
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path
     )
     assert out.stdout == "[]\n"
+
+
+def test_the_installer_gets_requirements_in_the_order_given(tmp_path: Path) -> None:
+    # uv decides direct requirements in command-line order, which decides when it asks the
+    # index for their dependencies: the user's order, as their own `uv pip install` gets it.
+    from pytest_cowenv._plan import install_commands
+
+    (tmp_path / "r.txt").write_text("zeta\nalpha\n")
+    given = spec("rich", "Requests", "-r r.txt", "requests", "attrs", base_dir=tmp_path)
+    [command] = install_commands(given, tmp_path / "python", tmp_path).then({})
+    assert command[-5:] == ["rich", "requests", "attrs", "zeta", "alpha"]
+    assert given.requirements == ("alpha", "attrs", "requests", "rich", "zeta")
+    other = spec("attrs", "requests", "rich", "-r r.txt", base_dir=tmp_path)
+    assert other == given and other.key() == given.key()  # one template, whatever the order
+    assert other.install_order() == ("attrs", "requests", "rich", "zeta", "alpha")
+    unordered = TemplateSpec(requirements=("alpha", "beta"))  # not made by create
+    assert unordered.install_order() == ("alpha", "beta")

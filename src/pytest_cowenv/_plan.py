@@ -65,12 +65,12 @@ def install_commands(
     if not (hashed or spec.options):
 
         def together(wheels: Mapping[str, Path]) -> list[list[str]]:
-            items = [*spec.requirements, *local(wheels)]
+            items = [*spec.install_order(), *local(wheels)]
             return [install_command(python, items, spec.index, extra, base=base)] if items else []
 
         return InstallPlan([], together)
     requirements = work / "requirements.txt"
-    requirements.write_text("\n".join([*spec.options, *spec.requirements]) + "\n", "utf-8")
+    requirements.write_text("\n".join([*spec.options, *spec.install_order()]) + "\n", "utf-8")
     from_file = [*extra, "-r", str(requirements)] + (["--no-deps"] if spec.locked else [])
     if not hashed:
         return InstallPlan(

@@ -52,8 +52,8 @@ class Interpreter:
 
 
 RESOLUTIONS = ("highest", "lowest", "lowest-direct")
-# Fields that only say where a spec came from: shown to people, never part of the key.
-_DISPLAY_FIELDS = ("shown",)
+# Fields that only say where a spec came from or how it was written, never part of the key.
+_DISPLAY_FIELDS = ("shown", "given")
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,9 @@ class TemplateSpec:
     resolution: Optional[str] = None  # uv only
     exclude_newer: Optional[str] = None  # uv only
     shown: tuple[str, ...] = ()  # what describe() shows: where the spec came from
+    # ``requirements`` in the order they were first given (see install_order): how the spec
+    # was written, not what it means, so specs that differ only in it are equal.
+    given: tuple[str, ...] = field(default=(), compare=False)
 
     @classmethod
     def create(
@@ -108,7 +111,7 @@ class TemplateSpec:
         local: set[str] = set()
         shown: list[str] = []
         direct: list[str] = []
-        bare: set[str] = set()
+        bare: dict[str, None] = {}  # in the order given
         files = ReadFiles()
         for item in requirements:
             if not isinstance(item, (str, os.PathLike)):
@@ -122,12 +125,15 @@ class TemplateSpec:
                 local.add(str(_existing(base / text, text)))
                 direct.append(os.path.basename(text.rstrip("/\\")))
             else:
-                bare.add(normalise_requirement(text))
-        reqs |= bare
+                bare.setdefault(normalise_requirement(text))
+        reqs |= set(bare)
         for path in constraint_files:
             files.read("-c", os.fspath(path), base)
-        for text, hashes in files.requirements:
-            reqs.add(normalise_requirement(text) + "".join(f" --hash={h}" for h in hashes))
+        from_files = [
+            normalise_requirement(text) + "".join(f" --hash={h}" for h in hashes)
+            for text, hashes in files.requirements
+        ]
+        reqs.update(from_files)
         for as_given, path in files.local:
             local.add(str(_existing(path, as_given)))
         constraints = {normalise_requirement(text) for text in files.constraints}
@@ -145,6 +151,7 @@ class TemplateSpec:
                 raise SpecError(f"python={python!r}: give a version like '3.12' or a path")
             python = python.strip()
             find_interpreter(python)  # fail now, with the culprit named, not at build time
+        given = [*bare, *from_files]
         if locked:
             from ._lock import locked_set
 
@@ -163,10 +170,12 @@ class TemplateSpec:
             shown.insert(0, found.shown)
         else:
             if groups:
-                reqs |= {normalise_requirement(r) for r in group_requirements(toml_dir, groups)}
+                given += [normalise_requirement(r) for r in group_requirements(toml_dir, groups)]
+                reqs.update(given)
                 shown.append(f"pyproject.toml [group {', '.join(groups)}]")
             if extras and project_dir is None:
-                reqs |= {normalise_requirement(r) for r in extra_requirements(toml_dir, extras)}
+                given += [normalise_requirement(r) for r in extra_requirements(toml_dir, extras)]
+                reqs.update(given)
                 shown.append(f"pyproject.toml [extra {', '.join(extras)}]")
             elif extras:
                 check_extras(toml_dir, extras)
@@ -190,6 +199,20 @@ class TemplateSpec:
             resolution=resolution,
             exclude_newer=exclude_newer,
             shown=tuple([*shown, *direct]),
+            given=tuple(r for r in dict.fromkeys(given) if r in reqs),
+        )
+
+    def install_order(self) -> tuple[str, ...]:
+        """``requirements`` as the installer gets them: in the order they were given (marker,
+        then requirement files, groups and extras), as the user's own ``uv pip install`` would
+        get them. uv decides the direct requirements in command-line order, and a decision
+        waits for that project's index page and metadata: the order, not only the set, decides
+        when it asks the index for the dependencies of the later ones. The key is of the sorted
+        set; a requirement not among ``given`` (a spec made without create) comes last."""
+        wanted, known = set(self.requirements), set(self.given)
+        return (
+            *(r for r in self.given if r in wanted),
+            *(r for r in self.requirements if r not in known),
         )
 
     def describe(self) -> str:

@@ -290,6 +290,62 @@ def test_spec_errors_are_one_clear_line_and_not_retried(
     assert calls == {"build no-such-dist": 1, "discover 9.9": 1}
 
 
+def test_collection_makes_only_the_specs_that_tests_share(
+    pytester: pytest.Pytester, run: Run, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Collection makes the specs of shared environments (their pools start early); a spec
+    asked for by one test is made by that test alone: making one can cost (a lock's
+    selection, a project's hash), and making it at collection gains nothing."""
+    from pytest_cowenv import plugin as plugin_module
+
+    made: list[tuple[str, str]] = []
+    real = plugin_module._make_spec
+
+    def counting(config: Any, session: Any, args: Any, kwargs: Any, base_dir: Path) -> Any:
+        caller = sys._getframe(1).f_code.co_name
+        stage = "collection" if caller == "pytest_collection_modifyitems" else "setup"
+        made.append((stage, str(kwargs.get("lock"))))
+        return real(config, session, args, kwargs, base_dir)
+
+    monkeypatch.setattr(plugin_module, "_make_spec", counting)
+    pytester.makepyfile(
+        test_m="""
+        import pytest
+
+        @pytest.mark.cowenv(lock="one/pylock.toml")
+        def test_alone(cowenv): pass
+
+        @pytest.mark.cowenv(lock="two/pylock.toml")
+        def test_shared_1(cowenv): pass
+
+        @pytest.mark.cowenv(lock="two/pylock.toml")
+        def test_shared_2(cowenv): pass
+        """
+    )
+    pytester.makepyfile(
+        **{
+            "sub/test_elsewhere": """
+            import pytest
+
+            @pytest.mark.cowenv(lock="one/pylock.toml")
+            def test_same_words_in_another_folder(cowenv): pass
+            """
+        }
+    )
+    result = run("-rE", cache=cache)
+    result.assert_outcomes(errors=4)
+    result.stdout.fnmatch_lines(["*lock='one/pylock.toml': no such file*"])
+    assert sorted(made) == [
+        ("collection", "one/pylock.toml"),  # the same words in two folders may be one spec
+        ("collection", "one/pylock.toml"),
+        ("collection", "two/pylock.toml"),  # and its failure is told to both tests
+    ]
+    made.clear()
+    (pytester.path / "sub" / "test_elsewhere.py").unlink()
+    run("-rE", cache=cache).assert_outcomes(errors=3)
+    assert sorted(made) == [("collection", "two/pylock.toml"), ("setup", "one/pylock.toml")]
+
+
 # --- the outer pip on another Python --------------------------------------------------------
 
 

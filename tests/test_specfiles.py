@@ -290,6 +290,45 @@ def test_pylock_content_is_in_the_key(tmp_path: Path) -> None:
     assert spec(base=tmp_path, lock="pylock.toml").key() != before
 
 
+def test_a_lock_is_selected_once_per_content(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every test that asks for a lock makes its spec: the selection (packaging parses every
+    file name of the lock) is made once per content, and a changed lock is selected anew."""
+    path = write_pylock(tmp_path)
+    selections: list[Path] = []
+    select = lock_module._select
+
+    def counted(data: Any, where: Path, *args: Any) -> Any:
+        selections.append(where)
+        return select(data, where, *args)
+
+    monkeypatch.setattr(lock_module, "_select", counted)
+    first = lock_module.locked_set(path, "pylock.toml", (), (), None)
+    first.requirements.clear()  # the caller's own: the next one is whole
+    again = spec(base=tmp_path, lock="pylock.toml")
+    assert len(selections) == 1
+    assert [r.split(" @ ")[0] for r in again.requirements] == ["alpha", "beta"]
+    grouped = spec(base=tmp_path, lock="pylock.toml", groups=("test",))
+    assert len(selections) == 2, "another selection of the same content is its own"
+    assert grouped.requirements != again.requirements
+    beta = make_wheel(tmp_path / "wheels", "beta", "2.0")
+    old = _wheel_entry(tmp_path / "wheels" / "beta-1.0-py3-none-any.whl", tmp_path)
+    text = path.read_text()
+    assert old in text
+    path.write_text(
+        text.replace(
+            f'version = "1.0"\nwheels = [{old}]',
+            f'version = "2.0"\nwheels = [{_wheel_entry(beta, tmp_path)}]',
+        )
+    )
+    changed = spec(base=tmp_path, lock="pylock.toml")
+    assert len(selections) == 3
+    assert [r.split(" @ ")[0] for r in changed.requirements] == ["alpha", "beta"]
+    assert any("beta-2.0-" in r for r in changed.requirements)
+    assert changed.key() != again.key()
+
+
 def test_requirement_beside_a_lock_must_agree_with_it(tmp_path: Path) -> None:
     write_pylock(tmp_path)
     agreeing = spec("alpha>=1", base=tmp_path, lock="pylock.toml")

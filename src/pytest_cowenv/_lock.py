@@ -8,6 +8,7 @@ resolving anything (``--no-deps``).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -48,23 +49,35 @@ def locked_set(
     if not path.is_file():
         raise SpecError(f"lock={given!r}: no such file ({path})")
     selection = f" [{'; '.join(_parts(groups, extras))}]" if groups or extras else ""
+    asked = (str(path), given, tuple(groups), tuple(extras), python)
+    data: dict[str, Any] = {}
     if path.name == "uv.lock":
         data, sources = _export_uv_lock(path, given, groups, extras)
         groups, extras = (), ()  # uv selected them in the export
-        base = path.parent
     elif path.name == "pylock.toml" or (path.name.startswith("pylock.") and path.suffix == ".toml"):
-        data = read_toml(path, f"lock={given!r}")
-        sources = {str(path): _sha256(path)}
-        base = path.parent
+        sources = {str(path): _sha256(path)}  # read below, unless selected from before
     else:
         raise SpecError(
             f"lock={given!r}: not a lock file name pytest-cowenv knows (pylock.toml, "
             "pylock.NAME.toml or uv.lock)"
         )
-    found = _select(data, path, given, groups, extras, python, base)
-    found.sources.update(sources)
-    found.shown = f"{given}{selection}"
-    return found
+    key = (*asked, *sorted(sources.items()))
+    with _EXPORTS_LOCK:
+        known = _SELECTED.get(key)
+    if known is None:
+        if not data:
+            data = read_toml(path, f"lock={given!r}")
+        known = _select(data, path, given, groups, extras, python, path.parent)
+        known.sources.update(sources)
+        known.shown = f"{given}{selection}"
+        with _EXPORTS_LOCK:
+            _SELECTED[key] = known
+    return copy.deepcopy(known)  # the caller's to change
+
+
+# What one content of a lock selects, per process: every test that asks for the lock makes
+# its spec anew, and packaging's Pylock parses every file name of the lock each time.
+_SELECTED: dict[tuple[Any, ...], Locked] = {}
 
 
 def _parts(groups: Sequence[str], extras: Sequence[str]) -> list[str]:

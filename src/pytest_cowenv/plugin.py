@@ -680,8 +680,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         args, kwargs = request
         asked = _asked(args, kwargs, item.path.parent)
         groups.setdefault(asked, [args, kwargs, item.path.parent, 0])[3] += 1
-    if sum(group[3] for group in groups.values()) < 2:
-        return  # a run that needs one environment or none: import nothing more
+    # Only a spec that two tests share gains (see `expect`), and making a spec can cost (a
+    # lock's selection, a project's hash): a spec asked for by one test is made by that test
+    # alone. What is asked for, wherever, tells which tests may share one (relative paths
+    # aside, specs differ when what was asked for does).
+    anywhere: dict[str, int] = {}
+    for args, kwargs, _, tests in groups.values():
+        where_not = _asked(args, kwargs, Path())
+        anywhere[where_not] = anywhere.get(where_not, 0) + tests
+    shared = {
+        asked: group
+        for asked, group in groups.items()
+        if anywhere[_asked(group[0], group[1], Path())] >= 2
+    }
+    if not shared:
+        return  # no environment that two tests use: import nothing more
     from collections import Counter
 
     from .clone import LinkMode
@@ -690,7 +703,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     session = _session(config, needs_templates=True)
     failed = config.stash.setdefault(failed_specs_key, {})
     counts: Counter[Any] = Counter()
-    for asked, (args, kwargs, base_dir, tests) in groups.items():
+    for asked, (args, kwargs, base_dir, tests) in shared.items():
         try:
             spec = _make_spec(config, session, args, kwargs, base_dir)
         except SpecError as exc:  # each test reports it, from memory (no second search)

@@ -263,3 +263,62 @@ def test_uv_route_lock_and_resolution(
     )
     result.assert_outcomes(passed=2)
     assert any("uv.lock [group test]" in line for line in result.outlines), result.outlines
+
+
+def test_lowest_direct_takes_the_projects_own_requirements_as_direct(
+    pytester: pytest.Pytester, tmp_path: Path, cache: Path
+) -> None:
+    """resolution="lowest-direct" with project=: the project's dependencies (and those of
+    the extras asked for) at their lowest, as `uv sync` and tox-uv's lower-bounds runs take
+    them; what they need in turn at its highest. uv alone takes a built wheel's dependencies
+    as transitive (pytest-asyncio's lower-bounds env got pytest 9.2 for `pytest>=8.4`)."""
+    skip_without_uv()
+    from test_template import BACKEND
+
+    wheels = standard_wheelhouse(tmp_path / "wheels")
+    project = pytester.path / "lowdemo"
+    (project / "src" / "lowdemo").mkdir(parents=True)
+    (project / "src" / "lowdemo" / "__init__.py").write_text("")
+    (project / "pyproject.toml").write_text(
+        '[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n'
+        '[project]\nname = "proj"\nversion = "0.1"\ndependencies = ["beta"]\n'
+        '[project.optional-dependencies]\ncli = ["alpha>=1.0"]\n'
+    )
+    declared = (
+        "Requires-Dist: beta\\n"  # needs alpha>=1.0 in turn
+        "Requires-Dist: alpha>=1.0; extra == 'cli'\\n"
+        "Requires-Dist: gamma; python_version < '3'\\n"  # false everywhere we run
+        "Provides-Extra: cli\\n"
+    )
+    backend = BACKEND.replace('Version: {version}\\n"', "Version: {version}\\n" + declared + '"')
+    assert backend != BACKEND
+    (project / "backend.py").write_text(backend)
+    pytester.makepyfile(
+        test_low="""
+        import json
+        import pytest
+
+        CODE = ("import json, importlib.metadata as m; "
+                "print(json.dumps({d.metadata['Name']: d.version for d in m.distributions()}))")
+
+        def versions(env):
+            return json.loads(env.run("python", "-c", CODE).stdout)
+
+        @pytest.mark.cowenv(project="lowdemo", extras=("cli",), resolution="lowest-direct")
+        def test_with_the_extra(cowenv):
+            assert versions(cowenv) == {"alpha": "1.0", "beta": "1.0", "proj": "0.1"}
+
+        @pytest.mark.cowenv(project="lowdemo", resolution="lowest-direct")
+        def test_without_it(cowenv):
+            assert versions(cowenv) == {"alpha": "2.0", "beta": "1.0", "proj": "0.1"}
+        """
+    )
+    result = pytester.runpytest_subprocess(
+        "-p",
+        "no:cacheprovider",
+        f"--cowenv-dir={cache}",
+        f"--cowenv-find-links={wheels}",
+        "--cowenv-offline",
+        timeout=600,
+    )
+    result.assert_outcomes(passed=2)

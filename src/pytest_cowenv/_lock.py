@@ -128,7 +128,7 @@ def _select(
             raise SpecError(
                 f"lock={given!r}: undeclared {what} {', '.join(unknown)}; {path.name} has: {have}"
             )
-    environment, tags = _target(python, given)
+    environment, tags = target_of(python, f"lock={given!r}")
     where = f"python {python}" if python else "this interpreter"
     if lock.environments and not any(m.evaluate(environment) for m in lock.environments):
         covered = " or ".join(str(marker) for marker in lock.environments)
@@ -182,8 +182,9 @@ _TARGET_PROBE = (
 )
 
 
-def _target(python: Optional[str], given: str) -> tuple[dict[str, str], list[Any]]:
-    """Marker environment and wheel tags of the interpreter ``python`` (None: this one)."""
+def target_of(python: Optional[str], what: str) -> tuple[dict[str, str], list[Any]]:
+    """Marker environment and wheel tags of the interpreter ``python`` (None: this one);
+    ``what`` asks for it (the start of the error's line)."""
     from packaging import markers, tags
 
     if python is None:
@@ -203,7 +204,7 @@ def _target(python: Optional[str], given: str) -> tuple[dict[str, str], list[Any
         environment, names = json.loads(out.stdout)
     except (OSError, subprocess.SubprocessError, ValueError) as exc:
         raise SpecError(
-            f"lock={given!r}: cannot ask {python} for its platform and wheel tags ({exc})"
+            f"{what}: cannot ask {python} for its platform and wheel tags ({exc})"
         ) from None
     found = [tag for name in names for tag in tags.parse_tag(name)]
     return environment, found

@@ -10,12 +10,17 @@ first, so that a build can run it while the wheels are built (see ``_build.build
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+import sys
+import zipfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from email.parser import HeaderParser
 from pathlib import Path
 from typing import Callable, Optional
 
 from ._install import install_command
+from .errors import TemplateBuildError
 from .spec import TemplateSpec
 
 
@@ -50,6 +55,15 @@ def install_commands(
             if path == spec.project and spec.extras:
                 item += f"[{','.join(spec.extras)}]"
             items.append(item)
+        if spec.resolution == "lowest-direct":
+            # uv takes a wheel's own dependencies as transitive, where a project's
+            # dependencies are what "direct" means to a lower-bounds run (uv sync, tox-uv):
+            # they go on the command line beside it.
+            for path in spec.local:
+                wheel = wheels.get(path)
+                if wheel is not None:
+                    chosen = spec.extras if path == spec.project else ()
+                    items += declared_requirements(wheel, chosen, base, spec.describe())
         return items
 
     extra: list[str] = []
@@ -92,3 +106,50 @@ def install_commands(
     return InstallPlan(
         first, lambda wheels: [install_command(python, local(wheels), spec.index, then, base=base)]
     )
+
+
+def declared_requirements(
+    wheel: Path, extras: Sequence[str], python: Optional[str], what: str
+) -> list[str]:
+    """What the project built into ``wheel`` requires on the interpreter ``python`` (None:
+    this one) with ``extras``: its ``Requires-Dist`` whose markers hold there, without them."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    from ._lock import target_of
+
+    try:
+        with zipfile.ZipFile(wheel) as archive:
+            name = next(
+                n
+                for n in archive.namelist()
+                if n.count("/") == 1 and n.endswith(".dist-info/METADATA")
+            )
+            text = archive.read(name).decode("utf-8")
+        declared = [
+            Requirement(line)
+            for line in HeaderParser().parsestr(text).get_all("Requires-Dist") or []
+        ]
+    except (
+        OSError,
+        StopIteration,
+        UnicodeDecodeError,
+        zipfile.BadZipFile,
+        InvalidRequirement,
+    ) as exc:
+        raise TemplateBuildError(
+            f"{what}: cannot read the requirements of {wheel.name}: {exc}"
+        ) from None
+    if not any(req.marker for req in declared):
+        return [str(req) for req in declared]
+    running = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+    if python is not None and os.path.realpath(python) == running:
+        python = None  # no need to ask
+    environment, _ = target_of(python, f"{what}: resolution='lowest-direct'")
+    out = []
+    for req in declared:
+        if req.marker is not None:
+            if not any(req.marker.evaluate({**environment, "extra": e}) for e in ("", *extras)):
+                continue
+            req.marker = None
+        out.append(str(req))
+    return out

@@ -244,6 +244,10 @@ class TemplateSpec:
             "installer": installer_identity(),
             "resolver_env": resolver_environment(),
         }
+        if self.resolution == "lowest-direct" and self.local:
+            # The projects' own requirements are installed as direct ones (see _plan), which
+            # templates built before did not: those must not be taken for these.
+            payload["direct"] = "declared"
         raw = json.dumps(payload, sort_keys=True).encode()
         return hashlib.sha256(raw).hexdigest()[:24]
 

@@ -214,6 +214,18 @@ def test_specs_as_projects_write_them(
     assert "-r requirements/hashed.txt" in {t["describe"] for t in templates}
 
 
+def run_offline(pytester: pytest.Pytester, cache: Path, wheels: Path) -> pytest.RunResult:
+    """The inner run, from the wheelhouse ``wheels`` only."""
+    return pytester.runpytest_subprocess(
+        "-p",
+        "no:cacheprovider",
+        f"--cowenv-dir={cache}",
+        f"--cowenv-find-links={wheels}",
+        "--cowenv-offline",
+        timeout=600,
+    )
+
+
 def test_uv_route_lock_and_resolution(
     pytester: pytest.Pytester, tmp_path: Path, cache: Path
 ) -> None:
@@ -253,14 +265,7 @@ def test_uv_route_lock_and_resolution(
             assert version(cowenv, "alpha") == "1.0"
         """
     )
-    result = pytester.runpytest_subprocess(
-        "-p",
-        "no:cacheprovider",
-        f"--cowenv-dir={cache}",
-        f"--cowenv-find-links={wheels}",
-        "--cowenv-offline",
-        timeout=600,
-    )
+    result = run_offline(pytester, cache, wheels)
     result.assert_outcomes(passed=2)
     assert any("uv.lock [group test]" in line for line in result.outlines), result.outlines
 
@@ -313,12 +318,5 @@ def test_lowest_direct_takes_the_projects_own_requirements_as_direct(
             assert versions(cowenv) == {"alpha": "2.0", "beta": "1.0", "proj": "0.1"}
         """
     )
-    result = pytester.runpytest_subprocess(
-        "-p",
-        "no:cacheprovider",
-        f"--cowenv-dir={cache}",
-        f"--cowenv-find-links={wheels}",
-        "--cowenv-offline",
-        timeout=600,
-    )
+    result = run_offline(pytester, cache, wheels)
     result.assert_outcomes(passed=2)

@@ -225,6 +225,27 @@ def clean_env(extra: Optional[dict[str, str]] = None) -> dict[str, str]:
     return env
 
 
+def run_clean(
+    cmd: Sequence[str],
+    *,
+    extra_env: Optional[dict[str, str]] = None,
+    cwd: Optional[Path] = None,
+    timeout: Optional[float] = None,
+) -> subprocess.CompletedProcess[str]:
+    """``cmd`` run without stdin, in :func:`clean_env` (plus ``extra_env``), its output
+    captured as text; its exit code is the caller's to read."""
+    return subprocess.run(
+        list(cmd),
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        env=clean_env(extra_env),
+        cwd=cwd,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def _index_args(index: IndexOptions, *, uv: bool) -> list[str]:
     args: list[str] = []
     for link in index.find_links:
@@ -317,15 +338,7 @@ def pip_error_for(python: str, version: str) -> Optional[str]:
     cmd = [sys.executable, "-m", "pip", "--python", python, "list", "--format=freeze"]
     cmd += ["--disable-pip-version-check", "--no-input"]
     try:
-        proc = subprocess.run(
-            cmd,
-            capture_output=True,
-            text=True,
-            stdin=subprocess.DEVNULL,
-            env=clean_env(),
-            timeout=120,
-            check=False,
-        )
+        proc = run_clean(cmd, timeout=120)
     except (OSError, subprocess.SubprocessError) as exc:
         return " ".join(str(exc).split())
     if proc.returncode == 0:

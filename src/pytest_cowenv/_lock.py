@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ._groups import loads_toml, read_toml
-from ._install import clean_env, uv_binary
+from ._install import clean_env, run_clean, uv_binary
 from .errors import SpecError
 
 # The hash algorithms both pip and uv check (PEP 751 allows others; they are of no use here).
@@ -235,15 +235,7 @@ def _export_uv_lock(
         cmd.append("--no-default-groups")
         cmd += [arg for group in groups for arg in ("--group", group)]
     cmd += [arg for extra in extras for arg in ("--extra", extra)]
-    proc = subprocess.run(
-        cmd,
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        env=clean_env(),
-        check=False,
-        cwd=path.parent,
-    )
+    proc = run_clean(cmd, cwd=path.parent)
     if proc.returncode != 0:
         lines = [ln.strip() for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
         why = " ".join(lines[-3:]) or f"exit code {proc.returncode}"

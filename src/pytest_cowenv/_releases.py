@@ -38,9 +38,9 @@ from ._atomic import BuildLock, read_json
 from ._install import (
     IndexOptions,
     _index_args,
-    clean_env,
     pip_unusable,
     resolver_environment,
+    run_clean,
     uv_binary,
 )
 from .errors import SpecError
@@ -308,15 +308,7 @@ def _list_now(name: str, index: IndexOptions, python: Optional[str] = None) -> L
     cmd = pip_command(name, index, python)
     where = source(index)
     try:
-        proc = subprocess.run(
-            cmd,
-            capture_output=True,
-            text=True,
-            env=clean_env({"PYTHONIOENCODING": "utf-8"}),
-            stdin=subprocess.DEVNULL,
-            timeout=PIP_TIMEOUT,
-            check=False,
-        )
+        proc = run_clean(cmd, extra_env={"PYTHONIOENCODING": "utf-8"}, timeout=PIP_TIMEOUT)
     except subprocess.TimeoutExpired:
         raise SpecError(
             f"listing the releases of {name} on {where} took over {PIP_TIMEOUT:.0f} s"

@@ -170,6 +170,34 @@ def test_local_wheel_installs_in_process_into_this_clone_only(
     assert probe.returncode == 1 and "No module named 'delta'" in probe.stderr
 
 
+def test_a_wheels_own_requirements_decide_not_a_vendored_ones(
+    make_env: Callable[..., CowEnv], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A wheel may carry vendored ``.dist-info`` folders (setuptools does): its own
+    requirements are in the top-level one, and one it lacks sends it to the installer."""
+    wheel = make_wheel(
+        tmp_path,
+        "delta",
+        "1.0",
+        modules={
+            "delta/__init__.py": "import gamma\n",
+            # listed first in the archive, and requiring nothing
+            "delta/_vendor/vend-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: vend\n",
+        },
+        requires=["gamma"],
+    )
+    env = make_env("alpha==1.0")
+    installs: list[list[str]] = []
+
+    def record(command: list[str], *args: object) -> None:
+        installs.append(command)
+
+    monkeypatch.setattr(env_module, "run_installer", record)
+    env.install(wheel)
+    assert len(installs) == 1 and str(wheel) in installs[0]
+    assert not list(env.site_packages.glob("delta*")), "not unpacked without its requirement"
+
+
 def test_wheel_of_an_installed_project_goes_through_the_installer(
     make_env: Callable[..., CowEnv], wheels: Path
 ) -> None:

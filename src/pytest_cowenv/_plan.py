@@ -11,17 +11,15 @@ first, so that a build can run it while the wheels are built (see ``_build.build
 from __future__ import annotations
 
 import os
-import sys
-import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from email.parser import HeaderParser
 from pathlib import Path
 from typing import Callable, Optional
 
 from ._install import install_command
+from ._venv import wheel_requires
 from .errors import TemplateBuildError
-from .spec import TemplateSpec
+from .spec import TemplateSpec, find_interpreter
 
 
 @dataclass(frozen=True)
@@ -113,37 +111,20 @@ def declared_requirements(
 ) -> list[str]:
     """What the project built into ``wheel`` requires on the interpreter ``python`` (None:
     this one) with ``extras``: its ``Requires-Dist`` whose markers hold there, without them."""
-    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.requirements import Requirement
 
     from ._lock import target_of
 
     try:
-        with zipfile.ZipFile(wheel) as archive:
-            name = next(
-                n
-                for n in archive.namelist()
-                if n.count("/") == 1 and n.endswith(".dist-info/METADATA")
-            )
-            text = archive.read(name).decode("utf-8")
-        declared = [
-            Requirement(line)
-            for line in HeaderParser().parsestr(text).get_all("Requires-Dist") or []
-        ]
-    except (
-        OSError,
-        StopIteration,
-        UnicodeDecodeError,
-        zipfile.BadZipFile,
-        InvalidRequirement,
-    ) as exc:
+        declared = [Requirement(line) for line in wheel_requires(wheel)]
+    except (OSError, ValueError) as exc:  # InvalidRequirement is a ValueError
         raise TemplateBuildError(
             f"{what}: cannot read the requirements of {wheel.name}: {exc}"
         ) from None
     if not any(req.marker for req in declared):
         return [str(req) for req in declared]
-    running = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
-    if python is not None and os.path.realpath(python) == running:
-        python = None  # no need to ask
+    if python is not None and os.path.realpath(python) == find_interpreter(None).executable:
+        python = None  # the running one: no need to ask
     environment, _ = target_of(python, f"{what}: resolution='lowest-direct'")
     out = []
     for req in declared:

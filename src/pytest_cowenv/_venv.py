@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import re
 import sys
+import zipfile
+from email.parser import HeaderParser
 from pathlib import Path
 
 from .errors import TemplateBuildError
@@ -38,3 +40,17 @@ def installed_distributions(env: Path) -> dict[str, str]:
         name, _, version = info.name[: -len(".dist-info")].partition("-")
         found[canonical_name(name)] = version
     return dict(sorted(found.items()))
+
+
+def wheel_requires(wheel: Path) -> list[str]:
+    """The ``Requires-Dist`` values of the wheel at ``wheel``: its own, in the top-level
+    ``.dist-info`` (a wheel may carry vendored ones deeper down). Raises ``OSError`` or
+    ``ValueError`` (``zipfile.BadZipFile`` is one) when it cannot be read."""
+    with zipfile.ZipFile(wheel) as archive:
+        names = [
+            n for n in archive.namelist() if n.count("/") == 1 and n.endswith(".dist-info/METADATA")
+        ]
+        if not names:
+            raise ValueError(f"{wheel.name} has no .dist-info/METADATA")
+        text = archive.read(names[0]).decode("utf-8", "replace")
+    return HeaderParser().parsestr(text).get_all("Requires-Dist") or []

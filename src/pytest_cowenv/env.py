@@ -7,14 +7,13 @@ import shutil
 import subprocess
 import sys
 import time
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from ._install import IndexOptions, clean_env, install_command, run_installer
 from ._relocate import relocate
-from ._venv import installed_distributions, site_packages
+from ._venv import installed_distributions, site_packages, wheel_requires
 from .errors import CommandError, CowEnvError, TemplateBuildError
 
 if TYPE_CHECKING:
@@ -256,21 +255,16 @@ def _self_contained_wheel(item: str, installed: Mapping[str, Any]) -> bool:
     if canonicalize_name(os.path.basename(item).split("-")[0]) in installed:
         return False
     try:
-        with zipfile.ZipFile(item) as zf:
-            meta_name = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
-            meta = zf.read(meta_name).decode("utf-8", "replace")
-    except (OSError, zipfile.BadZipFile, StopIteration):
+        requires = wheel_requires(Path(item))
+    except (OSError, ValueError):
         return False
-    for line in meta.splitlines():
-        if not line.strip():
-            break  # end of headers
-        if line.startswith("Requires-Dist:"):
-            try:
-                req = Requirement(line.split(":", 1)[1].strip())
-            except InvalidRequirement:
-                return False
-            if req.marker and not req.marker.evaluate({"extra": ""}):
-                continue
-            if canonicalize_name(req.name) not in installed:
-                return False
+    for line in requires:
+        try:
+            req = Requirement(line)
+        except InvalidRequirement:
+            return False
+        if req.marker and not req.marker.evaluate({"extra": ""}):
+            continue
+        if canonicalize_name(req.name) not in installed:
+            return False
     return True

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ._groups import loads_toml, read_toml
-from ._install import clean_env, run_clean, uv_binary
+from ._install import run_clean, uv_binary
 from .errors import SpecError
 
 # The hash algorithms both pip and uv check (PEP 751 allows others; they are of no use here).
@@ -192,15 +192,8 @@ def target_of(python: Optional[str], what: str) -> tuple[dict[str, str], list[An
     # The other interpreter asks our own packaging (pure Python) about itself.
     where = os.path.dirname(os.path.dirname(os.path.abspath(markers.__file__)))
     try:
-        out = subprocess.run(
-            [python, "-I", "-c", _TARGET_PROBE, where],
-            capture_output=True,
-            text=True,
-            check=True,
-            stdin=subprocess.DEVNULL,
-            env=clean_env(),
-            timeout=60,
-        )
+        out = run_clean([python, "-I", "-c", _TARGET_PROBE, where], timeout=60)
+        out.check_returncode()
         environment, names = json.loads(out.stdout)
     except (OSError, subprocess.SubprocessError, ValueError) as exc:
         raise SpecError(

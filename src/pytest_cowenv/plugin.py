@@ -684,15 +684,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # lock's selection, a project's hash): a spec asked for by one test is made by that test
     # alone. What is asked for, wherever, tells which tests may share one (relative paths
     # aside, specs differ when what was asked for does).
+    loose = {asked: _asked(args, kwargs, Path()) for asked, (args, kwargs, *_) in groups.items()}
     anywhere: dict[str, int] = {}
-    for args, kwargs, _, tests in groups.values():
-        where_not = _asked(args, kwargs, Path())
-        anywhere[where_not] = anywhere.get(where_not, 0) + tests
-    shared = {
-        asked: group
-        for asked, group in groups.items()
-        if anywhere[_asked(group[0], group[1], Path())] >= 2
-    }
+    for asked, group in groups.items():
+        anywhere[loose[asked]] = anywhere.get(loose[asked], 0) + group[3]
+    shared = {asked: group for asked, group in groups.items() if anywhere[loose[asked]] >= 2}
     if not shared:
         return  # no environment that two tests use: import nothing more
     from collections import Counter

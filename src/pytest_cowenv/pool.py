@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
 
 from . import reuse
+from ._inotify import Watch
 from .clone import READ_FLAGS, CloneResult, LinkMode, clone_tree, remove_tree
 
 if TYPE_CHECKING:
@@ -72,6 +73,7 @@ class Lease:
     template: Template
     mode: LinkMode
     record: Optional[reuse.Record] = None  # None: it is never reused
+    watch: Optional[Watch] = None  # its watches (reuse, step 5); None: proven by its walk
     uses: int = 0  # tests that had it before
     handed_out_ns: int = 0  # reuse.coarse_now() when the current test got it
     first_boot_ns: int = 0  # reuse.boot_ns() when its first test got it (see reuse, step 4)
@@ -80,6 +82,14 @@ class Lease:
     @property
     def path(self) -> Path:
         return self.folder / ENV
+
+    def unwatch(self) -> Path:
+        """Its folder, its watches dropped: on its way to the trash (deleting a watched
+        tree would queue an event per entry)."""
+        if self.watch is not None:
+            self.watch.close()
+            self.watch = None
+        return self.folder
 
     def hand_out(self) -> None:
         """Note the time: call it after the folder has its test's name, before the test."""
@@ -146,6 +156,7 @@ class ClonePool:
         self.reuse_off = "reuse off" if reuse_clones == "no" else reuse.unsupported(self.ready_dir)
         self.reuse = self.reuse_off is None
         self.reuse_snapshots = reuse_clones == "yes"
+        self.watch_clones = self.reuse  # prove by watches where they can be set (step 5)
         # Why used clones went to the trash (for the summary): "reuse off", "changed", ...
         self.discarded: Counter[str] = Counter() if discarded is None else discarded
         # Beyond this many clones awaiting deletion, `discard` deletes in the caller: the
@@ -236,7 +247,7 @@ class ClonePool:
                 if self._slots.get((template.key, mode)) is slot and not self._stop.is_set():
                     slot.ready.extendleft(reversed(proven[1:]))
                 else:
-                    self._trash.extend(u.folder for u in proven[1:])
+                    self._trash.extend(u.unwatch() for u in proven[1:])
                     self._cond.notify()
                 slot.out += bool(proven)
         return proven[0] if proven else None
@@ -276,10 +287,10 @@ class ClonePool:
         tick, so that it may serve later tests too."""
         if not self._records(lease.mode, lease.result.strategy):
             return
-        if lease.result.strategy == "snapshot":
-            lease.record = self._snapshot_record(lease)
-        else:
-            lease.record = reuse.record(os.fspath(lease.path))
+        self._step_one(lease)
+        if lease.record is None:
+            return
+        if lease.watch is None:
             reuse.wait_past(lease.record)
         with self._cond:
             slot = self._slot_of(lease)
@@ -301,7 +312,7 @@ class ClonePool:
                     self._cond.notify()  # it may need a new clone now
             if why is not None:
                 self._count(why)
-            self.discard(lease.folder)
+            self.discard(lease.unwatch())
             return
         target = self.ready_dir / f"{lease.template.key[:12]}-{next(self._names)}"
         try:
@@ -310,7 +321,7 @@ class ClonePool:
             with self._cond:
                 self._not_out(lease)
             self._count("rename failed")
-            self.discard(lease.folder)
+            self.discard(lease.unwatch())
             return
         lease.folder = target
         lease.returned_at = time.monotonic()
@@ -322,7 +333,7 @@ class ClonePool:
                 # for the next test that asks for it; only the newest such clone is kept.
                 for old in [u for u in self._returned if self._parked(u)]:
                     self._returned.remove(old)
-                    self._trash.append(old.folder)
+                    self._trash.append(old.unwatch())
             self._returned.append(lease)
             self._wake()
 
@@ -365,10 +376,24 @@ class ClonePool:
 
     def _records(self, mode: LinkMode, strategy: str) -> bool:
         """Whether clones made this way are recorded, to be reused: never hard links (the
-        template's own inodes); btrfs snapshots only if asked (a new one costs less)."""
+        template's own inodes); btrfs snapshots if they can be watched or if asked (a new
+        one costs less than the first walk of one)."""
         if not self.reuse or mode is LinkMode.HARDLINK:
             return False
-        return strategy != "snapshot" or self.reuse_snapshots
+        return strategy != "snapshot" or self.reuse_snapshots or self.watch_clones
+
+    def _step_one(self, lease: Lease) -> None:
+        """Record a new clone (``reuse``, step 1) and set its watches (step 5). A btrfs
+        snapshot that cannot be watched is recorded only if asked (``reuse yes``)."""
+        snapshot = lease.result.strategy == "snapshot"
+        if snapshot:
+            lease.record = self._snapshot_record(lease)
+        else:
+            lease.record = reuse.record(os.fspath(lease.path))
+        if self.watch_clones:
+            lease.watch = reuse.watch(os.fspath(lease.path), lease.record, files=not snapshot)
+        if lease.watch is None and snapshot and not self.reuse_snapshots:
+            lease.record = None
 
     def _count(self, why: str) -> None:
         with self._cond:
@@ -384,6 +409,8 @@ class ClonePool:
             return "not recorded"
         if self._stop.is_set():
             return "closing"
+        if lease.watch is not None:
+            return None  # watched since before its first test: no tick to wait for
         if not reuse.eligible(lease.record, lease.handed_out_ns):
             return "made in its test's tick"
         if reuse.coarse_now() < lease.handed_out_ns:
@@ -427,8 +454,8 @@ class ClonePool:
             if thread.is_alive():
                 return False
         with self._cond:
-            leftovers = [lease.folder for s in self._slots.values() for lease in s.ready]
-            leftovers += [lease.folder for lease in self._returned]
+            leftovers = [lease.unwatch() for s in self._slots.values() for lease in s.ready]
+            leftovers += [lease.unwatch() for lease in self._returned]
             leftovers += self._trash
             self._slots.clear()
             self._trash.clear()
@@ -460,7 +487,7 @@ class ClonePool:
         if self._slots.get((slot.template.key, slot.mode)) is slot:
             del self._slots[(slot.template.key, slot.mode)]
         while slot.ready:
-            self._trash.append(slot.ready.popleft().folder)
+            self._trash.append(slot.ready.popleft().unwatch())
         self._cond.notify()
 
     def _batch(self, now: float) -> tuple[list[Lease], Optional[float]]:
@@ -474,7 +501,7 @@ class ClonePool:
                 continue
             if slot.template is not lease.template:
                 self._returned.remove(lease)
-                self._trash.append(lease.folder)
+                self._trash.append(lease.unwatch())
                 continue
             pooled.append(lease)
         if not pooled:
@@ -545,6 +572,7 @@ class ClonePool:
                 self._cond.notify()
                 return
         name = next(self._names)
+        lease: Optional[Lease] = None
         making = self.ready_dir / f".making-{name}"
         ready = self.ready_dir / f"{slot.template.key[:12]}-{name}"
         try:
@@ -560,15 +588,14 @@ class ClonePool:
             lease = Lease(making, result, slot.template, slot.mode)
             if self._records(slot.mode, result.strategy):
                 self._pause()
-                if result.strategy == "snapshot":
-                    lease.record = self._snapshot_record(lease)
-                else:
-                    lease.record = reuse.record(os.fspath(lease.path))  # step 1
+                self._step_one(lease)
             if self.warm:
                 self._warm(making / ENV, slot.template)
             os.rename(making, ready)
             lease.folder = ready
         except Exception as exc:
+            if lease is not None:
+                lease.unwatch()
             if os.path.lexists(making):  # clone_tree removes its own; a failed warm or rename
                 with contextlib.suppress(OSError):
                     remove_folder(making, self.root)
@@ -587,7 +614,7 @@ class ClonePool:
             if self._slots.get((slot.template.key, slot.mode)) is slot:
                 slot.ready.append(lease)
                 return
-            self._trash.append(ready)  # the template was rebuilt meanwhile
+            self._trash.append(lease.unwatch())  # the template was rebuilt meanwhile
 
     def _snapshot_record(self, lease: Lease) -> reuse.Record:
         """A btrfs snapshot's record: its template's walk (kept per template), its own root."""
@@ -623,7 +650,7 @@ class ClonePool:
                     # Taken first: its files are in the page cache, a new clone's are not.
                     slot.ready.appendleft(lease)
                     continue
-                self._trash.append(lease.folder)  # rebuilt, forgotten or plenty
+                self._trash.append(lease.unwatch())  # rebuilt, forgotten or plenty
 
     def _proven(self, batch: list[Lease]) -> list[Optional[Lease]]:
         """``batch`` with None for each clone that failed the proof (trashed, reason kept)."""
@@ -631,7 +658,7 @@ class ClonePool:
         rest = []
         for i, lease in enumerate(batch):
             assert lease.record is not None
-            if reuse.changed(os.fspath(lease.path), lease.record, quick=True):
+            if not self._quiet(lease, quick=True):
                 self._refuse(lease, "changed")  # no need to look further
             else:
                 rest.append(i)
@@ -650,8 +677,10 @@ class ClonePool:
             why = "in use by a process" if n in held else None
             if why is None and _extra(lease.folder):
                 why = "its folder holds more"
-            if why is None and reuse.changed(os.fspath(lease.path), lease.record) is not None:
+            if why is None and not self._quiet(lease):
                 why = "changed"
+            if why is None and not reuse.writable(os.fspath(lease.path)):
+                why = "read-only"
             if why is None:
                 lease.uses += 1
                 out[i] = lease
@@ -663,6 +692,15 @@ class ClonePool:
                 self._refuse(lease, why)
         return out
 
+    @staticmethod
+    def _quiet(lease: Lease, quick: bool = False) -> bool:
+        """Step 5: whether nothing changed ``lease``, by its watches, else by its walk
+        (``quick``: the walk's quick look, which may refuse, never accept)."""
+        if lease.watch is not None:
+            return lease.watch.quiet()
+        assert lease.record is not None
+        return reuse.changed(os.fspath(lease.path), lease.record, quick=quick) is None
+
     def _refuse(self, lease: Lease, why: str) -> None:
         """A used clone failed the proof: to the trash, and the reason counted."""
         with self._cond:
@@ -671,7 +709,7 @@ class ClonePool:
                 slot.coming_back = slot.all_back = False
                 self._cond.notify()  # it may need a new clone now
             self.discarded[why] += 1
-            self._trash.append(lease.folder)
+            self._trash.append(lease.unwatch())
             self._cond.notify()
 
     def _inodes(self, lease: Lease) -> frozenset[tuple[int, int]]:

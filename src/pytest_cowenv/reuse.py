@@ -24,12 +24,33 @@ the session do the steps in this order; each step is needed for the next to mean
    it finds sends the clone to the trash. Such a process that this user may not inspect
    (another user's) counts as a holder. While the kernel's count of tasks created stands
    still, the last full look's list of processes serves instead of a new one (:class:`Census`).
-5. **Nothing changed.** :func:`changed` finds every recorded path with its recorded inode,
-   size, mode, mtime and ctime. Any write, truncate, chmod, chown, xattr change, hard link or
-   utime gives an inode a new ctime (steps 1-2: a different one); a create, delete or rename
-   gives its directory one, so unchanged directories hold exactly the recorded names.
+5. **Nothing changed**, proven one of two ways:
+
+   - *by its watches* (:func:`watch`, set before its first hand-out, by this process): the
+     clone's inotify instance queued no event. Watched are its root, its directories and
+     (but for a btrfs snapshot) every file and symlink, each for any write, truncate,
+     chmod, chown, xattr change, utime, link count, create, delete, rename, and the last
+     close of a file opened for writing (which a write through a shared mapping cannot
+     avoid). The kernel queues the event in the call that makes the change, so every change
+     made by a process that is gone (step 4) is in the queue when it is read. A directory's
+     watch hears of its entries' changes made through it; a file's changes made through
+     another name (a hard link from outside the clone) only its own watch hears, which is
+     why files are watched too, except in a btrfs snapshot: btrfs links no file across
+     subvolumes (``EXDEV``), so every name of a snapshot's file is in one of its
+     directories. No tick rule is needed: the watches were there before any test was.
+   - *by its walk*, for a clone without watches: :func:`changed` finds every recorded path
+     with its recorded inode, size, mode, mtime and ctime. Any write, truncate, chmod,
+     chown, xattr change, hard link or utime gives an inode a new ctime (steps 1-2: a
+     different one); a create, delete or rename gives its directory one, so unchanged
+     directories hold exactly the recorded names.
+
+   Either way, a clone whose root cannot be written (a btrfs snapshot a test set read-only,
+   which changes no inode) is not taken back (:func:`writable`).
 
 Only on the filesystems where this was tested (:data:`PROVEN`) and only on Linux (``/proc``).
+What the watches do not hear, and the walk would see: a file's inode flags set with an
+ioctl (``chattr``: the kernel queues no event for it), and, in a btrfs snapshot, a write
+through a descriptor that ``open_by_handle_at`` (a privilege) gave without a name.
 The scan of step 4 is not atomic: a process that, while it runs, opens a file relative to a
 directory handle and closes that handle between the scan's listing of its descriptors and
 its look at them, or that has its own cwd per thread (``unshare(CLONE_FS)``), is not seen;
@@ -51,6 +72,7 @@ from functools import cached_property
 from typing import Optional
 
 from ._fstype import fs_type
+from ._inotify import Watch
 from .clone import Tree, walk_tree
 
 # Where steps 1-5 were proven by tests on real mounts (tests/test_reuse.py).
@@ -62,6 +84,9 @@ _SYMLINK_MODE = stat.S_IFLNK | 0o777  # Linux symlinks have no modes of their ow
 # What the proof opens a directory with: a handle to look through, never a link followed.
 _DIR_FLAGS = getattr(os, "O_PATH", 0) | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _PF_KTHREAD = 0x00200000  # a kernel thread, in the flags of /proc/<pid>/stat
+# Clones watched at once by this process: an inotify instance each, out of the user's
+# (max_user_instances, often 128, shared with every program the user runs).
+MAX_WATCHED = 16
 QUICK_DEPTH = 3  # /lib/pythonX.Y/site-packages: where :func:`changed`'s quick look stops
 # (inode, size, mode, mtime_ns, ctime_ns): what an entry must still have
 Want = tuple[int, int, int, int, int]
@@ -266,6 +291,33 @@ def changed(clone: str, rec: Record, quick: bool = False) -> Optional[str]:
     finally:
         for fd in handles.values():
             os.close(fd)
+
+
+def watch(clone: str, rec: Record, files: bool = True) -> Optional[Watch]:
+    """Step 5's watches on a clone no test had yet: its root and directories, and with
+    ``files`` its files and symlinks too (see the module's docstring for when they may be
+    left out). None if they cannot all be set (the user's instances or watches used up),
+    or if this process has :data:`MAX_WATCHED` clones watched already."""
+    if Watch.live >= MAX_WATCHED:
+        return None
+    wants = rec.wants if files else rec.wants[: rec.dirs]
+    try:
+        watcher = Watch()
+    except OSError:
+        return None
+    try:
+        base = os.fsencode(clone)
+        for rel, _want in wants:
+            watcher.add(base + os.fsencode(rel))
+    except OSError:
+        watcher.close()
+        return None
+    return watcher
+
+
+def writable(clone: str) -> bool:
+    """Whether the clone's root may be written (a read-only btrfs subvolume may not)."""
+    return os.access(clone, os.W_OK)
 
 
 class Census:

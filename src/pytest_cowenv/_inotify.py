@@ -1,0 +1,109 @@
+"""Linux's inotify, through ctypes: the watches that tell whether a clone was touched.
+
+A :class:`Watch` is one inotify instance for one clone: the clone's entries are added before
+any test has it, and :meth:`Watch.quiet` then says whether anything changed them since.
+Closing the instance drops its watches at once and queues nothing (a watch removed one by
+one, or by the deletion of its inode, would queue an event each).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+import threading
+from typing import ClassVar, Optional
+
+IN_MODIFY = 0x002
+IN_ATTRIB = 0x004
+IN_CLOSE_WRITE = 0x008
+IN_MOVED_FROM = 0x040
+IN_MOVED_TO = 0x080
+IN_CREATE = 0x100
+IN_DELETE = 0x200
+IN_DELETE_SELF = 0x400
+IN_MOVE_SELF = 0x800
+IN_DONT_FOLLOW = 0x02000000
+IN_NONBLOCK = os.O_NONBLOCK
+IN_CLOEXEC = os.O_CLOEXEC
+# Every change an entry or a directory's entries can have; never reads or opens (IN_ACCESS,
+# IN_OPEN, IN_CLOSE_NOWRITE: a test that imports makes those). A file written, truncated or
+# mapped for writing was opened for writing: its last close queues IN_CLOSE_WRITE even when
+# the writes themselves queue nothing (writes through a shared mapping). Overflow of the
+# queue is always reported (IN_Q_OVERFLOW), and so is any watch's end (IN_IGNORED).
+CHANGES = (
+    IN_MODIFY
+    | IN_ATTRIB
+    | IN_CLOSE_WRITE
+    | IN_MOVED_FROM
+    | IN_MOVED_TO
+    | IN_CREATE
+    | IN_DELETE
+    | IN_DELETE_SELF
+    | IN_MOVE_SELF
+)
+
+_libc: Optional[ctypes.CDLL] = None
+
+
+def _lib() -> ctypes.CDLL:
+    global _libc
+    if _libc is None:
+        lib = ctypes.CDLL(None, use_errno=True)
+        lib.inotify_init1.argtypes = [ctypes.c_int]
+        lib.inotify_init1.restype = ctypes.c_int
+        lib.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+        lib.inotify_add_watch.restype = ctypes.c_int
+        _libc = lib
+    return _libc
+
+
+SUPPORTED = sys.platform.startswith("linux")
+
+
+class Watch:
+    """One inotify instance: :meth:`add` entries, then :meth:`quiet` tells whether any of
+    them changed since. One owner at a time (the pool hands a clone from thread to thread
+    under its lock); the count of open instances is the process's."""
+
+    live: ClassVar[int] = 0  # instances open in this process
+    _count_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self) -> None:
+        lib = _lib()
+        fd = lib.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+        if fd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+        self.fd = fd
+        with Watch._count_lock:
+            Watch.live += 1
+        self._add = lib.inotify_add_watch
+        self.heard = False  # an event was read: changed for good
+
+    def add(self, path: bytes) -> None:
+        """Watch ``path`` itself (a link is not followed) and, for a directory, its entries.
+        Raises OSError (ENOSPC: the user's watches are used up)."""
+        if self._add(self.fd, path, CHANGES | IN_DONT_FOLLOW) < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), os.fsdecode(path))
+
+    def quiet(self) -> bool:
+        """Whether no event was queued since the watches were added. Every event counts,
+        whatever its watch: what it is does not matter, only that there was one."""
+        if not self.heard:
+            try:
+                self.heard = bool(os.read(self.fd, 1 << 16))
+            except BlockingIOError:
+                return True
+        return False
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+            with Watch._count_lock:
+                Watch.live -= 1
+
+    def __del__(self) -> None:  # a lease dropped without close (never expected)
+        self.close()

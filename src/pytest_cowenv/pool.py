@@ -83,14 +83,6 @@ class Lease:
     def path(self) -> Path:
         return self.folder / ENV
 
-    def unwatch(self) -> Path:
-        """Its folder, its watches dropped: on its way to the trash (deleting a watched
-        tree would queue an event per entry)."""
-        if self.watch is not None:
-            self.watch.close()
-            self.watch = None
-        return self.folder
-
     def hand_out(self) -> None:
         """Note the time: call it after the folder has its test's name, before the test."""
         if not self.first_boot_ns:
@@ -178,6 +170,9 @@ class ClonePool:
         self._thread: Optional[threading.Thread] = None
         self._watch = _TestWatch()
         self._census = reuse.Census()  # what the last look at /proc found (see reuse, step 4)
+        # Watches of clones on their way to the trash, for the thread to close: closing one
+        # may wait for the kernel's grace period, never worth a test's time.
+        self._unwatched: deque[Watch] = deque()
         # A fallback to copies met by the thread, for the next test that takes a clone to
         # tell (a warning from this thread would name the pool's line, not the test's).
         self._told: list[str] = []
@@ -247,7 +242,7 @@ class ClonePool:
                 if self._slots.get((template.key, mode)) is slot and not self._stop.is_set():
                     slot.ready.extendleft(reversed(proven[1:]))
                 else:
-                    self._trash.extend(u.unwatch() for u in proven[1:])
+                    self._trash.extend(self._bin(u) for u in proven[1:])
                     self._cond.notify()
                 slot.out += bool(proven)
         return proven[0] if proven else None
@@ -312,7 +307,7 @@ class ClonePool:
                     self._cond.notify()  # it may need a new clone now
             if why is not None:
                 self._count(why)
-            self.discard(lease.unwatch())
+            self.discard(self._bin(lease))
             return
         target = self.ready_dir / f"{lease.template.key[:12]}-{next(self._names)}"
         try:
@@ -321,7 +316,7 @@ class ClonePool:
             with self._cond:
                 self._not_out(lease)
             self._count("rename failed")
-            self.discard(lease.unwatch())
+            self.discard(self._bin(lease))
             return
         lease.folder = target
         lease.returned_at = time.monotonic()
@@ -333,9 +328,25 @@ class ClonePool:
                 # for the next test that asks for it; only the newest such clone is kept.
                 for old in [u for u in self._returned if self._parked(u)]:
                     self._returned.remove(old)
-                    self._trash.append(old.unwatch())
+                    self._trash.append(self._bin(old))
             self._returned.append(lease)
             self._wake()
+
+    def _bin(self, lease: Lease) -> Path:
+        """``lease``'s folder, on its way to the trash: its watches are left to the thread to
+        close (any thread may call this, with or without the lock)."""
+        if lease.watch is not None:
+            self._unwatched.append(lease.watch)
+            lease.watch = None
+        return lease.folder
+
+    def _close_watches(self) -> None:
+        while True:
+            try:
+                watch = self._unwatched.popleft()
+            except IndexError:
+                return
+            watch.close()
 
     def _not_out(self, lease: Lease) -> Optional[_Slot]:
         """Stop counting ``lease`` as with a test; its slot, if current (lock held)."""
@@ -454,13 +465,14 @@ class ClonePool:
             if thread.is_alive():
                 return False
         with self._cond:
-            leftovers = [lease.unwatch() for s in self._slots.values() for lease in s.ready]
-            leftovers += [lease.unwatch() for lease in self._returned]
+            leftovers = [self._bin(lease) for s in self._slots.values() for lease in s.ready]
+            leftovers += [self._bin(lease) for lease in self._returned]
             leftovers += self._trash
             self._slots.clear()
             self._trash.clear()
             self._returned.clear()
             self._unpooled.clear()
+        self._close_watches()
         for path in leftovers:
             with contextlib.suppress(OSError):
                 remove_folder(path, self.root)
@@ -487,7 +499,7 @@ class ClonePool:
         if self._slots.get((slot.template.key, slot.mode)) is slot:
             del self._slots[(slot.template.key, slot.mode)]
         while slot.ready:
-            self._trash.append(slot.ready.popleft().unwatch())
+            self._trash.append(self._bin(slot.ready.popleft()))
         self._cond.notify()
 
     def _batch(self, now: float) -> tuple[list[Lease], Optional[float]]:
@@ -501,7 +513,7 @@ class ClonePool:
                 continue
             if slot.template is not lease.template:
                 self._returned.remove(lease)
-                self._trash.append(lease.unwatch())
+                self._trash.append(self._bin(lease))
                 continue
             pooled.append(lease)
         if not pooled:
@@ -595,7 +607,7 @@ class ClonePool:
             lease.folder = ready
         except Exception as exc:
             if lease is not None:
-                lease.unwatch()
+                self._bin(lease)
             if os.path.lexists(making):  # clone_tree removes its own; a failed warm or rename
                 with contextlib.suppress(OSError):
                     remove_folder(making, self.root)
@@ -614,7 +626,7 @@ class ClonePool:
             if self._slots.get((slot.template.key, slot.mode)) is slot:
                 slot.ready.append(lease)
                 return
-            self._trash.append(lease.unwatch())  # the template was rebuilt meanwhile
+            self._trash.append(self._bin(lease))  # the template was rebuilt meanwhile
 
     def _snapshot_record(self, lease: Lease) -> reuse.Record:
         """A btrfs snapshot's record: its template's walk (kept per template), its own root."""
@@ -650,7 +662,7 @@ class ClonePool:
                     # Taken first: its files are in the page cache, a new clone's are not.
                     slot.ready.appendleft(lease)
                     continue
-                self._trash.append(lease.unwatch())  # rebuilt, forgotten or plenty
+                self._trash.append(self._bin(lease))  # rebuilt, forgotten or plenty
 
     def _proven(self, batch: list[Lease]) -> list[Optional[Lease]]:
         """``batch`` with None for each clone that failed the proof (trashed, reason kept)."""
@@ -709,7 +721,7 @@ class ClonePool:
                 slot.coming_back = slot.all_back = False
                 self._cond.notify()  # it may need a new clone now
             self.discarded[why] += 1
-            self._trash.append(lease.unwatch())
+            self._trash.append(self._bin(lease))
             self._cond.notify()
 
     def _inodes(self, lease: Lease) -> frozenset[tuple[int, int]]:
@@ -722,6 +734,7 @@ class ClonePool:
         return lease.record.inodes | {(st.st_dev, st.st_ino)}
 
     def _delete_one(self) -> None:
+        self._close_watches()
         with self._cond:
             if not self._trash:
                 return

@@ -29,6 +29,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "_defaults",
             "_fstype",
             "_owner",
+            "_inotify",
             "_venv",
             "_relocate",
             "_bytecode",

@@ -25,6 +25,7 @@ import pytest
 from _helpers import wait_for
 from conftest import shared_real_roots
 from pytest_cowenv import reuse
+from pytest_cowenv._inotify import Watch
 from pytest_cowenv._install import IndexOptions
 from pytest_cowenv.clone import LinkMode, remove_tree
 from pytest_cowenv.env import CowEnv
@@ -339,6 +340,46 @@ def test_a_snapshot_a_test_made_read_only_is_not_taken_back(
     assert pool is not None
     session.close()
     assert not pool.errors and not session.run_dir.exists()  # the trash deleted it
+
+
+def test_a_clone_that_cannot_be_watched_is_walked(
+    session: CowEnvSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Watches that cannot all be set (ENOSPC: the user's watches used up) leave none, and
+    the clone is proven by its walk; a btrfs snapshot only when asked (``reuse yes``)."""
+    live = Watch.live
+
+    def refuse(self: Watch, path: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Watch, "add", refuse)
+    env = recorded(session)
+    assert lease_of(session, env).watch is None and Watch.live == live
+    assert fate(session, env) == "reused"
+
+
+def test_a_process_takes_its_share_of_watches_only(
+    root: Path, make_session: Callable[..., CowEnvSession], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Beyond its share of the user's watches (other programs need theirs) a clone gets none:
+    with ``reuse auto`` a btrfs snapshot is then made anew for each test, as before."""
+    monkeypatch.setattr(reuse, "_watch_budget", lambda: 1)
+    session = make_session(root, reuse="auto")
+    spec = session.spec([SPEC])
+    env = session.acquire(spec, "first")
+    lease = lease_of(session, env)
+    assert lease.watch is None
+    assert (lease.record is None) == (lease.result.strategy == "snapshot")
+    session.release(env)
+
+
+def test_every_watch_is_closed_when_the_pool_closes(session: CowEnvSession) -> None:
+    live = Watch.live
+    env = recorded(session)
+    assert Watch.live > live
+    assert fate(session, env) == "reused"
+    session.close()
+    assert Watch.live == live
 
 
 def test_the_walk_looks_at_every_entry_through_its_own_directory(root: Path) -> None:

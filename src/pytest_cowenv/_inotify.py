@@ -61,12 +61,23 @@ def _lib() -> ctypes.CDLL:
 SUPPORTED = sys.platform.startswith("linux")
 
 
+def max_user_watches() -> int:
+    """The user's limit on watches, all programs together (the kernel's default when it
+    cannot be read: the smallest any kernel had)."""
+    try:
+        with open("/proc/sys/fs/inotify/max_user_watches", "rb") as fh:
+            return int(fh.read())
+    except (OSError, ValueError):
+        return 8192
+
+
 class Watch:
     """One inotify instance: :meth:`add` entries, then :meth:`quiet` tells whether any of
     them changed since. One owner at a time (the pool hands a clone from thread to thread
     under its lock); the count of open instances is the process's."""
 
     live: ClassVar[int] = 0  # instances open in this process
+    watches: ClassVar[int] = 0  # watches they hold
     _count_lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(self) -> None:
@@ -76,6 +87,7 @@ class Watch:
             err = ctypes.get_errno()
             raise OSError(err, os.strerror(err))
         self.fd = fd
+        self.count = 0  # watches added
         with Watch._count_lock:
             Watch.live += 1
         self._add = lib.inotify_add_watch
@@ -87,6 +99,9 @@ class Watch:
         if self._add(self.fd, path, CHANGES | IN_DONT_FOLLOW) < 0:
             err = ctypes.get_errno()
             raise OSError(err, os.strerror(err), os.fsdecode(path))
+        self.count += 1  # at most once too many: a second name of one inode is one watch
+        with Watch._count_lock:
+            Watch.watches += 1
 
     def quiet(self) -> bool:
         """Whether no event was queued since the watches were added. Every event counts,
@@ -104,6 +119,7 @@ class Watch:
             self.fd = -1
             with Watch._count_lock:
                 Watch.live -= 1
+                Watch.watches -= self.count
 
     def __del__(self) -> None:  # a lease dropped without close (never expected)
         self.close()

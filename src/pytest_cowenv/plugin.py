@@ -168,8 +168,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     option(
         "reuse",
         f"give a clone that provably did not change to a later test: {'|'.join(REUSE_VALUES)} "
-        "(env PYTEST_COWENV_REUSE; default auto: all but btrfs snapshots, which cost less "
-        "than the proof; needs the pool)",
+        "(env PYTEST_COWENV_REUSE; default auto: all but btrfs snapshots without watches, "
+        "which cost less than their walk; needs the pool)",
         metavar="WHICH",
     )
     option(

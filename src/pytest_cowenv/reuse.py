@@ -61,6 +61,7 @@ into it.
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 import sys
@@ -72,7 +73,7 @@ from functools import cached_property
 from typing import Optional
 
 from ._fstype import fs_type
-from ._inotify import Watch
+from ._inotify import Watch, max_user_watches
 from .clone import Tree, walk_tree
 
 # Where steps 1-5 were proven by tests on real mounts (tests/test_reuse.py).
@@ -87,6 +88,7 @@ _PF_KTHREAD = 0x00200000  # a kernel thread, in the flags of /proc/<pid>/stat
 # Clones watched at once by this process: an inotify instance each, out of the user's
 # (max_user_instances, often 128, shared with every program the user runs).
 MAX_WATCHED = 16
+WATCH_SHARE = 0.125  # of the user's inotify watches, at most, per process
 QUICK_DEPTH = 3  # /lib/pythonX.Y/site-packages: where :func:`changed`'s quick look stops
 # (inode, size, mode, mtime_ns, ctime_ns): what an entry must still have
 Want = tuple[int, int, int, int, int]
@@ -297,10 +299,11 @@ def watch(clone: str, rec: Record, files: bool = True) -> Optional[Watch]:
     """Step 5's watches on a clone no test had yet: its root and directories, and with
     ``files`` its files and symlinks too (see the module's docstring for when they may be
     left out). None if they cannot all be set (the user's instances or watches used up),
-    or if this process has :data:`MAX_WATCHED` clones watched already."""
-    if Watch.live >= MAX_WATCHED:
-        return None
+    or if they would take this process over its share of them (:data:`MAX_WATCHED`
+    clones, :data:`WATCH_SHARE` of the user's watches: other programs need theirs)."""
     wants = rec.wants if files else rec.wants[: rec.dirs]
+    if Watch.live >= MAX_WATCHED or Watch.watches + len(wants) > _watch_budget():
+        return None
     try:
         watcher = Watch()
     except OSError:
@@ -313,6 +316,11 @@ def watch(clone: str, rec: Record, files: bool = True) -> Optional[Watch]:
         watcher.close()
         return None
     return watcher
+
+
+@functools.cache
+def _watch_budget() -> int:
+    return int(max_user_watches() * WATCH_SHARE)
 
 
 def writable(clone: str) -> bool:

@@ -278,8 +278,9 @@ class ClonePool:
     def record(self, lease: Lease) -> None:
         """Record a clone made in the test's thread (``reuse``, step 1): a btrfs snapshot's
         record is its template's walk; another clone is walked (a small part of what making
-        it cost), and then the coarse clock is let pass its newest ctime (step 2), at most a
-        tick, so that it may serve later tests too."""
+        it cost). Its watches are set (step 5); one without them waits for the coarse clock
+        to pass its newest ctime (step 2), at most a tick, so that it may serve later tests
+        too."""
         if not self._records(lease.mode, lease.result.strategy):
             return
         self._step_one(lease)

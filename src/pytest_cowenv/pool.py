@@ -399,11 +399,11 @@ class ClonePool:
         snapshot that cannot be watched is recorded only if asked (``reuse yes``)."""
         snapshot = lease.result.strategy == "snapshot"
         if snapshot:
-            lease.record = self._snapshot_record(lease)
+            lease.record = self._snapshot_record(lease)  # the template's part read later
         else:
             lease.record = reuse.record(os.fspath(lease.path))
         if self.watch_clones:
-            lease.watch = reuse.watch(os.fspath(lease.path), lease.record, files=not snapshot)
+            lease.watch = reuse.watch(os.fspath(lease.path), None if snapshot else lease.record)
         if lease.watch is None and snapshot and not self.reuse_snapshots:
             lease.record = None
 
@@ -630,12 +630,17 @@ class ClonePool:
             self._trash.append(self._bin(lease))  # the template was rebuilt meanwhile
 
     def _snapshot_record(self, lease: Lease) -> reuse.Record:
-        """A btrfs snapshot's record: its template's walk (kept per template), its own root."""
-        known = self._snapshot_wants.get(lease.template.key)
-        if known is None or known[0] is not lease.template:
-            base = reuse.template_record(lease.template.tree)
-            known = self._snapshot_wants[lease.template.key] = (lease.template, base)
-        return reuse.snapshot_record(os.fspath(lease.path), known[1])
+        """A btrfs snapshot's record: its own root, its template's walk (kept per template)."""
+        template = lease.template
+
+        def walked() -> reuse.Record:
+            known = self._snapshot_wants.get(template.key)
+            if known is None or known[0] is not template:
+                base = reuse.template_record(template.tree)
+                known = self._snapshot_wants[template.key] = (template, base)
+            return known[1]
+
+        return reuse.snapshot_record(os.fspath(lease.path), walked)
 
     def _prove(self, batch: list[Lease], slots: list[Optional[_Slot]]) -> None:
         """Steps 4 and 5 for used clones (in the thread): back to their pool, or trash."""

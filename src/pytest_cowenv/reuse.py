@@ -67,10 +67,10 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Optional
+from typing import Any, Optional
 
 from ._fstype import fs_type
 from ._inotify import Watch, max_user_watches
@@ -184,18 +184,39 @@ def template_record(tree: Tree) -> Record:
     return _record(_wants(tree), 1 + len(tree.dirs), 0)
 
 
-def snapshot_record(clone: str, template: Record) -> Record:
+def snapshot_record(clone: str, template: Callable[[], Record]) -> Record:
     """Step 1 for a btrfs snapshot: its template's record, with its own root (a new
-    subvolume, which has an inode of its own) and device."""
-    root = os.lstat(clone)
-    want = (root.st_ino, root.st_size, root.st_mode, root.st_mtime_ns, root.st_ctime_ns)
-    return Record(
-        (("", want), *template.wants[1:]),
-        template.dirs,
-        root.st_dev,
-        max(template.newest_ns, root.st_ctime_ns),
-        min(template.granule_ns, _granule([root.st_ctime_ns])),
-    )
+    subvolume, which has an inode of its own) and device. The root is looked at now; the
+    template's part (a walk of the template, the first time) is read when first needed: the
+    template is read-only, so it is the same then, and a watched snapshot's first test
+    need not wait for it."""
+    return _SnapshotRecord(os.lstat(clone), template)
+
+
+class _SnapshotRecord(Record):
+    """A :class:`Record` whose fields are filled from the template on first use."""
+
+    _root: os.stat_result
+    _template: Callable[[], Record]
+
+    def __init__(self, root: os.stat_result, template: Callable[[], Record]) -> None:
+        object.__setattr__(self, "_root", root)
+        object.__setattr__(self, "_template", template)
+
+    def __getattr__(self, name: str) -> Any:  # only for what is not filled yet
+        if name not in {"wants", "dirs", "dev", "newest_ns", "granule_ns"}:
+            raise AttributeError(name)
+        template, root = self._template(), self._root
+        want = (root.st_ino, root.st_size, root.st_mode, root.st_mtime_ns, root.st_ctime_ns)
+        for field, value in (
+            ("wants", (("", want), *template.wants[1:])),
+            ("dirs", template.dirs),
+            ("dev", root.st_dev),
+            ("newest_ns", max(template.newest_ns, root.st_ctime_ns)),
+            ("granule_ns", min(template.granule_ns, _granule([root.st_ctime_ns]))),
+        ):
+            object.__setattr__(self, field, value)
+        return object.__getattribute__(self, name)
 
 
 def _record(wants: list[tuple[str, Want]], dirs: int, dev: int) -> Record:
@@ -295,27 +316,39 @@ def changed(clone: str, rec: Record, quick: bool = False) -> Optional[str]:
             os.close(fd)
 
 
-def watch(clone: str, rec: Record, files: bool = True) -> Optional[Watch]:
-    """Step 5's watches on a clone no test had yet: its root and directories, and with
-    ``files`` its files and symlinks too (see the module's docstring for when they may be
-    left out). None if they cannot all be set (the user's instances or watches used up),
-    or if they would take this process over its share of them (:data:`MAX_WATCHED`
+def watch(clone: str, rec: Optional[Record]) -> Optional[Watch]:
+    """Step 5's watches on a clone no test had yet: with its record, every entry of it;
+    without (a btrfs snapshot: see the module's docstring), its root and the directories
+    found in it now. None if they cannot all be set (the user's instances or watches used
+    up), or if they would take this process over its share of them (:data:`MAX_WATCHED`
     clones, :data:`WATCH_SHARE` of the user's watches: other programs need theirs)."""
-    wants = rec.wants if files else rec.wants[: rec.dirs]
-    if Watch.live >= MAX_WATCHED or Watch.watches + len(wants) > _watch_budget():
+    base = os.fsencode(clone)
+    try:
+        paths = [base + os.fsencode(rel) for rel, _want in rec.wants] if rec else _dirs(base)
+    except OSError:
+        return None
+    if Watch.live >= MAX_WATCHED or Watch.watches + len(paths) > _watch_budget():
         return None
     try:
         watcher = Watch()
     except OSError:
         return None
     try:
-        base = os.fsencode(clone)
-        for rel, _want in wants:
-            watcher.add(base + os.fsencode(rel))
+        for path in paths:
+            watcher.add(path)
     except OSError:
         watcher.close()
         return None
     return watcher
+
+
+def _dirs(root: bytes) -> list[bytes]:
+    """``root`` and every directory below it, links not followed."""
+    found = [root]
+    for top in found:  # grows while it is read: parents before their children
+        with os.scandir(top) as entries:
+            found.extend(e.path for e in entries if e.is_dir(follow_symlinks=False))
+    return found
 
 
 @functools.cache

@@ -854,3 +854,21 @@ def test_kept_clones_are_not_reused(
     assert len(kept) == 8 and all((Path(k) / "pyvenv.cfg").is_file() for k in kept), out
     for path in kept:
         remove_tree(path, root=root)
+
+
+def test_a_watch_whose_descriptor_a_test_closed_is_never_quiet() -> None:
+    """A test that closes descriptors it does not own (``os.closerange``) takes the watch's
+    instance: its number may be another file's by the proof, which then hears nothing. The
+    watch is then never quiet, and closing it leaves that other file open."""
+    watch = Watch()
+    assert watch.quiet()
+    os.close(watch.fd)
+    read, write = os.pipe()  # a blocking pipe, likely under the same number
+    try:
+        assert not watch.quiet()
+        watch.close()
+        os.fstat(read)
+        os.fstat(write)  # both still open
+    finally:
+        os.close(read)
+        os.close(write)

@@ -76,6 +76,7 @@ class Watch:
     them changed since. One owner at a time (the pool hands a clone from thread to thread
     under its lock); the count of open instances is the process's."""
 
+    fd = -1  # until it is open, and once closed
     live: ClassVar[int] = 0  # instances open in this process
     watches: ClassVar[int] = 0  # watches they hold
     _count_lock: ClassVar[threading.Lock] = threading.Lock()
@@ -87,6 +88,8 @@ class Watch:
             err = ctypes.get_errno()
             raise OSError(err, os.strerror(err))
         self.fd = fd
+        st = os.fstat(fd)
+        self._ident = (st.st_dev, st.st_ino, st.st_mode)  # what the descriptor must still be
         self.count = 0  # watches added
         with Watch._count_lock:
             Watch.live += 1
@@ -105,17 +108,32 @@ class Watch:
 
     def quiet(self) -> bool:
         """Whether no event was queued since the watches were added. Every event counts,
-        whatever its watch: what it is does not matter, only that there was one."""
+        whatever its watch: what it is does not matter, only that there was one. A
+        descriptor that is no longer an inotify instance's (a test closed it, and its number
+        went to another file) hears nothing any more: never quiet then."""
         if not self.heard:
             try:
+                st = os.fstat(self.fd)
+                if (st.st_dev, st.st_ino, st.st_mode) != self._ident:
+                    self.heard = True
+                    return False
                 self.heard = bool(os.read(self.fd, 1 << 16))
             except BlockingIOError:
                 return True
+            except OSError:
+                self.heard = True
         return False
 
     def close(self) -> None:
+        """Close the instance, unless its descriptor was closed behind its back (its number
+        may be another file's now: that one is left alone)."""
         if self.fd >= 0:
-            os.close(self.fd)
+            try:
+                st = os.fstat(self.fd)
+                if (st.st_dev, st.st_ino, st.st_mode) == self._ident:
+                    os.close(self.fd)
+            except OSError:
+                pass
             self.fd = -1
             with Watch._count_lock:
                 Watch.live -= 1

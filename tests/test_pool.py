@@ -303,6 +303,8 @@ def test_background_clone_error_surfaces_in_the_test(
     session = make_session(xfs_root)
     spec = session.spec([SPEC])
     session.release(session.acquire(spec))  # builds the template (link mode auto)
+    # Recorded behind the first test: until then the pool's primer finds no template.
+    wait_for(lambda: session.cache.newest_meta(session.cache.key(spec)))
     session.expect(spec, LinkMode.SNAPSHOT, tests=3)
     pool = session.pool
     assert pool is not None

@@ -137,6 +137,8 @@ def test_an_unchanged_clone_serves_the_next_test(
     env = recorded(session)
     assert (lease_of(session, env).watch is not None) == (proof == "watch")
     root_ino = os.lstat(env.path).st_ino
+    # Writable by its owner (whom the root check of the proof asks for, unless root).
+    assert os.lstat(env.path).st_mode & 0o200
     # A test that reads: imports, runs the environment's python, lists its files.
     env.run("python", "-c", "import alpha")
     assert sorted(os.listdir(env.site_packages))

@@ -16,7 +16,8 @@ a whole ``python -m pytest`` process, interleaved (every round runs every case o
 
 Cases: ``no cowenv`` (the same tests given one plain directory: no plugin work at all),
 ``reuse auto`` (the default: clones proven by their watches, btrfs snapshots included), on
-btrfs ``reuse yes`` (snapshots without watches too), and ``reuse no`` (every clone is deleted after its test, as before).
+btrfs ``reuse yes`` (snapshots without watches too), and ``reuse no`` (every clone is deleted
+after its test, as before).
 Printed per suite and filesystem: the wall time, the cost per test against no cowenv
 ((cowenv - plain) / tests, in ms; and the same for the CPU time of the pytest process,
 which a loaded machine moves less), the ratios to no cowenv and to ``reuse no``, and the

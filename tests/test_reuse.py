@@ -275,12 +275,17 @@ def test_every_change_sends_the_clone_to_the_trash(
     assert session.stats.recycled == 0
 
 
-WRITE_MAPPED = """
+# libc's mmap for a child: Python's own mmap keeps a duplicate descriptor.
+MMAP = """
 import ctypes, os, sys
 libc = ctypes.CDLL(None, use_errno=True)
 libc.mmap.restype = ctypes.c_void_p
 libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
                       ctypes.c_int, ctypes.c_long]
+"""
+WRITE_MAPPED = (
+    MMAP
+    + """
 fd = os.open(sys.argv[1], os.O_RDWR)
 first = os.pread(fd, 1, 0)
 at = libc.mmap(None, 1, 3, 1, fd, 0)  # PROT_READ | PROT_WRITE, MAP_SHARED
@@ -288,6 +293,7 @@ assert at not in (None, ctypes.c_void_p(-1).value)
 os.close(fd)  # the mapping alone is left: its writes queue no event of their own
 ctypes.memmove(at, first, 1)  # the same byte, written through the mapping
 """
+)
 
 
 @pytest.mark.parametrize("proof", PROOFS)
@@ -534,18 +540,17 @@ def _process(argv: list[str], cwd: Path | None = None) -> Iterator[subprocess.Po
 HOLD_FD = "import sys, time; f = open(sys.argv[1]); print('ready', flush=True); time.sleep(60)"
 # A mapping with no descriptor left (Python's own mmap keeps a duplicate): only the
 # process's maps show it.
-HOLD_MAP = """
-import ctypes, os, sys, time
-libc = ctypes.CDLL(None, use_errno=True)
-libc.mmap.restype = ctypes.c_void_p
-libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
-                      ctypes.c_int, ctypes.c_long]
+HOLD_MAP = (
+    MMAP
+    + """
+import time
 fd = os.open(sys.argv[1], os.O_RDONLY)
 assert libc.mmap(None, 1, 1, 1, fd, 0) not in (None, ctypes.c_void_p(-1).value)
 os.close(fd)
 print("ready", flush=True)
 time.sleep(60)
 """
+)
 
 
 def test_a_process_in_the_clone_keeps_it_from_the_next_test(session: CowEnvSession) -> None:

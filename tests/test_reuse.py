@@ -366,12 +366,17 @@ def test_a_clone_that_cannot_be_watched_is_walked(
     assert fate(session, env) == "reused"
 
 
+@pytest.mark.parametrize("budget", [(8, 1), (0, 10**9)], ids=["watches", "instances"])
 def test_a_process_takes_its_share_of_watches_only(
-    root: Path, make_session: Callable[..., CowEnvSession], monkeypatch: pytest.MonkeyPatch
+    root: Path,
+    make_session: Callable[..., CowEnvSession],
+    monkeypatch: pytest.MonkeyPatch,
+    budget: tuple[int, int],
 ) -> None:
-    """Beyond its share of the user's watches (other programs need theirs) a clone gets none:
-    with ``reuse auto`` a btrfs snapshot is then made anew for each test, as before."""
-    monkeypatch.setattr(reuse, "_watch_budget", lambda: 1)
+    """Beyond its share of the user's inotify instances or watches (other programs need
+    theirs) a clone gets none: with ``reuse auto`` a btrfs snapshot is then made anew for
+    each test, as before."""
+    monkeypatch.setattr(reuse, "_budget", lambda: budget)
     session = make_session(root, reuse="auto")
     spec = session.spec([SPEC])
     env = session.acquire(spec, "first")

@@ -61,14 +61,14 @@ def _lib() -> ctypes.CDLL:
 SUPPORTED = sys.platform.startswith("linux")
 
 
-def max_user_watches() -> int:
-    """The user's limit on watches, all programs together (the kernel's default when it
-    cannot be read: the smallest any kernel had)."""
+def user_limit(name: str) -> int:
+    """The user's limit ``max_user_watches`` or ``max_user_instances``, all of the user's
+    programs together; where it cannot be read, the smallest default kernels have had."""
     try:
-        with open("/proc/sys/fs/inotify/max_user_watches", "rb") as fh:
+        with open(f"/proc/sys/fs/inotify/{name}", "rb") as fh:
             return int(fh.read())
     except (OSError, ValueError):
-        return 8192
+        return {"max_user_watches": 8192}.get(name, 128)
 
 
 class Watch:

@@ -73,7 +73,7 @@ from functools import cached_property
 from typing import Any, Optional
 
 from ._fstype import fs_type
-from ._inotify import Watch, max_user_watches
+from ._inotify import Watch, user_limit
 from .clone import Tree, walk_tree
 
 # Where steps 1-5 were proven by tests on real mounts (tests/test_reuse.py).
@@ -85,10 +85,10 @@ _SYMLINK_MODE = stat.S_IFLNK | 0o777  # Linux symlinks have no modes of their ow
 # What the proof opens a directory with: a handle to look through, never a link followed.
 _DIR_FLAGS = getattr(os, "O_PATH", 0) | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _PF_KTHREAD = 0x00200000  # a kernel thread, in the flags of /proc/<pid>/stat
-# Clones watched at once by this process: an inotify instance each, out of the user's
-# (max_user_instances, often 128, shared with every program the user runs).
-MAX_WATCHED = 16
-WATCH_SHARE = 0.125  # of the user's inotify watches, at most, per process
+# What one process may take of the user's inotify instances (a clone each) and watches,
+# shared with every program the user runs (an editor's file watcher, other pytest workers:
+# xdist's eight take half of them at most); beyond it, clones are walked instead.
+WATCH_SHARE = 1 / 16
 QUICK_DEPTH = 3  # /lib/pythonX.Y/site-packages: where :func:`changed`'s quick look stops
 # (inode, size, mode, mtime_ns, ctime_ns): what an entry must still have
 Want = tuple[int, int, int, int, int]
@@ -320,14 +320,15 @@ def watch(clone: str, rec: Optional[Record]) -> Optional[Watch]:
     """Step 5's watches on a clone no test had yet: with its record, every entry of it;
     without (a btrfs snapshot: see the module's docstring), its root and the directories
     found in it now. None if they cannot all be set (the user's instances or watches used
-    up), or if they would take this process over its share of them (:data:`MAX_WATCHED`
-    clones, :data:`WATCH_SHARE` of the user's watches: other programs need theirs)."""
+    up), or if they would take this process over its share of the user's instances or
+    watches (:data:`WATCH_SHARE`: other programs need theirs)."""
     base = os.fsencode(clone)
     try:
         paths = [base + os.fsencode(rel) for rel, _want in rec.wants] if rec else _dirs(base)
     except OSError:
         return None
-    if Watch.live >= MAX_WATCHED or Watch.watches + len(paths) > _watch_budget():
+    instances, watches = _budget()
+    if Watch.live >= instances or Watch.watches + len(paths) > watches:
         return None
     try:
         watcher = Watch()
@@ -352,8 +353,12 @@ def _dirs(root: bytes) -> list[bytes]:
 
 
 @functools.cache
-def _watch_budget() -> int:
-    return int(max_user_watches() * WATCH_SHARE)
+def _budget() -> tuple[int, int]:
+    """This process's share: (instances, watches)."""
+    return (
+        max(1, int(user_limit("max_user_instances") * WATCH_SHARE)),
+        int(user_limit("max_user_watches") * WATCH_SHARE),
+    )
 
 
 def writable(clone: str) -> bool:

@@ -6,8 +6,10 @@ the session do the steps in this order; each step is needed for the next to mean
 1. **It was recorded before any test had it.** :func:`record` takes, for every directory,
    file and symlink of the clone (its root included), the inode, size, mode, mtime and ctime.
    A btrfs snapshot's entries *are* the template's inodes, so its record is the template's
-   walk, with the new root's own stat; any other clone is walked after it was made.
-2. **It was handed out at least one timestamp tick after its newest ctime.** The kernel
+   walk (read when first needed: a template never changes), with the new root's own stat,
+   taken at once; any other clone is walked after it was made.
+2. **Proven by its walk (step 5), it was handed out at least one timestamp tick after its
+   newest ctime.** The kernel
    stamps a change with the coarse clock (``CLOCK_REALTIME_COARSE``; later ctimes are never
    earlier, also with Linux's multigrain timestamps, which only make them finer), truncated
    to the filesystem's granularity. A change in the tick the clone was made in could give a

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import sys
 import threading
 from typing import ClassVar, Optional
 
@@ -56,9 +55,6 @@ def _lib() -> ctypes.CDLL:
         lib.inotify_add_watch.restype = ctypes.c_int
         _libc = lib
     return _libc
-
-
-SUPPORTED = sys.platform.startswith("linux")
 
 
 def user_limit(name: str) -> int:
@@ -113,8 +109,7 @@ class Watch:
         went to another file) hears nothing any more: never quiet then."""
         if not self.heard:
             try:
-                st = os.fstat(self.fd)
-                if (st.st_dev, st.st_ino, st.st_mode) != self._ident:
+                if not self._ours():
                     self.heard = True
                     return False
                 self.heard = bool(os.read(self.fd, 1 << 16))
@@ -129,8 +124,7 @@ class Watch:
         may be another file's now: that one is left alone)."""
         if self.fd >= 0:
             try:
-                st = os.fstat(self.fd)
-                if (st.st_dev, st.st_ino, st.st_mode) == self._ident:
+                if self._ours():
                     os.close(self.fd)
             except OSError:
                 pass
@@ -138,6 +132,11 @@ class Watch:
             with Watch._count_lock:
                 Watch.live -= 1
                 Watch.watches -= self.count
+
+    def _ours(self) -> bool:
+        """Whether the descriptor is still this instance's (raises OSError if it is closed)."""
+        st = os.fstat(self.fd)
+        return (st.st_dev, st.st_ino, st.st_mode) == self._ident
 
     def __del__(self) -> None:  # a lease dropped without close (never expected)
         self.close()

@@ -15,7 +15,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -276,7 +275,7 @@ def test_a_user_waiting_during_prune_locks_the_new_file(tmp_path: Path) -> None:
 def test_clean_removes_only_what_dead_processes_left(tmp_path: Path, holder: Any) -> None:
     root = prepare_root(tmp_path / "cache").root  # a cache of ours: marked
     me = current()
-    dead = replace(me, pid=999999, ticks=1).token()  # this host, boot and namespace; gone
+    dead = me._replace(pid=999999, ticks=1).token()  # this host, boot and namespace; gone
     dead_run = _tree(root / "clones" / f"run-{dead}-abcdef" / "env-1")
     live_run = _tree(root / "clones" / f"run-{me.token()}-abcdef" / "env-1")
     dead_build = _tree(root / "tmp" / f"{'0123abcd' * 3}.{dead}.abcd1234" / "env")

@@ -845,13 +845,12 @@ def test_unused_plugin_imports_no_core(pytester: pytest.Pytester) -> None:
 def test_teardown_removes_clones_and_start_removes_stale_ones(
     pytester: pytest.Pytester, run: Run, cache: Path
 ) -> None:
-    from dataclasses import replace
 
     from pytest_cowenv._owner import current
     from pytest_cowenv.store import prepare_root
 
     prepare_root(cache)  # a cache of ours, where earlier runs left folders
-    stale = cache / "clones" / f"run-{replace(current(), pid=999999999, ticks=1).token()}-abcdef"
+    stale = cache / "clones" / f"run-{current()._replace(pid=999999999, ticks=1).token()}-abcdef"
     (stale / "env-1" / "bin").mkdir(parents=True)
     live = cache / "clones" / f"run-{current().token()}-abcdef"
     live.mkdir()

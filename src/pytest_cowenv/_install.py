@@ -12,10 +12,9 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 from .errors import TemplateBuildError, shown
 
@@ -95,8 +94,7 @@ def _home_inside(project: Path) -> Optional[str]:
     return None if rel == os.pardir or rel.startswith(os.pardir + os.sep) else rel
 
 
-@dataclass(frozen=True)
-class IndexOptions:
+class IndexOptions(NamedTuple):
     """Where installers look for distributions."""
 
     find_links: tuple[str, ...] = ()

@@ -24,8 +24,7 @@ import os
 import re
 import socket
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 UNKNOWN_BOOT = "0" * 16
 # Errors of flock on a filesystem that has no working locks for this file: the lock then
@@ -35,8 +34,7 @@ TOKEN = r"(?P<pid>\d+)-(?P<ticks>\d+)-(?P<pidns>\d+)-(?P<boot>[0-9a-f]{16})-(?P<
 _TOKEN = re.compile(TOKEN)
 
 
-@dataclass(frozen=True)
-class Owner:
+class Owner(NamedTuple):
     """A process, named well enough to tell, from another process, whether it still runs."""
 
     pid: int

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 from ._install import install_command
 from ._venv import wheel_requires
@@ -22,8 +21,7 @@ from .errors import TemplateBuildError
 from .spec import TemplateSpec, find_interpreter
 
 
-@dataclass(frozen=True)
-class InstallPlan:
+class InstallPlan(NamedTuple):
     """The installer commands of one build, in order: ``first`` install no local project
     (they run while the projects' wheels are built) and are hash-checked (they install the
     same files from any source); ``then(wheels)`` are the rest, given the wheel built from

@@ -171,12 +171,10 @@ def listing_key(name: str, index: IndexOptions, python: Optional[str] = None) ->
     """What a listing depends on: the project, the index options and variables, the
     installer (uv or pip), pip's interpreter and the one listed for (pip lists what could
     be installed there)."""
-    from dataclasses import asdict
-
     from .spec import find_interpreter
 
     data = {
-        "for": asdict(find_interpreter(python)),
+        "for": find_interpreter(python)._asdict(),
         "name": canonicalize_name(name),
         "index": [list(index.find_links), index.index_url, index.offline],
         "env": resolver_environment(),

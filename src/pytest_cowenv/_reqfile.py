@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -43,15 +42,15 @@ def file_item(text: str) -> Optional[tuple[str, str]]:
     return flag, match.group(2).strip()
 
 
-@dataclass
 class ReadFiles:
     """Everything a set of requirement files said, normalised by the caller."""
 
-    requirements: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)  # + hashes
-    constraints: list[str] = field(default_factory=list)
-    local: list[tuple[str, Path]] = field(default_factory=list)  # (as written, where)
-    options: list[str] = field(default_factory=list)  # "--index-url URL", "--no-index", ...
-    sources: dict[str, str] = field(default_factory=dict)  # real path -> sha256 of content
+    def __init__(self) -> None:
+        self.requirements: list[tuple[str, tuple[str, ...]]] = []  # + hashes
+        self.constraints: list[str] = []
+        self.local: list[tuple[str, Path]] = []  # (as written, where)
+        self.options: list[str] = []  # "--index-url URL", "--no-index", ...
+        self.sources: dict[str, str] = {}  # real path -> sha256 of content
 
     def read(self, flag: str, given: str, base: Path) -> None:
         """Read ``given`` (relative to ``base``) as a requirements (``-r``) or constraints

@@ -26,7 +26,6 @@ import subprocess
 import threading
 import zipfile
 from collections.abc import Iterator
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Optional
 
@@ -51,8 +50,8 @@ def wheel_key(project: Path, content: str, interp: Interpreter, index: IndexOpti
         "format": FORMAT,
         "content": content,
         "vcs": vcs_state(project),
-        "python": asdict(interp),
-        "index": asdict(index),
+        "python": interp._asdict(),
+        "index": index._asdict(),
         "builder": installer_identity(),
         "resolver_env": resolver_environment(),
     }

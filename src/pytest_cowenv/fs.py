@@ -12,16 +12,14 @@ import os
 import sys
 import tempfile
 import threading
-from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 from ._fstype import BTRFS_SUBVOLUME_INO as BTRFS_SUBVOLUME_INO
 from ._fstype import fs_type as fs_type
 from ._fstype import is_subvolume as is_subvolume
 
 
-@dataclass(frozen=True)
-class FsInfo:
+class FsInfo(NamedTuple):
     """What a filesystem is and which clone operations it allows."""
 
     path: str

@@ -13,7 +13,6 @@ import threading
 import time
 import warnings
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
@@ -32,55 +31,73 @@ if TYPE_CHECKING:
     from .pool import ClonePool, Lease
 
 
-@dataclass(frozen=True)
 class Settings:
-    """Everything the command line, environment and ini decided (markers may override)."""
+    """Everything the command line, environment and ini decided (markers may override).
+    Read-only by convention.
 
-    root: Optional[str] = None
-    link_mode: LinkMode = LinkMode.AUTO
-    keep: str = "none"
-    rebuild_before: float = 0.0
-    index: IndexOptions = field(default_factory=IndexOptions)
-    pip: bool = False
-    requirements: tuple[str, ...] = ()
-    pool: int = DEFAULT_POOL
-    constraints: tuple[str, ...] = ()  # constraints files applied to every template build
-    # Give provably unchanged clones to later tests (needs the pool): "auto" all but btrfs
-    # snapshots (making one costs less than the proof), "yes" all, "no" none.
-    reuse: str = "auto"
-    # This process runs the session's tests one at a time (no xdist workers): a test leaves
-    # the other cores idle, and a template one test uses is compiled for the next run there.
-    serial: bool = False
+    This module's classes are not dataclasses, which generate their methods with ``exec`` at
+    import: the first test of a new template waits for this module's import."""
+
+    def __init__(
+        self,
+        root: Optional[str] = None,
+        link_mode: LinkMode = LinkMode.AUTO,
+        keep: str = "none",
+        rebuild_before: float = 0.0,
+        index: Optional[IndexOptions] = None,
+        pip: bool = False,
+        requirements: tuple[str, ...] = (),
+        pool: int = DEFAULT_POOL,
+        constraints: tuple[str, ...] = (),
+        reuse: str = "auto",
+        serial: bool = False,
+    ) -> None:
+        self.root = root
+        self.link_mode = link_mode
+        self.keep = keep
+        self.rebuild_before = rebuild_before
+        self.index = IndexOptions() if index is None else index
+        self.pip = pip
+        self.requirements = requirements
+        self.pool = pool
+        self.constraints = constraints  # constraints files applied to every template build
+        # Give provably unchanged clones to later tests (needs the pool): "auto" all but
+        # btrfs snapshots (making one costs less than the proof), "yes" all, "no" none.
+        self.reuse = reuse
+        # This process runs the session's tests one at a time (no xdist workers): a test
+        # leaves the other cores idle, and a template one test uses is compiled for the next
+        # run there.
+        self.serial = serial
 
 
-@dataclass
 class Stats:
     """What this process did; merged across xdist workers for the summary."""
 
-    clones: int = 0
-    clone_ms: list[float] = field(default_factory=list)
-    remove_ms: list[float] = field(default_factory=list)
-    strategies: Counter[str] = field(default_factory=Counter)
-    shared_bytes: int = 0  # logical bytes of clones that share the template's blocks
-    copied_bytes: int = 0  # bytes actually copied (copy strategy)
-    built: dict[str, float] = field(default_factory=dict)  # description -> seconds
-    reused: list[str] = field(default_factory=list)
-    kept: list[str] = field(default_factory=list)
-    pool_hits: int = 0  # clones taken ready from the pool
-    pool_misses: int = 0  # clones made while the test waited, with the pool on
-    wait_ms: list[float] = field(default_factory=list)  # what each acquire waited for its clone
-    pool_errors: list[str] = field(default_factory=list)  # what failed in the pool thread
-    coverage_clones: int = 0  # clones whose processes were measured
-    coverage_files: int = 0  # their coverage data files, combined into the run's
-    coverage_notes: list[str] = field(default_factory=list)  # what was not measured, and why
-    fresh: int = 0  # clones handed to a test for the first time
-    recycled: int = 0  # clones handed to a test after another test had them
-    discarded: Counter[str] = field(default_factory=Counter)  # used clones trashed, by why
-    # Compiling behind the tests (see template.py): description -> seconds, and still running.
-    compiled_behind: dict[str, float] = field(default_factory=dict)
-    compiling_behind: list[str] = field(default_factory=list)
-    behind_errors: list[str] = field(default_factory=list)
-    uncompiled: list[str] = field(default_factory=list)  # built, one clone: not compiled
+    def __init__(self) -> None:
+        self.clones = 0
+        self.clone_ms: list[float] = []
+        self.remove_ms: list[float] = []
+        self.strategies: Counter[str] = Counter()
+        self.shared_bytes = 0  # logical bytes of clones that share the template's blocks
+        self.copied_bytes = 0  # bytes actually copied (copy strategy)
+        self.built: dict[str, float] = {}  # description -> seconds
+        self.reused: list[str] = []
+        self.kept: list[str] = []
+        self.pool_hits = 0  # clones taken ready from the pool
+        self.pool_misses = 0  # clones made while the test waited, with the pool on
+        self.wait_ms: list[float] = []  # what each acquire waited for its clone
+        self.pool_errors: list[str] = []  # what failed in the pool thread
+        self.coverage_clones = 0  # clones whose processes were measured
+        self.coverage_files = 0  # their coverage data files, combined into the run's
+        self.coverage_notes: list[str] = []  # what was not measured, and why
+        self.fresh = 0  # clones handed to a test for the first time
+        self.recycled = 0  # clones handed to a test after another test had them
+        self.discarded: Counter[str] = Counter()  # used clones trashed, by why
+        # Compiling behind the tests (see template.py): description -> seconds, and still running.
+        self.compiled_behind: dict[str, float] = {}
+        self.compiling_behind: list[str] = []
+        self.behind_errors: list[str] = []
+        self.uncompiled: list[str] = []  # built, one clone: not compiled
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, NamedTuple, Optional, Union
 
 from ._groups import check_extras, extra_requirements, group_requirements
 from ._install import (
@@ -36,8 +36,7 @@ _LOCAL_SUFFIXES = (".whl", ".tar.gz", ".zip", ".tar.bz2")
 sysconfig.get_config_vars()
 
 
-@dataclass(frozen=True)
-class Interpreter:
+class Interpreter(NamedTuple):
     """The identity of a base interpreter: what the cache key needs to know about it."""
 
     executable: str  # real path of the base executable
@@ -223,7 +222,7 @@ class TemplateSpec:
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data["index"] = asdict(self.index)
+        data["index"] = self.index._asdict()
         return data
 
     def local_hashes(self) -> dict[str, str]:
@@ -240,7 +239,7 @@ class TemplateSpec:
             "format": FORMAT_VERSION,
             "spec": spec,
             "local": [hashes[p] for p in self.local],
-            "python": asdict(interp),
+            "python": interp._asdict(),
             "installer": installer_identity(),
             "resolver_env": resolver_environment(),
         }

@@ -50,7 +50,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Callable, Generic, Optional, TypeVar, Union
 
@@ -91,17 +90,29 @@ class _GaveUp(Exception):
     """The cache is closing: a background job stops waiting for the key's lock."""
 
 
-@dataclass
 class Template:
-    """A complete template environment on disk."""
+    """A complete template environment on disk.
 
-    key: str
-    path: Path  # the tree of one generation: it stays as it is while this process runs
-    spec: TemplateSpec
-    meta: dict[str, Any]
-    walked: Union[Tree, Callable[[], Tree]]  # its walk, or what makes it (see _publish)
-    built_now: bool = False
-    generation: int = 1
+    This module's classes are plain ones: a dataclass generates its methods with ``exec`` at
+    import, and the first test of a new template waits for this module's import."""
+
+    def __init__(
+        self,
+        key: str,
+        path: Path,
+        spec: TemplateSpec,
+        meta: dict[str, Any],
+        walked: Union[Tree, Callable[[], Tree]],
+        built_now: bool = False,
+        generation: int = 1,
+    ) -> None:
+        self.key = key
+        self.path = path  # the tree of one generation: it stays as it is while this process runs
+        self.spec = spec
+        self.meta = meta
+        self.walked = walked  # its walk, or what makes it (see _publish)
+        self.built_now = built_now
+        self.generation = generation
 
     @property
     def tree(self) -> Tree:
@@ -137,7 +148,6 @@ class Template:
         return f"<Template {self.key}.{self.generation} {self.spec.describe()}>"
 
 
-@dataclass
 class TemplateCache:
     """Finds or builds templates under one cache root. Thread-safe; one per process.
 
@@ -148,38 +158,45 @@ class TemplateCache:
     (it must return at once). ``compile_spare``: a template built for one clone is compiled
     behind too, on a spare core (see the module's doc)."""
 
-    layout: Layout
-    rebuild_before: float = 0.0  # templates created before this time are rebuilt
-    lock_timeout: float = DEFAULT_LOCK_TIMEOUT
-    compile_behind: bool = False
-    installing: Optional[Callable[[], None]] = None
-    compile_spare: bool = False
-    _ready: dict[str, Template] = field(default_factory=dict)
-    _failed: dict[str, TemplateBuildError] = field(default_factory=dict)
-    _keys: dict[TemplateSpec, str] = field(default_factory=dict)
-    _local_hashes: dict[str, dict[str, str]] = field(default_factory=dict)  # key -> the spec's
-    _in_use: dict[tuple[str, int], IO[bytes]] = field(default_factory=dict)
-    _key_locks: dict[str, threading.Lock] = field(default_factory=dict)
-    _mutex: threading.Lock = field(default_factory=threading.Lock)
-    built: list[Template] = field(default_factory=list)
-    reused: list[Template] = field(default_factory=list)
-    compiled_behind: list[Template] = field(default_factory=list)  # what the thread swapped in
-    behind_errors: list[str] = field(default_factory=list)  # why a background compile failed
-    _behind: dict[str, threading.Thread] = field(default_factory=dict)
-    _asked: Counter[str] = field(default_factory=Counter)  # key -> `get` calls answered
-    _expected: set[str] = field(default_factory=set)  # keys collection expects several clones of
-    _closing: threading.Event = field(default_factory=threading.Event)
-    _procs: list[tuple[str, Any]] = field(default_factory=list)  # (key, compiler) behind
-    _spare: set[str] = field(default_factory=set)  # keys compiled on a spare core
-    _stopped: set[str] = field(default_factory=set)  # keys whose spare compile was stopped
-    _tests_over: bool = False  # no spare compile starts any more: see stop_spare
-    _describe: dict[str, str] = field(default_factory=dict)  # key -> spec.describe()
-    _undiscarded: list[tuple[str, int]] = field(default_factory=list)  # see _discard_generation
-    _recording: dict[str, threading.Thread] = field(default_factory=dict)  # see _record_behind
-    _unrecorded: dict[str, tuple[_Pending, contextlib.ExitStack]] = field(default_factory=dict)
-    wheels: WheelCache = field(init=False)  # wheels of local projects, shared by templates
-
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        layout: Layout,
+        rebuild_before: float = 0.0,
+        lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+        compile_behind: bool = False,
+        installing: Optional[Callable[[], None]] = None,
+        compile_spare: bool = False,
+    ) -> None:
+        self.layout = layout
+        self.rebuild_before = rebuild_before  # templates created before this time are rebuilt
+        self.lock_timeout = lock_timeout
+        self.compile_behind = compile_behind
+        self.installing = installing
+        self.compile_spare = compile_spare
+        self._ready: dict[str, Template] = {}
+        self._failed: dict[str, TemplateBuildError] = {}
+        self._keys: dict[TemplateSpec, str] = {}
+        self._local_hashes: dict[str, dict[str, str]] = {}  # key -> the spec's
+        self._in_use: dict[tuple[str, int], IO[bytes]] = {}
+        self._key_locks: dict[str, threading.Lock] = {}
+        self._mutex = threading.Lock()
+        self.built: list[Template] = []
+        self.reused: list[Template] = []
+        self.compiled_behind: list[Template] = []  # what the thread swapped in
+        self.behind_errors: list[str] = []  # why a background compile failed
+        self._behind: dict[str, threading.Thread] = {}
+        self._asked: Counter[str] = Counter()  # key -> `get` calls answered
+        self._expected: set[str] = set()  # keys collection expects several clones of
+        self._closing = threading.Event()
+        self._procs: list[tuple[str, Any]] = []  # (key, compiler) behind
+        self._spare: set[str] = set()  # keys compiled on a spare core
+        self._stopped: set[str] = set()  # keys whose spare compile was stopped
+        self._tests_over = False  # no spare compile starts any more: see stop_spare
+        self._describe: dict[str, str] = {}  # key -> spec.describe()
+        self._undiscarded: list[tuple[str, int]] = []  # see _discard_generation
+        self._recording: dict[str, threading.Thread] = {}  # see _record_behind
+        self._unrecorded: dict[str, tuple[_Pending, contextlib.ExitStack]] = {}
+        # Wheels of local projects, shared by templates.
         self.wheels = WheelCache(self.layout, self.lock_timeout)
 
     def key(self, spec: TemplateSpec) -> str:
@@ -895,14 +912,14 @@ class TemplateCache:
         )
 
 
-@dataclass
 class _Pending:
     """A generation renamed into place (and walked, unless a subvolume), not yet recorded: its
     builder may clone it, and must call ``record`` (which raises :class:`TemplateBuildError`
     after discarding the generation) before it lets go of the key's build lock."""
 
-    template: Template
-    record: Callable[[], None]
+    def __init__(self, template: Template, record: Callable[[], None]) -> None:
+        self.template = template
+        self.record = record
 
 
 _T = TypeVar("_T")

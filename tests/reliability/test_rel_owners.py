@@ -13,7 +13,6 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -74,10 +73,10 @@ def test_folders_of_other_hosts_boots_and_namespaces(
     other_boot = "f" * 16 if me.boot != "f" * 16 else "e" * 16
     live_pid = os.getpid()  # a pid that runs here: it must not matter for the others
     ticks = me.ticks
-    other_host = replace(me, pid=live_pid + 1, boot=other_boot, host="0badc0de")
+    other_host = me._replace(pid=live_pid + 1, boot=other_boot, host="0badc0de")
     # A container on this kernel: its pid 1 is not ours. Its lock is held (by a helper
     # process, as the container's pytest would hold it).
-    other_ns = replace(me, pid=1, ticks=ticks + 1, pidns=me.pidns + 1)
+    other_ns = me._replace(pid=1, ticks=ticks + 1, pidns=me.pidns + 1)
     survivors = _plant(root, other_host.token(), "aaaaaa")
     in_namespace = _plant(root, other_ns.token(), "bbbbbb")
     holders = [
@@ -91,10 +90,10 @@ def test_folders_of_other_hosts_boots_and_namespaces(
     ]
     # Controls: gone for sure. Another boot of this very host; this boot, namespace and
     # host with a pid that is gone; a container whose lock nobody holds any more.
-    unlocked_ns = _plant(root, replace(other_ns, pidns=me.pidns + 2).token(), "eeeeee")
+    unlocked_ns = _plant(root, other_ns._replace(pidns=me.pidns + 2).token(), "eeeeee")
     gone = [
-        *_plant(root, replace(me, boot=other_boot).token(), "cccccc"),
-        *_plant(root, replace(me, pid=999_999_999, ticks=1).token(), "dddddd"),
+        *_plant(root, me._replace(boot=other_boot).token(), "cccccc"),
+        *_plant(root, me._replace(pid=999_999_999, ticks=1).token(), "dddddd"),
         *unlocked_ns[:2],
     ]
     # An unfinished file has no lock: from another namespace, nothing proves its writer gone.

@@ -332,7 +332,6 @@ def test_ctrl_c_stops_promptly_and_leaves_no_clone(
 def test_run_folder_of_a_zombie_is_stale(real_dir: Callable[[str], Path]) -> None:
     """A SIGKILLed xdist worker stays a zombie until init reaps it (seconds, here): its run
     folder must already count as stale, or the next run and `clean` keep it."""
-    from dataclasses import replace
 
     from pytest_cowenv._owner import current, process_start_ticks
     from pytest_cowenv.maintenance import clean_stale
@@ -343,7 +342,7 @@ def test_run_folder_of_a_zombie_is_stale(real_dir: Callable[[str], Path]) -> Non
     try:
         ticks = process_start_ticks(child.pid)
         assert ticks is not None
-        run = layout.clones / f"run-{replace(current(), pid=child.pid, ticks=ticks).token()}-abcdef"
+        run = layout.clones / f"run-{current()._replace(pid=child.pid, ticks=ticks).token()}-abcdef"
         (run / "pool" / "clone" / "bin").mkdir(parents=True)
         assert clean_stale(layout) == [], "a live process's run folder was removed"
         assert child.stdin is not None

@@ -14,8 +14,7 @@ import threading
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 from .._fstype import fs_type
 from ..errors import CloneError, CowEnvWarning, shown
@@ -61,9 +60,9 @@ class LinkMode(str, enum.Enum):
         return self.value
 
 
-@dataclass(frozen=True)
-class CloneResult:
-    """What :func:`clone_tree` did."""
+class CloneResult(NamedTuple):
+    """What :func:`clone_tree` did. (This package's records are not dataclasses, which
+    generate their methods with ``exec`` at import: a new template's first test waits for it.)"""
 
     src: str
     dst: str
@@ -265,8 +264,7 @@ def _clone_files(
     return "copy", why
 
 
-@dataclass(frozen=True)
-class _FileOps:
+class _FileOps(NamedTuple):
     """One way to make files: one by path, and (faster, where the OS has ``dir_fd``) a whole
     directory's by name between open source and destination directories."""
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import os
 import stat
 from collections import Counter
-from dataclasses import dataclass, field, replace
 from functools import cached_property
-from typing import Any
+from typing import Any, Optional
 
 from ._base import Named
 
@@ -20,19 +19,27 @@ Stamp = tuple[int, int]
 _WRITE = 0o222
 
 
-@dataclass
 class Tree:
     """A snapshot of a directory tree's shape: directories top-down, files, symlinks."""
 
-    root: str
-    root_entry: Entry
-    dirs: list[Entry] = field(default_factory=list)
-    files: list[Entry] = field(default_factory=list)
-    links: list[Link] = field(default_factory=list)
-    # (inode, ctime_ns) by relative path ("" for the root): a file changed in any way since
-    # the walk, even with its size and mtime put back, has another ctime; a replaced one,
-    # another inode.
-    stamps: dict[str, Stamp] = field(default_factory=dict)
+    def __init__(
+        self,
+        root: str,
+        root_entry: Entry,
+        dirs: Optional[list[Entry]] = None,
+        files: Optional[list[Entry]] = None,
+        links: Optional[list[Link]] = None,
+        stamps: Optional[dict[str, Stamp]] = None,
+    ) -> None:
+        self.root = root
+        self.root_entry = root_entry
+        self.dirs: list[Entry] = [] if dirs is None else dirs
+        self.files: list[Entry] = [] if files is None else files
+        self.links: list[Link] = [] if links is None else links
+        # (inode, ctime_ns) by relative path ("" for the root): a file changed in any way
+        # since the walk, even with its size and mtime put back, has another ctime; a
+        # replaced one, another inode.
+        self.stamps: dict[str, Stamp] = {} if stamps is None else stamps
 
     @property
     def nbytes(self) -> int:
@@ -74,12 +81,8 @@ class Tree:
         def add(e: Entry) -> Entry:
             return (e[0], e[1] | int(other.get(e[0], default)), e[2], e[3], e[4])
 
-        return replace(
-            self,
-            root_entry=add(self.root_entry),
-            dirs=[add(e) for e in self.dirs],
-            files=[add(e) for e in self.files],
-        )
+        dirs, files = [add(e) for e in self.dirs], [add(e) for e in self.files]
+        return Tree(self.root, add(self.root_entry), dirs, files, self.links, self.stamps)
 
 
 def strip_write_bits(tree: Tree) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
     eval "$(bash scripts/cowfs.sh env)"              # builds on btrfs when it is mounted
     python benchmarks/template.py                     # 5 timed rounds after 1 warm-up round
-    python benchmarks/template.py --repeat 9 --out docs/bench-template.txt
+    python benchmarks/template.py --repeat 21 --out docs/bench-template.txt
 
 W1 = requests, rich, pytest, httpx, pydantic: from the package index (uv's default, as a user
 has it), and offline from a local wheelhouse (``--wheelhouse``, default the benchmarks' W1

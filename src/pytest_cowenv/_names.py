@@ -25,9 +25,15 @@ class Pattern:
         self._compiled: Optional[re.Pattern[str]] = None
 
     def match(self, name: str) -> Optional[re.Match[str]]:
+        return self._regex().match(name)
+
+    def fullmatch(self, name: str) -> Optional[re.Match[str]]:
+        return self._regex().fullmatch(name)
+
+    def _regex(self) -> re.Pattern[str]:
         if self._compiled is None:  # two threads may both compile it: the same pattern
             self._compiled = re.compile(self.source)
-        return self._compiled.match(name)
+        return self._compiled
 
 
 KEY = r"[0-9a-f]{24}"  # spec.key()

@@ -14,12 +14,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import stat
 import uuid
 from typing import NamedTuple, Optional
 
-from ._names import KEY, LISTING, LISTING_TMP, META_TMP, WHEEL_ENTRY, is_generation
+from ._names import KEY, LISTING, LISTING_TMP, META_TMP, WHEEL_ENTRY, Pattern, is_generation
 
 CACHEDIR_TAG = "CACHEDIR.TAG"
 TAG_SIGNATURE = "Signature: 8a477f597d28d172789f06886806bc55"
@@ -30,9 +29,7 @@ TAG_TEXT = (
 )
 MARKER = "pytest-cowenv-cache.json"
 CACHE_FORMAT = 1  # the layout of a cache root; a reader refuses a format it does not know
-# Patterns are kept as text and compiled by `re` when first matched (it keeps them): a run
-# whose cache has its marker matches none of them.
-_MARKER_TMP = r"\.pytest-cowenv-cache\.\d+\.[0-9a-f]{8}\.tmp"
+_MARKER_TMP = Pattern(r"\.pytest-cowenv-cache\.\d+\.[0-9a-f]{8}\.tmp")
 
 # What the previous version (no marker) made, by exact name. Such a cache is adopted only
 # when its root holds all four folders it always created and every entry, in the root and
@@ -40,14 +37,14 @@ _MARKER_TMP = r"\.pytest-cowenv-cache\.\d+\.[0-9a-f]{8}\.tmp"
 _RUN = r"run-\d+-\d+-[0-9a-f]{6}"
 _LEGACY_DIRS = ("templates", "clones", "tmp", "pyc")
 _LEGACY = {
-    "": r"(templates|clones|tmp|pyc|kept|\.cowenv-probe-\w+)/|fs-probe\.json(\.\d+\.tmp)?",
-    "templates": (
+    "": Pattern(r"(templates|clones|tmp|pyc|kept|\.cowenv-probe-\w+)/|fs-probe\.json(\.\d+\.tmp)?"),
+    "templates": Pattern(
         rf"{KEY}/|{KEY}\.(json|lock|inuse|owner)|\.{KEY}\.json\.\d+\.tmp|\.cowenv-probe-\w+/"
     ),
-    "clones": rf"{_RUN}/",
-    "tmp": rf"{KEY}\.\d+\.[0-9a-f]{{8}}/",
-    "kept": rf"{_RUN}-[A-Za-z0-9_.]+-\d+/",
-    "pyc": r"[A-Za-z0-9_.-]+-[0-9a-f]{8}/",  # <cache_tag>-<magic number>
+    "clones": Pattern(rf"{_RUN}/"),
+    "tmp": Pattern(rf"{KEY}\.\d+\.[0-9a-f]{{8}}/"),
+    "kept": Pattern(rf"{_RUN}-[A-Za-z0-9_.]+-\d+/"),
+    "pyc": Pattern(r"[A-Za-z0-9_.-]+-[0-9a-f]{8}/"),  # <cache_tag>-<magic number>
 }
 
 
@@ -77,7 +74,7 @@ def classify(root: str) -> RootState:
     names = os.listdir(root)
     if MARKER in names:
         return _marked(root)
-    if all(re.fullmatch(_MARKER_TMP, n) or n == CACHEDIR_TAG for n in names):
+    if all(_MARKER_TMP.fullmatch(n) or n == CACHEDIR_TAG for n in names):
         # Our marker being written, or nothing: a concurrent start-up may be marking it.
         tag_only = CACHEDIR_TAG in names and not _our_tag(os.path.join(root, CACHEDIR_TAG))
         if tag_only:
@@ -136,13 +133,13 @@ def _first_stranger(root: str, names: list[str], *, remains: bool = False) -> Op
                 if match is None or child_shown.endswith("/") == bool(match["lock"]):
                     return repr(f"{name}/{child_shown}")
             continue  # wheels of local projects (_wheelcache): `<key>/` and `<key>.lock`
-        if not re.fullmatch(_LEGACY[""], shown) and not (remains and name == CACHEDIR_TAG):
+        if not _LEGACY[""].fullmatch(shown) and not (remains and name == CACHEDIR_TAG):
             return repr(shown)
         if shown.endswith("/") and name in _LEGACY:
             sub = os.path.join(root, name)
             for child in sorted(os.listdir(sub)):
                 child_shown = _shown(sub, child)
-                if re.fullmatch(_LEGACY[name], child_shown):
+                if _LEGACY[name].fullmatch(child_shown):
                     continue
                 if remains and name == "templates" and _of_this_version(child_shown):
                     continue

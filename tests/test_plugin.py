@@ -7,6 +7,7 @@ where environment variables, signals or xdist matter.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -837,6 +838,31 @@ def test_unused_plugin_imports_no_core(pytester: pytest.Pytester) -> None:
         "pytest_cowenv.store",
     ]
     assert outputs[1] == str(loaded)
+
+
+def test_core_loads_without_assert_rewriting(pytester: pytest.Pytester) -> None:
+    """pytest marks our package for assertion rewriting (a plugin's distribution); the
+    modules imported after the plugin loads bypass the rewriting hook, the user's tests do
+    not. (Fails without the fix only where pytest marks this editable install: 8 on.)"""
+    pytester.makepyfile("def test_user():\n    assert [1, 2] == [1, 3]\n")
+    code = (
+        "import sys, pytest\n"
+        "pytest.main(['-p', 'no:cacheprovider'])\n"
+        "import pytest_cowenv.session\n"
+        "print({m: type(sys.modules[m].__loader__).__name__\n"
+        "       for m in sorted(sys.modules) if m.startswith('pytest_cowenv.')})\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=pytester.path, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "At index 1 diff: 2 != 3" in proc.stdout  # the user's assert is still rewritten
+    loaders = ast.literal_eval(proc.stdout.splitlines()[-1])
+    # Loaded before: rewritten where pytest marks an editable install (pytest 8 on).
+    with_plugin = ("pytest_cowenv.plugin", "pytest_cowenv._defaults")
+    after = {m: loader for m, loader in loaders.items() if m not in with_plugin}
+    assert {"pytest_cowenv.store", "pytest_cowenv.session", "pytest_cowenv.clone"} <= set(after)
+    assert set(after.values()) == {"SourceFileLoader"}
 
 
 # --- lifecycle -------------------------------------------------------------------------------

@@ -125,13 +125,34 @@ class Options:
         )
 
 
+def _skip_assert_rewriting(pluginmanager: pytest.PytestPluginManager) -> None:
+    """Let the modules of this package that are imported from now on load as any installed
+    module does, not through pytest's assertion-rewriting import hook.
+
+    pytest marks every package of a plugin's distribution for rewriting; each module then
+    goes through the hook's own lookup, path matching and pyc cache, which costs more than
+    loading the module itself, and the core's modules are on the first test's path. They hold
+    no assert a user reads (a failing test's asserts are the user's, still rewritten). The
+    hook's list is pytest's private attribute: read with care, and without it (another
+    pytest, ``--assert=plain``) nothing changes."""
+    hook = getattr(pluginmanager, "rewrite_hook", None)
+    marked = getattr(hook, "_must_rewrite", None)
+    package = __name__.partition(".")[0]
+    if isinstance(marked, set) and package in marked:
+        marked.discard(package)
+        cache = getattr(hook, "_marked_for_rewrite_cache", None)
+        if isinstance(cache, dict):
+            cache.clear()  # it remembers our modules seen so far as marked
+
+
 options_key = pytest.StashKey[Options]()
 session_key = pytest.StashKey["CowEnvSession"]()
 failed_specs_key = pytest.StashKey[dict[str, str]]()
 envs_key = pytest.StashKey[list["CowEnv"]]()
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
+def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
+    _skip_assert_rewriting(pluginmanager)
     group = parser.getgroup("cowenv", "copy-on-write virtual environments (pytest-cowenv)")
 
     def option(name: str, help: str, ini_type: Optional[str] = None, **kw: Any) -> None:

@@ -265,6 +265,7 @@ def report(bench: Bench, repeat: int, where: str) -> str:
     alone = last(bench.start, "pytest alone")
     alone_inside = last(bench.inside, "pytest alone")
     verdicts: list[str] = []
+    alone_before = [s - i for s, i in zip(alone, alone_inside)]
     for source in SOURCES:
         ours, uv = f"cowenv, {source}", f"uv, {source}"
         cost, uv_cost = med(bench.start, ours) - floor, med(bench.start, uv)
@@ -275,6 +276,8 @@ def report(bench: Bench, repeat: int, where: str) -> str:
         inside = [(c - a) / u for c, a, u in zip(last(bench.inside, ours), alone_inside, uv_runs)]
         plugin = [f - a for f, a in zip(last(bench.fixture, ours), alone_inside)]
         fixture = [c - f for c, f in zip(last(bench.inside, ours), last(bench.fixture, ours))]
+        # From launch to the `-p` plugin's import: the part the in-process figure leaves out.
+        before = [s - i for s, i in zip(last(bench.start, ours), last(bench.inside, ours))]
         for name, net in ((ours, cost), (uv, uv_cost)):
             rows.append(
                 [
@@ -291,7 +294,8 @@ def report(bench: Bench, repeat: int, where: str) -> str:
             f"{source}: whole process {median(whole):.2f}x (IQR {spread(whole)}), in process "
             f"{median(inside):.2f}x (IQR {spread(inside)}); in process, the plugin's start "
             f"{median(plugin) * 1000:.0f} ms + the fixture {median(fixture) * 1000:.0f} ms "
-            f"against uv's {median(uv_runs) * 1000:.0f} ms",
+            f"against uv's {median(uv_runs) * 1000:.0f} ms; launch to the -p plugin "
+            f"{median(before) * 1000:.0f} ms (pytest alone {median(alone_before) * 1000:.0f})",
             f"target: cost to the first test <= {TARGETS[source]}x uv's, {source}: "
             f"{median(inside):.2f}x, in process, round by round ({verdict})",
         ]

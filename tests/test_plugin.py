@@ -865,6 +865,31 @@ def test_core_loads_without_assert_rewriting(pytester: pytest.Pytester) -> None:
     assert set(after.values()) == {"SourceFileLoader"}
 
 
+def test_worker_stats_merge_field_by_field() -> None:
+    """What xdist workers send (``as_dict``) adds up in the controller's ``Stats``: every
+    field, by its kind, and plain data on the wire."""
+    from pytest_cowenv.session import Stats
+
+    worker = Stats()
+    worker.clones, worker.shared_bytes = 2, 10
+    worker.clone_ms, worker.reused, worker.kept = [1.0, 2.0], ["a"], ["k"]
+    worker.strategies["snapshot"] = 2
+    worker.discarded["changed"] = 1
+    worker.built, worker.compiled_behind = {"a": 1.5}, {"a": 0.5}
+    sent = worker.as_dict()
+    assert set(sent) == set(vars(Stats()))  # every field goes
+    assert json.loads(json.dumps(sent)) == sent  # and as plain data
+    controller = Stats()
+    controller.merge(sent)
+    controller.merge(sent)
+    assert (controller.clones, controller.shared_bytes) == (4, 20)
+    assert controller.clone_ms == [1.0, 2.0, 1.0, 2.0]
+    assert (controller.reused, controller.kept) == (["a"], ["k", "k"])  # a spec once
+    assert controller.strategies == Counter(snapshot=4)
+    assert controller.discarded == Counter(changed=2)
+    assert (controller.built, controller.compiled_behind) == ({"a": 1.5}, {"a": 0.5})
+
+
 # --- lifecycle -------------------------------------------------------------------------------
 
 

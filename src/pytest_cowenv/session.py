@@ -99,61 +99,29 @@ class Stats:
         self.behind_errors: list[str] = []
         self.uncompiled: list[str] = []  # built, one clone: not compiled
 
+    # Lists that name a spec or a note at most once, however many workers name it.
+    _ONCE = frozenset({"reused", "coverage_notes", "compiling_behind", "uncompiled"})
+
     def as_dict(self) -> dict[str, Any]:
+        """Every field as plain data (an xdist worker sends it to the controller)."""
         return {
-            "clones": self.clones,
-            "clone_ms": self.clone_ms,
-            "remove_ms": self.remove_ms,
-            "strategies": dict(self.strategies),
-            "shared_bytes": self.shared_bytes,
-            "copied_bytes": self.copied_bytes,
-            "built": self.built,
-            "reused": self.reused,
-            "kept": self.kept,
-            "pool_hits": self.pool_hits,
-            "pool_misses": self.pool_misses,
-            "wait_ms": self.wait_ms,
-            "pool_errors": self.pool_errors,
-            "coverage_clones": self.coverage_clones,
-            "coverage_files": self.coverage_files,
-            "coverage_notes": self.coverage_notes,
-            "fresh": self.fresh,
-            "recycled": self.recycled,
-            "discarded": dict(self.discarded),
-            "compiled_behind": self.compiled_behind,
-            "compiling_behind": self.compiling_behind,
-            "behind_errors": self.behind_errors,
-            "uncompiled": self.uncompiled,
+            name: dict(value) if isinstance(value, Counter) else value
+            for name, value in vars(self).items()
         }
 
     def merge(self, other: dict[str, Any]) -> None:
-        self.clones += other.get("clones", 0)
-        self.clone_ms += other.get("clone_ms", [])
-        self.remove_ms += other.get("remove_ms", [])
-        self.strategies.update(other.get("strategies", {}))
-        self.shared_bytes += other.get("shared_bytes", 0)
-        self.copied_bytes += other.get("copied_bytes", 0)
-        self.built.update(other.get("built", {}))
-        self.reused += [r for r in other.get("reused", []) if r not in self.reused]
-        self.kept += other.get("kept", [])
-        self.pool_hits += other.get("pool_hits", 0)
-        self.pool_misses += other.get("pool_misses", 0)
-        self.wait_ms += other.get("wait_ms", [])
-        self.pool_errors += other.get("pool_errors", [])
-        self.coverage_clones += other.get("coverage_clones", 0)
-        self.coverage_files += other.get("coverage_files", 0)
-        self.coverage_notes += [
-            n for n in other.get("coverage_notes", []) if n not in self.coverage_notes
-        ]
-        self.fresh += other.get("fresh", 0)
-        self.recycled += other.get("recycled", 0)
-        self.discarded.update(other.get("discarded", {}))
-        self.compiled_behind.update(other.get("compiled_behind", {}))
-        self.compiling_behind += [
-            d for d in other.get("compiling_behind", []) if d not in self.compiling_behind
-        ]
-        self.behind_errors += other.get("behind_errors", [])
-        self.uncompiled += [d for d in other.get("uncompiled", []) if d not in self.uncompiled]
+        """Add another process's :meth:`as_dict`, each field by its kind: numbers summed,
+        counters added, dicts updated, lists extended (those in ``_ONCE`` without repeats)."""
+        for name, value in list(vars(self).items()):
+            theirs = other.get(name)
+            if theirs is None:
+                continue
+            if isinstance(value, dict):  # Counter.update adds, dict.update replaces
+                value.update(theirs)
+            elif isinstance(value, list):
+                value += [x for x in theirs if x not in value] if name in self._ONCE else theirs
+            else:
+                setattr(self, name, value + theirs)
 
     def summary_lines(self) -> list[str]:
         lines = []

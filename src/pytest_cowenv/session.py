@@ -252,13 +252,14 @@ class CowEnvSession:
 
     def _installing(self) -> None:
         """The template cache started an installer. The first time, prepare in a thread what
-        the first clone needs besides its template (the modules, this run's folder and pool):
-        none of it is the build's, and done while the installer runs, it neither delays the
-        installer's start nor waits after its end."""
+        the first clone needs besides its template (the modules, this run's folder and pool)
+        and what follows it (the clean-up's module): none of it is the build's, and done while
+        the installer runs, it neither delays the installer's start nor waits after its end,
+        nor holds the GIL while the first test starts."""
         self._start_once("prepare", self._prepare_clones)
 
     def _prepare_clones(self) -> None:
-        from . import env, pool  # noqa: F401  # what `acquire` imports
+        from . import env, maintenance, pool  # noqa: F401  # what `acquire` imports, and after
 
         with contextlib.suppress(OSError, CowEnvError):  # `acquire` meets it again, and says so
             _ = self.pool

@@ -34,9 +34,9 @@ with their quartiles. It is taken two ways:
   installed plugins (pytest-cowenv among them). What comes before that moment (the
   interpreter, pytest's import, the arguments' first parse) is the same work in both runs,
   and its jitter, which the whole-process figure subtracts from one run and adds with the
-  other, is left out. Both ways print their quartiles; the second table also splits the
+  other, is left out. Both ways print their quartiles; the verdict lines also split the
   in-process cost into the plugin's start (up to the ``cowenv`` fixture's start) and the
-  fixture's own setup.
+  fixture's own setup, and print what is left out (launch to that plugin) in both runs.
 
 The second table shows where
 a cowenv build's time goes (its template's metadata) and, when one runs, the compile behind the
@@ -141,9 +141,9 @@ class Bench:
         return float((self.stamps / name).read_text(encoding="utf-8"))
 
     def record(self, name: str, launched: float, *, imported: bool) -> None:
-        self.start.setdefault(name, []).append(self.stamp("start") - launched)
-        loaded = self.stamp("loaded")
-        self.inside.setdefault(name, []).append(self.stamp("start") - loaded)
+        start, loaded = self.stamp("start"), self.stamp("loaded")
+        self.start.setdefault(name, []).append(start - launched)
+        self.inside.setdefault(name, []).append(start - loaded)
         if imported:
             self.fixture.setdefault(name, []).append(self.stamp("fixture") - loaded)
             self.imported.setdefault(name, []).append(self.stamp("imported") - launched)
